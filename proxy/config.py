@@ -1,0 +1,1025 @@
+"""Configuration: YAML text in, one immutable, validated ``Config`` value out.
+
+Pure: no sockets, no event loop. The only I/O is ``load_file`` reading the file.
+Every problem is reported as ``where: what`` with the dotted path and, where the YAML
+node is known, its line, e.g. ``routes[0].backends.canary.weight: must be >= 0 (line 14)``.
+A reload or an admin change builds a complete new value; the old one stays on failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal, NamedTuple, TypeVar, get_args
+from urllib.parse import urlsplit
+
+import yaml
+
+# ---- the value -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One instance of a backend: ``http://host:port``."""
+
+    url: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    upstreams: tuple[Upstream, ...]
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    host: str | None = None  # exact ("shop.example.com") or suffix wildcard ("*.example.com")
+    path_prefix: str = "/"
+
+
+StickyBy = Literal["cookie", "header", "query", "ip", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    by: StickyBy = "none"
+    name: str | None = None  # cookie / header / query parameter name; None for ip and none
+    max_age: float = 86400.0  # seconds; cookie Max-Age
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    kind: Literal["header", "cookie"]
+    name: str  # header names are kept lower-case
+    value: str
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowDiff:
+    ignore_headers: tuple[str, ...] = ("date", "server", "x-request-id")
+    ignore_fields: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowNoise:
+    percent: float = 10.0  # share of mirrored requests also replayed to the primary's backend
+    # Diffy-style thresholds, both in percent: a field's differences count as real only when
+    # their rate exceeds the noise rate by at least ``absolute_threshold`` points and by at
+    # least ``relative_threshold`` % of the raw rate.
+    relative_threshold: float = 20.0
+    absolute_threshold: float = 0.03
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    backend: str
+    percent: float = 100.0
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body: int = 1 << 20
+    max_in_flight: int = 100
+    timeout: float = 5.0
+    noise: ShadowNoise = field(default_factory=ShadowNoise)
+    diff: ShadowDiff = field(default_factory=ShadowDiff)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    expect_status: tuple[int, int] = (200, 399)  # inclusive range
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: Match
+    backends: tuple[Backend, ...]  # in config order
+    baseline: str
+    sticky: Sticky = field(default_factory=Sticky)
+    overrides: tuple[Override, ...] = ()
+    shadow: Shadow | None = None
+    health_check: HealthCheck | None = None
+
+    def backend(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 2.0
+    response: float = 30.0
+    idle: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_body: int = 10 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    listen: Address = Address("127.0.0.1", 9901)
+    token_env: str | None = "SPLITPROXY_ADMIN_TOKEN"
+    protect_reads: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    path: str = "./var/splitproxy.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: Address = Address("0.0.0.0", 8080)
+    admin: Admin = field(default_factory=Admin)
+    state: State = field(default_factory=State)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    access_log: str = "-"  # "-" = stdout, "off", or a file path
+    routes: tuple[Route, ...] = ()
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+def with_weights(route: Route, weights: Mapping[str, float]) -> Route:
+    """``route`` with the weights of the backends named in ``weights`` replaced.
+
+    Names not in the route are ignored: the caller validates the mapping first.
+    """
+    return dataclasses.replace(
+        route,
+        backends=tuple(
+            dataclasses.replace(b, weight=float(weights[b.name])) if b.name in weights else b
+            for b in route.backends
+        ),
+    )
+
+
+# ---- problems --------------------------------------------------------------------------------
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a config: where (dotted path), what, and the YAML line if known."""
+
+    where: str
+    what: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        suffix = "" if self.line is None else f" (line {self.line})"
+        return f"{self.where}: {self.what}{suffix}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: Iterable[Problem], source: str = "<config>") -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+# ---- scalar syntax ---------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?", re.ASCII)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(b|kib|mib|gib)?", re.ASCII | re.I)
+_SIZE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_DECIMAL_SIZE_RE = re.compile(r"\d+(?:\.\d*)?\s*[kmg]b", re.ASCII | re.I)
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in YAML, for messages: ``'abc'``, ``5``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return str(value)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in ``value``: ``"250ms"``, ``"1.5s"``, ``"5m"``, ``"24h"``, or a number of seconds."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
+        seconds = float(m[1]) * _DURATION_UNITS[m[2] or "s"]
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"must be a duration such as 250ms, 2s, 5m or 24h, got {_show(value)}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {_show(value)}")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes in ``value``: ``"512"``, ``"512B"``, ``"64KiB"``, ``"10MiB"``, ``"1GiB"`` or an int."""
+    size: Fraction | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = Fraction(value)
+    elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        size = Fraction(m[1]) * _SIZE_UNITS[(m[2] or "b").lower()]
+    elif isinstance(value, str) and _DECIMAL_SIZE_RE.fullmatch(value.strip()):
+        raise ValueError(f"sizes use binary units KiB, MiB or GiB, got {_show(value)}")
+    if size is None:
+        raise ValueError(f"must be a size such as 512, 64KiB, 10MiB or 1GiB, got {_show(value)}")
+    if size < 0:
+        raise ValueError(f"must not be negative, got {_show(value)}")
+    if size.denominator != 1:
+        raise ValueError(f"must be a whole number of bytes, got {_show(value)}")
+    return int(size)
+
+
+# ---- value converters ------------------------------------------------------------------------
+# Each takes a plain YAML value and returns the typed value, or raises ValueError with a
+# message that reads after "where: ", e.g. "must be a number, got 'abc'".
+
+T = TypeVar("T")
+Convert = Callable[[object], T]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# RFC 9110 §5.6.2: token = 1*tchar; field names and methods are tokens.
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.I)
+_HOST_MATCH_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+_PORT_RE = re.compile(r"\d{1,5}", re.ASCII)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6265 §4.1.1: cookie-octet excludes CTLs, whitespace, DQUOTE, comma, semicolon, backslash.
+_COOKIE_VALUE_RE = re.compile(r"[!#-+\--:<-\[\]-~]+")
+
+
+class _Kind:
+    """Stands for a YAML mapping or list where a plain value is expected: only names its kind."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_A_MAPPING = _Kind("a mapping")
+_A_LIST = _Kind("a list")
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_show(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> Convert[int]:
+    def convert(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"must be a whole number, got {_show(value)}")
+        return _in_range(value, value, low, high)
+
+    return convert
+
+
+def _number(low: float, high: float | None = None) -> Convert[float]:
+    def convert(value: object) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"must be a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {_show(value)}")
+        return _in_range(float(value), value, low, high)
+
+    return convert
+
+
+def _in_range(number: T, shown: object, low: float, high: float | None) -> T:
+    n: float = number  # type: ignore[assignment]  # T is int or float here
+    if high is not None and not low <= n <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {_show(shown)}")
+    if n < low:
+        raise ValueError(f"must be >= {low:g}, got {_show(shown)}")
+    return number
+
+
+def _duration(value: object) -> float:
+    """A duration > 0: time-outs and intervals of zero would disable the thing they bound."""
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError(f"must be > 0, got {_show(value)}")
+    return seconds
+
+
+def _size(low: int) -> Convert[int]:
+    def convert(value: object) -> int:
+        size = parse_size(value)
+        if size < low:
+            raise ValueError(f"must be at least {low} bytes, got {_show(value)}")
+        return size
+
+    return convert
+
+
+def _name(value: object) -> str:
+    """Route and backend names: they appear in admin URLs and metric labels."""
+    text = _string(value)
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError(
+            f"may only contain letters, digits, '_', '.' and '-', got {_show(value)}"
+        )
+    return text
+
+
+def _token(what: str) -> Convert[str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if not _TOKEN_RE.fullmatch(text):
+            raise ValueError(f"must be a valid {what}, got {_show(value)}")
+        return text
+
+    return convert
+
+
+_header_name = _token("header name")
+_cookie_name = _token("cookie name")  # RFC 6265 §4.1.1: cookie-name = token
+
+
+def _lower_header_name(value: object) -> str:
+    return _header_name(value).lower()
+
+
+def _method(value: object) -> str:
+    return _token("HTTP method")(value).upper()
+
+
+def _query_name(value: object) -> str:
+    text = _string(value)
+    if any(c in text for c in "&=#?") or _CONTROL_RE.search(text) or " " in text:
+        raise ValueError(f"must be a query parameter name, got {_show(value)}")
+    return text
+
+
+def _starting_with(prefix: str, example: str) -> Convert[str]:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if not text.startswith(prefix) or _CONTROL_RE.search(text) or " " in text:
+            raise ValueError(f"must start with {prefix!r}, e.g. {example!r}, got {_show(value)}")
+        return text
+
+    return convert
+
+
+def _path(value: object) -> str:
+    text = _starting_with("/", "/api/")(value)
+    if "?" in text or "#" in text:
+        raise ValueError(f"must be a path without query or fragment, got {_show(value)}")
+    return text
+
+
+def _host_match(value: object) -> str | None:
+    """``shop.example.com`` or ``*.example.com``; null means any host."""
+    if value is None:
+        return None
+    host = _string(value).lower()
+    if not _HOST_MATCH_RE.fullmatch(host):
+        raise ValueError(
+            f"must be a host name such as shop.example.com or *.example.com, got {_show(value)}"
+        )
+    return host
+
+
+def _host(text: str, shown: object) -> str:
+    """A host name, IPv4 address, or IPv6 address (without brackets); lower-cased."""
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"has an invalid IPv6 address, got {_show(shown)}") from None
+    elif not _HOSTNAME_RE.fullmatch(text):
+        raise ValueError(f"has an invalid host, got {_show(shown)}")
+    return text.lower()
+
+
+def _address(value: object) -> Address:
+    """``host:port`` or ``[v6]:port`` for a listener; port 0 lets the OS choose."""
+    text = _string(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not _PORT_RE.fullmatch(port):
+        raise ValueError(f"must be host:port, e.g. 0.0.0.0:8080, got {_show(value)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"only IPv6 addresses go in brackets, got {_show(value)}")
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses go in brackets, e.g. [::1]:8080, got {_show(value)}")
+    if int(port) > 65535:
+        raise ValueError(f"port must be 0-65535, got {_show(value)}")
+    return Address(_host(host, value), int(port))
+
+
+def _upstream(value: object) -> Upstream:
+    text = _string(value).strip()
+    if "://" not in text:
+        raise ValueError(f"must be a URL such as http://127.0.0.1:8000, got {_show(value)}")
+    parts = urlsplit(text)
+    if parts.scheme.lower() != "http":
+        raise ValueError(f"only http:// upstreams are supported, got {_show(value)}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"must not contain a user name or password, got {_show(value)}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in text:
+        raise ValueError(f"must not have a path or query, got {_show(value)}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == 0 or port == -1 or not parts.hostname:
+        raise ValueError(f"must be http://host:port with a port of 1-65535, got {_show(value)}")
+    host = _host(parts.hostname, value)
+    port = 80 if port is None else port
+    shown = f"[{host}]" if ":" in host else host
+    return Upstream(url=f"http://{shown}:{port}", host=host, port=port)
+
+
+def _sticky_by(value: object) -> StickyBy:
+    for by in get_args(StickyBy):
+        if value == by:
+            return by  # type: ignore[no-any-return]  # get_args loses the Literal
+    raise ValueError(f"must be one of {', '.join(get_args(StickyBy))}, got {_show(value)}")
+
+
+def _token_env(value: object) -> str | None:
+    """The name of the environment variable holding the admin token; null: no token."""
+    if value is None:
+        return None
+    text = _string(value)
+    if not _ENV_RE.fullmatch(text):
+        raise ValueError(f"must be an environment variable name or null, got {_show(value)}")
+    return text
+
+
+def _access_log(value: object) -> str:
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be '-' (stdout), 'off' or a file path, got {_show(value)}")
+    return value
+
+
+def _backend_of(names: Collection[str]) -> Convert[str]:
+    def convert(value: object) -> str:
+        name = _string(value)
+        if name not in names:
+            known = ", ".join(names) or "none"
+            raise ValueError(f"no backend named {name!r} in this route (backends: {known})")
+        return name
+
+    return convert
+
+
+# ---- walking the YAML ------------------------------------------------------------------------
+# The text is composed, not loaded, so every node keeps its line. Scalars are constructed
+# one at a time with PyYAML's safe constructor; mappings and lists are walked here.
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class _Context:
+    """What one parse shares: the problems found so far and the scalar constructor."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def scalar(self, node: yaml.Node) -> object:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e)
+            raise ValueError(f"cannot read this value: {problem}") from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """One YAML node and the dotted path that leads to it."""
+
+    ctx: _Context
+    path: str
+    node: yaml.Node
+
+    @property
+    def line(self) -> int:
+        return int(self.node.start_mark.line) + 1
+
+    @property
+    def is_null(self) -> bool:
+        return isinstance(self.node, yaml.ScalarNode) and self.node.tag == _NULL_TAG
+
+    def fail(self, what: str) -> None:
+        self.ctx.problems.append(Problem(self.path or "<root>", what, self.line))
+
+    def value(self) -> object:
+        if isinstance(self.node, yaml.MappingNode):
+            return _A_MAPPING
+        if isinstance(self.node, yaml.SequenceNode):
+            return _A_LIST
+        return self.ctx.scalar(self.node)
+
+    def convert(self, convert: Convert[T]) -> T | None:
+        """The converted value, or None after recording why it is wrong."""
+        try:
+            return convert(self.value())
+        except ValueError as e:
+            self.fail(str(e))
+            return None
+
+    def mapping(self, keys: Collection[str] | None = None) -> _Map | None:
+        """This node as a mapping whose keys must be among ``keys`` (None: any name)."""
+        if not isinstance(self.node, yaml.MappingNode) or self.node.tag != _MAP_TAG:
+            self.fail(f"must be a mapping, got {_show(self.convert(lambda v: v))}")
+            return None
+        return _Map(self, keys)
+
+    def items(self) -> list[_At] | None:
+        """This node as a list of nodes with paths ``path[i]``."""
+        if not isinstance(self.node, yaml.SequenceNode) or self.node.tag != _SEQ_TAG:
+            self.fail(f"must be a list, got {_show(self.convert(lambda v: v))}")
+            return None
+        return [_At(self.ctx, f"{self.path}[{i}]", n) for i, n in enumerate(self.node.value)]
+
+
+class _Map:
+    """A YAML mapping at a path. Unknown and duplicate keys are reported on creation."""
+
+    def __init__(self, at: _At | None, keys: Collection[str] | None, *, path: str = "") -> None:
+        self.path = at.path if at else path
+        self.line = at.line if at else 1
+        self.present = at is not None  # False: an absent or null section, read as defaults
+        self._ctx = at.ctx if at else _Context()
+        self.entries: dict[str, _At] = {}
+        if at is not None:
+            self._read(at, keys)
+
+    @classmethod
+    def empty(cls, ctx: _Context, path: str, line: int) -> _Map:
+        m = cls(None, None, path=path)
+        m._ctx, m.line = ctx, line
+        return m
+
+    def _read(self, at: _At, keys: Collection[str] | None) -> None:
+        node = at.node
+        assert isinstance(node, yaml.MappingNode)
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            # Merge keys (<<) may be overridden by the mapping's own keys; its own keys may
+            # not repeat: PyYAML would silently keep the last one.
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = int(key_node.start_mark.line) + 1
+            if key_node.tag == "tag:yaml.org,2002:str" and name in seen:
+                where = _join(self.path, name)
+                self._ctx.problems.append(
+                    Problem(where, f"duplicate key (first on line {seen[name]})", line)
+                )
+            elif key_node.tag == "tag:yaml.org,2002:str" and name is not None:
+                seen[name] = line
+        try:
+            self._ctx.constructor.flatten_mapping(node)
+        except yaml.YAMLError as e:
+            at.fail(f"bad merge key: {getattr(e, 'problem', e)}")
+            return
+        for key_node, value_node in node.value:
+            key_at = _At(self._ctx, self.path, key_node)
+            key = key_at.convert(lambda v: v)
+            if not isinstance(key, str):
+                key_at.fail(f"keys must be strings, got {_show(key)}")
+                continue
+            child = _At(self._ctx, _join(self.path, key), value_node)
+            if keys is not None and key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"expected {', '.join(keys)}"
+                self._ctx.problems.append(Problem(child.path, f"unknown key; {hint}", key_at.line))
+                continue
+            self.entries[key] = child
+
+    def take(self, key: str) -> _At | None:
+        return self.entries.get(key)
+
+    def fail(self, key: str, what: str) -> None:
+        """A problem at ``key``: on its value's line, or the mapping's when it is absent."""
+        at = self.entries.get(key)
+        line = at.line if at else self.line
+        self._ctx.problems.append(Problem(_join(self.path, key), what, line))
+
+    def get(self, key: str, convert: Convert[T], default: T) -> T:
+        """The converted value, or ``default`` when absent or wrong (the latter recorded)."""
+        at = self.entries.get(key)
+        if at is None:
+            return default
+        value = at.convert(convert)
+        return default if value is None else value
+
+    def need(self, key: str, convert: Convert[T]) -> T | None:
+        """Like ``get`` for a required key: absent is a problem too."""
+        at = self.entries.get(key)
+        if at is None:
+            self.fail(key, "is required")
+            return None
+        return at.convert(convert)
+
+    def section(self, key: str, keys: Collection[str]) -> _Map:
+        """A nested mapping; absent or null reads as empty (``present`` False)."""
+        at = self.entries.get(key)
+        if at is not None and not at.is_null:
+            m = at.mapping(keys)
+            if m is not None:
+                return m
+        line = at.line if at else self.line
+        return _Map.empty(self._ctx, _join(self.path, key), line)
+
+    def items(self, key: str) -> list[_At]:
+        """A nested list; absent or null reads as empty."""
+        at = self.entries.get(key)
+        if at is None or at.is_null:
+            return []
+        return at.items() or []
+
+    def get_list(
+        self, key: str, convert: Convert[T], default: tuple[T, ...], *, nonempty: str = ""
+    ) -> tuple[T, ...]:
+        """A list of converted values, or ``default`` when absent or any item is wrong.
+
+        ``nonempty`` is the message for an empty list, which is then an error.
+        """
+        at = self.entries.get(key)
+        if at is None:
+            return default
+        items = at.items()
+        if items is None:
+            return default
+        if not items and nonempty:
+            at.fail(nonempty)
+            return default
+        values = [item.convert(convert) for item in items]
+        if any(v is None for v in values):
+            return default
+        return tuple(v for v in values if v is not None)
+
+
+# ---- the schema ------------------------------------------------------------------------------
+
+_TOP_KEYS = ("listen", "admin", "state", "timeouts", "limits", "access_log", "routes")
+_ROUTE_KEYS = (
+    "name",
+    "match",
+    "backends",
+    "baseline",
+    "sticky",
+    "overrides",
+    "shadow",
+    "health_check",
+)
+_SHADOW_KEYS = (
+    "backend",
+    "percent",
+    "methods",
+    "max_body",
+    "max_in_flight",
+    "timeout",
+    "noise",
+    "diff",
+)
+_HEALTH_KEYS = (
+    "path",
+    "interval",
+    "timeout",
+    "unhealthy_threshold",
+    "healthy_threshold",
+    "expect_status",
+)
+_percent = _number(0, 100)
+
+
+def parse_text(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML ``text``; raise ConfigError listing every problem found."""
+    ctx = _Context()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(filter(None, [e.problem, f"({e.context})" if e.context else None]))
+        line = None if mark is None else int(mark.line) + 1
+        raise ConfigError([Problem("<yaml>", what or "invalid YAML", line)], source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem("<yaml>", str(e))], source) from None
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL_TAG):
+        top = _Map.empty(ctx, "", 1)
+    else:
+        top = _At(ctx, "", root).mapping(_TOP_KEYS) or _Map.empty(ctx, "", 1)
+    config = _config(top)
+    if ctx.problems:
+        # Stable: problems on one line keep the order they were found in.
+        raise ConfigError(sorted(ctx.problems, key=lambda p: p.line or 0), source)
+    return config
+
+
+def load_file(path: str | os.PathLike[str]) -> Config:
+    """Read and parse the config file at ``path``."""
+    where = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem(where, f"cannot read: {e.strerror or e}")], where) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem(where, f"is not UTF-8 text: {e.reason}")], where) from None
+    return parse_text(text, source=where)
+
+
+def _config(top: _Map) -> Config:
+    d = Config()
+    listen = top.get("listen", _address, d.listen)
+
+    a = top.section("admin", ("listen", "token_env", "protect_reads"))
+    admin = Admin(
+        listen=a.get("listen", _address, d.admin.listen),
+        token_env=a.get("token_env", _token_env, d.admin.token_env),
+        protect_reads=a.get("protect_reads", _boolean, d.admin.protect_reads),
+    )
+    if listen.port != 0 and listen.port == admin.listen.port:
+        wildcards = ("0.0.0.0", "::")
+        if listen.host == admin.listen.host or {listen.host, admin.listen.host} & {*wildcards}:
+            a.fail("listen", f"conflicts with listen ({listen}): use another port")
+
+    s = top.section("state", ("path",))
+    t = top.section("timeouts", ("connect", "response", "idle"))
+    lim = top.section("limits", ("max_request_body",))
+
+    routes: list[Route] = []
+    routes_at = top.take("routes")
+    if routes_at is None:
+        top.fail("routes", "is required: list at least one route")
+    elif (items := routes_at.items()) is not None:
+        if not items:
+            routes_at.fail("must list at least one route")
+        routes = _routes(items)
+
+    return Config(
+        listen=listen,
+        admin=admin,
+        state=State(path=s.get("path", _string, d.state.path)),
+        timeouts=Timeouts(
+            connect=t.get("connect", _duration, d.timeouts.connect),
+            response=t.get("response", _duration, d.timeouts.response),
+            idle=t.get("idle", _duration, d.timeouts.idle),
+        ),
+        limits=Limits(
+            max_request_body=lim.get("max_request_body", _size(1), d.limits.max_request_body)
+        ),
+        access_log=top.get("access_log", _access_log, d.access_log),
+        routes=tuple(routes),
+    )
+
+
+def _routes(items: list[_At]) -> list[Route]:
+    routes: list[Route] = []
+    by_name: dict[str, str] = {}  # name -> path of the route that has it
+    by_match: dict[tuple[str | None, str], tuple[str, str]] = {}  # -> (name, path)
+    for at in items:
+        m = at.mapping(_ROUTE_KEYS)
+        if m is None:
+            continue
+        route = _route(m)
+        routes.append(route)
+        if route.name in by_name:
+            m.fail("name", f"duplicate route name {route.name!r} (also {by_name[route.name]})")
+        elif route.name:
+            by_name[route.name] = at.path
+        key = (route.match.host, route.match.path_prefix)
+        if key in by_match:
+            other, other_path = by_match[key]
+            m.fail(
+                "match",
+                f"route {route.name!r} has the same host and path_prefix as route {other!r}"
+                f" ({other_path}), so one of them would never be used",
+            )
+        else:
+            by_match[key] = (route.name, at.path)
+    return routes
+
+
+def _route(m: _Map) -> Route:
+    name = m.need("name", _name) or ""
+
+    mm = m.section("match", ("host", "path_prefix"))
+    match = Match(
+        host=mm.get("host", _host_match, None),
+        path_prefix=mm.get("path_prefix", _path, "/"),
+    )
+
+    backends = _backends(m)
+    names = [b.name for b in backends]
+    baseline = m.get("baseline", _backend_of(names), names[0] if names else "")
+
+    s = m.section("sticky", ("by", "name", "max_age"))
+    by = s.get("by", _sticky_by, "none")
+    sticky_name: str | None = None
+    if by == "cookie":
+        sticky_name = s.get("name", _cookie_name, f"sp_{name}")
+    elif by == "header":
+        sticky_name = s.need("name", _lower_header_name)
+    elif by == "query":
+        sticky_name = s.need("name", _query_name)
+    elif s.take("name") is not None:
+        s.fail("name", f"is not used with by: {by}; remove it")
+    sticky = Sticky(by=by, name=sticky_name, max_age=s.get("max_age", _duration, 86400.0))
+
+    return Route(
+        name=name,
+        match=match,
+        backends=backends,
+        baseline=baseline,
+        sticky=sticky,
+        overrides=tuple(_override(o, names) for o in m.items("overrides")),
+        shadow=_shadow(m.section("shadow", _SHADOW_KEYS), names),
+        health_check=_health_check(m.section("health_check", _HEALTH_KEYS)),
+    )
+
+
+def _backends(route: _Map) -> tuple[Backend, ...]:
+    at = route.take("backends")
+    if at is None:
+        route.fail("backends", "is required: name at least one backend")
+        return ()
+    m = at.mapping()
+    if m is None:
+        return ()
+    if not m.entries:
+        at.fail("must name at least one backend")
+    backends: list[Backend] = []
+    weights_known = True
+    for name, b_at in m.entries.items():
+        b_at.convert(lambda _, name=name: _name(name))  # the key: reported on its value's line
+        b = b_at.mapping(("upstreams", "weight"))
+        if b is None:
+            backends.append(Backend(name, (), 0.0))
+            weights_known = False
+            continue
+        upstreams = b.get_list(
+            "upstreams", _upstream, (), nonempty="must list at least one http://host:port"
+        )
+        if "upstreams" not in b.entries:
+            b.fail("upstreams", "is required: list at least one http://host:port")
+        seen: dict[tuple[str, int], int] = {}
+        for i, u in enumerate(upstreams):
+            if (u.host, u.port) in seen:
+                b.items("upstreams")[i].fail(
+                    f"duplicate upstream (also upstreams[{seen[u.host, u.port]}])"
+                )
+            seen.setdefault((u.host, u.port), i)
+        weight_at = b.take("weight")
+        weight = 0.0 if weight_at is None else weight_at.convert(_number(0))
+        weights_known = weights_known and weight is not None
+        backends.append(Backend(name, upstreams, weight or 0.0))
+    # Only judged when every weight was read: a wrong weight is reported once, by itself.
+    if backends and weights_known and sum(b.weight for b in backends) <= 0:
+        at.fail("at least one backend needs a positive weight")
+    return tuple(backends)
+
+
+def _override(at: _At, backends: list[str]) -> Override:
+    m = at.mapping(("header", "cookie", "value", "backend"))
+    if m is None:
+        return Override("header", "", "", "")
+    kind: Literal["header", "cookie"] = "cookie" if "cookie" in m.entries else "header"
+    if "header" in m.entries and "cookie" in m.entries:
+        m.fail("cookie", "give either header or cookie, not both")
+    elif kind not in m.entries:
+        m.fail("header", "is required (or cookie): the name to match")
+    name = m.get(kind, _lower_header_name if kind == "header" else _cookie_name, "")
+    value = _override_value(m, kind)
+    backend = m.need("backend", _backend_of(backends)) or ""
+    return Override(kind, name, value, backend)
+
+
+def _override_value(m: _Map, kind: str) -> str:
+    """The value as written: ``value: 1`` matches "1", ``value: yes`` matches "yes".
+
+    Header and cookie values are text, so a scalar YAML reads as a number or a boolean
+    is taken by its source text rather than rejected or turned into "True".
+    """
+    at = m.take("value")
+    if at is None:
+        m.fail("value", "is required")
+        return ""
+    if not isinstance(at.node, yaml.ScalarNode) or at.is_null:
+        at.fail(f"must be a string, got {_show(at.convert(lambda v: v))}")
+        return ""
+    text = str(at.node.value)
+    if not text:
+        at.fail("must not be empty")
+    elif _CONTROL_RE.search(text):
+        at.fail("must not contain control characters")
+    elif kind == "cookie" and not _COOKIE_VALUE_RE.fullmatch(text):
+        at.fail(f"must be a valid cookie value (no spaces, quotes, ',', ';' or '\\'), got {text!r}")
+    return text
+
+
+def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
+    if not m.present:
+        return None
+    d = Shadow(backend="")
+    n = m.section("noise", ("percent", "relative_threshold", "absolute_threshold"))
+    f = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints"))
+    return Shadow(
+        backend=m.need("backend", _backend_of(backends)) or "",
+        percent=m.get("percent", _percent, d.percent),
+        methods=tuple(
+            dict.fromkeys(
+                m.get_list(
+                    "methods",
+                    _method,
+                    d.methods,
+                    nonempty="must list at least one method (use percent: 0 to pause mirroring)",
+                )
+            )
+        ),
+        max_body=m.get("max_body", _size(0), d.max_body),
+        max_in_flight=m.get("max_in_flight", _integer(1), d.max_in_flight),
+        timeout=m.get("timeout", _duration, d.timeout),
+        noise=ShadowNoise(
+            percent=n.get("percent", _percent, d.noise.percent),
+            relative_threshold=n.get("relative_threshold", _percent, d.noise.relative_threshold),
+            absolute_threshold=n.get("absolute_threshold", _percent, d.noise.absolute_threshold),
+        ),
+        diff=ShadowDiff(
+            ignore_headers=tuple(
+                dict.fromkeys(f.get_list("ignore_headers", _lower_header_name, d.diff.ignore_headers))
+            ),
+            ignore_fields=f.get_list("ignore_fields", _starting_with("$", "$.meta.id"), ()),
+            endpoints=f.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
+        ),
+    )
+
+
+def _health_check(m: _Map) -> HealthCheck | None:
+    if not m.present:
+        return None
+    d = HealthCheck()
+    before = len(m.entries)  # placeholder to keep the shape obvious; see the time check below
+    del before
+    interval_at, timeout_at = m.take("interval"), m.take("timeout")
+    interval = m.get("interval", _duration, d.interval)
+    timeout = m.get("timeout", _duration, d.timeout)
+    both_read = all(a is None or a.convert(_duration) is not None for a in ())
+    del both_read, interval_at, timeout_at
+    status = m.get_list("expect_status", _integer(100, 599), d.expect_status)
+    return HealthCheck(
+        path=m.get("path", _path, d.path),
+        interval=interval,
+        timeout=timeout,
+        unhealthy_threshold=m.get("unhealthy_threshold", _integer(1), d.unhealthy_threshold),
+        healthy_threshold=m.get("healthy_threshold", _integer(1), d.healthy_threshold),
+        expect_status=(status[0], status[-1]),
+    )

@@ -1,0 +1,156 @@
+"""The embedded default: two versions of a small JSON API and a proxy in front of them.
+
+``splitproxy demo`` needs nothing but the package: v1 and v2 run in-process on loopback
+ports (aiohttp), and the proxy splits traffic between them. The two versions differ in
+one real field (``price`` is in cents in v2) and both carry noisy fields (``served_at``,
+a timestamp, and ``trace``, a random id), so a shadow diff has both real differences and
+noise to tell apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import parse_text
+
+log = logging.getLogger("splitproxy")
+
+PRODUCTS = {
+    1: {"id": 1, "name": "kettle", "price": 24.5},
+    2: {"id": 2, "name": "teapot", "price": 18.0},
+    3: {"id": 3, "name": "mug", "price": 6.25},
+}
+
+
+def demo_app(version: str) -> web.Application:
+    """One version of the demo API: ``/products``, ``/products/{id}``, ``/healthz``."""
+
+    def product(p: dict[str, object]) -> dict[str, object]:
+        out = dict(p)
+        if version == "v2":
+            out["price"] = round(float(p["price"]) * 100)  # type: ignore[arg-type]  # the real change
+        return out
+
+    def envelope(data: object) -> dict[str, object]:
+        return {
+            "version": version,
+            "data": data,
+            "meta": {"served_at": time.time(), "trace": uuid.uuid4().hex},
+        }
+
+    async def list_products(request: web.Request) -> web.Response:
+        return web.json_response(envelope([product(p) for p in PRODUCTS.values()]))
+
+    async def get_product(request: web.Request) -> web.Response:
+        try:
+            p = PRODUCTS[int(request.match_info["id"])]
+        except (KeyError, ValueError):
+            return web.json_response({"error": "no such product"}, status=404)
+        return web.json_response(envelope(product(p)))
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": version})
+
+    async def root(request: web.Request) -> web.Response:
+        return web.json_response(envelope({"hello": "from " + version}))
+
+    app = web.Application()
+    app.router.add_get("/", root)
+    app.router.add_get("/products", list_products)
+    app.router.add_get("/products/{id}", get_product)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+@dataclass
+class DemoUpstreams:
+    runners: list[web.AppRunner]
+    ports: dict[str, int]
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def start_demo_upstreams(host: str = "127.0.0.1") -> DemoUpstreams:
+    runners = []
+    ports = {}
+    for version in ("v1", "v2"):
+        runner = web.AppRunner(demo_app(version), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        ports[version] = runner.addresses[0][1]
+        runners.append(runner)
+    return DemoUpstreams(runners, ports)
+
+
+def demo_config_text(v1: int, v2: int, *, listen: str, admin: str, state_path: str) -> str:
+    return f"""\
+listen: "{listen}"
+admin: {{listen: "{admin}"}}
+state: {{path: "{state_path}"}}
+access_log: "off"
+routes:
+  - name: demo
+    match: {{path_prefix: /}}
+    backends:
+      v1: {{upstreams: ["http://127.0.0.1:{v1}"], weight: 90}}
+      v2: {{upstreams: ["http://127.0.0.1:{v2}"], weight: 10}}
+    baseline: v1
+    sticky: {{by: cookie, name: sp_demo, max_age: 1h}}
+    overrides:
+      - {{header: X-Canary, value: always, backend: v2}}
+      - {{cookie: canary, value: "1", backend: v2}}
+"""
+
+
+async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0) -> None:
+    from .server import serve
+
+    upstreams = await start_demo_upstreams()
+    state_dir = os.environ.get("SPLITPROXY_DEMO_STATE") or tempfile.mkdtemp(prefix="splitproxy-demo-")
+    text = demo_config_text(
+        upstreams.ports["v1"], upstreams.ports["v2"], listen=listen, admin=admin, state_path=os.path.join(state_dir, "state.db")
+    )
+    config = parse_text(text, "<demo>")
+    print(
+        "splitproxy demo\n"
+        f"  demo versions: v1 on 127.0.0.1:{upstreams.ports['v1']}, v2 on 127.0.0.1:{upstreams.ports['v2']}\n"
+        f"  proxy:   http://{listen}/products   (90 % v1, 10 % v2, sticky by cookie sp_demo)\n"
+        f"           curl -H 'X-Canary: always' http://{listen}/products   forces v2\n"
+        f"  admin:   http://{admin}/healthz\n"
+        "Ctrl-C to stop.",
+        flush=True,
+    )
+    try:
+        if traffic:
+            from . import tasks
+
+            tasks.spawn(_drive_traffic(listen), "demo-traffic")
+        await serve(config, None, grace=grace)
+    finally:
+        await upstreams.close()
+
+
+async def _drive_traffic(listen: str, requests: int = 200) -> None:
+    """A little load so that the numbers have something to show."""
+    import aiohttp
+
+    await asyncio.sleep(0.2)
+    async with aiohttp.ClientSession() as session:
+        counts: dict[str, int] = {}
+        for i in range(requests):
+            path = "/products" if i % 2 else f"/products/{i % 3 + 1}"
+            async with session.get(f"http://{listen}{path}") as resp:
+                body = await resp.json()
+                counts[body.get("version", "?")] = counts.get(body.get("version", "?"), 0) + 1
+    log.info("demo traffic: %d requests sent, answered by %s", requests, counts)

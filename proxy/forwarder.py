@@ -1,0 +1,602 @@
+"""The client side of the data plane: one ``ClientConnection`` protocol per client socket.
+
+This is the hot path, written as plain ``asyncio.Protocol`` callbacks with httptools
+(llhttp) parsing: no task, no request object from a framework, headers kept as raw byte
+lines (see PERF-NOTES.md for why). A request moves through:
+
+1. httptools callbacks fill an ``Exchange`` (url, header lines, a lower-case lookup);
+2. ``_start`` asks ``routing`` for the route and backend (pure), builds the upstream head
+   (``headers``, pure) and takes an idle pooled connection — or, only when none is idle,
+   spawns a task to connect;
+3. body bytes stream to the upstream as they arrive; while there is no upstream yet they
+   are buffered up to ``PENDING_MAX`` and reading from the client pauses;
+4. ``upstream.UpstreamConnection`` parses the response and calls ``response_head`` /
+   ``response_body`` / ``response_complete`` here, which write to the client;
+5. ``_finish`` writes the access-log line, releases the upstream connection and starts
+   the next pipelined request, if any.
+
+Back-pressure both ways uses the transports' ``pause_writing``/``resume_writing``: a slow
+client pauses reading from the upstream, a slow upstream pauses reading from the client,
+so a body of any size passes with bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from . import headers as h
+from .errors import UpstreamError
+
+if TYPE_CHECKING:
+    from .routing import BackendPlan, Decision, RoutePlan
+    from .runtime import Runtime
+    from .upstream import UpstreamConnection, UpstreamPool
+
+# Request body bytes held while no upstream connection is ready; past this the proxy
+# stops reading from the client until the upstream takes them.
+PENDING_MAX: Final = 256 * 1024
+
+# How long a connection closed with an unread request body keeps reading it away.
+LINGER_SECONDS: Final = 2.0
+
+
+class Exchange:
+    """One request and its response, as the forwarder tracks them."""
+
+    RAW: Final = 0  # response body passed as it comes (Content-Length framing)
+    CHUNKED: Final = 1  # re-framed as chunks for an HTTP/1.1 client
+    UNTIL_CLOSE: Final = 2  # no length, HTTP/1.0 client: the body ends at close
+    NONE: Final = 3  # HEAD, 204, 304: no body
+
+    __slots__ = (
+        "backend",
+        "body_sent",
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "content_length",
+        "decision",
+        "hdict",
+        "head",
+        "http11",
+        "keep_alive",
+        "lines",
+        "method",
+        "names",
+        "pending",
+        "pending_size",
+        "plan",
+        "pool",
+        "req_chunked",
+        "req_complete",
+        "request_id",
+        "resp_mode",
+        "resp_started",
+        "retries",
+        "status",
+        "t0",
+        "timer",
+        "upgrade",
+        "url",
+    )
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.url = b""
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
+        self.hdict: dict[bytes, bytes] = {}
+        self.method = b"GET"
+        self.http11 = True
+        self.keep_alive = True
+        self.upgrade = False
+        self.content_length: int | None = None
+        self.req_chunked = False
+        self.req_complete = False
+        self.pending: list[bytes] | None = []
+        self.pending_size = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.body_sent = 0
+        self.head = b""
+        self.plan: RoutePlan | None = None
+        self.backend: BackendPlan | None = None
+        self.decision: Decision | None = None
+        self.pool: UpstreamPool | None = None
+        self.conn: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.request_id = b""
+        self.status = 0
+        self.resp_started = False
+        self.resp_mode = Exchange.RAW
+        self.retries = 0
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "active",
+        "closed",
+        "closing",
+        "draining",
+        "ip",
+        "last_io",
+        "parser",
+        "parsing",
+        "queue",
+        "read_paused",
+        "rt",
+        "transport",
+        "tunnel",
+        "upstream_full",
+        "write_paused",
+    )
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.ip = b""
+        self.parsing: Exchange | None = None  # the request httptools is filling in
+        self.active: Exchange | None = None  # the request whose response is in progress
+        self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self.read_paused = False
+        self.write_paused = False
+        self.upstream_full = False
+        self.closing = False  # close after the active response (shutdown, bad input)
+        self.closed = False
+        self.draining = False  # answered and closing: unread request bytes are discarded
+        self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
+        self.last_io = rt.clock
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]).encode() if peer else b"unix"
+        self.rt.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_io = self.rt.clock
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.draining:
+            return
+        ex = self.parsing
+        if ex is not None and ex.upgrade and ex.req_complete:
+            # Bytes after an Upgrade request, before the upstream said 101: keep in order.
+            self._send_body(ex, data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :]
+            if rest and self.parsing is not None:
+                self._send_body(self.parsing, rest)
+        except httptools.HttpParserError as exc:
+            self._bad_request(str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.rt.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        ex = self.active
+        if ex is not None:
+            # The client went away mid-request: free the upstream side now (it may be
+            # streaming a large body nobody will read) and log it as nginx does, 499.
+            self._cancel_timer(ex)
+            if ex.conn is not None:
+                ex.conn.abort()
+                ex.conn = None
+            if not ex.status:
+                ex.status = 499
+            self.active = None
+            self.rt.finished(self, ex)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        peer = self.tunnel or (ex.conn if ex is not None else None)
+        if peer is not None and not peer.closed:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        peer = self.tunnel or (ex.conn if ex is not None else None)
+        if peer is not None and not peer.closed:
+            peer.transport.resume_reading()
+
+    # -- httptools callbacks: the request ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self.rt.now())
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        lname = name.lower()
+        hdict = ex.hdict
+        if lname in hdict and lname in (b"cookie", b"x-forwarded-for"):
+            # RFC 6265 §5.4 / RFC 7239: several fields combine into one list.
+            hdict[lname] += b"; " + value if lname == b"cookie" else b", " + value
+        else:
+            hdict[lname] = value
+        if lname not in h.REQUEST_OWNED:
+            ex.lines.append(b"%s: %s\r\n" % (name, value))
+            ex.names.append(lname)
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        p = self.parser
+        ex.method = p.get_method()
+        ex.http11 = p.get_http_version() == "1.1"
+        ex.keep_alive = p.should_keep_alive()
+        ex.upgrade = p.should_upgrade()
+        cl = ex.hdict.get(b"content-length")
+        if cl is not None:
+            ex.content_length = int(cl)  # llhttp has checked it is digits
+        elif b"transfer-encoding" in ex.hdict:
+            ex.req_chunked = True
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.bytes_in += len(body)
+        if ex.bytes_in > self.rt.max_body:
+            self._too_large(ex)
+            return
+        self._send_body(ex, h.chunk(body) if ex.req_chunked else body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.req_complete = True
+        if ex.req_chunked:
+            self._send_body(ex, h.LAST_CHUNK)
+        if not ex.upgrade:
+            self.parsing = None
+
+    # -- the request's way upstream ---------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        self.active = ex
+        rt = self.rt
+        hdict = ex.hdict
+        url = ex.url
+        path = url.partition(b"?")[0]
+        host = hdict.get(b"host")
+        if path[:1] != b"/":
+            # absolute-form (RFC 9112 §3.2.2): route by the URL's own host and path.
+            if path.startswith((b"http://", b"https://")):
+                rest = path.partition(b"//")[2]
+                host, _, p = rest.partition(b"/")
+                path = b"/" + p
+                url = path + (b"?" + url.partition(b"?")[2] if b"?" in url else b"")
+                ex.url = url
+            elif ex.method != b"OPTIONS" or path != b"*":
+                self._local(ex, 400, "request target must be a path")
+                return
+        if ex.method == b"CONNECT":
+            self._local(ex, 405, "CONNECT is not supported")
+            return
+        plan = rt.table.match(host, path)
+        if plan is None:
+            self._local(ex, 404, f"no route for {(host or b'').decode('latin-1')}{path.decode('latin-1')}")
+            return
+        ex.plan = plan
+        if ex.content_length is not None and ex.content_length > rt.max_body:
+            self._too_large(ex)
+            return
+        decision = plan.choose(hdict.get, url, self.ip, rt.random(), rt.new_sticky_key)
+        ex.decision = decision
+        backend = plan.backends[decision.backend]
+        ex.backend = backend
+        pool = rt.next_pool(backend)
+        ex.pool = pool
+        ex.request_id = hdict.get(b"x-request-id") or rt.new_request_id()
+        if ex.upgrade:
+            framing = b""
+        elif ex.req_chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif ex.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % ex.content_length
+        else:
+            framing = b""
+        lines = ex.lines
+        conn_header = hdict.get(b"connection")
+        if conn_header is not None:
+            options = h.connection_options(conn_header)
+            if options:
+                lines = h.without_options(lines, ex.names, options)
+        if host is None:
+            lines = [*lines, b"Host: " + pool.hostport + b"\r\n"]
+        ex.head = h.request_head(
+            ex.method,
+            url,
+            lines,
+            host=host or b"",
+            client_ip=self.ip,
+            prior_xff=hdict.get(b"x-forwarded-for"),
+            request_id=ex.request_id,
+            framing=framing,
+            upgrade=hdict.get(b"upgrade") if ex.upgrade else None,
+        )
+        expect = hdict.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue" and ex.http11 and not ex.req_complete:
+            # RFC 9110 §10.1.1: we will read the body, so say so; the upstream never
+            # sees Expect, as with nginx.
+            self.transport.write(h.CONTINUE)
+        conn = pool.take_idle()
+        if conn is not None:
+            self._attach(ex, conn)
+        else:
+            rt.spawn(self._connect(ex, pool), "connect")
+
+    async def _connect(self, ex: Exchange, pool: UpstreamPool) -> None:
+        try:
+            conn = await pool.connect(self.rt.connect_timeout)
+        except UpstreamError as err:
+            if self.active is ex and not self.closed:
+                self.upstream_failed(ex, err, retryable=False)
+            return
+        if self.active is ex and not self.closed:
+            conn.reused = False
+            self._attach(ex, conn)
+        else:
+            conn.release(reusable=True)
+
+    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        ex.conn = conn
+        conn.bind(self, ex)
+        pending = ex.pending
+        ex.pending = None
+        if pending:
+            conn.transport.write(ex.head + b"".join(pending))
+            ex.body_sent = ex.pending_size
+            ex.pending_size = 0
+        else:
+            conn.transport.write(ex.head)
+        ex.timer = self.rt.loop.call_later(self.rt.response_timeout, conn.timed_out)
+        if self.write_paused:
+            conn.transport.pause_reading()
+        self.update_reading()
+
+    def _send_body(self, ex: Exchange, data: bytes) -> None:
+        pending = ex.pending
+        if pending is None:
+            conn = ex.conn
+            if conn is not None and not conn.closed:
+                conn.transport.write(data)
+                ex.body_sent += len(data)
+            return
+        pending.append(data)
+        ex.pending_size += len(data)
+        if ex.pending_size > PENDING_MAX:
+            self.update_reading()
+
+    def update_reading(self) -> None:
+        """Pause reading the client while its bytes have nowhere to go."""
+        parsing = self.parsing
+        pause = (
+            bool(self.queue)
+            or self.upstream_full
+            or (parsing is not None and parsing.pending_size > PENDING_MAX)
+        )
+        if pause != self.read_paused and not self.closed and not self.draining:
+            self.read_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    # -- the response's way back (called by UpstreamConnection) -----------------------------
+
+    def response_head(
+        self, ex: Exchange, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
+    ) -> None:
+        self._cancel_timer(ex)
+        ex.status = status
+        ex.resp_started = True
+        head = [h.status_line(status)]
+        conn_header = hdict.get(b"connection")
+        if conn_header is not None:
+            options = h.connection_options(conn_header)
+            if options:
+                lines = [line for line in lines if line.split(b":", 1)[0].strip().lower() not in options]
+        head += lines
+        if status == 101 and ex.upgrade:
+            head.append(b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % hdict.get(b"upgrade", b""))
+            self.transport.write(b"".join(head))
+            self._start_tunnel(ex, conn)
+            return
+        cl = hdict.get(b"content-length")
+        if ex.method == b"HEAD" or status in (204, 304):
+            ex.resp_mode = Exchange.NONE
+            if cl is not None and status != 204:
+                head.append(b"Content-Length: %s\r\n" % cl)
+        elif cl is not None:
+            ex.resp_mode = Exchange.RAW
+            head.append(b"Content-Length: %s\r\n" % cl)
+        elif ex.http11:
+            ex.resp_mode = Exchange.CHUNKED
+            head.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            ex.resp_mode = Exchange.UNTIL_CLOSE
+            ex.keep_alive = False
+        if ex.upgrade or not ex.req_complete:
+            # A refused upgrade, or a response before the whole request body arrived:
+            # this connection cannot carry another request (RFC 9112 §9.6).
+            ex.keep_alive = False
+        if not ex.keep_alive or self.closing:
+            head.append(b"Connection: close\r\n")
+        elif not ex.http11:
+            head.append(b"Connection: keep-alive\r\n")
+        decision = ex.decision
+        if decision is not None and decision.set_cookie is not None and ex.plan is not None:
+            sticky = ex.plan.route.sticky
+            head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+
+    def response_body(self, ex: Exchange, body: bytes) -> None:
+        if ex is not self.active:
+            return
+        ex.bytes_out += len(body)
+        mode = ex.resp_mode
+        if mode == Exchange.RAW or mode == Exchange.UNTIL_CLOSE:
+            self.transport.write(body)
+        elif mode == Exchange.CHUNKED:
+            self.transport.write(h.chunk(body))
+
+    def response_complete(self, ex: Exchange, conn: UpstreamConnection, reusable: bool) -> None:
+        if ex is not self.active:
+            conn.release(reusable=False)
+            return
+        if ex.resp_mode == Exchange.CHUNKED:
+            self.transport.write(h.LAST_CHUNK)
+        ex.conn = None
+        # A connection whose request body was not all sent cannot carry another request.
+        conn.release(reusable=reusable and ex.req_complete)
+        self._finish(ex)
+
+    def upstream_failed(self, ex: Exchange, err: UpstreamError, *, retryable: bool) -> None:
+        """The upstream side failed before or during the response."""
+        if ex is not self.active:
+            return
+        self._cancel_timer(ex)
+        if ex.conn is not None:
+            ex.conn.abort()
+            ex.conn = None
+        # A reused keep-alive connection that the upstream closed as we wrote to it (the
+        # keep-alive race, RFC 9112 §9.3.1): safe to send again on a new connection when
+        # no body byte went out with it.
+        if retryable and ex.retries == 0 and ex.body_sent == 0 and ex.pool is not None and not ex.upgrade:
+            ex.retries += 1
+            if ex.pending is None:
+                ex.pending = []
+            self.rt.spawn(self._connect(ex, ex.pool), "reconnect")
+            return
+        self.rt.upstream_error(ex, err)
+        if ex.resp_started:
+            # Part of the response is already with the client: the only honest signal
+            # left is to cut the connection.
+            ex.keep_alive = False
+            self.closing = True
+            self._finish(ex)
+            if not self.closed:
+                self.transport.abort()
+            return
+        route = ex.plan.name if ex.plan else "-"
+        backend = ex.backend.name if ex.backend else "-"
+        what = "upstream timed out" if err.status == 504 else "upstream unavailable"
+        self._local(ex, err.status, f"{what}: route {route}, backend {backend}")
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _local(self, ex: Exchange, status: int, text: str) -> None:
+        """Answer from the proxy itself; keep the connection only if the request is whole."""
+        ex.status = status
+        ex.resp_started = True
+        ex.pending = None
+        if not ex.req_complete and not (ex.content_length == 0 or (ex.content_length is None and not ex.req_chunked)):
+            ex.keep_alive = False
+        keep = ex.keep_alive and not self.closing
+        self.transport.write(
+            h.local_response(status, text, keep_alive=keep, head_only=ex.method == b"HEAD", request_id=ex.request_id)
+        )
+        ex.keep_alive = keep
+        self._finish(ex)
+
+    def _too_large(self, ex: Exchange) -> None:
+        if ex is self.active and not ex.resp_started:
+            if ex.conn is not None:
+                self._cancel_timer(ex)
+                ex.conn.abort()
+                ex.conn = None
+            ex.keep_alive = False
+            self._local(ex, 413, f"request body larger than {self.rt.max_body} bytes")
+        elif ex.resp_started and ex is self.active:
+            self.transport.abort()
+
+    def _bad_request(self, why: str) -> None:
+        if self.active is None and not self.closed:
+            self.transport.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
+        self.closing = True
+        self.parsing = None
+        if self.active is None:
+            self._close()
+
+    def _finish(self, ex: Exchange) -> None:
+        self._cancel_timer(ex)
+        self.active = None
+        self.rt.finished(self, ex)
+        if not ex.keep_alive or self.closing or self.closed:
+            self._close()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+        self.update_reading()
+
+    def _close(self) -> None:
+        """Close once written. If the client may still be sending a request body, stop
+        sending and read it away for a moment first (nginx's lingering close): closing a
+        socket with unread input sends a reset that can destroy the response in flight."""
+        if self.closed or self.draining:
+            return
+        parsing = self.parsing
+        if parsing is not None and not parsing.req_complete and self.transport.can_write_eof():
+            self.draining = True
+            self.queue.clear()
+            self.transport.write_eof()
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.rt.loop.call_later(LINGER_SECONDS, self.transport.close)
+            return
+        self.transport.close()
+        if self.queue and self.active is None:
+            self._start(self.queue.popleft())
+        self.update_reading()
+
+    def _start_tunnel(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        self._cancel_timer(ex)
+        conn.tunnel = True
+        self.tunnel = conn
+        pending = ex.pending
+        ex.pending = None
+        if pending:
+            conn.transport.write(b"".join(pending))
+        self.parsing = None
+        self.rt.finished(self, ex)
+        self.update_reading()
+
+    def _cancel_timer(self, ex: Exchange) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+
+    def shutdown(self) -> None:
+        """Close now if idle, else after the response in progress."""
+        self.closing = True
+        if self.active is None and self.tunnel is None and not self.closed:
+            self._close()

@@ -1,0 +1,296 @@
+"""Routing core: which route a request belongs to and which backend serves it. Pure.
+
+No sockets, no event loop, no clock and no RNG: the shell passes the request's facts
+(host, path, header lookup, client address) and a uniform ``point`` in ``[0, 1)`` drawn
+from its own RNG, and gets a small frozen ``Decision`` back.
+
+Order of precedence (SPEC §4): an override beats stickiness, stickiness beats the
+weighted draw.
+
+Stickiness is *weighted rendezvous hashing* (Thaler & Ravishankar's HRW with weights,
+as in Schindelhauer & Schomaker 2005): every backend scores the key as
+``-weight / ln(u)`` where ``u`` in (0, 1) is a hash of (route, backend, key); the highest
+score wins. That gives, for any number of backends and with no shared state:
+
+* the share of keys on a backend is weight / sum of weights;
+* raising one backend's weight only raises that backend's scores, so no key leaves it,
+  and every key that moves, moves *to* it; lowering it only lowers its scores, so no key
+  joins it, and every key that moves, moves *away* from it;
+* a backend at weight 0 scores 0 and never wins while another weight is positive;
+* the result depends on backend *names*, not their order in the file.
+
+The weighted draw without a key uses cumulative intervals (``pick``), which is cheaper
+and exact at the boundaries; it has no monotonicity to keep since it has no memory.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from hashlib import blake2b
+
+from .config import Config, Route, Upstream
+
+__all__ = [
+    "BackendPlan",
+    "Decision",
+    "RoutePlan",
+    "Table",
+    "hrw_choice",
+    "parse_cookie",
+    "pick",
+    "query_param",
+]
+
+# How a decision was reached; used in the access log and in tests.
+BY_OVERRIDE = "override"
+BY_STICKY = "sticky"
+BY_WEIGHT = "weight"
+
+_TWO64 = float(1 << 64)
+
+
+def pick(cumulative: tuple[float, ...], point: float) -> int:
+    """Index of the interval of ``cumulative`` (running sums of weights) holding ``point``.
+
+    ``point`` is in [0, 1). Backends of weight 0 have empty intervals and are never picked.
+    """
+    return bisect_right(cumulative, point * cumulative[-1])
+
+
+def _unit_hash(route: bytes, backend: bytes, key: bytes) -> float:
+    # NUL cannot occur in route or backend names (config allows [A-Za-z0-9_.-]).
+    digest = blake2b(b"%s\0%s\0%s" % (route, backend, key), digest_size=8).digest()
+    # (n + 0.5) / 2**64 lies strictly inside (0, 1), so ln() is finite and negative.
+    return (int.from_bytes(digest, "big") + 0.5) / _TWO64
+
+
+def hrw_choice(route: bytes, names: tuple[bytes, ...], weights: tuple[float, ...], key: bytes) -> int:
+    """Weighted rendezvous choice of a backend index for ``key``; see the module docstring."""
+    best = -1
+    best_score = -1.0
+    for i, (name, weight) in enumerate(zip(names, weights, strict=True)):
+        if weight <= 0:
+            continue
+        score = -weight / math.log(_unit_hash(route, name, key))
+        if score > best_score:
+            best, best_score = i, score
+    return best
+
+
+def parse_cookie(header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None (RFC 6265 §5.4 form)."""
+    for part in header.split(b";"):
+        k, eq, v = part.strip().partition(b"=")
+        if eq and k == name:
+            v = v.strip()
+            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                v = v[1:-1]
+            return v
+    return None
+
+
+def query_param(url: bytes, name: bytes) -> bytes | None:
+    """The first value of ``name`` in the query string of ``url`` (not percent-decoded)."""
+    _, q, query = url.partition(b"?")
+    if not q:
+        return None
+    for part in query.split(b"&"):
+        k, _, v = part.partition(b"=")
+        if k == name:
+            return v
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPlan:
+    name: str
+    weight: float
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    backend: int  # index into RoutePlan.backends
+    by: str  # BY_OVERRIDE | BY_STICKY | BY_WEIGHT
+    set_cookie: bytes | None = None  # a sticky key to issue in Set-Cookie, when new
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """One route compiled for the hot path: bytes for comparisons, sums precomputed."""
+
+    route: Route
+    name: str
+    bname: bytes
+    host: bytes | None  # b"shop.example.com", b"*.example.com" or None
+    prefix: bytes
+    backends: tuple[BackendPlan, ...]
+    baseline: int
+    cumulative: tuple[float, ...]
+    names: tuple[bytes, ...]
+    weights: tuple[float, ...]
+    header_overrides: tuple[tuple[bytes, bytes, int], ...]  # (lower name, value, backend)
+    cookie_overrides: tuple[tuple[bytes, bytes, int], ...]
+    sticky_by: str
+    sticky_name: bytes  # lower-case for headers; as written for cookies and queries
+    wants_cookies: bool
+
+    @classmethod
+    def compile(cls, route: Route) -> RoutePlan:
+        index = {b.name: i for i, b in enumerate(route.backends)}
+        weights = tuple(float(b.weight) for b in route.backends)
+        running = 0.0
+        cumulative = []
+        for w in weights:
+            running += w
+            cumulative.append(running)
+        headers = tuple(
+            (o.name.lower().encode(), o.value.encode(), index[o.backend])
+            for o in route.overrides
+            if o.kind == "header"
+        )
+        cookies = tuple(
+            (o.name.encode(), o.value.encode(), index[o.backend])
+            for o in route.overrides
+            if o.kind == "cookie"
+        )
+        sticky_name = (route.sticky.name or "").encode()
+        if route.sticky.by == "header":
+            sticky_name = sticky_name.lower()
+        return cls(
+            route=route,
+            name=route.name,
+            bname=route.name.encode(),
+            host=route.match.host.lower().encode() if route.match.host else None,
+            prefix=route.match.path_prefix.encode(),
+            backends=tuple(BackendPlan(b.name, float(b.weight), b.upstreams) for b in route.backends),
+            baseline=index[route.baseline],
+            cumulative=tuple(cumulative),
+            names=tuple(b.name.encode() for b in route.backends),
+            weights=weights,
+            header_overrides=headers,
+            cookie_overrides=cookies,
+            sticky_by=route.sticky.by,
+            sticky_name=sticky_name,
+            wants_cookies=bool(cookies) or route.sticky.by == "cookie",
+        )
+
+    def choose(
+        self,
+        header: Callable[[bytes], bytes | None],
+        url: bytes,
+        client_ip: bytes,
+        point: float,
+        new_key: Callable[[], bytes],
+    ) -> Decision:
+        """Decide the backend. ``header(lower_name)`` looks up a request header.
+
+        ``new_key()`` is called only when ``sticky.by: cookie`` has no valid cookie yet;
+        the returned key is hashed like a presented one and comes back in ``set_cookie``.
+        """
+        for name, value, backend in self.header_overrides:
+            if header(name) == value:
+                return Decision(backend, BY_OVERRIDE)
+        cookie_header = header(b"cookie") if self.wants_cookies else None
+        if cookie_header is not None:
+            for name, value, backend in self.cookie_overrides:
+                if parse_cookie(cookie_header, name) == value:
+                    return Decision(backend, BY_OVERRIDE)
+        by = self.sticky_by
+        if by == "none":
+            return Decision(pick(self.cumulative, point), BY_WEIGHT)
+        fresh = None
+        key: bytes | None
+        if by == "cookie":
+            key = parse_cookie(cookie_header, self.sticky_name) if cookie_header else None
+            if key is None or not valid_sticky_key(key):
+                # A forged or garbled cookie is treated as absent: a new key is issued.
+                key = fresh = new_key()
+        elif by == "header":
+            key = header(self.sticky_name)
+        elif by == "query":
+            key = query_param(url, self.sticky_name)
+        else:  # ip
+            key = client_ip
+        if not key:
+            return Decision(pick(self.cumulative, point), BY_WEIGHT)
+        return Decision(hrw_choice(self.bname, self.names, self.weights, key), BY_STICKY, fresh)
+
+
+_KEY_CHARS = frozenset(b"0123456789abcdef")
+STICKY_KEY_LEN = 32  # 128 random bits, hex
+
+
+def valid_sticky_key(key: bytes) -> bool:
+    """Keys we issue are 32 lower-case hex digits; anything else is not ours."""
+    return len(key) == STICKY_KEY_LEN and _KEY_CHARS.issuperset(key)
+
+
+def _host_of(host_header: bytes) -> bytes:
+    """``Host`` value without port, lower-case (RFC 9110 §7.2; IPv6 literals kept whole)."""
+    if host_header.startswith(b"["):
+        end = host_header.find(b"]")
+        return host_header[: end + 1].lower() if end > 0 else host_header.lower()
+    return host_header.partition(b":")[0].lower()
+
+
+class Table:
+    """All routes, indexed for matching. Immutable once built; swapped whole on change.
+
+    Host precedence follows Envoy's virtual hosts: an exact host, then the longest
+    ``*.suffix`` wildcard, then routes without a host. Within that group the longest
+    ``path_prefix`` wins; when none of the group's prefixes match, the next group is tried.
+    """
+
+    __slots__ = ("_any", "_exact", "_wild", "config", "plans")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.plans: dict[str, RoutePlan] = {}
+        exact: dict[bytes, list[RoutePlan]] = {}
+        wild: dict[bytes, list[RoutePlan]] = {}
+        anyhost: list[RoutePlan] = []
+        for route in config.routes:
+            plan = RoutePlan.compile(route)
+            self.plans[route.name] = plan
+            if plan.host is None:
+                anyhost.append(plan)
+            elif plan.host.startswith(b"*."):
+                wild.setdefault(plan.host[1:], []).append(plan)  # key b".example.com"
+            else:
+                exact.setdefault(plan.host, []).append(plan)
+
+        def by_prefix(plans: list[RoutePlan]) -> tuple[RoutePlan, ...]:
+            return tuple(sorted(plans, key=lambda p: len(p.prefix), reverse=True))
+
+        self._exact = {h: by_prefix(p) for h, p in exact.items()}
+        # Longest suffix first.
+        self._wild = tuple(
+            (suffix, by_prefix(p)) for suffix, p in sorted(wild.items(), key=lambda kv: -len(kv[0]))
+        )
+        self._any = by_prefix(anyhost)
+
+    def match(self, host_header: bytes | None, path: bytes) -> RoutePlan | None:
+        """The route for a request, or None (→ 404)."""
+        if host_header and (self._exact or self._wild):
+            host = _host_of(host_header)
+            group = self._exact.get(host)
+            if group:
+                for plan in group:
+                    if path.startswith(plan.prefix):
+                        return plan
+            for suffix, plans in self._wild:
+                if host.endswith(suffix):
+                    for plan in plans:
+                        if path.startswith(plan.prefix):
+                            return plan
+        for plan in self._any:
+            if path.startswith(plan.prefix):
+                return plan
+        return None
+
+    def weights(self) -> Mapping[str, Mapping[str, float]]:
+        return {name: dict(zip((b.name for b in p.backends), p.weights, strict=True)) for name, p in self.plans.items()}

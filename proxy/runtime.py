@@ -1,0 +1,161 @@
+"""The data plane's shared, mutable references — the only state requests read.
+
+``Runtime.table`` is one immutable ``routing.Table``; a reload or an admin change builds
+a new one and swaps this single reference between two callbacks, so every request sees
+one whole config: requests already routed keep the plan they hold, the next request
+gets the new one. Pools outlive tables: an upstream kept across a swap keeps its warm
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import tasks
+from .accesslog import AccessLog
+from .config import Config
+from .routing import BackendPlan, Table
+from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from .errors import UpstreamError
+    from .forwarder import ClientConnection, Exchange
+
+log = logging.getLogger("splitproxy")
+
+Observer = Callable[["Exchange"], None]
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        rng: random.Random | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.loop = loop
+        self.now = loop.time
+        self.clock = loop.time()  # coarse clock for idle checks, advanced by tick()
+        self.random = (rng or random.Random()).random
+        self.access_log = access_log or AccessLog(config.access_log)
+        self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.connections: set[ClientConnection] = set()
+        # Called with every finished exchange (metrics); errors called with the failure.
+        self.observers: list[Observer] = []
+        self.error_observers: list[Callable[[Exchange, UpstreamError], None]] = []
+        self._rid_prefix = os.urandom(6).hex().encode() + b"-"
+        self._rid = itertools.count(1)
+        self.install(config)
+
+    # -- config ---------------------------------------------------------------------------
+
+    def install(self, config: Config) -> None:
+        """Swap in a complete, validated config (and the table built from it)."""
+        table = Table(config)
+        cycles: dict[int, Iterator[UpstreamPool]] = {}
+        for plan in table.plans.values():
+            for backend in plan.backends:
+                pools = [self._pool(u.host, u.port) for u in backend.upstreams]
+                cycles[id(backend)] = itertools.cycle(pools)
+        # Assign the derived values before the table, so a request never pairs a new
+        # table with old cycles.
+        self._cycles = cycles
+        self.config = config
+        self.max_body = config.limits.max_request_body
+        self.connect_timeout = config.timeouts.connect
+        self.response_timeout = config.timeouts.response
+        self.idle_timeout = config.timeouts.idle
+        self.table = table
+        self._close_unused_pools()
+
+    def _pool(self, host: str, port: int) -> UpstreamPool:
+        pool = self.pools.get((host, port))
+        if pool is None:
+            pool = self.pools[(host, port)] = UpstreamPool(host, port)
+        return pool
+
+    def _close_unused_pools(self) -> None:
+        used = {(u.host, u.port) for r in self.config.routes for b in r.backends for u in b.upstreams}
+        for key in [k for k in self.pools if k not in used]:
+            self.pools.pop(key).close()
+
+    # -- per request ----------------------------------------------------------------------
+
+    def next_pool(self, backend: BackendPlan) -> UpstreamPool:
+        """Round-robin over the backend's instances."""
+        return next(self._cycles[id(backend)])
+
+    def new_request_id(self) -> bytes:
+        # A random per-process prefix and a counter: unique without a syscall per request.
+        return self._rid_prefix + b"%x" % next(self._rid)
+
+    @staticmethod
+    def new_sticky_key() -> bytes:
+        return os.urandom(16).hex().encode()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        tasks.spawn(coro, name)
+
+    def finished(self, conn: ClientConnection, ex: Exchange) -> None:
+        """An exchange ended (answered, failed or abandoned): log it and tell observers."""
+        if self.access_log.enabled:
+            plan, backend, pool, decision = ex.plan, ex.backend, ex.pool, ex.decision
+            self.access_log.request(
+                ts=time.time(),
+                client=conn.ip,
+                method=ex.method,
+                url=ex.url,
+                status=ex.status,
+                route=plan.name if plan else "-",
+                backend=backend.name if backend else "-",
+                upstream=pool.address if pool else "-",
+                duration=self.now() - ex.t0,
+                bytes_in=ex.bytes_in,
+                bytes_out=ex.bytes_out,
+                request_id=ex.request_id,
+                decided_by=decision.by if decision else "-",
+            )
+        for observe in self.observers:
+            observe(ex)
+
+    def upstream_error(self, ex: Exchange, err: UpstreamError) -> None:
+        plan, backend = ex.plan, ex.backend
+        log.warning(
+            "upstream error: route=%s backend=%s upstream=%s reason=%s: %s",
+            plan.name if plan else "-",
+            backend.name if backend else "-",
+            ex.pool.address if ex.pool else "-",
+            err.reason,
+            err,
+        )
+        for observe in self.error_observers:
+            observe(ex, err)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Once a second or so: advance the coarse clock, close idle client connections,
+        flush the access log."""
+        self.clock = now = self.loop.time()
+        idle = self.idle_timeout
+        for conn in list(self.connections):
+            if conn.active is None and conn.tunnel is None and now - conn.last_io > idle:
+                conn.shutdown()
+            elif conn.active is not None and conn.active.resp_started and now - conn.last_io > idle:
+                # A response that stalled mid-body for longer than the idle time-out.
+                conn.transport.abort()
+        self.access_log.flush()
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.access_log.close()

@@ -1,0 +1,254 @@
+"""The upstream side of the data plane: pooled keep-alive connections, parsed with httptools.
+
+One ``UpstreamPool`` per upstream instance (host, port) holds idle connections. An
+``UpstreamConnection`` is bound to one exchange at a time; it parses the response with
+llhttp and hands each event to the client connection that owns the exchange
+(``forwarder.ClientConnection``), which writes it on to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .errors import UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
+from .headers import RESPONSE_OWNED
+
+if TYPE_CHECKING:
+    from .forwarder import ClientConnection, Exchange
+
+# Idle keep-alive connections kept per upstream instance; more are closed on release.
+MAX_IDLE_PER_UPSTREAM = 256
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "client",
+        "closed",
+        "ex",
+        "finished",
+        "got_bytes",
+        "hdict",
+        "interim",
+        "keep_alive",
+        "lines",
+        "parser",
+        "pool",
+        "reset_parser",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.ex: Exchange | None = None
+        self.lines: list[bytes] = []
+        self.hdict: dict[bytes, bytes] = {}
+        self.closed = False
+        self.reused = False
+        self.got_bytes = False
+        self.interim = False
+        self.keep_alive = True
+        self.finished = False  # the bound exchange's response is complete
+        self.reset_parser = False
+        self.tunnel = False
+
+    # -- binding ----------------------------------------------------------------------------
+
+    def bind(self, client: ClientConnection, ex: Exchange) -> None:
+        self.client = client
+        self.ex = ex
+        self.got_bytes = False
+        self.finished = False
+
+    def release(self, reusable: bool) -> None:
+        """Give the connection back to its pool, or close it when it cannot be reused."""
+        self.client = None
+        self.ex = None
+        if reusable and not self.closed and self.keep_alive:
+            self.pool.put(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.client = None
+        self.ex = None
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.client = None
+        self.ex = None
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.tunnel:
+            if client is not None:
+                client.transport.write(data)
+            return
+        if client is None:
+            # Bytes on an idle connection: the upstream is not speaking HTTP we can reuse.
+            self.close()
+            return
+        self.got_bytes = True
+        client.last_io = client.rt.clock
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :]
+            if self.client is not None and rest:
+                self.client.transport.write(rest)
+        except httptools.HttpParserError:
+            self._failed(UpstreamReset("upstream sent a malformed response"))
+        if self.reset_parser:
+            self.reset_parser = False
+            self.parser = httptools.HttpResponseParser(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
+            return
+        if self.tunnel:
+            client.transport.close()
+            return
+        if not self.finished:
+            if ex.resp_started and ex.resp_mode == ex.UNTIL_CLOSE:
+                # RFC 9112 §6.3 (8): the body ends when the server closes the connection.
+                self.finished = True
+                client.response_complete(ex, self, reusable=False)
+            else:
+                err = UpstreamReset("upstream closed the connection")
+                client.upstream_failed(ex, err, retryable=self.reused and not self.got_bytes)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.upstream_full = True
+            self.client.update_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.upstream_full = False
+            self.client.update_reading()
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.lines = []
+        self.hdict = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        self.hdict[lname] = value
+        if lname not in RESPONSE_OWNED:
+            self.lines.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            # An interim response (103 Early Hints, a stray 100): not passed on.
+            self.interim = True
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        client, ex = self.client, self.ex
+        if client is None or ex is None:
+            return
+        client.response_head(ex, self, status, self.lines, self.hdict)
+        if ex.method == b"HEAD" and status != 101 and not self.finished:
+            # llhttp cannot be told that a response to HEAD has no body (RFC 9110 §9.3.2),
+            # so the message ends here and the parser is replaced after this feed.
+            self.reset_parser = True
+            self.finished = True
+            client.response_complete(ex, self, reusable=True)
+
+    def on_body(self, body: bytes) -> None:
+        if self.client is not None and self.ex is not None and not self.finished:
+            self.client.response_body(self.ex, body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.finished or self.client is None or self.ex is None:
+            return
+        self.finished = True
+        self.client.response_complete(self.ex, self, reusable=True)
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        if self.client is not None and self.ex is not None and not self.finished:
+            self._failed(UpstreamTimeout("upstream did not answer in time"))
+
+    def _failed(self, err: UpstreamError) -> None:
+        client, ex = self.client, self.ex
+        self.abort()
+        if client is not None and ex is not None and not self.finished:
+            self.finished = True
+            client.upstream_failed(ex, err, retryable=False)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream instance."""
+
+    __slots__ = ("address", "host", "hostport", "idle", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.hostport = self.address.encode()
+        self.idle: list[UpstreamConnection] = []
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) < MAX_IDLE_PER_UPSTREAM:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+        except TimeoutError:
+            raise UpstreamTimeout(f"connect to {self.address} timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(f"connect to {self.address} failed: {exc.strerror or exc}") from None
+        return conn
+
+    def close(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
