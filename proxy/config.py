@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar, get_args
+from typing import Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -207,11 +207,11 @@ class ConfigError(Exception):
 
     def __init__(self, problems: Iterable[Problem], source: str = "<config>") -> None:
         self.problems = tuple(problems)
-        self.source = source
+        self.source = source  # the file name, or "<config>" for text
         super().__init__("\n".join(map(str, self.problems)))
 
 
-# ---- scalar syntax ---------------------------------------------------------------------------
+# ---- durations and sizes ---------------------------------------------------------------------
 
 _DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -221,7 +221,7 @@ _DECIMAL_SIZE_RE = re.compile(r"\d+(?:\.\d*)?\s*[kmg]b", re.ASCII | re.I)
 
 
 def _show(value: object) -> str:
-    """A value as the user wrote it in YAML, for messages: ``'abc'``, ``5``, ``null``."""
+    """A value the way YAML spells it, for messages: ``'abc'``, ``5``, ``null``, ``a list``."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -232,7 +232,7 @@ def _show(value: object) -> str:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds in ``value``: ``"250ms"``, ``"1.5s"``, ``"5m"``, ``"24h"``, or a number of seconds."""
+    """Seconds in ``value``: ``"250ms"``, ``"1.5s"``, ``"5m"``, ``"24h"`` or a plain number."""
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
@@ -253,6 +253,7 @@ def parse_size(value: object) -> int:
     elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
         size = Fraction(m[1]) * _SIZE_UNITS[(m[2] or "b").lower()]
     elif isinstance(value, str) and _DECIMAL_SIZE_RE.fullmatch(value.strip()):
+        # "10MB" is ambiguous (10**7 or 10 * 2**20 bytes); SPEC §3 names binary units only.
         raise ValueError(f"sizes use binary units KiB, MiB or GiB, got {_show(value)}")
     if size is None:
         raise ValueError(f"must be a size such as 512, 64KiB, 10MiB or 1GiB, got {_show(value)}")
@@ -264,27 +265,28 @@ def parse_size(value: object) -> int:
 
 
 # ---- value converters ------------------------------------------------------------------------
-# Each takes a plain YAML value and returns the typed value, or raises ValueError with a
+# Each takes one plain YAML value and returns the typed value, or raises ValueError with a
 # message that reads after "where: ", e.g. "must be a number, got 'abc'".
 
 T = TypeVar("T")
 Convert = Callable[[object], T]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-# RFC 9110 §5.6.2: token = 1*tchar; field names and methods are tokens.
+# RFC 9110 §5.6.2: token = 1*tchar. Field names and methods are tokens, and so are cookie
+# names (RFC 6265 §4.1.1: cookie-name = token).
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 6265 §4.1.1: cookie-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E
+_COOKIE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.I)
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _HOST_MATCH_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _PORT_RE = re.compile(r"\d{1,5}", re.ASCII)
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-# RFC 6265 §4.1.1: cookie-octet excludes CTLs, whitespace, DQUOTE, comma, semicolon, backslash.
-_COOKIE_VALUE_RE = re.compile(r"[!#-+\--:<-\[\]-~]+")
+_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 
 
 class _Kind:
-    """Stands for a YAML mapping or list where a plain value is expected: only names its kind."""
+    """Stands in for a YAML mapping or list where one value was expected; names its kind."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -311,11 +313,19 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _check_range(n: float, value: object, low: float, high: float | None) -> None:
+    if high is not None and not low <= n <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {_show(value)}")
+    if n < low:
+        raise ValueError(f"must be >= {low:g}, got {_show(value)}")
+
+
 def _integer(low: int, high: int | None = None) -> Convert[int]:
     def convert(value: object) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"must be a whole number, got {_show(value)}")
-        return _in_range(value, value, low, high)
+        _check_range(value, value, low, high)
+        return value
 
     return convert
 
@@ -326,22 +336,17 @@ def _number(low: float, high: float | None = None) -> Convert[float]:
             raise ValueError(f"must be a number, got {_show(value)}")
         if not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {_show(value)}")
-        return _in_range(float(value), value, low, high)
+        _check_range(value, value, low, high)
+        return float(value)
 
     return convert
 
 
-def _in_range(number: T, shown: object, low: float, high: float | None) -> T:
-    n: float = number  # type: ignore[assignment]  # T is int or float here
-    if high is not None and not low <= n <= high:
-        raise ValueError(f"must be between {low:g} and {high:g}, got {_show(shown)}")
-    if n < low:
-        raise ValueError(f"must be >= {low:g}, got {_show(shown)}")
-    return number
+_percent = _number(0, 100)
 
 
 def _duration(value: object) -> float:
-    """A duration > 0: time-outs and intervals of zero would disable the thing they bound."""
+    """A duration > 0: a time-out, interval or max-age of zero would mean nothing useful."""
     seconds = parse_duration(value)
     if seconds == 0:
         raise ValueError(f"must be > 0, got {_show(value)}")
@@ -362,37 +367,28 @@ def _name(value: object) -> str:
     """Route and backend names: they appear in admin URLs and metric labels."""
     text = _string(value)
     if not _NAME_RE.fullmatch(text):
-        raise ValueError(
-            f"may only contain letters, digits, '_', '.' and '-', got {_show(value)}"
-        )
+        raise ValueError(f"may only contain letters, digits, '_', '.' and '-', got {_show(value)}")
     return text
 
 
-def _token(what: str) -> Convert[str]:
+def _token(what: str, case: Callable[[str], str]) -> Convert[str]:
     def convert(value: object) -> str:
         text = _string(value)
         if not _TOKEN_RE.fullmatch(text):
             raise ValueError(f"must be a valid {what}, got {_show(value)}")
-        return text
+        return case(text)
 
     return convert
 
 
-_header_name = _token("header name")
-_cookie_name = _token("cookie name")  # RFC 6265 §4.1.1: cookie-name = token
-
-
-def _lower_header_name(value: object) -> str:
-    return _header_name(value).lower()
-
-
-def _method(value: object) -> str:
-    return _token("HTTP method")(value).upper()
+_header_name = _token("header name", str.lower)  # kept lower-case: compared case-insensitively
+_cookie_name = _token("cookie name", str)
+_method = _token("HTTP method", str.upper)
 
 
 def _query_name(value: object) -> str:
     text = _string(value)
-    if any(c in text for c in "&=#?") or _CONTROL_RE.search(text) or " " in text:
+    if _UNSAFE_RE.search(text) or any(c in text for c in "&=#?"):
         raise ValueError(f"must be a query parameter name, got {_show(value)}")
     return text
 
@@ -400,7 +396,7 @@ def _query_name(value: object) -> str:
 def _starting_with(prefix: str, example: str) -> Convert[str]:
     def convert(value: object) -> str:
         text = _string(value)
-        if not text.startswith(prefix) or _CONTROL_RE.search(text) or " " in text:
+        if not text.startswith(prefix) or _UNSAFE_RE.search(text):
             raise ValueError(f"must start with {prefix!r}, e.g. {example!r}, got {_show(value)}")
         return text
 
@@ -415,34 +411,35 @@ def _path(value: object) -> str:
 
 
 def _host_match(value: object) -> str | None:
-    """``shop.example.com`` or ``*.example.com``; null means any host."""
+    """``shop.example.com`` or ``*.example.com``, lower-cased; null means any host."""
     if value is None:
         return None
     host = _string(value).lower()
     if not _HOST_MATCH_RE.fullmatch(host):
         raise ValueError(
-            f"must be a host name such as shop.example.com or *.example.com, got {_show(value)}"
+            f"must be a host such as shop.example.com or *.example.com, got {_show(value)}"
         )
     return host
 
 
-def _host(text: str, shown: object) -> str:
-    """A host name, IPv4 address, or IPv6 address (without brackets); lower-cased."""
-    if ":" in text:
+def _host(text: str, value: object) -> str:
+    """A host name, IPv4 address or IPv6 address (without brackets), lower-cased."""
+    host = text.lower()
+    if ":" in host:
         try:
-            ipaddress.IPv6Address(text)
+            ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"has an invalid IPv6 address, got {_show(shown)}") from None
-    elif not _HOSTNAME_RE.fullmatch(text):
-        raise ValueError(f"has an invalid host, got {_show(shown)}")
-    return text.lower()
+            raise ValueError(f"has an invalid IPv6 address, got {_show(value)}") from None
+    elif not _HOSTNAME_RE.fullmatch(host):
+        raise ValueError(f"has an invalid host, got {_show(value)}")
+    return host
 
 
 def _address(value: object) -> Address:
-    """``host:port`` or ``[v6]:port`` for a listener; port 0 lets the OS choose."""
+    """``host:port`` or ``[v6]:port`` for a listener; port 0 lets the OS choose one."""
     text = _string(value).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not _PORT_RE.fullmatch(port):
+    host, _, port = text.rpartition(":")
+    if not host or not _PORT_RE.fullmatch(port):
         raise ValueError(f"must be host:port, e.g. 0.0.0.0:8080, got {_show(value)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -456,33 +453,38 @@ def _address(value: object) -> Address:
 
 
 def _upstream(value: object) -> Upstream:
+    """``http://host[:port]``, normalised to ``http://host:port``; the port defaults to 80."""
     text = _string(value).strip()
     if "://" not in text:
         raise ValueError(f"must be a URL such as http://127.0.0.1:8000, got {_show(value)}")
-    parts = urlsplit(text)
+    bad = ValueError(f"must be http://host:port with a port of 1-65535, got {_show(value)}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise bad from None
     if parts.scheme.lower() != "http":
         raise ValueError(f"only http:// upstreams are supported, got {_show(value)}")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"must not contain a user name or password, got {_show(value)}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in text:
-        raise ValueError(f"must not have a path or query, got {_show(value)}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port == 0 or port == -1 or not parts.hostname:
-        raise ValueError(f"must be http://host:port with a port of 1-65535, got {_show(value)}")
+    if parts.path not in ("", "/") or "?" in text or "#" in text:
+        raise ValueError(f"must not have a path, query or fragment, got {_show(value)}")
+    if port == 0 or not parts.hostname:
+        raise bad
     host = _host(parts.hostname, value)
     port = 80 if port is None else port
     shown = f"[{host}]" if ":" in host else host
     return Upstream(url=f"http://{shown}:{port}", host=host, port=port)
 
 
+_STICKY_BY: tuple[StickyBy, ...] = ("cookie", "header", "query", "ip", "none")
+
+
 def _sticky_by(value: object) -> StickyBy:
-    for by in get_args(StickyBy):
+    for by in _STICKY_BY:
         if value == by:
-            return by  # type: ignore[no-any-return]  # get_args loses the Literal
-    raise ValueError(f"must be one of {', '.join(get_args(StickyBy))}, got {_show(value)}")
+            return by
+    raise ValueError(f"must be one of {', '.join(_STICKY_BY)}, got {_show(value)}")
 
 
 def _token_env(value: object) -> str | None:
@@ -515,10 +517,11 @@ def _backend_of(names: Collection[str]) -> Convert[str]:
 
 
 # ---- walking the YAML ------------------------------------------------------------------------
-# The text is composed, not loaded, so every node keeps its line. Scalars are constructed
-# one at a time with PyYAML's safe constructor; mappings and lists are walked here.
+# The text is composed, not loaded, so that every node keeps its line. Scalars are built one
+# at a time by PyYAML's safe constructor; mappings and lists are walked here, by the schema.
 
 _NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
@@ -534,8 +537,7 @@ class _Context:
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.YAMLError as e:
-            problem = getattr(e, "problem", None) or str(e)
-            raise ValueError(f"cannot read this value: {problem}") from None
+            raise ValueError(f"cannot read this value: {getattr(e, 'problem', e)}") from None
 
 
 def _join(path: str, key: str) -> str:
@@ -562,11 +564,18 @@ class _At:
         self.ctx.problems.append(Problem(self.path or "<root>", what, self.line))
 
     def value(self) -> object:
+        """A scalar's value; a mapping or list only as the name of its kind."""
         if isinstance(self.node, yaml.MappingNode):
             return _A_MAPPING
         if isinstance(self.node, yaml.SequenceNode):
             return _A_LIST
         return self.ctx.scalar(self.node)
+
+    def shown(self) -> str:
+        try:
+            return _show(self.value())
+        except ValueError:
+            return "an unreadable value"
 
     def convert(self, convert: Convert[T]) -> T | None:
         """The converted value, or None after recording why it is wrong."""
@@ -579,82 +588,96 @@ class _At:
     def mapping(self, keys: Collection[str] | None = None) -> _Map | None:
         """This node as a mapping whose keys must be among ``keys`` (None: any name)."""
         if not isinstance(self.node, yaml.MappingNode) or self.node.tag != _MAP_TAG:
-            self.fail(f"must be a mapping, got {_show(self.convert(lambda v: v))}")
+            self.fail(f"must be a mapping, got {self._kind()}")
             return None
-        return _Map(self, keys)
+        m = _Map(self.ctx, self.path, self.line)
+        m.read(self.node, keys)
+        return m
 
     def items(self) -> list[_At] | None:
-        """This node as a list of nodes with paths ``path[i]``."""
+        """This node as a list of nodes at paths ``path[i]``."""
         if not isinstance(self.node, yaml.SequenceNode) or self.node.tag != _SEQ_TAG:
-            self.fail(f"must be a list, got {_show(self.convert(lambda v: v))}")
+            self.fail(f"must be a list, got {self._kind()}")
             return None
         return [_At(self.ctx, f"{self.path}[{i}]", n) for i, n in enumerate(self.node.value)]
 
+    def _kind(self) -> str:
+        tag = str(self.node.tag)
+        if not isinstance(self.node, yaml.ScalarNode) and not tag.startswith("tag:yaml.org,2002:"):
+            return f"a value tagged {tag}"
+        return self.shown()
+
 
 class _Map:
-    """A YAML mapping at a path. Unknown and duplicate keys are reported on creation."""
+    """A YAML mapping at a path, by key. ``present`` is False for an absent or null section,
+    which reads as all defaults."""
 
-    def __init__(self, at: _At | None, keys: Collection[str] | None, *, path: str = "") -> None:
-        self.path = at.path if at else path
-        self.line = at.line if at else 1
-        self.present = at is not None  # False: an absent or null section, read as defaults
-        self._ctx = at.ctx if at else _Context()
+    def __init__(self, ctx: _Context, path: str, line: int, *, present: bool = True) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.line = line  # where problems about absent keys are reported
+        self.present = present
         self.entries: dict[str, _At] = {}
-        if at is not None:
-            self._read(at, keys)
+        self.key_lines: dict[str, int] = {}
 
-    @classmethod
-    def empty(cls, ctx: _Context, path: str, line: int) -> _Map:
-        m = cls(None, None, path=path)
-        m._ctx, m.line = ctx, line
-        return m
-
-    def _read(self, at: _At, keys: Collection[str] | None) -> None:
-        node = at.node
-        assert isinstance(node, yaml.MappingNode)
+    def read(self, node: yaml.MappingNode, keys: Collection[str] | None) -> None:
+        """Take the entries of ``node``; report duplicate, unknown and non-string keys."""
         seen: dict[str, int] = {}
         for key_node, _ in node.value:
-            # Merge keys (<<) may be overridden by the mapping's own keys; its own keys may
-            # not repeat: PyYAML would silently keep the last one.
-            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            # PyYAML silently keeps the last of repeated keys; a repeat is almost always a
+            # mistake. Keys brought in by a merge (<<) are not repeats: own keys override them.
             line = int(key_node.start_mark.line) + 1
-            if key_node.tag == "tag:yaml.org,2002:str" and name in seen:
-                where = _join(self.path, name)
-                self._ctx.problems.append(
-                    Problem(where, f"duplicate key (first on line {seen[name]})", line)
+            if key_node.tag == _STR_TAG and key_node.value in seen:
+                where = _join(self.path, key_node.value)
+                first = seen[key_node.value]
+                self.ctx.problems.append(
+                    Problem(where, f"duplicate key (first on line {first})", line)
                 )
-            elif key_node.tag == "tag:yaml.org,2002:str" and name is not None:
-                seen[name] = line
+            elif key_node.tag == _STR_TAG:
+                seen[key_node.value] = line
+        # flatten_mapping resolves merge keys in place: work on a copy so that an anchored
+        # mapping read again through an alias still has its own keys only.
+        node = yaml.MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark)
         try:
-            self._ctx.constructor.flatten_mapping(node)
+            self.ctx.constructor.flatten_mapping(node)
         except yaml.YAMLError as e:
-            at.fail(f"bad merge key: {getattr(e, 'problem', e)}")
+            self.ctx.problems.append(
+                Problem(self.path or "<root>", f"bad merge: {getattr(e, 'problem', e)}", self.line)
+            )
             return
         for key_node, value_node in node.value:
-            key_at = _At(self._ctx, self.path, key_node)
-            key = key_at.convert(lambda v: v)
+            key_at = _At(self.ctx, self.path, key_node)
+            key = key_at.value() if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                key_at.fail(f"keys must be strings, got {_show(key)}")
+                key_at.fail(f"keys must be strings, got {key_at.shown()}")
                 continue
-            child = _At(self._ctx, _join(self.path, key), value_node)
+            where = _join(self.path, key)
             if keys is not None and key not in keys:
                 close = difflib.get_close_matches(key, keys, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"expected {', '.join(keys)}"
-                self._ctx.problems.append(Problem(child.path, f"unknown key; {hint}", key_at.line))
+                self.ctx.problems.append(Problem(where, f"unknown key; {hint}", key_at.line))
                 continue
-            self.entries[key] = child
+            self.entries[key] = _At(self.ctx, where, value_node)
+            self.key_lines[key] = key_at.line
+
+    @property
+    def problem_count(self) -> int:
+        return len(self.ctx.problems)
 
     def take(self, key: str) -> _At | None:
         return self.entries.get(key)
 
     def fail(self, key: str, what: str) -> None:
-        """A problem at ``key``: on its value's line, or the mapping's when it is absent."""
+        """A problem at ``key``: on its value's line, or on the mapping's when it is absent."""
         at = self.entries.get(key)
-        line = at.line if at else self.line
-        self._ctx.problems.append(Problem(_join(self.path, key), what, line))
+        self.ctx.problems.append(Problem(_join(self.path, key), what, at.line if at else self.line))
+
+    def fail_key(self, key: str, what: str) -> None:
+        """A problem with the key itself, on the key's line."""
+        self.ctx.problems.append(Problem(_join(self.path, key), what, self.key_lines[key]))
 
     def get(self, key: str, convert: Convert[T], default: T) -> T:
-        """The converted value, or ``default`` when absent or wrong (the latter recorded)."""
+        """The converted value, or ``default`` when absent or wrong (wrong is recorded)."""
         at = self.entries.get(key)
         if at is None:
             return default
@@ -670,14 +693,13 @@ class _Map:
         return at.convert(convert)
 
     def section(self, key: str, keys: Collection[str]) -> _Map:
-        """A nested mapping; absent or null reads as empty (``present`` False)."""
+        """A nested mapping; absent, null or wrong reads as empty (``present`` False)."""
         at = self.entries.get(key)
         if at is not None and not at.is_null:
             m = at.mapping(keys)
             if m is not None:
                 return m
-        line = at.line if at else self.line
-        return _Map.empty(self._ctx, _join(self.path, key), line)
+        return _Map(self.ctx, _join(self.path, key), at.line if at else self.line, present=False)
 
     def items(self, key: str) -> list[_At]:
         """A nested list; absent or null reads as empty."""
@@ -687,25 +709,22 @@ class _Map:
         return at.items() or []
 
     def get_list(
-        self, key: str, convert: Convert[T], default: tuple[T, ...], *, nonempty: str = ""
+        self, key: str, convert: Convert[T], default: tuple[T, ...], *, empty: str = ""
     ) -> tuple[T, ...]:
-        """A list of converted values, or ``default`` when absent or any item is wrong.
+        """The converted items, or ``default`` when absent or any item is wrong.
 
-        ``nonempty`` is the message for an empty list, which is then an error.
+        With ``empty`` (the message), an empty list is wrong too.
         """
         at = self.entries.get(key)
-        if at is None:
+        items = None if at is None else at.items()
+        if at is None or items is None:
             return default
-        items = at.items()
-        if items is None:
-            return default
-        if not items and nonempty:
-            at.fail(nonempty)
+        if not items and empty:
+            at.fail(empty)
             return default
         values = [item.convert(convert) for item in items]
-        if any(v is None for v in values):
-            return default
-        return tuple(v for v in values if v is not None)
+        good = tuple(v for v in values if v is not None)
+        return good if len(good) == len(values) else default
 
 
 # ---- the schema ------------------------------------------------------------------------------
@@ -739,64 +758,72 @@ _HEALTH_KEYS = (
     "healthy_threshold",
     "expect_status",
 )
-_percent = _number(0, 100)
 
 
 def parse_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML ``text``; raise ConfigError listing every problem found."""
-    ctx = _Context()
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        what = " ".join(filter(None, [e.problem, f"({e.context})" if e.context else None]))
+        what = e.problem or "invalid YAML"
+        if e.context:
+            what += f" ({e.context})"
         line = None if mark is None else int(mark.line) + 1
-        raise ConfigError([Problem("<yaml>", what or "invalid YAML", line)], source) from None
-    except yaml.YAMLError as e:
+        raise ConfigError([Problem("<yaml>", what, line)], source) from None
+    except yaml.YAMLError as e:  # e.g. a control character the reader refuses
         raise ConfigError([Problem("<yaml>", str(e))], source) from None
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL_TAG):
-        top = _Map.empty(ctx, "", 1)
-    else:
-        top = _At(ctx, "", root).mapping(_TOP_KEYS) or _Map.empty(ctx, "", 1)
-    config = _config(top)
+    ctx = _Context()
+    top: _Map | None = _Map(ctx, "", 1, present=False)  # an empty file
+    if root is not None and not _At(ctx, "", root).is_null:
+        top = _At(ctx, "", root).mapping(_TOP_KEYS)
+    config = Config() if top is None else _config(top)
     if ctx.problems:
-        # Stable: problems on one line keep the order they were found in.
+        # In file order; sorting is stable, so problems on one line keep the order found.
         raise ConfigError(sorted(ctx.problems, key=lambda p: p.line or 0), source)
     return config
 
 
 def load_file(path: str | os.PathLike[str]) -> Config:
     """Read and parse the config file at ``path``."""
-    where = os.fspath(path)
+    name = os.fspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([Problem(where, f"cannot read: {e.strerror or e}")], where) from None
+        raise ConfigError([Problem(name, f"cannot read: {e.strerror or e}")], name) from None
     except UnicodeDecodeError as e:
-        raise ConfigError([Problem(where, f"is not UTF-8 text: {e.reason}")], where) from None
-    return parse_text(text, source=where)
+        raise ConfigError([Problem(name, f"is not UTF-8 text: {e.reason}")], name) from None
+    return parse_text(text, source=name)
+
+
+_ANY = {"0.0.0.0", "::"}  # listening on these takes the port on every address
 
 
 def _config(top: _Map) -> Config:
     d = Config()
-    listen = top.get("listen", _address, d.listen)
-
     a = top.section("admin", ("listen", "token_env", "protect_reads"))
+    before = top.problem_count
+    listen = top.get("listen", _address, d.listen)
+    admin_listen = a.get("listen", _address, d.admin.listen)
+    hosts = {listen.host, admin_listen.host}
+    if (
+        top.problem_count == before
+        and listen.port != 0
+        and listen.port == admin_listen.port
+        and (len(hosts) == 1 or hosts & _ANY)
+    ):
+        a.fail("listen", f"uses the same port as listen ({listen})")
     admin = Admin(
-        listen=a.get("listen", _address, d.admin.listen),
+        listen=admin_listen,
         token_env=a.get("token_env", _token_env, d.admin.token_env),
         protect_reads=a.get("protect_reads", _boolean, d.admin.protect_reads),
     )
-    if listen.port != 0 and listen.port == admin.listen.port:
-        wildcards = ("0.0.0.0", "::")
-        if listen.host == admin.listen.host or {listen.host, admin.listen.host} & {*wildcards}:
-            a.fail("listen", f"conflicts with listen ({listen}): use another port")
 
     s = top.section("state", ("path",))
     t = top.section("timeouts", ("connect", "response", "idle"))
     lim = top.section("limits", ("max_request_body",))
 
-    routes: list[Route] = []
+    routes: tuple[Route, ...] = ()
     routes_at = top.take("routes")
     if routes_at is None:
         top.fail("routes", "is required: list at least one route")
@@ -815,65 +842,68 @@ def _config(top: _Map) -> Config:
             idle=t.get("idle", _duration, d.timeouts.idle),
         ),
         limits=Limits(
-            max_request_body=lim.get("max_request_body", _size(1), d.limits.max_request_body)
+            max_request_body=lim.get("max_request_body", _size(1), d.limits.max_request_body),
         ),
         access_log=top.get("access_log", _access_log, d.access_log),
-        routes=tuple(routes),
+        routes=routes,
     )
 
 
-def _routes(items: list[_At]) -> list[Route]:
+def _routes(items: list[_At]) -> tuple[Route, ...]:
     routes: list[Route] = []
-    by_name: dict[str, str] = {}  # name -> path of the route that has it
+    by_name: dict[str, str] = {}  # name -> path of the first route with it
     by_match: dict[tuple[str | None, str], tuple[str, str]] = {}  # -> (name, path)
     for at in items:
         m = at.mapping(_ROUTE_KEYS)
         if m is None:
             continue
-        route = _route(m)
+        before = m.problem_count
+        match = _match(m.section("match", ("host", "path_prefix")))
+        match_read = m.problem_count == before
+        route = _route(m, match)
         routes.append(route)
         if route.name in by_name:
             m.fail("name", f"duplicate route name {route.name!r} (also {by_name[route.name]})")
         elif route.name:
             by_name[route.name] = at.path
-        key = (route.match.host, route.match.path_prefix)
-        if key in by_match:
+        # Compared only when read without problems: a wrong one is reported once, by itself.
+        key = (match.host, match.path_prefix)
+        if match_read and key in by_match:
             other, other_path = by_match[key]
             m.fail(
                 "match",
-                f"route {route.name!r} has the same host and path_prefix as route {other!r}"
-                f" ({other_path}), so one of them would never be used",
+                f"same host and path_prefix as route {other!r} ({other_path}):"
+                f" one of them would never be used",
             )
-        else:
+        elif match_read:
             by_match[key] = (route.name, at.path)
-    return routes
+    return tuple(routes)
 
 
-def _route(m: _Map) -> Route:
-    name = m.need("name", _name) or ""
-
-    mm = m.section("match", ("host", "path_prefix"))
-    match = Match(
-        host=mm.get("host", _host_match, None),
-        path_prefix=mm.get("path_prefix", _path, "/"),
+def _match(m: _Map) -> Match:
+    return Match(
+        host=m.get("host", _host_match, None), path_prefix=m.get("path_prefix", _path, "/")
     )
 
+
+def _route(m: _Map, match: Match) -> Route:
+    name = m.need("name", _name) or ""
     backends = _backends(m)
     names = [b.name for b in backends]
     baseline = m.get("baseline", _backend_of(names), names[0] if names else "")
 
     s = m.section("sticky", ("by", "name", "max_age"))
-    by = s.get("by", _sticky_by, "none")
-    sticky_name: str | None = None
+    by: StickyBy = s.get("by", _sticky_by, "none")
+    key_name: str | None = None
     if by == "cookie":
-        sticky_name = s.get("name", _cookie_name, f"sp_{name}")
+        key_name = s.get("name", _cookie_name, f"sp_{name}")
     elif by == "header":
-        sticky_name = s.need("name", _lower_header_name)
+        key_name = s.need("name", _header_name)
     elif by == "query":
-        sticky_name = s.need("name", _query_name)
+        key_name = s.need("name", _query_name)
     elif s.take("name") is not None:
         s.fail("name", f"is not used with by: {by}; remove it")
-    sticky = Sticky(by=by, name=sticky_name, max_age=s.get("max_age", _duration, 86400.0))
+    sticky = Sticky(by=by, name=key_name, max_age=s.get("max_age", _duration, 86400.0))
 
     return Route(
         name=name,
@@ -888,6 +918,8 @@ def _route(m: _Map) -> Route:
 
 
 def _backends(route: _Map) -> tuple[Backend, ...]:
+    """The route's backends, in config order. A backend with problems is still listed (with
+    what could be read), so that references to it by name are not reported as well."""
     at = route.take("backends")
     if at is None:
         route.fail("backends", "is required: name at least one backend")
@@ -898,32 +930,31 @@ def _backends(route: _Map) -> tuple[Backend, ...]:
     if not m.entries:
         at.fail("must name at least one backend")
     backends: list[Backend] = []
-    weights_known = True
+    weights_read = True
     for name, b_at in m.entries.items():
-        b_at.convert(lambda _, name=name: _name(name))  # the key: reported on its value's line
+        try:
+            _name(name)
+        except ValueError as e:
+            m.fail_key(name, str(e))
         b = b_at.mapping(("upstreams", "weight"))
         if b is None:
             backends.append(Backend(name, (), 0.0))
-            weights_known = False
+            weights_read = False
             continue
-        upstreams = b.get_list(
-            "upstreams", _upstream, (), nonempty="must list at least one http://host:port"
-        )
         if "upstreams" not in b.entries:
             b.fail("upstreams", "is required: list at least one http://host:port")
-        seen: dict[tuple[str, int], int] = {}
+        upstreams = b.get_list("upstreams", _upstream, (), empty="must list at least one upstream")
+        first: dict[str, int] = {}
         for i, u in enumerate(upstreams):
-            if (u.host, u.port) in seen:
-                b.items("upstreams")[i].fail(
-                    f"duplicate upstream (also upstreams[{seen[u.host, u.port]}])"
-                )
-            seen.setdefault((u.host, u.port), i)
-        weight_at = b.take("weight")
-        weight = 0.0 if weight_at is None else weight_at.convert(_number(0))
-        weights_known = weights_known and weight is not None
-        backends.append(Backend(name, upstreams, weight or 0.0))
-    # Only judged when every weight was read: a wrong weight is reported once, by itself.
-    if backends and weights_known and sum(b.weight for b in backends) <= 0:
+            if u.url in first:
+                b.items("upstreams")[i].fail(f"duplicate upstream (also upstreams[{first[u.url]}])")
+            first.setdefault(u.url, i)
+        before = b.problem_count
+        weight = b.get("weight", _number(0), 0.0)
+        weights_read = weights_read and b.problem_count == before
+        backends.append(Backend(name, upstreams, weight))
+    # Judged only when every weight was read, so that one wrong weight is one problem.
+    if backends and weights_read and sum(b.weight for b in backends) <= 0:
         at.fail("at least one backend needs a positive weight")
     return tuple(backends)
 
@@ -937,7 +968,7 @@ def _override(at: _At, backends: list[str]) -> Override:
         m.fail("cookie", "give either header or cookie, not both")
     elif kind not in m.entries:
         m.fail("header", "is required (or cookie): the name to match")
-    name = m.get(kind, _lower_header_name if kind == "header" else _cookie_name, "")
+    name = m.get(kind, _header_name if kind == "header" else _cookie_name, "")
     value = _override_value(m, kind)
     backend = m.need("backend", _backend_of(backends)) or ""
     return Override(kind, name, value, backend)
@@ -946,23 +977,23 @@ def _override(at: _At, backends: list[str]) -> Override:
 def _override_value(m: _Map, kind: str) -> str:
     """The value as written: ``value: 1`` matches "1", ``value: yes`` matches "yes".
 
-    Header and cookie values are text, so a scalar YAML reads as a number or a boolean
-    is taken by its source text rather than rejected or turned into "True".
+    Header and cookie values are text. A scalar that YAML would read as a number or a
+    boolean is taken by its source text, so ``01`` stays "01" and ``yes`` is not "True".
     """
     at = m.take("value")
     if at is None:
         m.fail("value", "is required")
         return ""
     if not isinstance(at.node, yaml.ScalarNode) or at.is_null:
-        at.fail(f"must be a string, got {_show(at.convert(lambda v: v))}")
+        at.fail(f"must be a string, got {at.shown()}")
         return ""
     text = str(at.node.value)
     if not text:
         at.fail("must not be empty")
-    elif _CONTROL_RE.search(text):
-        at.fail("must not contain control characters")
     elif kind == "cookie" and not _COOKIE_VALUE_RE.fullmatch(text):
-        at.fail(f"must be a valid cookie value (no spaces, quotes, ',', ';' or '\\'), got {text!r}")
+        at.fail(f"must be a cookie value (no spaces, quotes, ',', ';' or '\\'), got {text!r}")
+    elif re.search(r"[\x00-\x08\x0a-\x1f\x7f]", text):  # RFC 9110 §5.5: no CTLs but HTAB
+        at.fail(f"must not contain control characters, got {text!r}")
     return text
 
 
@@ -970,35 +1001,35 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
     if not m.present:
         return None
     d = Shadow(backend="")
-    n = m.section("noise", ("percent", "relative_threshold", "absolute_threshold"))
-    f = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints"))
+    noise = m.section("noise", ("percent", "relative_threshold", "absolute_threshold"))
+    diff = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints"))
+    methods = m.get_list(
+        "methods",
+        _method,
+        d.methods,
+        empty="must list at least one method (set percent: 0 to pause mirroring)",
+    )
+    ignore_headers = diff.get_list("ignore_headers", _header_name, d.diff.ignore_headers)
     return Shadow(
         backend=m.need("backend", _backend_of(backends)) or "",
         percent=m.get("percent", _percent, d.percent),
-        methods=tuple(
-            dict.fromkeys(
-                m.get_list(
-                    "methods",
-                    _method,
-                    d.methods,
-                    nonempty="must list at least one method (use percent: 0 to pause mirroring)",
-                )
-            )
-        ),
+        methods=tuple(dict.fromkeys(methods)),
         max_body=m.get("max_body", _size(0), d.max_body),
         max_in_flight=m.get("max_in_flight", _integer(1), d.max_in_flight),
         timeout=m.get("timeout", _duration, d.timeout),
         noise=ShadowNoise(
-            percent=n.get("percent", _percent, d.noise.percent),
-            relative_threshold=n.get("relative_threshold", _percent, d.noise.relative_threshold),
-            absolute_threshold=n.get("absolute_threshold", _percent, d.noise.absolute_threshold),
+            percent=noise.get("percent", _percent, d.noise.percent),
+            relative_threshold=noise.get(
+                "relative_threshold", _percent, d.noise.relative_threshold
+            ),
+            absolute_threshold=noise.get(
+                "absolute_threshold", _percent, d.noise.absolute_threshold
+            ),
         ),
         diff=ShadowDiff(
-            ignore_headers=tuple(
-                dict.fromkeys(f.get_list("ignore_headers", _lower_header_name, d.diff.ignore_headers))
-            ),
-            ignore_fields=f.get_list("ignore_fields", _starting_with("$", "$.meta.id"), ()),
-            endpoints=f.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
+            ignore_headers=tuple(dict.fromkeys(ignore_headers)),
+            ignore_fields=diff.get_list("ignore_fields", _starting_with("$", "$.meta.id"), ()),
+            endpoints=diff.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
         ),
     )
 
@@ -1007,19 +1038,21 @@ def _health_check(m: _Map) -> HealthCheck | None:
     if not m.present:
         return None
     d = HealthCheck()
-    before = len(m.entries)  # placeholder to keep the shape obvious; see the time check below
-    del before
-    interval_at, timeout_at = m.take("interval"), m.take("timeout")
+    before = m.problem_count
     interval = m.get("interval", _duration, d.interval)
     timeout = m.get("timeout", _duration, d.timeout)
-    both_read = all(a is None or a.convert(_duration) is not None for a in ())
-    del both_read, interval_at, timeout_at
+    if m.problem_count == before and timeout > interval:
+        m.fail("timeout", f"must not be longer than interval ({interval:g}s)")
+    before = m.problem_count
     status = m.get_list("expect_status", _integer(100, 599), d.expect_status)
+    if m.problem_count == before and (len(status) != 2 or status[0] > status[1]):
+        m.fail("expect_status", "must be [low, high] with low <= high, e.g. [200, 399]")
+        status = d.expect_status
     return HealthCheck(
         path=m.get("path", _path, d.path),
         interval=interval,
         timeout=timeout,
         unhealthy_threshold=m.get("unhealthy_threshold", _integer(1), d.unhealthy_threshold),
         healthy_threshold=m.get("healthy_threshold", _integer(1), d.healthy_threshold),
-        expect_status=(status[0], status[-1]),
+        expect_status=(status[0], status[1]),
     )

@@ -587,6 +587,7 @@ class ClientConnection(asyncio.Protocol):
         if pending:
             conn.transport.write(b"".join(pending))
         self.parsing = None
+        self.active = None
         self.rt.finished(self, ex)
         self.update_reading()
 

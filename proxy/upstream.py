@@ -185,7 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        if self.finished or self.client is None or self.ex is None:
+        if self.finished or self.tunnel or self.client is None or self.ex is None:
             return
         self.finished = True
         self.client.response_complete(self.ex, self, reusable=True)
