@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the proxy (data listener + admin listener)")
     run.add_argument("-c", "--config", required=True, help="YAML config file (see config/example.yaml)")
-    run.add_argument("--grace", type=_duration, default=30.0, help="on SIGTERM, how long in-flight requests may take to finish (default 30s)")
+    run.add_argument(
+        "--grace",
+        type=_duration,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests may take to finish (default 30s)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 

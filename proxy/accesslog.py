@@ -43,6 +43,7 @@ class AccessLog:
 
     def request(
         self,
+        *,
         ts: float,
         client: bytes,
         method: bytes,

@@ -5,14 +5,11 @@ Off the hot path: aiohttp's comfort costs nothing here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .server import Server
+from .server import Server
 
-SERVER_KEY = web.AppKey("server", "Server")
+SERVER_KEY = web.AppKey("server", Server)
 
 
 async def healthz(request: web.Request) -> web.Response:

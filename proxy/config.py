@@ -173,6 +173,10 @@ class Config:
         raise KeyError(name)
 
 
+# As Envoy's weights, bounded: shares are weight / sum, and the sum must stay exact.
+MAX_WEIGHT = 1_000_000.0
+
+
 def with_weights(route: Route, weights: Mapping[str, float]) -> Route:
     """``route`` with the weights of the backends named in ``weights`` replaced.
 
@@ -181,8 +185,7 @@ def with_weights(route: Route, weights: Mapping[str, float]) -> Route:
     return dataclasses.replace(
         route,
         backends=tuple(
-            dataclasses.replace(b, weight=float(weights[b.name])) if b.name in weights else b
-            for b in route.backends
+            dataclasses.replace(b, weight=float(weights[b.name])) if b.name in weights else b for b in route.backends
         ),
     )
 
@@ -416,9 +419,7 @@ def _host_match(value: object) -> str | None:
         return None
     host = _string(value).lower()
     if not _HOST_MATCH_RE.fullmatch(host):
-        raise ValueError(
-            f"must be a host such as shop.example.com or *.example.com, got {_show(value)}"
-        )
+        raise ValueError(f"must be a host such as shop.example.com or *.example.com, got {_show(value)}")
     return host
 
 
@@ -536,7 +537,7 @@ class _Context:
     def scalar(self, node: yaml.Node) -> object:
         try:
             return self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. `!!int x`
             raise ValueError(f"cannot read this value: {getattr(e, 'problem', e)}") from None
 
 
@@ -630,9 +631,7 @@ class _Map:
             if key_node.tag == _STR_TAG and key_node.value in seen:
                 where = _join(self.path, key_node.value)
                 first = seen[key_node.value]
-                self.ctx.problems.append(
-                    Problem(where, f"duplicate key (first on line {first})", line)
-                )
+                self.ctx.problems.append(Problem(where, f"duplicate key (first on line {first})", line))
             elif key_node.tag == _STR_TAG:
                 seen[key_node.value] = line
         # flatten_mapping resolves merge keys in place: work on a copy so that an anchored
@@ -681,8 +680,11 @@ class _Map:
         at = self.entries.get(key)
         if at is None:
             return default
-        value = at.convert(convert)
-        return default if value is None else value
+        try:
+            return convert(at.value())  # may be None, e.g. token_env: null
+        except ValueError as e:
+            at.fail(str(e))
+            return default
 
     def need(self, key: str, convert: Convert[T]) -> T | None:
         """Like ``get`` for a required key: absent is a problem too."""
@@ -708,9 +710,7 @@ class _Map:
             return []
         return at.items() or []
 
-    def get_list(
-        self, key: str, convert: Convert[T], default: tuple[T, ...], *, empty: str = ""
-    ) -> tuple[T, ...]:
+    def get_list(self, key: str, convert: Convert[T], default: tuple[T, ...], *, empty: str = "") -> tuple[T, ...]:
         """The converted items, or ``default`` when absent or any item is wrong.
 
         With ``empty`` (the message), an empty list is wrong too.
@@ -872,8 +872,7 @@ def _routes(items: list[_At]) -> tuple[Route, ...]:
             other, other_path = by_match[key]
             m.fail(
                 "match",
-                f"same host and path_prefix as route {other!r} ({other_path}):"
-                f" one of them would never be used",
+                f"same host and path_prefix as route {other!r} ({other_path}): one of them would never be used",
             )
         elif match_read:
             by_match[key] = (route.name, at.path)
@@ -881,9 +880,7 @@ def _routes(items: list[_At]) -> tuple[Route, ...]:
 
 
 def _match(m: _Map) -> Match:
-    return Match(
-        host=m.get("host", _host_match, None), path_prefix=m.get("path_prefix", _path, "/")
-    )
+    return Match(host=m.get("host", _host_match, None), path_prefix=m.get("path_prefix", _path, "/"))
 
 
 def _route(m: _Map, match: Match) -> Route:
@@ -950,12 +947,15 @@ def _backends(route: _Map) -> tuple[Backend, ...]:
                 b.items("upstreams")[i].fail(f"duplicate upstream (also upstreams[{first[u.url]}])")
             first.setdefault(u.url, i)
         before = b.problem_count
-        weight = b.get("weight", _number(0), 0.0)
+        weight = b.get("weight", _number(0, MAX_WEIGHT), 0.0)
         weights_read = weights_read and b.problem_count == before
         backends.append(Backend(name, upstreams, weight))
     # Judged only when every weight was read, so that one wrong weight is one problem.
-    if backends and weights_read and sum(b.weight for b in backends) <= 0:
+    total = sum(b.weight for b in backends)
+    if backends and weights_read and total <= 0:
         at.fail("at least one backend needs a positive weight")
+    elif not math.isfinite(total):  # shares are weight / sum: the sum must be a number
+        at.fail("the weights are too large: their sum is not a finite number")
     return tuple(backends)
 
 
@@ -1019,12 +1019,8 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
         timeout=m.get("timeout", _duration, d.timeout),
         noise=ShadowNoise(
             percent=noise.get("percent", _percent, d.noise.percent),
-            relative_threshold=noise.get(
-                "relative_threshold", _percent, d.noise.relative_threshold
-            ),
-            absolute_threshold=noise.get(
-                "absolute_threshold", _percent, d.noise.absolute_threshold
-            ),
+            relative_threshold=noise.get("relative_threshold", _percent, d.noise.relative_threshold),
+            absolute_threshold=noise.get("absolute_threshold", _percent, d.noise.absolute_threshold),
         ),
         diff=ShadowDiff(
             ignore_headers=tuple(dict.fromkeys(ignore_headers)),

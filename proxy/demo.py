@@ -119,7 +119,11 @@ async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0
     upstreams = await start_demo_upstreams()
     state_dir = os.environ.get("SPLITPROXY_DEMO_STATE") or tempfile.mkdtemp(prefix="splitproxy-demo-")
     text = demo_config_text(
-        upstreams.ports["v1"], upstreams.ports["v2"], listen=listen, admin=admin, state_path=os.path.join(state_dir, "state.db")
+        upstreams.ports["v1"],
+        upstreams.ports["v2"],
+        listen=listen,
+        admin=admin,
+        state_path=os.path.join(state_dir, "state.db"),
     )
     config = parse_text(text, "<demo>")
     print(

@@ -124,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         "draining",
         "ip",
         "last_io",
+        "out",
         "parser",
         "parsing",
         "queue",
@@ -143,6 +144,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None  # the request httptools is filling in
         self.active: Exchange | None = None  # the request whose response is in progress
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.read_paused = False
         self.write_paused = False
         self.upstream_full = False
@@ -345,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
         if expect is not None and expect.lower() == b"100-continue" and ex.http11 and not ex.req_complete:
             # RFC 9110 §10.1.1: we will read the body, so say so; the upstream never
             # sees Expect, as with nginx.
-            self.transport.write(h.CONTINUE)
+            self.write(h.CONTINUE)
         conn = pool.take_idle()
         if conn is not None:
             self._attach(ex, conn)
@@ -397,11 +399,7 @@ class ClientConnection(asyncio.Protocol):
     def update_reading(self) -> None:
         """Pause reading the client while its bytes have nowhere to go."""
         parsing = self.parsing
-        pause = (
-            bool(self.queue)
-            or self.upstream_full
-            or (parsing is not None and parsing.pending_size > PENDING_MAX)
-        )
+        pause = bool(self.queue) or self.upstream_full or (parsing is not None and parsing.pending_size > PENDING_MAX)
         if pause != self.read_paused and not self.closed and not self.draining:
             self.read_paused = pause
             if pause:
@@ -426,7 +424,7 @@ class ClientConnection(asyncio.Protocol):
         head += lines
         if status == 101 and ex.upgrade:
             head.append(b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % hdict.get(b"upgrade", b""))
-            self.transport.write(b"".join(head))
+            self.write(b"".join(head))
             self._start_tunnel(ex, conn)
             return
         cl = hdict.get(b"content-length")
@@ -456,24 +454,27 @@ class ClientConnection(asyncio.Protocol):
             sticky = ex.plan.route.sticky
             head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
         head.append(b"\r\n")
-        self.transport.write(b"".join(head))
+        # Held until the end of the upstream's data_received, so that the head and the
+        # first body bytes leave in one write (one syscall fewer per request).
+        self.out.append(b"".join(head))
 
     def response_body(self, ex: Exchange, body: bytes) -> None:
         if ex is not self.active:
             return
         ex.bytes_out += len(body)
         mode = ex.resp_mode
-        if mode == Exchange.RAW or mode == Exchange.UNTIL_CLOSE:
-            self.transport.write(body)
+        if mode in (Exchange.RAW, Exchange.UNTIL_CLOSE):
+            self.out.append(body)
         elif mode == Exchange.CHUNKED:
-            self.transport.write(h.chunk(body))
+            self.out.append(h.chunk(body))
 
     def response_complete(self, ex: Exchange, conn: UpstreamConnection, reusable: bool) -> None:
         if ex is not self.active:
             conn.release(reusable=False)
             return
         if ex.resp_mode == Exchange.CHUNKED:
-            self.transport.write(h.LAST_CHUNK)
+            self.out.append(h.LAST_CHUNK)
+        self.flush()
         ex.conn = None
         # A connection whose request body was not all sent cannot carry another request.
         conn.release(reusable=reusable and ex.req_complete)
@@ -521,7 +522,7 @@ class ClientConnection(asyncio.Protocol):
         if not ex.req_complete and not (ex.content_length == 0 or (ex.content_length is None and not ex.req_chunked)):
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.transport.write(
+        self.write(
             h.local_response(status, text, keep_alive=keep, head_only=ex.method == b"HEAD", request_id=ex.request_id)
         )
         ex.keep_alive = keep
@@ -540,7 +541,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, why: str) -> None:
         if self.active is None and not self.closed:
-            self.transport.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
+            self.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
         self.closing = True
         self.parsing = None
         if self.active is None:
@@ -563,6 +564,7 @@ class ClientConnection(asyncio.Protocol):
         socket with unread input sends a reset that can destroy the response in flight."""
         if self.closed or self.draining:
             return
+        self.flush()
         parsing = self.parsing
         if parsing is not None and not parsing.req_complete and self.transport.can_write_eof():
             self.draining = True
@@ -590,6 +592,17 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         self.rt.finished(self, ex)
         self.update_reading()
+
+    def flush(self) -> None:
+        """Write what responses have queued in ``out`` (see ``response_head``)."""
+        out = self.out
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def write(self, data: bytes) -> None:
+        self.flush()
+        self.transport.write(data)
 
     def _cancel_timer(self, ex: Exchange) -> None:
         if ex.timer is not None:

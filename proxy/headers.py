@@ -105,7 +105,9 @@ def status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
 
 
-def local_response(status: int, text: str, *, keep_alive: bool, head_only: bool = False, request_id: bytes = b"") -> bytes:
+def local_response(
+    status: int, text: str, *, keep_alive: bool, head_only: bool = False, request_id: bytes = b""
+) -> bytes:
     """A complete short plain-text response written by the proxy itself (errors, 404).
 
     Never a traceback: ``text`` is one line naming what failed (route, backend).

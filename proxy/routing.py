@@ -49,7 +49,7 @@ BY_OVERRIDE = "override"
 BY_STICKY = "sticky"
 BY_WEIGHT = "weight"
 
-_TWO64 = float(1 << 64)
+_TWO53 = float(1 << 53)
 
 
 def pick(cumulative: tuple[float, ...], point: float) -> int:
@@ -63,8 +63,9 @@ def pick(cumulative: tuple[float, ...], point: float) -> int:
 def _unit_hash(route: bytes, backend: bytes, key: bytes) -> float:
     # NUL cannot occur in route or backend names (config allows [A-Za-z0-9_.-]).
     digest = blake2b(b"%s\0%s\0%s" % (route, backend, key), digest_size=8).digest()
-    # (n + 0.5) / 2**64 lies strictly inside (0, 1), so ln() is finite and negative.
-    return (int.from_bytes(digest, "big") + 0.5) / _TWO64
+    # The top 53 bits (a double's mantissa) as (n + 0.5) / 2**53: exactly representable,
+    # strictly inside (0, 1), so ln() is finite and negative.
+    return ((int.from_bytes(digest, "big") >> 11) + 0.5) / _TWO53
 
 
 def hrw_choice(route: bytes, names: tuple[bytes, ...], weights: tuple[float, ...], key: bytes) -> int:
@@ -148,14 +149,10 @@ class RoutePlan:
             running += w
             cumulative.append(running)
         headers = tuple(
-            (o.name.lower().encode(), o.value.encode(), index[o.backend])
-            for o in route.overrides
-            if o.kind == "header"
+            (o.name.lower().encode(), o.value.encode(), index[o.backend]) for o in route.overrides if o.kind == "header"
         )
         cookies = tuple(
-            (o.name.encode(), o.value.encode(), index[o.backend])
-            for o in route.overrides
-            if o.kind == "cookie"
+            (o.name.encode(), o.value.encode(), index[o.backend]) for o in route.overrides if o.kind == "cookie"
         )
         sticky_name = (route.sticky.name or "").encode()
         if route.sticky.by == "header":
@@ -268,9 +265,7 @@ class Table:
 
         self._exact = {h: by_prefix(p) for h, p in exact.items()}
         # Longest suffix first.
-        self._wild = tuple(
-            (suffix, by_prefix(p)) for suffix, p in sorted(wild.items(), key=lambda kv: -len(kv[0]))
-        )
+        self._wild = tuple((suffix, by_prefix(p)) for suffix, p in sorted(wild.items(), key=lambda kv: -len(kv[0])))
         self._any = by_prefix(anyhost)
 
     def match(self, host_header: bytes | None, path: bytes) -> RoutePlan | None:

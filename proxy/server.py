@@ -68,7 +68,9 @@ class Server:
         self.data_port = self._data_server.sockets[0].getsockname()[1]
         self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
         await self._admin.setup()
-        site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port, reuse_port=self.reuse_port or None)
+        site = web.TCPSite(
+            self._admin, config.admin.listen.host, config.admin.listen.port, reuse_port=self.reuse_port or None
+        )
         await site.start()
         self.admin_port = self._admin.addresses[0][1]
         self._ticker = tasks.spawn(self._tick(), "tick")
@@ -125,7 +127,9 @@ class Server:
         deadline = rt.loop.time() + self.grace
         while any(c.active is not None or c.tunnel is not None for c in rt.connections):
             if rt.loop.time() >= deadline:
-                log.warning("shutdown: %d connections still busy after %.1fs; closing them", len(rt.connections), self.grace)
+                log.warning(
+                    "shutdown: %d connections still busy after %.1fs; closing them", len(rt.connections), self.grace
+                )
                 break
             await asyncio.sleep(0.05)
         # 4. Close whatever is left, then the admin listener and the upstream pools.

@@ -9,6 +9,7 @@ llhttp and hands each event to the client connection that owns the exchange
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import httptools
@@ -112,9 +113,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :]
             if self.client is not None and rest:
-                self.client.transport.write(rest)
+                self.client.write(rest)
         except httptools.HttpParserError:
             self._failed(UpstreamReset("upstream sent a malformed response"))
+        client.flush()
         if self.reset_parser:
             self.reset_parser = False
             self.parser = httptools.HttpResponseParser(self)
@@ -232,12 +234,10 @@ class UpstreamPool:
             conn.close()
 
     def discard(self, conn: UpstreamConnection) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # not idle: it was in use
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
+    async def connect(self, timeout: float) -> UpstreamConnection:  # noqa: ASYNC109  # config value
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

@@ -81,10 +81,7 @@ async def test_post_body_with_content_length(start_upstream: StartUpstream, star
 async def test_chunked_request_body_is_streamed(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     up = await start_upstream()
     px = await start_proxy([route(stable=up)])
-    request = (
-        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-    )
+    request = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     (resp,) = await raw_exchange(px.port, request)
     info = json.loads(resp.body)
     assert info["body_len"] == 11
@@ -99,7 +96,9 @@ async def test_chunked_response_is_rechunked_for_http11(start_upstream: StartUps
     assert resp.body == b"x" * 200000
 
 
-async def test_http10_client_gets_a_close_delimited_body(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+async def test_http10_client_gets_a_close_delimited_body(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
     up = await start_upstream()
     px = await start_proxy([route(stable=up)])
     (resp,) = await raw_exchange(px.port, b"GET /stream?n=70000 HTTP/1.0\r\n\r\n")
@@ -296,7 +295,10 @@ async def test_header_override(start_upstream: StartUpstream, start_proxy: Start
     stable = await start_upstream("stable")
     canary = await start_upstream("canary")
     r = route(stable=(stable, 100), canary=(canary, 0))
-    r["overrides"] = [{"header": "X-Canary", "value": "always", "backend": "canary"}, {"cookie": "beta", "value": "1", "backend": "canary"}]
+    r["overrides"] = [
+        {"header": "X-Canary", "value": "always", "backend": "canary"},
+        {"cookie": "beta", "value": "1", "backend": "canary"},
+    ]
     px = await start_proxy([r])
     async with aiohttp.ClientSession() as s:
         for _ in range(5):
