@@ -317,10 +317,17 @@ def _boolean(value: object) -> bool:
 
 
 def _check_range(n: float, value: object, low: float, high: float | None) -> None:
+    if high is not None and not low <= n <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {_show(value)}")
     if n < low:
         raise ValueError(f"must be >= {low:g}, got {_show(value)}")
-    if high is not None and n > high:
-        raise ValueError(f"must be <= {high:g}, got {_show(value)}")
+
+
+def _weight(value: object) -> float:
+    weight = _number(0)(value)
+    if weight > MAX_WEIGHT:
+        raise ValueError(f"must be <= {MAX_WEIGHT:g} (shares are weight / sum), got {_show(value)}")
+    return weight
 
 
 def _integer(low: int, high: int | None = None) -> Convert[int]:
@@ -947,7 +954,7 @@ def _backends(route: _Map) -> tuple[Backend, ...]:
                 b.items("upstreams")[i].fail(f"duplicate upstream (also upstreams[{first[u.url]}])")
             first.setdefault(u.url, i)
         before = b.problem_count
-        weight = b.get("weight", _number(0, MAX_WEIGHT), 0.0)
+        weight = b.get("weight", _weight, 0.0)
         weights_read = weights_read and b.problem_count == before
         backends.append(Backend(name, upstreams, weight))
     # Judged only when every weight was read, so that one wrong weight is one problem.
