@@ -120,6 +120,8 @@ class Server:
         # 1. Stop accepting new connections.
         if self._data_server is not None:
             self._data_server.close()
+        busy = sum(1 for c in rt.connections if c.active is not None)
+        log.info("stopping: no longer accepting; %d requests in flight, up to %.0fs to finish", busy, self.grace)
         # 2. Idle keep-alive connections close now; busy ones after their response.
         for conn in list(rt.connections):
             conn.shutdown()
@@ -156,7 +158,6 @@ async def serve(config: Config, config_path: str | Path | None, *, grace: float,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: draining in-flight requests (up to %.0fs)", grace)
     await server.stop()
     log.info("stopped")
 

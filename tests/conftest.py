@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,3 +294,101 @@ async def raw_exchange(port: int, data: bytes, *, responses: int = 1, head: bool
         return [await read_response(reader, head_request=head) for _ in range(responses)]
     finally:
         writer.close()
+
+
+# ---- the installed command in a subprocess (tier 3) -------------------------------------------
+
+SPLITPROXY = str(Path(sys.executable).parent / "splitproxy")
+
+
+class ProxyProcess:
+    """``splitproxy run -c FILE`` as a user runs it; stderr lines are collected as they come,
+    and waiting for one is waiting on an event, not a sleep."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.port = 0
+        self.admin_port = 0
+
+    @classmethod
+    async def start(cls, config_path: Path, *args: str) -> ProxyProcess:
+        proc = await asyncio.create_subprocess_exec(
+            SPLITPROXY,
+            "run",
+            "-c",
+            str(config_path),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self = cls(proc)
+        line = await self.wait_for("listening:", within=20)
+        m = re.search(r"proxy on \S+:(\d+), admin on \S+:(\d+)", line)
+        assert m, line
+        self.port, self.admin_port = int(m.group(1)), int(m.group(2))
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, text: str, *, within: float = 10, after: int = 0) -> str:
+        """The first stderr line from index ``after`` on that contains ``text``."""
+        async with asyncio.timeout(within):
+            while True:
+                for line in self.lines[after:]:
+                    if text in line:
+                        return line
+                if self._reader.done():
+                    raise AssertionError(f"process ended without {text!r}: {self.lines}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        await self._reader
+        return code
+
+
+StartProcess = Callable[..., Awaitable[ProxyProcess]]
+
+
+@pytest.fixture
+async def proxy_process() -> AsyncIterator[StartProcess]:
+    started: list[ProxyProcess] = []
+
+    async def start(config_path: Path, *args: str) -> ProxyProcess:
+        p = await ProxyProcess.start(config_path, *args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        await p.stop()

@@ -1,0 +1,224 @@
+"""Tier 3: the installed ``splitproxy run`` in a subprocess — reload, shutdown, big bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from .conftest import ProxyProcess, StartProcess, StartUpstream, Upstream, config_text, read_response, route
+
+
+def write_config(tmp: Path, routes: list, **top: object) -> Path:
+    path = tmp / "splitproxy.yaml"
+    path.write_text(config_text(tmp, routes, **top))
+    return path
+
+
+def weighted(stable: Upstream, canary: Upstream, ws: int, wc: int) -> list:
+    return [route(stable=(stable, ws), canary=(canary, wc))]
+
+
+async def test_sighup_reload_under_load_loses_nothing(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    stable = await start_upstream("stable")
+    canary = await start_upstream("canary")
+    cfg = write_config(tmp_path, weighted(stable, canary, 100, 0))
+    px: ProxyProcess = await proxy_process(cfg)
+
+    results: Counter[str] = Counter()
+    failures: list[str] = []
+    seen_canary = asyncio.Event()
+    stop = asyncio.Event()
+    progressed = asyncio.Event()
+
+    async def until_answered(n: int) -> None:
+        """Wait (on the clients' event, not a timer) until ``n`` more answers came in."""
+        goal = sum(results.values()) + n
+        while sum(results.values()) < goal:
+            progressed.clear()
+            await progressed.wait()
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                try:
+                    async with s.get(px.url + "/load") as r:
+                        if r.status != 200:
+                            failures.append(f"status {r.status}")
+                            continue
+                        who = (await r.json())["upstream"]
+                        results[who] += 1
+                        progressed.set()
+                        if who == "canary":
+                            seen_canary.set()
+                except aiohttp.ClientError as exc:
+                    failures.append(repr(exc))
+
+    async with asyncio.timeout(60):
+        load = [asyncio.ensure_future(client()) for _ in range(8)]
+        try:
+            await until_answered(200)
+            assert results["canary"] == 0
+
+            # A valid new file: all traffic to canary, applied without a restart.
+            cfg.write_text(config_text(tmp_path, weighted(stable, canary, 0, 100)))
+            mark = len(px.lines)
+            px.signal(signal.SIGHUP)
+            await px.wait_for("reloaded", after=mark)
+            await seen_canary.wait()
+            before = results.copy()
+            await until_answered(200)
+            assert results["stable"] == before["stable"], "stable still served after the reload"
+
+            # An invalid file: logged, and the running config stays.
+            cfg.write_text("routes: [{name: broken, backends: {}}]\nbogus: 1\n")
+            mark = len(px.lines)
+            px.signal(signal.SIGHUP)
+            line = await px.wait_for("reload of", after=mark)
+            assert "failed" in line
+            assert any("bogus" in ln for ln in px.lines[mark:])
+            before = results.copy()
+            await until_answered(200)
+            assert results["stable"] == before["stable"]
+        finally:
+            stop.set()
+            await asyncio.gather(*load)
+    assert failures == []
+    assert results["canary"] >= 400
+
+
+async def test_sigterm_lets_a_slow_request_finish(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    up = await start_upstream()
+    px: ProxyProcess = await proxy_process(write_config(tmp_path, [route(stable=up)]), "--grace", "10s")
+    async with aiohttp.ClientSession() as s:
+        slow = asyncio.ensure_future(s.get(px.url + "/slow?s=1.5"))
+        await asyncio.wait_for(up.event("slow-started").wait(), 10)
+        mark = len(px.lines)
+        px.signal(signal.SIGTERM)
+        await px.wait_for("stopping", after=mark)
+        # No new connections once stopping...
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", px.port)
+        except ConnectionRefusedError:
+            pass
+        else:
+            w.close()
+            raise AssertionError("still accepting after SIGTERM")
+        # ...but the request in flight completes.
+        resp = await slow
+        assert resp.status == 200
+        assert (await resp.json())["slept"] is True
+    assert await px.stop() == 0
+
+
+async def _sink_server() -> tuple[asyncio.Server, dict[str, int]]:
+    """A raw upstream that reads a body of any size away and says how much it got."""
+    got = {"bytes": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+        while length:
+            chunk = await reader.read(min(length, 1 << 20))
+            if not chunk:
+                break
+            length -= len(chunk)
+            got["bytes"] += len(chunk)
+        body = b"%d" % got["bytes"]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), got
+
+
+async def _source_server(size: int) -> asyncio.Server:
+    """A raw upstream that answers with a body of ``size`` bytes, written as fast as read."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"\0" * (1 << 20)
+        left = size
+        while left:
+            n = min(left, len(block))
+            writer.write(block[:n])
+            await writer.drain()
+            left -= n
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _watch_rss(px: ProxyProcess, done: asyncio.Event) -> int:
+    peak = 0
+    while not done.is_set():
+        peak = max(peak, px.rss_kib())
+        await asyncio.sleep(0.05)  # sampling memory, not waiting for a server
+    return peak
+
+
+GIB = 1 << 30
+# "A few MiB": the proxy holds at most a transport's buffers and one read at a time.
+RSS_GROWTH_LIMIT_KIB = 24 * 1024
+
+
+async def test_1gib_upload_streams_with_flat_rss(tmp_path: Path, proxy_process: StartProcess) -> None:
+    server, got = await _sink_server()
+    port = server.sockets[0].getsockname()[1]
+    px: ProxyProcess = await proxy_process(
+        write_config(tmp_path, [route(stable=f"http://127.0.0.1:{port}")], limits={"max_request_body": "2GiB"})
+    )
+    baseline = px.rss_kib()
+    done = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_rss(px, done))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % GIB)
+        block = b"\1" * (1 << 20)
+        for _ in range(GIB // len(block)):
+            writer.write(block)
+            await writer.drain()
+        resp = await asyncio.wait_for(read_response(reader), 120)
+        writer.close()
+    finally:
+        done.set()
+        peak = await watcher
+        server.close()
+    assert resp.status == 200
+    assert int(resp.body) == GIB == got["bytes"]
+    assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {(peak - baseline) // 1024} MiB"
+
+
+async def test_1gib_download_streams_with_flat_rss(tmp_path: Path, proxy_process: StartProcess) -> None:
+    server = await _source_server(GIB)
+    port = server.sockets[0].getsockname()[1]
+    px: ProxyProcess = await proxy_process(write_config(tmp_path, [route(stable=f"http://127.0.0.1:{port}")]))
+    baseline = px.rss_kib()
+    done = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_rss(px, done))
+    received = 0
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port, limit=1 << 20)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        async with asyncio.timeout(120):
+            while received < GIB:
+                chunk = await reader.read(1 << 20)
+                assert chunk, "closed early"
+                received += len(chunk)
+        writer.close()
+    finally:
+        done.set()
+        peak = await watcher
+        server.close()
+    assert received == GIB
+    assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {(peak - baseline) // 1024} MiB"
