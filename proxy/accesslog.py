@@ -9,6 +9,7 @@ when it grows or on a timer (``flush``), and at shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -70,7 +71,11 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buf or self._out is None:
+        if self._out is None:
+            self._buf.clear()
+            self._size = 0
+            return
+        if not self._buf:
             return
         data = "".join(self._buf).encode("utf-8", "replace")
         self._buf.clear()
@@ -84,6 +89,8 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._out is not None and self._out is not sys.stdout.buffer:
-            self._out.close()
-        self._out = None
+        out, self._out = self._out, None
+        if out is not None and out is not sys.stdout.buffer:
+            # Lines a full disk refused are lost; shutdown goes on.
+            with contextlib.suppress(OSError):
+                out.close()

@@ -59,6 +59,7 @@ class Exchange:
         "bytes_out",
         "conn",
         "content_length",
+        "deadline",
         "decision",
         "hdict",
         "head",
@@ -79,7 +80,6 @@ class Exchange:
         "retries",
         "status",
         "t0",
-        "timer",
         "upgrade",
         "url",
     )
@@ -108,7 +108,7 @@ class Exchange:
         self.decision: Decision | None = None
         self.pool: UpstreamPool | None = None
         self.conn: UpstreamConnection | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # when the upstream must have answered (checked by Runtime.tick)
         self.request_id = b""
         self.status = 0
         self.resp_started = False
@@ -193,7 +193,6 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None:
             # The client went away mid-request: free the upstream side now (it may be
             # streaming a large body nobody will read) and log it as nginx does, 499.
-            self._cancel_timer(ex)
             if ex.conn is not None:
                 ex.conn.abort()
                 ex.conn = None
@@ -378,7 +377,8 @@ class ClientConnection(asyncio.Protocol):
             ex.pending_size = 0
         else:
             conn.transport.write(ex.head)
-        ex.timer = self.rt.loop.call_later(self.rt.response_timeout, conn.timed_out)
+        # No timer object per request: Runtime.tick compares deadlines ten times a second.
+        ex.deadline = self.rt.now() + self.rt.response_timeout
         if self.write_paused:
             conn.transport.pause_reading()
         self.update_reading()
@@ -412,7 +412,6 @@ class ClientConnection(asyncio.Protocol):
     def response_head(
         self, ex: Exchange, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
     ) -> None:
-        self._cancel_timer(ex)
         ex.status = status
         ex.resp_started = True
         head = [h.status_line(status)]
@@ -484,7 +483,6 @@ class ClientConnection(asyncio.Protocol):
         """The upstream side failed before or during the response."""
         if ex is not self.active:
             return
-        self._cancel_timer(ex)
         if ex.conn is not None:
             ex.conn.abort()
             ex.conn = None
@@ -531,7 +529,6 @@ class ClientConnection(asyncio.Protocol):
     def _too_large(self, ex: Exchange) -> None:
         if ex is self.active and not ex.resp_started:
             if ex.conn is not None:
-                self._cancel_timer(ex)
                 ex.conn.abort()
                 ex.conn = None
             ex.keep_alive = False
@@ -548,7 +545,6 @@ class ClientConnection(asyncio.Protocol):
             self._close()
 
     def _finish(self, ex: Exchange) -> None:
-        self._cancel_timer(ex)
         self.active = None
         self.rt.finished(self, ex)
         if not ex.keep_alive or self.closing or self.closed:
@@ -581,7 +577,6 @@ class ClientConnection(asyncio.Protocol):
         self.update_reading()
 
     def _start_tunnel(self, ex: Exchange, conn: UpstreamConnection) -> None:
-        self._cancel_timer(ex)
         conn.tunnel = True
         self.tunnel = conn
         pending = ex.pending
@@ -603,11 +598,6 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         self.flush()
         self.transport.write(data)
-
-    def _cancel_timer(self, ex: Exchange) -> None:
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
 
     def shutdown(self) -> None:
         """Close now if idle, else after the response in progress."""

@@ -49,7 +49,7 @@ BY_OVERRIDE = "override"
 BY_STICKY = "sticky"
 BY_WEIGHT = "weight"
 
-_TWO53 = float(1 << 53)
+_TWO52 = float(1 << 52)
 
 
 def pick(cumulative: tuple[float, ...], point: float) -> int:
@@ -63,9 +63,9 @@ def pick(cumulative: tuple[float, ...], point: float) -> int:
 def _unit_hash(route: bytes, backend: bytes, key: bytes) -> float:
     # NUL cannot occur in route or backend names (config allows [A-Za-z0-9_.-]).
     digest = blake2b(b"%s\0%s\0%s" % (route, backend, key), digest_size=8).digest()
-    # The top 53 bits (a double's mantissa) as (n + 0.5) / 2**53: exactly representable,
-    # strictly inside (0, 1), so ln() is finite and negative.
-    return ((int.from_bytes(digest, "big") >> 11) + 0.5) / _TWO53
+    # The top 52 bits as (n + 0.5) / 2**52: n + 0.5 needs 53 bits, a double's mantissa,
+    # so the value is exact and lies strictly inside (0, 1); ln() is finite and negative.
+    return ((int.from_bytes(digest, "big") >> 12) + 0.5) / _TWO52
 
 
 def hrw_choice(route: bytes, names: tuple[bytes, ...], weights: tuple[float, ...], key: bytes) -> int:

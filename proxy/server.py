@@ -8,6 +8,7 @@ SIGHUP re-reads the config file (kept on any error), SIGTERM and SIGINT drain an
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -22,7 +23,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("splitproxy")
 
-TICK_SECONDS = 0.5
+TICK_SECONDS = 0.1
 
 
 class Server:
@@ -152,6 +153,12 @@ async def serve(config: Config, config_path: str | Path | None, *, grace: float,
     """Run until SIGTERM or SIGINT; SIGHUP reloads. For ``splitproxy run``."""
     server = Server(config, config_path, reuse_port=reuse_port, grace=grace)
     await server.start()
+    # Everything allocated so far lives as long as the process: keep the collector from
+    # walking it again, and let the young generation grow before collecting — the hot
+    # path makes few reference cycles (PERF-NOTES: +6 % requests/s, better p99).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
