@@ -45,8 +45,14 @@ RESPONSE_OWNED = HOP_BY_HOP | {b"content-length"}
 CRLF = b"\r\n"
 
 
+_NO_OPTIONS: frozenset[bytes] = frozenset()
+_PLAIN = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+
+
 def connection_options(value: bytes) -> frozenset[bytes]:
     """Lower-case tokens of a ``Connection`` header, minus the framing ones."""
+    if value in _PLAIN:  # nearly every Connection header: nothing to parse
+        return _NO_OPTIONS
     tokens = {t.strip().lower() for t in value.split(b",")}
     tokens.discard(b"")
     tokens -= {b"close", b"keep-alive", b"upgrade"}

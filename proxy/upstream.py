@@ -157,8 +157,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        self.hdict[lname] = value
-        if lname not in RESPONSE_OWNED:
+        if lname in RESPONSE_OWNED:
+            self.hdict[lname] = value
+        else:
             self.lines.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
