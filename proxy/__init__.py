@@ -17,7 +17,7 @@ The pure core — ``config`` (YAML → one frozen ``Config``), ``routing``, ``he
 imports neither asyncio nor aiohttp and is tested without sockets. The shell around it:
 
 - ``forwarder`` / ``upstream``: the data plane, written as protocol callbacks rather than
-  on aiohttp's server and client, which cost ~7× the CPU per request (PERF-NOTES.md);
+  on aiohttp's server and client, which cost ~7 times the CPU per request (PERF-NOTES.md);
 - ``runtime``: the one mutable reference the data plane reads (``Runtime.table``), swapped
   whole by a reload or an admin change; connection pools; housekeeping ``tick``;
 - ``server``: listeners, SIGHUP reload, SIGTERM drain; ``admin``: the aiohttp admin app;

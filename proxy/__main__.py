@@ -47,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .server import StartupError, serve
 
     try:
         config = load_file(args.config)
@@ -58,6 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     try:
         _run_loop(serve(config, args.config, grace=args.grace))
+    except StartupError as exc:
+        print(f"splitproxy: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"splitproxy: cannot listen: {exc}", file=sys.stderr)
         return 1

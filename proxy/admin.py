@@ -1,15 +1,138 @@
-"""The admin listener: health, readiness and (later) the control API, with aiohttp.
+"""The admin listener (SPEC §5): health, readiness, metrics and the control API, on aiohttp.
 
-Off the hot path: aiohttp's comfort costs nothing here.
+Off the hot path, so aiohttp's comfort costs nothing here. Every answer is JSON (but
+``/metrics``); every error is ``{"error": {"status", "message", "where"?}}`` and changes
+nothing. Mutations need ``Authorization: Bearer <token>`` when a token is configured; reads
+too with ``admin.protect_reads``. The token is compared in constant time.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .server import Server
+from .control import BadRequest, ControlError, NotFound, parse_if_match
+from .store import HistoryEntry, StoreError
 
-SERVER_KEY = web.AppKey("server", Server)
+if TYPE_CHECKING:
+    from .config import Route
+    from .server import Server
+
+SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, where: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"status": status, "message": message}
+    if where:
+        body["where"] = where
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure is a JSON error naming what is wrong; never a traceback."""
+    try:
+        return await handler(request)
+    except ControlError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except StoreError as exc:
+        return error(503, f"state database unavailable: {exc}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    token = server.admin_token
+    path = request.path
+    if token is None or path in ("/healthz", "/readyz"):
+        return await handler(request)
+    is_read = request.method in ("GET", "HEAD")
+    if is_read and not server.config.admin.protect_reads:
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    scheme, _, presented = given.partition(" ")
+    # hmac.compare_digest: the time taken does not depend on where the strings differ.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        resp = error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="splitproxy"'
+        return resp
+    return await handler(request)
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> object:
+    if not request.can_read_body:
+        if optional:
+            return {}
+        raise BadRequest("a JSON body is required", "body")
+    raw = await request.read()
+    if not raw.strip() and optional:
+        return {}
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", "body") from None
+
+
+def actor_of(request: web.Request) -> str:
+    """Who made a change: the client's ``X-Splitproxy-Actor`` (the CLI sends ``cli:USER``),
+    else ``api``. Bounded and printable, as it is stored and shown."""
+    actor = request.headers.get("X-Splitproxy-Actor", "api")
+    actor = "".join(ch for ch in actor if ch.isprintable())[:100]
+    return actor or "api"
+
+
+# ---- views -----------------------------------------------------------------------------------
+
+
+def route_json(server: Server, route: Route) -> dict[str, Any]:
+    controller = server.controller
+    total = sum(b.weight for b in route.backends)
+    health = server.health_view(route.name)
+    return {
+        "name": route.name,
+        "version": controller.route_versions.get(route.name, 0),
+        "match": {"host": route.match.host, "path_prefix": route.match.path_prefix},
+        "baseline": route.baseline,
+        "sticky": {"by": route.sticky.by, "name": route.sticky.name},
+        "backends": [
+            {
+                "name": b.name,
+                "weight": b.weight,
+                "share": (b.weight / total) if total > 0 else 0.0,
+                "upstreams": [{"url": u.url, **health.get((b.name, u.url), {"healthy": True})} for u in b.upstreams],
+            }
+            for b in route.backends
+        ],
+        "overrides": [{o.kind: o.name, "value": o.value, "backend": o.backend} for o in route.overrides],
+        "shadow": None
+        if route.shadow is None
+        else {"backend": route.shadow.backend, "percent": route.shadow.percent, "methods": list(route.shadow.methods)},
+    }
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def change_response(server: Server, entry: HistoryEntry) -> web.Response:
+    route = server.controller.route(entry.route)
+    resp = web.json_response({"route": route_json(server, route), "change": entry.to_json()})
+    resp.headers["ETag"] = etag(entry.version)
+    return resp
+
+
+# ---- handlers --------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,12 +143,114 @@ async def readyz(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     if not server.ready:
         return web.json_response({"status": "not ready"}, status=503)
-    return web.json_response({"status": "ready", "routes": len(server.config.routes)})
+    return web.json_response(
+        {"status": "ready", "routes": len(server.config.routes), "version": server.controller.version}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    body = await server.render_metrics()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    routes = [route_json(server, r) for r in server.config.routes]
+    resp = web.json_response({"version": server.controller.version, "routes": routes})
+    resp.headers["ETag"] = etag(server.controller.version)
+    return resp
+
+
+async def get_route(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    route = server.controller.route(request.match_info["route"])
+    resp = web.json_response(route_json(server, route))
+    resp.headers["ETag"] = etag(server.controller.route_versions.get(route.name, 0))
+    return resp
+
+
+async def put_weights(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    name = request.match_info["route"]
+    server.controller.route(name)  # 404 before 400
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    body = await read_json(request)
+    entry = await server.controller.set_weights(name, body, actor=actor_of(request), if_match=if_match)
+    return change_response(server, entry)
+
+
+async def promote(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    name = request.match_info["route"]
+    server.controller.route(name)
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    body = await read_json(request)
+    entry = await server.controller.promote(name, body, actor=actor_of(request), if_match=if_match)
+    return change_response(server, entry)
+
+
+async def rollback(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    name = request.match_info["route"]
+    server.controller.route(name)
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    body = await read_json(request, optional=True)
+    entry = await server.controller.rollback(name, body, actor=actor_of(request), if_match=if_match)
+    return change_response(server, entry)
+
+
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"?{name} must be a whole number, got {raw!r}", name) from None
+    if not low <= value <= high:
+        raise BadRequest(f"?{name} must be between {low} and {high}, got {value}", name)
+    return value
+
+
+async def history(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    route = request.query.get("route")
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    before = _int_param(request, "before", None, 1, 2**62)
+    assert limit is not None
+    entries = await server.controller.history(route, limit=limit, before=before)
+    return web.json_response({"version": server.controller.version, "entries": [e.to_json() for e in entries]})
+
+
+async def restore(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    raw = request.match_info["version"]
+    try:
+        version = int(raw)
+    except ValueError:
+        raise NotFound(f"no version {raw!r}", "version") from None
+    body = await read_json(request, optional=True)
+    entry = await server.controller.restore(version, body, actor=actor_of(request))
+    return change_response(server, entry)
 
 
 def make_admin_app(server: Server) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1 << 20)
     app[SERVER_KEY] = server
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/api/v1/routes", list_routes)
+    r.add_get("/api/v1/routes/{route}", get_route)
+    r.add_put("/api/v1/routes/{route}/weights", put_weights)
+    r.add_post("/api/v1/routes/{route}/promote", promote)
+    r.add_post("/api/v1/routes/{route}/rollback", rollback)
+    r.add_get("/api/v1/history", history)
+    r.add_post("/api/v1/history/{version}/restore", restore)
     return app
+
+
+def render_metrics(registry: Any) -> bytes:
+    return generate_latest(registry)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import tasks
 from .config import parse_text
+from .server import Server, serve
 
 log = logging.getLogger("splitproxy")
 
@@ -114,8 +116,6 @@ routes:
 
 
 async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0) -> None:
-    from .server import serve
-
     upstreams = await start_demo_upstreams()
     state_dir = os.environ.get("SPLITPROXY_DEMO_STATE") or tempfile.mkdtemp(prefix="splitproxy-demo-")
     text = demo_config_text(
@@ -126,21 +126,32 @@ async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0
         state_path=os.path.join(state_dir, "state.db"),
     )
     config = parse_text(text, "<demo>")
-    print(
-        "splitproxy demo\n"
-        f"  demo versions: v1 on 127.0.0.1:{upstreams.ports['v1']}, v2 on 127.0.0.1:{upstreams.ports['v2']}\n"
-        f"  proxy:   http://{listen}/products   (90 % v1, 10 % v2, sticky by cookie sp_demo)\n"
-        f"           curl -H 'X-Canary: always' http://{listen}/products   forces v2\n"
-        f"  admin:   http://{admin}/healthz\n"
-        "Ctrl-C to stop.",
-        flush=True,
-    )
-    try:
-        if traffic:
-            from . import tasks
 
-            tasks.spawn(_drive_traffic(listen), "demo-traffic")
-        await serve(config, None, grace=grace)
+    def started(server: Server) -> None:
+        # Printed once the listeners are bound, with the ports they got (port 0 works).
+        proxy = (
+            f"127.0.0.1:{server.data_port}"
+            if config.listen.host in ("0.0.0.0", "::")
+            else f"{config.listen.host}:{server.data_port}"
+        )
+        admin_at = f"{config.admin.listen.host}:{server.admin_port}"
+        print(
+            "splitproxy demo\n"
+            f"  demo versions: v1 on 127.0.0.1:{upstreams.ports['v1']}, v2 on 127.0.0.1:{upstreams.ports['v2']}\n"
+            f"  proxy:   http://{proxy}/products   (90 % v1, 10 % v2, sticky by cookie sp_demo)\n"
+            f"           curl -H 'X-Canary: always' http://{proxy}/products   forces v2\n"
+            f"  admin:   http://{admin_at}/healthz\n"
+            f"  routes:  http://{admin_at}/api/v1/routes\n"
+            f"  metrics: http://{admin_at}/metrics\n"
+            f"  state:   {config.state.path}\n"
+            "Ctrl-C to stop.",
+            flush=True,
+        )
+        if traffic:
+            tasks.spawn(_drive_traffic(proxy), "demo-traffic")
+
+    try:
+        await serve(config, None, grace=grace, on_started=started)
     finally:
         await upstreams.close()
 
@@ -149,7 +160,6 @@ async def _drive_traffic(listen: str, requests: int = 200) -> None:
     """A little load so that the numbers have something to show."""
     import aiohttp
 
-    await asyncio.sleep(0.2)
     async with aiohttp.ClientSession() as session:
         counts: dict[str, int] = {}
         for i in range(requests):

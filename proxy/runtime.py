@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import tasks
 from .accesslog import AccessLog
 from .config import Config
+from .metrics import Counts
 from .routing import BackendPlan, Table
 from .upstream import UpstreamPool
 
@@ -47,6 +48,7 @@ class Runtime:
         self.clock = loop.time()  # coarse clock for idle checks, advanced by tick()
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
+        self.counts = Counts()
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
         # Called with every finished exchange (metrics); errors called with the failure.
@@ -106,9 +108,12 @@ class Runtime:
         tasks.spawn(coro, name)
 
     def finished(self, conn: ClientConnection, ex: Exchange) -> None:
-        """An exchange ended (answered, failed or abandoned): log it and tell observers."""
+        """An exchange ended (answered, failed or abandoned): count it, log it, tell observers."""
+        plan, backend = ex.plan, ex.backend
+        duration = self.now() - ex.t0
+        self.counts.request(plan.name if plan else "", backend.name if backend else "", ex.method, ex.status, duration)
         if self.access_log.enabled:
-            plan, backend, pool, decision = ex.plan, ex.backend, ex.pool, ex.decision
+            pool, decision = ex.pool, ex.decision
             self.access_log.request(
                 ts=time.time(),
                 client=conn.ip,
@@ -118,7 +123,7 @@ class Runtime:
                 route=plan.name if plan else "-",
                 backend=backend.name if backend else "-",
                 upstream=pool.address if pool else "-",
-                duration=self.now() - ex.t0,
+                duration=duration,
                 bytes_in=ex.bytes_in,
                 bytes_out=ex.bytes_out,
                 request_id=ex.request_id,
@@ -137,6 +142,7 @@ class Runtime:
             err.reason,
             err,
         )
+        self.counts.upstream_error(plan.name if plan else "", backend.name if backend else "", err.reason)
         for observe in self.error_observers:
             observe(ex, err)
 

@@ -8,22 +8,57 @@ SIGHUP re-reads the config file (kept on any error), SIGTERM and SIGINT drain an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import ipaddress
 import logging
+import os
 import signal
-import socket
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from . import tasks
 from .config import Config, ConfigError, load_file
+from .control import Controller, config_weights
 from .forwarder import ClientConnection
+from .metrics import GaugeSample, SplitproxyCollector
 from .runtime import Runtime
+from .store import Store, StoreError
 
 log = logging.getLogger("splitproxy")
 
 TICK_SECONDS = 0.1
+
+
+class StartupError(Exception):
+    """The proxy cannot start as configured; the message says why and what to do."""
+
+
+def admin_token(config: Config) -> str | None:
+    """The admin bearer token, from the environment variable named by ``admin.token_env``.
+
+    Refuses a non-loopback admin listener without one (SPEC §3: "required when admin is
+    not on loopback"): an open admin API on a network is a remote weight switch.
+    """
+    env = config.admin.token_env
+    token = os.environ.get(env, "").strip() if env else ""
+    if token:
+        return token
+    host = config.admin.listen.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        where = f"${env}" if env else "an environment variable named by admin.token_env"
+        raise StartupError(
+            f"admin.listen {config.admin.listen} is not a loopback address: set a bearer token in {where}, "
+            "or listen on 127.0.0.1"
+        )
+    return None
 
 
 class Server:
@@ -40,6 +75,10 @@ class Server:
         self.reuse_port = reuse_port
         self.grace = grace
         self.rt: Runtime | None = None
+        self.store: Store | None = None
+        self.controller: Controller = None  # type: ignore[assignment]  # set in start()
+        self.admin_token: str | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
         self.data_port = 0
         self.admin_port = 0
         self.ready = False
@@ -57,8 +96,22 @@ class Server:
         from .admin import make_admin_app
 
         loop = asyncio.get_running_loop()
-        config = self.config
+        self.admin_token = admin_token(self.config)
+        try:
+            self.store = Store(self.config.state.path)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        self.controller = Controller(self.store, self._install)
+        self.config = config = await self.controller.start(self.config)
         self.rt = Runtime(config, loop)
+        self.registry.register(
+            SplitproxyCollector(
+                counts=lambda: self.runtime.counts,
+                weights=lambda: config_weights(self.config),
+                config_version=lambda: self.controller.version,
+                healthy_upstreams=self._healthy_samples,
+            )
+        )
         self._data_server = await loop.create_server(
             lambda: ClientConnection(self.runtime),
             config.listen.host,
@@ -89,9 +142,35 @@ class Server:
             await asyncio.sleep(TICK_SECONDS)
             self.runtime.tick()
 
+    async def _install(self, config: Config) -> None:
+        """Put a config in force (called by the controller, after recording the change)."""
+        self.runtime.install(config)
+        self.config = config
+
+    # -- views for the admin API -----------------------------------------------------------
+
+    def health_view(self, route: str) -> dict[tuple[str, str], dict[str, object]]:
+        """Per-instance health by (backend, url); every instance takes traffic for now."""
+        return {}
+
+    def _healthy_samples(self) -> Iterable[GaugeSample]:
+        for route in self.config.routes:
+            for b in route.backends:
+                yield GaugeSample((route.name, b.name), float(len(b.upstreams)))
+
+    async def render_metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
     # -- reload ---------------------------------------------------------------------------
 
-    def reload(self) -> bool:
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file in the background."""
+        if not self.ready:
+            log.warning("reload: still starting; SIGHUP ignored")
+            return
+        tasks.spawn(self.reload_file(), "reload")
+
+    async def reload_file(self) -> bool:
         """Re-read the config file; swap it in if valid, keep the running one if not."""
         if self.config_path is None:
             log.warning("reload: no config file to re-read")
@@ -101,17 +180,18 @@ class Server:
         except ConfigError as exc:
             log.error("reload of %s failed; the running config stays:\n%s", self.config_path, exc)
             return False
-        problems = self._restart_only_changes(config)
-        if problems:
-            log.warning("reload: %s need a restart to change; the rest is applied", ", ".join(problems))
-        self.config = config
-        self.runtime.install(config)
-        log.info("reloaded %s: %d routes", self.config_path, len(config.routes))
-        return True
-
-    def _restart_only_changes(self, new: Config) -> list[str]:
         old = self.config
-        return [name for name in ("listen", "admin", "state") if getattr(old, name) != getattr(new, name)]
+        fixed = [name for name in ("listen", "admin", "state") if getattr(old, name) != getattr(config, name)]
+        if fixed:
+            log.warning("reload: %s need a restart to change; the running values stay", ", ".join(fixed))
+            config = dataclasses.replace(config, listen=old.listen, admin=old.admin, state=old.state)
+        try:
+            await self.controller.reload(config)
+        except StoreError as exc:
+            log.error("reload of %s failed; the running config stays: %s", self.config_path, exc)
+            return False
+        log.info("reloaded %s: %d routes, version %d", self.config_path, len(config.routes), self.controller.version)
+        return True
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -143,31 +223,41 @@ class Server:
         if self._admin is not None:
             await self._admin.cleanup()
         rt.close()
+        if self.store is not None:
+            self.store.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
 
-async def serve(config: Config, config_path: str | Path | None, *, grace: float, reuse_port: bool = False) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads. For ``splitproxy run``."""
+async def serve(
+    config: Config,
+    config_path: str | Path | None,
+    *,
+    grace: float,
+    reuse_port: bool = False,
+    on_started: Callable[[Server], object] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads. For ``splitproxy run`` and ``demo``."""
     server = Server(config, config_path, reuse_port=reuse_port, grace=grace)
-    await server.start()
-    # Everything allocated so far lives as long as the process: keep the collector from
-    # walking it again, and let the young generation grow before collecting — the hot
-    # path makes few reference cycles (PERF-NOTES: +6 % requests/s, better p99).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    # Signals first: one that arrives while starting (or right after "listening") is
+    # handled like any other, never the default kill.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await server.start()  # a signal meanwhile sets `stop`, acted on right after
+    if on_started is not None:
+        on_started(server)
+    if not stop.is_set():
+        # Everything allocated so far lives as long as the process: keep the collector
+        # from walking it again, and let the young generation grow before collecting —
+        # the hot path makes few reference cycles (PERF-NOTES: +6 % requests/s, better p99).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
+        await stop.wait()
     await server.stop()
     log.info("stopped")
-
-
-def reuse_port_supported() -> bool:
-    return hasattr(socket, "SO_REUSEPORT")

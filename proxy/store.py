@@ -248,15 +248,19 @@ class Store:
     def _open(self, conn: sqlite3.Connection) -> None:
         # Check that the file is ours and not too new before changing anything in it
         # (journal_mode=WAL would convert another program's database).
-        version = _pragma_int(conn, "user_version")
+        # One statement, one snapshot: another process creating the schema at the same time
+        # cannot show us its tables with the old user_version.
+        version, application_id, tables = conn.execute(
+            "SELECT user_version, application_id, (SELECT count(*) FROM sqlite_master)"
+            " FROM pragma_user_version, pragma_application_id"
+        ).fetchone()
         self._check_version(version)
-        application_id = _pragma_int(conn, "application_id")
         if application_id not in (0, APPLICATION_ID):
             raise StoreError(
                 f"{self.path}: not a splitproxy state database (application_id {application_id:#x});"
                 " point state.path at a new file"
             )
-        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        if version == 0 and tables:
             raise StoreError(
                 f"{self.path}: a SQLite database of another program (it has tables but no splitproxy schema);"
                 " point state.path at a new file"

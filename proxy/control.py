@@ -1,0 +1,263 @@
+"""The control plane: every change of weights — API, CLI, reload, start-up — goes through here.
+
+A change is validated (pure functions at the top of this module), recorded durably in the
+state database (``store``), then put in force by the ``install`` callback (this process's
+``Runtime``, or every worker process), and only then acknowledged. Changes are serialised
+by one lock, so versions, history and what is in force never disagree. A bad change raises
+a ``ControlError`` carrying its HTTP status and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .config import MAX_WEIGHT, Config, Route, with_weights
+from .store import ChangeKind, HistoryEntry, Store, reconcile, reconcile_changes
+
+Weights = dict[str, float]
+
+
+class ControlError(Exception):
+    status = 400
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"status": self.status, "message": self.message}
+        if self.where:
+            error["where"] = self.where
+        return {"error": error}
+
+
+class BadRequest(ControlError):
+    status = 400
+
+
+class NotFound(ControlError):
+    status = 404
+
+
+class Stale(ControlError):
+    status = 412
+
+
+# ---- pure validation -------------------------------------------------------------------------
+
+
+def weights_of(route: Route) -> Weights:
+    return {b.name: float(b.weight) for b in route.backends}
+
+
+def config_weights(config: Config) -> dict[str, Weights]:
+    return {r.name: weights_of(r) for r in config.routes}
+
+
+def parse_weights(route: Route, body: object) -> Weights:
+    """The new weights from a ``{"weights": {...}}`` body: named backends change, others keep
+    theirs. Known backends, numbers from 0 to MAX_WEIGHT, at least one positive in the end."""
+    if not isinstance(body, Mapping):
+        raise BadRequest("the body must be a JSON object", "body")
+    raw = body.get("weights")
+    if not isinstance(raw, Mapping) or not raw:
+        raise BadRequest('"weights" must be a non-empty object of backend: weight', "weights")
+    names = [b.name for b in route.backends]
+    new = weights_of(route)
+    for name, value in raw.items():
+        if name not in new:
+            raise BadRequest(
+                f"no backend {name!r} in route {route.name!r} (backends: {', '.join(names)})", f"weights.{name}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise BadRequest(f"must be a number, got {value!r}", f"weights.{name}")
+        if value < 0:
+            raise BadRequest(f"must be >= 0, got {value!r}", f"weights.{name}")
+        if value > MAX_WEIGHT:
+            raise BadRequest(f"must be <= {MAX_WEIGHT:g}, got {value!r}", f"weights.{name}")
+        new[name] = float(value)
+    if sum(new.values()) <= 0:
+        raise BadRequest("at least one backend needs a positive weight", "weights")
+    return new
+
+
+def parse_reason(body: object) -> str:
+    if not isinstance(body, Mapping):
+        return ""
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadRequest('"reason" must be a string', "reason")
+    if len(reason) > 1000:
+        raise BadRequest('"reason" is longer than 1000 characters', "reason")
+    return reason
+
+
+def all_to(route: Route, backend: str) -> Weights:
+    """Every share to one backend (promote, rollback): 100 to it, 0 to the others."""
+    if backend not in {b.name for b in route.backends}:
+        names = ", ".join(b.name for b in route.backends)
+        raise BadRequest(f"no backend {backend!r} in route {route.name!r} (backends: {names})", "backend")
+    return {b.name: (100.0 if b.name == backend else 0.0) for b in route.backends}
+
+
+def with_route_weights(config: Config, changes: Mapping[str, Mapping[str, float]]) -> Config:
+    routes = tuple(with_weights(r, changes[r.name]) if r.name in changes else r for r in config.routes)
+    return dataclasses.replace(config, routes=routes)
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """``If-Match: "12"`` → 12; absent or ``*`` → None (no precondition)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "*":
+        return None
+    if value.startswith("W/"):
+        value = value[2:]
+    try:
+        return int(value.strip('"'))
+    except ValueError:
+        raise BadRequest(f"If-Match must be an ETag of this API such as '\"12\"', got {value!r}", "If-Match") from None
+
+
+# ---- the controller --------------------------------------------------------------------------
+
+
+Install = Callable[[Config], Awaitable[None]]
+
+
+class Controller:
+    def __init__(self, store: Store, install: Install) -> None:
+        self.store = store
+        self._install = install
+        self._lock = asyncio.Lock()
+        self.config: Config | None = None
+        self.version = 0
+        self.route_versions: dict[str, int] = {}
+
+    @property
+    def current(self) -> Config:
+        assert self.config is not None, "controller not started"
+        return self.config
+
+    async def start(self, file_config: Config) -> Config:
+        """Start-up: the file's config with the stored weights where they win (``store`` rule)."""
+        async with self._lock:
+            config = await self._apply_file(file_config, reason="start-up")
+            self._load_versions()
+            return config
+
+    async def reload(self, file_config: Config) -> Config:
+        """A reloaded file: applied with the same precedence rule as at start-up."""
+        async with self._lock:
+            config = await self._apply_file(file_config, reason="config reloaded")
+            await self._install(config)
+            return config
+
+    async def _apply_file(self, file_config: Config, reason: str) -> Config:
+        file_weights = config_weights(file_config)
+
+        def record() -> tuple[dict[str, dict[str, float]], list[HistoryEntry]]:
+            stored = self.store.latest_weights()
+            effective = reconcile(file_weights, stored, self.store.config_weights())
+            changes = reconcile_changes(effective, stored, reason=reason)
+            return effective, self.store.record_many(changes, config_weights=file_weights)
+
+        effective, entries = await asyncio.to_thread(record)
+        self._note(entries)
+        self.config = with_route_weights(file_config, effective)
+        return self.config
+
+    def _load_versions(self) -> None:
+        self.version = self.store.current_version()
+        for route in self.current.routes:
+            (last,) = self.store.history(route.name, limit=1) or (None,)
+            self.route_versions[route.name] = last.version if last else 0
+
+    def _note(self, entries: list[HistoryEntry]) -> None:
+        for e in entries:
+            self.route_versions[e.route] = e.version
+            self.version = max(self.version, e.version)
+
+    def route(self, name: str) -> Route:
+        try:
+            return self.current.route(name)
+        except KeyError:
+            raise NotFound(f"no route {name!r}", "route") from None
+
+    async def change(
+        self,
+        route_name: str,
+        make: Callable[[Route], Weights],
+        *,
+        actor: str,
+        reason: str,
+        kind: ChangeKind,
+        if_match: int | None = None,
+    ) -> HistoryEntry:
+        """Validate, record, put in force, in that order; nothing changes if any step fails
+        before recording. ``make`` computes the new weights from the route as it is now."""
+        async with self._lock:
+            route = self.route(route_name)
+            if if_match is not None and if_match != self.route_versions.get(route_name, 0):
+                raise Stale(
+                    f"route {route_name!r} is at version {self.route_versions.get(route_name, 0)}, not {if_match}",
+                    "If-Match",
+                )
+            before = weights_of(route)
+            after = make(route)
+            entry = await asyncio.to_thread(
+                self.store.record, route_name, before, after, actor=actor, reason=reason, kind=kind
+            )
+            config = with_route_weights(self.current, {route_name: after})
+            await self._install(config)
+            self.config = config
+            self._note([entry])
+            return entry
+
+    async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+        reason = parse_reason(body)
+        return await self.change(
+            route, lambda r: parse_weights(r, body), actor=actor, reason=reason, kind="set", if_match=if_match
+        )
+
+    async def promote(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+        if not isinstance(body, Mapping) or not isinstance(body.get("backend"), str):
+            raise BadRequest('the body must be {"backend": "<name>"}', "backend")
+        backend = body["backend"]
+        reason = parse_reason(body) or f"promote {backend}"
+        return await self.change(
+            route, lambda r: all_to(r, backend), actor=actor, reason=reason, kind="promote", if_match=if_match
+        )
+
+    async def rollback(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+        reason = parse_reason(body) or "rollback to baseline"
+        return await self.change(
+            route, lambda r: all_to(r, r.baseline), actor=actor, reason=reason, kind="rollback", if_match=if_match
+        )
+
+    async def restore(self, version: int, body: object, *, actor: str) -> HistoryEntry:
+        entry = await asyncio.to_thread(self.store.entry, version)
+        if entry is None:
+            raise NotFound(f"no version {version}", "version")
+        reason = parse_reason(body) or f"restore version {version}"
+
+        def weights(route: Route) -> Weights:
+            # The version's weights, fitted to the route as it is now: backends removed
+            # since are dropped, backends added since get 0.
+            restored = {b.name: float(entry.after.get(b.name, 0.0)) for b in route.backends}
+            if sum(restored.values()) <= 0:
+                raise BadRequest(f"version {version} has no positive weight for the route's current backends")
+            return restored
+
+        return await self.change(entry.route, weights, actor=actor, reason=reason, kind="restore")
+
+    async def history(self, route: str | None, *, limit: int = 100, before: int | None = None) -> list[HistoryEntry]:
+        if route is not None:
+            self.route(route)
+        return await asyncio.to_thread(self.store.history, route, limit=limit, before_version=before)
