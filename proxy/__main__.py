@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(args.verbose)
     try:
-        _run_loop(serve(config, args.config, grace=args.grace))
+        _run_loop(serve(config, args.config, grace=args.grace, workers=args.workers))
     except StartupError as exc:
         print(f"splitproxy: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +79,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 256, got {text!r}")
+    return n
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -97,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=30.0,
         help="on SIGTERM, how long in-flight requests may take to finish (default 30s)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes serving the data port, sharing it with SO_REUSEPORT (default 1); "
+        "the admin API, state and history stay in one supervisor process",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)

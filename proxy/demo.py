@@ -9,7 +9,6 @@ noise to tell apart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import tempfile

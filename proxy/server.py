@@ -23,14 +23,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from . import tasks
 from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
-from .forwarder import ClientConnection
-from .metrics import GaugeSample, SplitproxyCollector
+from .dataplane import DataPlane, LocalDataPlane
+from .metrics import Counts, GaugeSample, SplitproxyCollector
 from .runtime import Runtime
 from .store import Store, StoreError
+from .workers import WorkerPool
 
 log = logging.getLogger("splitproxy")
-
-TICK_SECONDS = 0.1
 
 
 class StartupError(Exception):
@@ -62,40 +61,45 @@ def admin_token(config: Config) -> str | None:
 
 
 class Server:
+    """One splitproxy: the state database and controller, the admin listener, and the data
+    plane — in this process, or in ``workers`` processes sharing the port (SO_REUSEPORT)."""
+
     def __init__(
         self,
         config: Config,
         config_path: str | Path | None = None,
         *,
-        reuse_port: bool = False,
+        workers: int = 1,
         grace: float = 30.0,
     ) -> None:
         self.config = config
         self.config_path = config_path
-        self.reuse_port = reuse_port
+        self.workers = workers
         self.grace = grace
-        self.rt: Runtime | None = None
         self.store: Store | None = None
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
-        self.data_port = 0
+        self.plane: DataPlane = LocalDataPlane() if workers == 1 else WorkerPool(workers, config_path)
         self.admin_port = 0
         self.ready = False
-        self._data_server: asyncio.Server | None = None
         self._admin: web.AppRunner | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._counts = Counts()
         self._stopped = asyncio.Event()
 
     @property
+    def data_port(self) -> int:
+        return self.plane.port
+
+    @property
     def runtime(self) -> Runtime:
-        assert self.rt is not None, "server not started"
-        return self.rt
+        """This process's runtime (single-process mode only; used by tests and the demo)."""
+        assert isinstance(self.plane, LocalDataPlane), "the data plane runs in worker processes"
+        return self.plane.runtime
 
     async def start(self) -> None:
         from .admin import make_admin_app
 
-        loop = asyncio.get_running_loop()
         self.admin_token = admin_token(self.config)
         try:
             self.store = Store(self.config.state.path)
@@ -103,48 +107,34 @@ class Server:
             raise StartupError(str(exc)) from None
         self.controller = Controller(self.store, self._install)
         self.config = config = await self.controller.start(self.config)
-        self.rt = Runtime(config, loop)
         self.registry.register(
             SplitproxyCollector(
-                counts=lambda: self.runtime.counts,
+                counts=lambda: self._counts,
                 weights=lambda: config_weights(self.config),
                 config_version=lambda: self.controller.version,
                 healthy_upstreams=self._healthy_samples,
             )
         )
-        self._data_server = await loop.create_server(
-            lambda: ClientConnection(self.runtime),
-            config.listen.host,
-            config.listen.port,
-            reuse_port=self.reuse_port or None,
-            backlog=2048,
-        )
-        self.data_port = self._data_server.sockets[0].getsockname()[1]
+        await self.plane.start(config)
         self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
         await self._admin.setup()
-        site = web.TCPSite(
-            self._admin, config.admin.listen.host, config.admin.listen.port, reuse_port=self.reuse_port or None
-        )
+        site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)
         await site.start()
         self.admin_port = self._admin.addresses[0][1]
-        self._ticker = tasks.spawn(self._tick(), "tick")
         self.ready = True
         log.info(
-            "listening: proxy on %s:%d, admin on %s:%d",
+            "listening: proxy on %s:%d, admin on %s:%d (%d worker%s)",
             config.listen.host,
             self.data_port,
             config.admin.listen.host,
             self.admin_port,
+            self.workers,
+            "" if self.workers == 1 else "s",
         )
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            self.runtime.tick()
 
     async def _install(self, config: Config) -> None:
         """Put a config in force (called by the controller, after recording the change)."""
-        self.runtime.install(config)
+        await self.plane.install(config)
         self.config = config
 
     # -- views for the admin API -----------------------------------------------------------
@@ -159,6 +149,8 @@ class Server:
                 yield GaugeSample((route.name, b.name), float(len(b.upstreams)))
 
     async def render_metrics(self) -> bytes:
+        # Counts come from every process first; the collector then reads this snapshot.
+        self._counts = await self.plane.counts()
         return generate_latest(self.registry)
 
     # -- reload ---------------------------------------------------------------------------
@@ -196,33 +188,12 @@ class Server:
     # -- shutdown -------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        rt = self.runtime
+        """Drain the data plane (see ``LocalDataPlane.stop``), then close the admin
+        listener and the state database."""
         self.ready = False
-        # 1. Stop accepting new connections.
-        if self._data_server is not None:
-            self._data_server.close()
-        busy = sum(1 for c in rt.connections if c.active is not None)
-        log.info("stopping: no longer accepting; %d requests in flight, up to %.0fs to finish", busy, self.grace)
-        # 2. Idle keep-alive connections close now; busy ones after their response.
-        for conn in list(rt.connections):
-            conn.shutdown()
-        # 3. Let in-flight requests finish, up to the grace period.
-        deadline = rt.loop.time() + self.grace
-        while any(c.active is not None or c.tunnel is not None for c in rt.connections):
-            if rt.loop.time() >= deadline:
-                log.warning(
-                    "shutdown: %d connections still busy after %.1fs; closing them", len(rt.connections), self.grace
-                )
-                break
-            await asyncio.sleep(0.05)
-        # 4. Close whatever is left, then the admin listener and the upstream pools.
-        for conn in list(rt.connections):
-            conn.transport.abort()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        await self.plane.stop(self.grace)
         if self._admin is not None:
             await self._admin.cleanup()
-        rt.close()
         if self.store is not None:
             self.store.close()
         self._stopped.set()
@@ -236,11 +207,11 @@ async def serve(
     config_path: str | Path | None,
     *,
     grace: float,
-    reuse_port: bool = False,
+    workers: int = 1,
     on_started: Callable[[Server], object] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads. For ``splitproxy run`` and ``demo``."""
-    server = Server(config, config_path, reuse_port=reuse_port, grace=grace)
+    server = Server(config, config_path, workers=workers, grace=grace)
     # Signals first: one that arrives while starting (or right after "listening") is
     # handled like any other, never the default kill.
     loop = asyncio.get_running_loop()

@@ -1,0 +1,297 @@
+"""``splitproxy run --workers N``: N processes serving the data port, one supervisor.
+
+Design:
+
+- The supervisor (the process started by the user) keeps the admin listener, the state
+  database and the controller: there is one history, one version counter and one place
+  where changes are decided.
+- Each worker is ``python -m proxy.workers FD``: a ``LocalDataPlane`` bound to the data port
+  with SO_REUSEPORT, so the kernel spreads new connections over the workers. The supervisor
+  first binds the port itself (without listening) to resolve port 0 and hold the address,
+  and closes it once every worker listens.
+- Supervisor and worker talk over a Unix socket pair, one JSON object per line, each
+  request with a sequence number answered by the worker:
+  ``start`` (config text + weights), ``install`` (the same, after a change), ``counts``
+  (the worker's metric counts, summed by the supervisor for ``/metrics``), ``stop`` (drain).
+- A weight change is acknowledged by the admin API only after *every* worker has answered
+  ``install``: when the API says 200, the change is in force everywhere.
+- A worker that dies is replaced with the config in force; a worker whose supervisor
+  is gone (its socket closes) drains and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import tasks
+from .config import Config, parse_text
+from .control import config_weights, with_route_weights
+from .metrics import Counts, merge
+
+log = logging.getLogger("splitproxy")
+
+# How long a worker may take to answer a control message before it counts as stuck.
+ANSWER_SECONDS = 10.0
+
+
+class WorkerError(Exception):
+    pass
+
+
+class Worker:
+    """The supervisor's handle on one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._seq = 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+        self.gone = asyncio.Event()
+
+    async def spawn(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy.workers", str(child.fileno()), pass_fds=(child.fileno(),)
+            )
+        finally:
+            child.close()
+        reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=64 << 20)
+        self.gone.clear()
+        self._reader_task = tasks.spawn(self._read(reader), f"worker-{self.index}-reader")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            async for line in reader:
+                msg = json.loads(line)
+                fut = self._waiting.pop(msg.get("seq", -1), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        finally:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(WorkerError(f"worker {self.index} went away"))
+            self._waiting.clear()
+            self.gone.set()
+
+    async def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        if self.writer is None or self.gone.is_set():
+            raise WorkerError(f"worker {self.index} is not running")
+        self._seq += 1
+        seq = self._seq
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[seq] = fut
+        self.writer.write(json.dumps({"op": op, "seq": seq, **fields}).encode() + b"\n")
+        await self.writer.drain()
+        async with asyncio.timeout(ANSWER_SECONDS):
+            answer = await fut
+        if not answer.get("ok"):
+            raise WorkerError(f"worker {self.index}: {answer.get('error', 'failed')}")
+        return answer
+
+    async def wait_exit(self, within: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self.proc.wait()
+        except TimeoutError:
+            log.warning("worker %d did not exit in time; killing it", self.index)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class WorkerPool:
+    """The data plane as N worker processes (see the module docstring)."""
+
+    def __init__(self, count: int, config_path: str | Path | None) -> None:
+        if config_path is None:
+            raise ValueError("worker processes read the config file: a config path is required")
+        self.count = count
+        self.config_path = Path(config_path)
+        self.port = 0
+        self.workers = [Worker(i) for i in range(count)]
+        self._config: Config | None = None
+        self._text = ""
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def _message(self, config: Config) -> dict[str, Any]:
+        # Workers parse the same file text, then take the weights in force on top.
+        return {"text": self._text, "source": str(self.config_path), "weights": config_weights(config)}
+
+    async def start(self, config: Config) -> None:
+        self._text = self.config_path.read_text()
+        self._config = config
+        # Resolve the port (port 0) and hold the address until the workers listen on it.
+        family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+        holder = socket.socket(family, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            holder.bind((config.listen.host, config.listen.port))
+            self.port = holder.getsockname()[1]
+            await asyncio.gather(*(self._start_worker(w) for w in self.workers))
+        except BaseException:
+            await self._kill_all()
+            raise
+        finally:
+            holder.close()
+        self._watchers = [tasks.spawn(self._watch(w), f"worker-{w.index}-watch") for w in self.workers]
+
+    async def _start_worker(self, worker: Worker) -> None:
+        assert self._config is not None
+        await worker.spawn()
+        try:
+            await worker.ask("start", port=self.port, **self._message(self._config))
+        except WorkerError as exc:
+            raise OSError(f"worker {worker.index} could not start: {exc}") from None
+
+    async def _watch(self, worker: Worker) -> None:
+        """Replace a worker that died, with the config in force."""
+        while not self._stopping:
+            await worker.gone.wait()
+            if self._stopping:
+                return
+            code = worker.proc.returncode if worker.proc else None
+            log.error("worker %d exited unexpectedly (code %s); starting a new one", worker.index, code)
+            if worker.proc is not None:
+                await worker.wait_exit(5)
+            try:
+                await self._start_worker(worker)
+            except OSError as exc:
+                log.error("%s; retrying in 1s", exc)
+                await asyncio.sleep(1)
+
+    async def install(self, config: Config) -> None:
+        text = self.config_path.read_text() if config is not self._config else self._text
+        self._text = text
+        self._config = config
+        # Every worker must confirm before the change is acknowledged.
+        await asyncio.gather(*(w.ask("install", **self._message(config)) for w in self.workers))
+
+    async def counts(self) -> Counts:
+        answers = await asyncio.gather(*(w.ask("counts") for w in self.workers), return_exceptions=True)
+        parts = [Counts.from_json(a["counts"]) for a in answers if isinstance(a, dict)]
+        return merge(parts)
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        log.info("stopping: %d workers draining, up to %.0fs", self.count, grace)
+        await asyncio.gather(*(self._stop_worker(w, grace) for w in self.workers))
+
+    async def _stop_worker(self, worker: Worker, grace: float) -> None:
+        # Already gone, or stuck: wait_exit kills it.
+        with contextlib.suppress(WorkerError, TimeoutError, OSError):
+            await worker.ask("stop", grace=grace)
+        await worker.wait_exit(grace + 5)
+
+    async def _kill_all(self) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                w.proc.kill()
+                await w.proc.wait()
+
+
+# ---- the worker process ----------------------------------------------------------------------
+
+
+def _in_force(parsed: Config, weights: Mapping[str, Mapping[str, float]], port: int) -> Config:
+    """The file's config with the weights in force, on the port the supervisor resolved."""
+    config = with_route_weights(parsed, weights)
+    return dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
+
+
+async def worker_main(fd: int) -> None:
+    from .dataplane import LocalDataPlane
+
+    loop = asyncio.get_running_loop()
+    # Ctrl-C reaches the whole process group: the supervisor decides, workers wait for "stop".
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    stop_requested = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=64 << 20)
+    plane = LocalDataPlane(reuse_port=True)
+    port = 0
+    grace = 30.0
+    last_text = ""
+    parsed: Config | None = None
+
+    def answer(seq: int, **fields: Any) -> None:
+        writer.write(json.dumps({"seq": seq, **fields}).encode() + b"\n")
+
+    async def serve_control() -> None:
+        nonlocal port, grace, last_text, parsed
+        async for line in reader:
+            msg = json.loads(line)
+            seq, op = msg["seq"], msg["op"]
+            try:
+                if op in ("start", "install"):
+                    if op == "start":
+                        port = msg["port"]
+                    if msg["text"] != last_text or parsed is None:
+                        # Parsed again only when the file changed, not for a weight change.
+                        parsed = parse_text(msg["text"], msg["source"])
+                        last_text = msg["text"]
+                    config = _in_force(parsed, msg["weights"], port)
+                    if op == "start":
+                        await plane.start(config)
+                        gc.collect()
+                        gc.freeze()
+                        gc.set_threshold(50_000, 20, 20)
+                    else:
+                        await plane.install(config)
+                    answer(seq, ok=True, port=plane.port)
+                elif op == "counts":
+                    answer(seq, ok=True, counts=(await plane.counts()).to_json())
+                elif op == "stop":
+                    grace = float(msg.get("grace", grace))
+                    answer(seq, ok=True)
+                    await writer.drain()
+                    return
+                else:
+                    answer(seq, ok=False, error=f"unknown op {op!r}")
+            except Exception as exc:  # reported to the supervisor, which logs it
+                answer(seq, ok=False, error=f"{type(exc).__name__}: {exc}")
+            await writer.drain()
+
+    control = tasks.spawn(serve_control(), "control")
+    await asyncio.wait([control, tasks.spawn(stop_requested.wait(), "sigterm")], return_when=asyncio.FIRST_COMPLETED)
+    if plane.rt is not None:
+        await plane.stop(grace)
+    writer.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
+        stream=sys.stderr,
+    )
+    fd = int(sys.argv[1])
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(worker_main(fd))
+    else:
+        uvloop.run(worker_main(fd))
+
+
+if __name__ == "__main__":
+    main()
