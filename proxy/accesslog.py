@@ -27,7 +27,7 @@ def _text(raw: bytes) -> str:
 
 
 class AccessLog:
-    __slots__ = ("_buf", "_out", "_size", "enabled", "target")
+    __slots__ = ("_buf", "_out", "_pid", "_size", "enabled", "target")
 
     def __init__(self, target: str) -> None:
         """``target``: ``-`` for standard output, ``off``, or a file path (appended to)."""
@@ -35,6 +35,7 @@ class AccessLog:
         self.enabled = target != "off"
         self._buf: list[str] = []
         self._size = 0
+        self._pid = os.getpid()  # which worker served it, with --workers
         self._out: IO[bytes] | None = None
         if target == "-":
             self._out = sys.stdout.buffer
@@ -63,7 +64,7 @@ class AccessLog:
             f'{{"ts":{ts:.3f},"client":"{client.decode("latin-1")}","method":"{method.decode("latin-1")}",'
             f'"path":{_text(url)},"status":{status},"route":"{route}","backend":"{backend}",'
             f'"upstream":"{upstream}","duration_ms":{duration * 1000:.3f},"bytes_in":{bytes_in},'
-            f'"bytes_out":{bytes_out},"request_id":{_text(request_id)},"by":"{decided_by}"}}\n'
+            f'"bytes_out":{bytes_out},"request_id":{_text(request_id)},"by":"{decided_by}","pid":{self._pid}}}\n'
         )
         self._buf.append(line)
         self._size += len(line)

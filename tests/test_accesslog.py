@@ -14,6 +14,7 @@ from proxy.accesslog import FLUSH_BYTES, AccessLog
 
 FIELDS = {
     "ts",
+    "pid",
     "client",
     "method",
     "path",
@@ -78,6 +79,7 @@ def test_each_line_is_one_json_object_with_the_fields(tmp_path: Path) -> None:
         "bytes_out": 2048,
         "request_id": "5f1c2a-1",
         "by": "sticky",
+        "pid": os.getpid(),
     }
     assert set(second) == FIELDS
     assert (second["status"], second["backend"], second["by"], second["client"]) == (
