@@ -16,8 +16,7 @@
 # Ports   8080 proxy, 9901 admin (/healthz, /readyz, admin API)
 #
 # SPLITPROXY_ADMIN_TOKEN is required: the default config's admin listener is on 0.0.0.0,
-# not loopback, and splitproxy refuses that without a bearer token (SPEC §3). Builds
-# from before that check start without one; set the token anyway.
+# not loopback, and splitproxy refuses that without a bearer token (SPEC §3).
 #
 # Stopping: SIGTERM drains in-flight requests for up to --grace (default 30s), but
 # `docker stop` kills after 10s. Give it longer (docker stop --time 35, Compose
