@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import json
 import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from .client import (
+    ADMIN_ENV,
+    DEFAULT_ADMIN,
+    DEFAULT_TIMEOUT,
+    TOKEN_ENV,
+    AdminClient,
+    ClientError,
+    client_from,
+    parse_weights,
+    render_change,
+    render_history,
+    render_status,
+)
 from .config import ConfigError, load_file, parse_duration
 
 DESCRIPTION = """\
@@ -96,6 +114,250 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# ---- client commands: the admin API from the command line ------------------------------------
+
+MAX_VERSION = 2**63 - 1  # versions are SQLite INTEGERs; a larger number cannot name one
+
+Call = Callable[[AdminClient], dict[str, Any]]
+
+
+def _call_admin(args: argparse.Namespace, call: Call, render: Callable[[dict[str, Any]], str]) -> int:
+    """One admin API call: print its answer (a table, or the JSON with ``--json``), or one
+    ``splitproxy: ...`` line on stderr and exit 1 (2 for a bad ``--admin``)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A reason or actor may hold any character; a C-locale terminal must not turn that
+        # into a traceback after the change has been made.
+        sys.stdout.reconfigure(errors="replace")
+    try:
+        answer = call(client_from(args.admin, timeout=args.timeout, environ=os.environ))
+    except ClientError as exc:
+        print(f"splitproxy: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        text = json.dumps(answer, indent=2) if args.json else render(answer)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A newer or older admin API with another shape: say so instead of a traceback.
+        print(f"splitproxy: unexpected answer from the admin API ({exc!r}); --json shows it as sent", file=sys.stderr)
+        return 1
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `splitproxy history | head`: the reader has gone; the Python docs' recipe, so that
+        # the interpreter's own flush at exit does not print a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    return _call_admin(
+        args,
+        lambda c: c.set_weights(args.route, args.weights, reason=args.reason, if_match=args.if_match),
+        render_change,
+    )
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _call_admin(
+        args, lambda c: c.promote(args.route, args.backend, reason=args.reason, if_match=args.if_match), render_change
+    )
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _call_admin(
+        args, lambda c: c.rollback(args.route, reason=args.reason, if_match=args.if_match), render_change
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _call_admin(args, lambda c: c.routes() if args.route is None else c.route(args.route), render_status)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    width = shutil.get_terminal_size((80, 24)).columns
+    return _call_admin(
+        args, lambda c: c.history(args.route, limit=args.limit), lambda answer: render_history(answer, width)
+    )
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    return _call_admin(args, lambda c: c.restore(args.version, reason=args.reason), render_change)
+
+
+class _WeightsAction(argparse.Action):
+    """``BACKEND=W ...`` → ``{backend: weight}``; a bad word is a usage error (exit 2), before
+    any request is made."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        words = [values] if isinstance(values, str) else list(values or [])
+        try:
+            setattr(namespace, self.dest, parse_weights(words))
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().strip('"'))  # an ETag pasted with its quotes: "7"
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _timeout(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    return seconds
+
+
+def _client_options(*, json_help: str) -> argparse.ArgumentParser:
+    """The options every client command takes (SPEC §2)."""
+    from_env = os.environ.get(ADMIN_ENV, "").strip()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--admin",
+        metavar="URL",
+        default=from_env or DEFAULT_ADMIN,
+        help=f"the admin API (default: ${ADMIN_ENV}, else {DEFAULT_ADMIN})" + (f"; now {from_env}" if from_env else ""),
+    )
+    common.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:g}s)",
+    )
+    common.add_argument("--json", action="store_true", help=json_help)
+    return common
+
+
+def _client_parser(
+    sub: Any, name: str, *, help: str, description: str, example: str, json_help: str = "print the API's answer as JSON"
+) -> argparse.ArgumentParser:
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        description=description,
+        epilog=f"example:\n{example}\n\nThe token for a protected admin API is read from ${TOKEN_ENV}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_client_options(json_help=json_help)],
+    )
+
+
+def _add_client_commands(sub: Any) -> None:
+    mutation_json = "print the API's answer (the route and the recorded change) as JSON"
+
+    weights = _client_parser(
+        sub,
+        "weights",
+        help="set a route's weights through the admin API",
+        description="Set the weights of ROUTE's backends at run time, without a restart\n"
+        "(PUT /api/v1/routes/ROUTE/weights). Backends not named keep their weight; a\n"
+        "backend's share of traffic is its weight over the sum. Prints the new weights\n"
+        "and shares, and the route's new version.",
+        example="  splitproxy weights shop stable=90 canary=10 --reason 'canary 10%'\n"
+        "  splitproxy weights shop canary=25 --if-match 7   # only if still at version 7",
+        json_help=mutation_json,
+    )
+    weights.add_argument("route", metavar="ROUTE", help="the route's name (see `splitproxy status`)")
+    weights.add_argument(
+        "weights", metavar="BACKEND=W", nargs="+", action=_WeightsAction, help="a backend and its new weight (>= 0)"
+    )
+    weights.add_argument("--reason", metavar="TEXT", help="why, recorded in the history")
+    weights.add_argument(
+        "--if-match",
+        metavar="VERSION",
+        type=_whole(0),
+        help="change only if the route is still at this version (else HTTP 412, nothing changes)",
+    )
+    weights.set_defaults(func=cmd_weights)
+
+    promote = _client_parser(
+        sub,
+        "promote",
+        help="send all of a route's traffic to one backend",
+        description="Promote BACKEND: weight 100 to it and 0 to every other backend of ROUTE\n"
+        "(POST /api/v1/routes/ROUTE/promote).",
+        example="  splitproxy promote shop canary --reason 'error rate flat for 1h'",
+        json_help=mutation_json,
+    )
+    promote.add_argument("route", metavar="ROUTE", help="the route's name")
+    promote.add_argument("backend", metavar="BACKEND", help="the backend to receive all traffic")
+    promote.add_argument("--reason", metavar="TEXT", help="why, recorded in the history (default: promote BACKEND)")
+    promote.add_argument("--if-match", metavar="VERSION", type=_whole(0), help="change only at this route version")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = _client_parser(
+        sub,
+        "rollback",
+        help="send all of a route's traffic back to its baseline",
+        description="Roll ROUTE back: weight 100 to its baseline backend and 0 to the others\n"
+        "(POST /api/v1/routes/ROUTE/rollback).",
+        example="  splitproxy rollback shop --reason '5xx on /checkout'",
+        json_help=mutation_json,
+    )
+    rollback.add_argument("route", metavar="ROUTE", help="the route's name")
+    rollback.add_argument("--reason", metavar="TEXT", help="why, recorded in the history")
+    rollback.add_argument("--if-match", metavar="VERSION", type=_whole(0), help="change only at this route version")
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = _client_parser(
+        sub,
+        "status",
+        help="routes, backends, weights, shares, upstream health, config version",
+        description="Show every route (or ROUTE): its backends with weight and share of traffic,\n"
+        "their upstreams with health, and the config version (GET /api/v1/routes).",
+        example="  splitproxy status\n  splitproxy status shop --json",
+        json_help="print the API's answer as JSON, as sent",
+    )
+    status.add_argument("route", metavar="ROUTE", nargs="?", help="only this route")
+    status.set_defaults(func=cmd_status)
+
+    history = _client_parser(
+        sub,
+        "history",
+        help="list the recorded weight changes, newest first",
+        description="List the recorded changes of weights, newest first: version, time (UTC), route,\n"
+        "weights before → after, actor, kind and reason (GET /api/v1/history).\n"
+        "Any version can be brought back with `splitproxy restore VERSION`.",
+        example="  splitproxy history shop --limit 10",
+        json_help="print the API's answer as JSON, as sent",
+    )
+    history.add_argument("route", metavar="ROUTE", nargs="?", help="only this route's changes")
+    history.add_argument(
+        "--limit", type=_whole(1, 1000), default=20, metavar="N", help="at most N changes (1-1000, default 20)"
+    )
+    history.set_defaults(func=cmd_history)
+
+    restore = _client_parser(
+        sub,
+        "restore",
+        help="bring back the weights of an earlier version",
+        description="Restore the weights that VERSION set, as a new version\n"
+        "(POST /api/v1/history/VERSION/restore). `splitproxy history` lists the versions.",
+        example="  splitproxy restore 12 --reason 'back to the 90/10 split'",
+        json_help=mutation_json,
+    )
+    restore.add_argument(
+        "version", metavar="VERSION", type=_whole(1, MAX_VERSION), help="a version from `splitproxy history`"
+    )
+    restore.add_argument("--reason", metavar="TEXT", help="why, recorded in the history (default: restore version N)")
+    restore.set_defaults(func=cmd_restore)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitproxy", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -133,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--traffic", action="store_true", help="drive a little load through the proxy")
     demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     demo.set_defaults(func=cmd_demo)
+
+    _add_client_commands(sub)
     return parser
 
 

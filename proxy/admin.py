@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .server import Server
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+MAX_VERSION = 2**63 - 1  # versions are SQLite INTEGERs
+log = logging.getLogger("splitproxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,6 +51,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return error(exc.status, exc.reason)
+    except Exception:
+        # A bug of ours: logged with its traceback, answered as JSON without it.
+        log.exception("admin API: %s %s failed", request.method, request.path)
+        return error(500, "internal error; the proxy log has the details")
 
 
 @web.middleware
@@ -217,7 +224,7 @@ async def history(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     route = request.query.get("route")
     limit = _int_param(request, "limit", 100, 1, 1000)
-    before = _int_param(request, "before", None, 1, 2**62)
+    before = _int_param(request, "before", None, 1, MAX_VERSION)
     assert limit is not None
     entries = await server.controller.history(route, limit=limit, before=before)
     return web.json_response({"version": server.controller.version, "entries": [e.to_json() for e in entries]})
@@ -230,6 +237,8 @@ async def restore(request: web.Request) -> web.Response:
         version = int(raw)
     except ValueError:
         raise NotFound(f"no version {raw!r}", "version") from None
+    if not 1 <= version <= MAX_VERSION:
+        raise NotFound(f"no version {raw}", "version")
     body = await read_json(request, optional=True)
     entry = await server.controller.restore(version, body, actor=actor_of(request))
     return change_response(server, entry)

@@ -111,6 +111,10 @@ routes:
     overrides:
       - {{header: X-Canary, value: always, backend: v2}}
       - {{cookie: canary, value: "1", backend: v2}}
+    shadow:
+      backend: v2
+      percent: 100
+      noise: {{percent: 25}}
 """
 
 

@@ -34,11 +34,16 @@ from .errors import UpstreamError
 if TYPE_CHECKING:
     from .routing import BackendPlan, Decision, RoutePlan
     from .runtime import Runtime
+    from .shadow import Mirror
     from .upstream import UpstreamConnection, UpstreamPool
 
 # Request body bytes held while no upstream connection is ready; past this the proxy
 # stops reading from the client until the upstream takes them.
 PENDING_MAX: Final = 256 * 1024
+
+# Retries of a request whose upstream failed before answering (see _may_retry).
+MAX_RETRIES: Final = 2
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # How long a connection closed with an unread request body keeps reading it away.
 LINGER_SECONDS: Final = 2.0
@@ -57,6 +62,7 @@ class Exchange:
         "body_sent",
         "bytes_in",
         "bytes_out",
+        "complete",
         "conn",
         "content_length",
         "deadline",
@@ -67,6 +73,7 @@ class Exchange:
         "keep_alive",
         "lines",
         "method",
+        "mirror",
         "names",
         "pending",
         "pending_size",
@@ -114,6 +121,8 @@ class Exchange:
         self.resp_started = False
         self.resp_mode = Exchange.RAW
         self.retries = 0
+        self.complete = False  # the whole response reached the client
+        self.mirror: Mirror | None = None  # set when shadow traffic samples this request
 
 
 class ClientConnection(asyncio.Protocol):
@@ -266,6 +275,8 @@ class ClientConnection(asyncio.Protocol):
         if ex.bytes_in > self.rt.max_body:
             self._too_large(ex)
             return
+        if ex.mirror is not None:
+            ex.mirror.take_request_body(body)
         self._send_body(ex, h.chunk(body) if ex.req_chunked else body)
 
     def on_message_complete(self) -> None:
@@ -274,6 +285,8 @@ class ClientConnection(asyncio.Protocol):
         ex.req_complete = True
         if ex.req_chunked:
             self._send_body(ex, h.LAST_CHUNK)
+        if ex.mirror is not None and ex.mirror.wants_body:
+            self.rt.shadow.launch(ex.mirror)
         if not ex.upgrade:
             self.parsing = None
 
@@ -347,6 +360,10 @@ class ClientConnection(asyncio.Protocol):
             # RFC 9110 §10.1.1: we will read the body, so say so; the upstream never
             # sees Expect, as with nginx.
             self.write(h.CONTINUE)
+        if plan.route.shadow is not None:
+            mirror = ex.mirror = rt.shadow.begin(ex, plan)
+            if mirror is not None and not mirror.wants_body:
+                rt.shadow.launch(mirror)
         conn = pool.take_idle()
         if conn is not None:
             self._attach(ex, conn)
@@ -358,7 +375,8 @@ class ClientConnection(asyncio.Protocol):
             conn = await pool.connect(self.rt.connect_timeout)
         except UpstreamError as err:
             if self.active is ex and not self.closed:
-                self.upstream_failed(ex, err, retryable=False)
+                # Nothing of the request reached any upstream: any method may go elsewhere.
+                self.upstream_failed(ex, err, retryable=True, sent=False)
             return
         if self.active is ex and not self.closed:
             conn.reused = False
@@ -453,6 +471,8 @@ class ClientConnection(asyncio.Protocol):
             sticky = ex.plan.route.sticky
             head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
         head.append(b"\r\n")
+        if ex.mirror is not None:
+            ex.mirror.live_head(status, lines, hdict)
         # Held until the end of the upstream's data_received, so that the head and the
         # first body bytes leave in one write (one syscall fewer per request).
         self.out.append(b"".join(head))
@@ -461,6 +481,8 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active:
             return
         ex.bytes_out += len(body)
+        if ex.mirror is not None:
+            ex.mirror.live_body(body)
         mode = ex.resp_mode
         if mode in (Exchange.RAW, Exchange.UNTIL_CLOSE):
             self.out.append(body)
@@ -474,28 +496,26 @@ class ClientConnection(asyncio.Protocol):
         if ex.resp_mode == Exchange.CHUNKED:
             self.out.append(h.LAST_CHUNK)
         self.flush()
+        ex.complete = True
         ex.conn = None
         # A connection whose request body was not all sent cannot carry another request.
         conn.release(reusable=reusable and ex.req_complete)
         self._finish(ex)
 
-    def upstream_failed(self, ex: Exchange, err: UpstreamError, *, retryable: bool) -> None:
-        """The upstream side failed before or during the response."""
+    def upstream_failed(self, ex: Exchange, err: UpstreamError, *, retryable: bool, sent: bool = True) -> None:
+        """The upstream side failed before or during the response.
+
+        ``retryable``: no response byte came back. ``sent``: request bytes went out.
+        """
         if ex is not self.active:
             return
         if ex.conn is not None:
             ex.conn.abort()
             ex.conn = None
-        # A reused keep-alive connection that the upstream closed as we wrote to it (the
-        # keep-alive race, RFC 9112 §9.3.1): safe to send again on a new connection when
-        # no body byte went out with it.
-        if retryable and ex.retries == 0 and ex.body_sent == 0 and ex.pool is not None and not ex.upgrade:
-            ex.retries += 1
-            if ex.pending is None:
-                ex.pending = []
-            self.rt.spawn(self._connect(ex, ex.pool), "reconnect")
-            return
         self.rt.upstream_error(ex, err)
+        if retryable and self._may_retry(ex, sent):
+            self._retry(ex, err)
+            return
         if ex.resp_started:
             # Part of the response is already with the client: the only honest signal
             # left is to cut the connection.
@@ -509,6 +529,38 @@ class ClientConnection(asyncio.Protocol):
         backend = ex.backend.name if ex.backend else "-"
         what = "upstream timed out" if err.status == 504 else "upstream unavailable"
         self._local(ex, err.status, f"{what}: route {route}, backend {backend}")
+
+    def _may_retry(self, ex: Exchange, sent: bool) -> bool:
+        """Retry only where it cannot do harm (issue 5): never once a response byte reached
+        the client, never an upgrade, at most MAX_RETRIES times within the response
+        time-out; a request that reached an upstream only when it is idempotent and has no
+        body to send again — which covers the keep-alive race (RFC 9112 §9.3.1: a reused
+        connection closed by the upstream just as the request went out)."""
+        if ex.retries >= MAX_RETRIES or ex.upgrade or ex.resp_started or ex.backend is None:
+            return False
+        if self.rt.now() - ex.t0 >= self.rt.response_timeout:
+            return False
+        if not sent:
+            return True
+        return ex.method in IDEMPOTENT and ex.content_length in (None, 0) and not ex.req_chunked
+
+    def _retry(self, ex: Exchange, err: UpstreamError) -> None:
+        backend = ex.backend
+        assert backend is not None
+        ex.retries += 1
+        self.rt.retried(ex, err)
+        failed = ex.pool
+        pool = self.rt.next_pool(backend)
+        if pool is failed and len(backend.upstreams) > 1:
+            pool = self.rt.next_pool(backend)  # another instance, when there is one
+        ex.pool = pool
+        if ex.pending is None:
+            ex.pending = []  # no body was buffered: the request is its head alone
+        conn = pool.take_idle()
+        if conn is not None:
+            self._attach(ex, conn)
+        else:
+            self.rt.spawn(self._connect(ex, pool), "retry-connect")
 
     # -- endings ----------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class Counts:
     requests: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     durations: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     upstream_errors: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    shadow_durations: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (route, role)
     # Filled by later features (shadow, health), same shape: labels → count.
     extra_counters: dict[str, dict[tuple[str, ...], int]] = field(default_factory=dict)
 
@@ -56,6 +57,12 @@ class Counts:
         hist = self.durations.get((route, backend))
         if hist is None:
             hist = self.durations[(route, backend)] = Histogram()
+        hist.observe(seconds)
+
+    def shadow_duration(self, route: str, role: str, seconds: float) -> None:
+        hist = self.shadow_durations.get((route, role))
+        if hist is None:
+            hist = self.shadow_durations[(route, role)] = Histogram()
         hist.observe(seconds)
 
     def upstream_error(self, route: str, backend: str, reason: str) -> None:
@@ -73,6 +80,7 @@ class Counts:
             "requests": [[*k, v] for k, v in self.requests.items()],
             "durations": [[*k, h.buckets, h.total] for k, h in self.durations.items()],
             "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
+            "shadow_durations": [[*k, h.buckets, h.total] for k, h in self.shadow_durations.items()],
             "extra": {m: [[list(k), v] for k, v in t.items()] for m, t in self.extra_counters.items()},
         }
 
@@ -83,6 +91,8 @@ class Counts:
             c.requests[tuple(k)] = int(v)
         for route, backend, buckets, total in doc.get("durations", []):
             c.durations[(route, backend)] = Histogram(list(buckets), float(total))
+        for route, role, buckets, total in doc.get("shadow_durations", []):
+            c.shadow_durations[(route, role)] = Histogram(list(buckets), float(total))
         for *k, v in doc.get("upstream_errors", []):
             c.upstream_errors[tuple(k)] = int(v)
         for metric, rows in doc.get("extra", {}).items():
@@ -95,10 +105,11 @@ def merge(parts: Iterable[Counts]) -> Counts:
     for part in parts:
         for k, v in part.requests.items():
             out.requests[k] = out.requests.get(k, 0) + v
-        for hk, h in part.durations.items():
-            mine = out.durations.setdefault(hk, Histogram())
-            mine.buckets = [a + b for a, b in zip(mine.buckets, h.buckets, strict=True)]
-            mine.total += h.total
+        for target_h, source_h in ((out.durations, part.durations), (out.shadow_durations, part.shadow_durations)):
+            for hk, h in source_h.items():
+                mine = target_h.setdefault(hk, Histogram())
+                mine.buckets = [a + b for a, b in zip(mine.buckets, h.buckets, strict=True)]
+                mine.total += h.total
         for ek, v in part.upstream_errors.items():
             out.upstream_errors[ek] = out.upstream_errors.get(ek, 0) + v
         for metric, table in part.extra_counters.items():
@@ -106,6 +117,21 @@ def merge(parts: Iterable[Counts]) -> Counts:
             for lk, v in table.items():
                 target[lk] = target.get(lk, 0) + v
     return out
+
+
+def _histogram(
+    name: str, doc: str, labels: tuple[str, str], table: Mapping[tuple[str, str], Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    bounds = [*(repr(b) for b in DURATION_BUCKETS), "+Inf"]
+    for key, h in sorted(table.items()):
+        running = 0
+        cumulative = []
+        for bound, n in zip(bounds, h.buckets, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        family.add_metric(list(key), cumulative, h.total)
+    return family
 
 
 @dataclass(frozen=True)
@@ -132,7 +158,23 @@ class SplitproxyCollector(Collector):
         weights: Callable[[], Mapping[str, Mapping[str, float]]],
         config_version: Callable[[], int],
         healthy_upstreams: Callable[[], Iterable[GaugeSample]],
-        extra_counters: Iterable[CounterSpec] = (),
+        extra_counters: Iterable[CounterSpec] = (
+            CounterSpec(
+                "splitproxy_shadow_requests",
+                "Mirrored requests by outcome: compared, dropped_full, skipped_body, skipped_method, timeout, error.",
+                ("route", "outcome"),
+            ),
+            CounterSpec(
+                "splitproxy_retries",
+                "Requests sent again after an upstream failed before answering, by reason.",
+                ("route", "backend", "reason"),
+            ),
+            CounterSpec(
+                "splitproxy_shadow_diffs",
+                "Differing fields found by the shadow diff, by endpoint and kind (real, noise).",
+                ("route", "endpoint", "kind"),
+            ),
+        ),
     ) -> None:
         self._counts = counts
         self._weights = weights
@@ -150,20 +192,18 @@ class SplitproxyCollector(Collector):
             requests.add_metric(labels, v)
         yield requests
 
-        durations = HistogramMetricFamily(
+        yield _histogram(
             "splitproxy_request_duration_seconds",
             "Time from the request's first byte to the response's last, by route and backend.",
-            labels=("route", "backend"),
+            ("route", "backend"),
+            c.durations,
         )
-        bounds = [*(repr(b) for b in DURATION_BUCKETS), "+Inf"]
-        for (route, backend), h in sorted(c.durations.items()):
-            running = 0
-            cumulative = []
-            for bound, n in zip(bounds, h.buckets, strict=True):
-                running += n
-                cumulative.append((bound, running))
-            durations.add_metric([route, backend], cumulative, h.total)
-        yield durations
+        yield _histogram(
+            "splitproxy_shadow_duration_seconds",
+            "Latency of mirrored requests: the live answer and the shadow's, by route and role.",
+            ("route", "role"),
+            c.shadow_durations,
+        )
 
         errors = CounterMetricFamily(
             "splitproxy_upstream_errors", "Upstream failures, by reason: connect, timeout, reset.",

@@ -23,6 +23,7 @@ from .accesslog import AccessLog
 from .config import Config
 from .metrics import Counts
 from .routing import BackendPlan, Table
+from .shadow import ShadowManager
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Runtime:
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
+        self.shadow = ShadowManager(self)
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
         # Called with every finished exchange (metrics); errors called with the failure.
@@ -129,8 +131,18 @@ class Runtime:
                 request_id=ex.request_id,
                 decided_by=decision.by if decision else "-",
             )
+        mirror = ex.mirror
+        if mirror is not None:
+            ex.mirror = None
+            mirror.live_finished(ex.complete)
         for observe in self.observers:
             observe(ex)
+
+    def retried(self, ex: Exchange, err: UpstreamError) -> None:
+        plan, backend = ex.plan, ex.backend
+        route = plan.name if plan else ""
+        name = backend.name if backend else ""
+        self.counts.count("splitproxy_retries", (route, name, err.reason))
 
     def upstream_error(self, ex: Exchange, err: UpstreamError) -> None:
         plan, backend = ex.plan, ex.backend
@@ -169,6 +181,7 @@ class Runtime:
             elif now - conn.last_io > idle:
                 # A response that stalled mid-body for longer than the idle time-out.
                 conn.transport.abort()
+        self.shadow.tick(now)
         self.access_log.flush()
 
     def close(self) -> None:

@@ -60,6 +60,7 @@ def echo_app(up: Upstream) -> web.Application:
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
         up.seen.append(info)
+        up.event("echo").set()
         return web.json_response(info, headers={"X-Upstream": up.name})
 
     async def sink(request: web.Request) -> web.Response:

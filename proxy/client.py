@@ -1,0 +1,513 @@
+"""The admin API client behind ``splitproxy weights|promote|rollback|status|history|restore``.
+
+Two halves, as elsewhere (STYLE.md). The pure half parses what the user typed
+(``BACKEND=W``, ``--admin URL``) and renders the API's JSON as plain aligned tables that
+fit an 80-column terminal. The I/O half, ``AdminClient``, is one synchronous HTTP call per
+command on the standard library's ``urllib``: no event loop, no aiohttp import, so the
+commands start fast and this module imports cheaply.
+
+Every failure is a ``ClientError`` whose text is the whole line to print and whose
+``exit_code`` ``__main__`` exits with (1: the API or the network said no; 2: the command
+line is wrong and nothing was sent). The API's own errors come through with their
+``where`` (SPEC §5: ``{"error": {"status", "message", "where"}}``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import http.client
+import ipaddress
+import json
+import math
+import textwrap
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import __version__
+
+ADMIN_ENV = "SPLITPROXY_ADMIN"
+TOKEN_ENV = "SPLITPROXY_ADMIN_TOKEN"
+DEFAULT_ADMIN = "http://127.0.0.1:9901"
+DEFAULT_TIMEOUT = 10.0
+
+# What a failed connection should make the user check.
+UNREACHABLE_HINT = f"is `splitproxy run` running? set --admin or {ADMIN_ENV}"
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """A failure to print as one line (without the ``splitproxy:`` prefix) and exit with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(ClientError):
+    """The command line is wrong; nothing was sent."""
+
+    exit_code = 2
+
+
+class Unreachable(ClientError):
+    """No answer from an admin API: refused, unknown host, timed out, or an answer that is
+    not the admin API's (``--admin`` names the data listener or another service)."""
+
+
+class Unauthorized(ClientError):
+    """401: no token, or the wrong one."""
+
+
+class ApiError(ClientError):
+    """The admin API answered with an error (400, 404, 412, 5xx...)."""
+
+    def __init__(self, status: int, message: str, where: str | None = None, hint: str = "") -> None:
+        self.status = status
+        self.where = where
+        text = f"{where}: {message}" if where else message
+        super().__init__(f"{text} (HTTP {status}){hint}")
+
+
+# ---- the command line (pure) -----------------------------------------------------------------
+
+
+def admin_url(text: str) -> str:
+    """A validated base URL of the admin API, without a trailing slash.
+
+    ``127.0.0.1:9901`` is taken as ``http://127.0.0.1:9901``, as one types it after
+    ``splitproxy demo --admin-listen``. Raises ``UsageError``.
+    """
+    raw = text.strip()
+    if raw and "://" not in raw:
+        raw = "http://" + raw
+    parts = urllib.parse.urlsplit(raw)
+    try:
+        parts.port  # noqa: B018  # .port validates the number and raises ValueError
+    except ValueError:
+        raise UsageError(f"--admin: bad port in {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--admin: expected a URL such as {DEFAULT_ADMIN}, got {text!r}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--admin: a base URL has no query or fragment, got {text!r}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def parse_weights(words: Sequence[str]) -> dict[str, float]:
+    """``["stable=90", "canary=10"]`` → ``{"stable": 90.0, "canary": 10.0}``.
+
+    Syntax only: a backend name, ``=``, a finite number, each backend once. Whether the
+    backend exists and the number is in range is the API's to say (it names the route's
+    backends in its answer). Raises ``ValueError`` with the word at fault.
+    """
+    weights: dict[str, float] = {}
+    for word in words:
+        name, sep, number = word.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"expected BACKEND=WEIGHT such as canary=10, got {word!r}")
+        try:
+            weight = float(number)
+        except ValueError:
+            raise ValueError(f"{name}: the weight must be a number, got {number!r}") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"{name}: the weight must be a finite number, got {number!r}")
+        if name in weights:
+            raise ValueError(f"{name}: given twice")
+        weights[name] = weight
+    if not weights:
+        raise ValueError("expected at least one BACKEND=WEIGHT")
+    return weights
+
+
+def actor_for(user: str | None) -> str:
+    """The ``X-Splitproxy-Actor`` the CLI sends: ``cli:<login>``, or ``cli`` when unknown.
+
+    HTTP header values are Latin-1 on the wire (http.client encodes them so); a login name
+    outside ASCII is kept readable rather than failing the request."""
+    if not user:
+        return "cli"
+    safe = "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in user)
+    return f"cli:{safe}"
+
+
+def login_name() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # KeyError or OSError: no $USER/$LOGNAME and no passwd entry (containers)
+        return None
+
+
+# ---- rendering (pure) ------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str, indent: str = "") -> list[str]:
+    """Plain aligned columns, two spaces apart; ``align`` has one ``<`` (left) or ``>``
+    (right) per column; headers of right-aligned columns are right-aligned too."""
+    body = [list(r) for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *body, strict=True)]
+    lines = []
+    for cells in [list(headers), *body]:
+        parts = [
+            cell.ljust(width) if a == "<" else cell.rjust(width)
+            for cell, width, a in zip(cells, widths, align, strict=True)
+        ]
+        lines.append((indent + "  ".join(parts)).rstrip())
+    return lines
+
+
+def weight_text(weight: object) -> str:
+    """``90.0`` → ``90``; ``2.5`` → ``2.5``; missing → ``-``."""
+    if isinstance(weight, int | float) and not isinstance(weight, bool):
+        return f"{weight:g}"
+    return "-"
+
+
+def share_text(share: object) -> str:
+    if isinstance(share, int | float) and not isinstance(share, bool):
+        return f"{share * 100:.1f}%"
+    return "-"
+
+
+def shares(weights: Mapping[str, float]) -> dict[str, float]:
+    total = sum(weights.values())
+    return {name: (w / total if total > 0 else 0.0) for name, w in weights.items()}
+
+
+def time_text(entry: Mapping[str, Any]) -> str:
+    """ISO-8601 in UTC to the second: ``2024-05-01T12:00:05Z``."""
+    when = entry.get("time")
+    if isinstance(when, int | float):
+        return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(entry.get("time_iso", "-"))
+
+
+def weights_change_text(before: Mapping[str, float], after: Mapping[str, float]) -> str:
+    """``stable 100→90, canary 0→10``: per backend, before → after; unchanged shown once."""
+    if not before:
+        return ", ".join(f"{name} {weight_text(w)}" for name, w in after.items())
+    names = [*after, *(n for n in before if n not in after)]
+    parts = []
+    for name in names:
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            parts.append(f"{name} {weight_text(new)}")
+        else:
+            parts.append(f"{name} {weight_text(old)}→{weight_text(new)}")
+    return ", ".join(parts)
+
+
+def _route_heading(route: Mapping[str, Any]) -> list[str]:
+    """``route shop: version 7, baseline stable, sticky by cookie sp`` and what it matches."""
+    sticky = route.get("sticky") or {}
+    by = sticky.get("by") or "none"
+    sticky_text = "not sticky" if by == "none" else f"sticky by {by} {sticky.get('name') or ''}".rstrip()
+    match = route.get("match") or {}
+    host = f"host {match['host']}" if match.get("host") else "any host"
+    return [
+        f"route {route['name']}: version {route.get('version', '?')}, baseline {route.get('baseline', '?')}, "
+        f"{sticky_text}",
+        f"  matches {host}, path prefix {match.get('path_prefix') or '/'}",
+    ]
+
+
+def _health_text(upstream: Mapping[str, Any]) -> str:
+    healthy = upstream.get("healthy")
+    if healthy is None:
+        return "unknown"
+    return "healthy" if healthy else "DOWN"
+
+
+def route_lines(route: Mapping[str, Any]) -> list[str]:
+    """One route of ``GET /api/v1/routes``: a heading, a backends table, extras."""
+    rows: list[list[str]] = []
+    for b in route["backends"]:
+        upstreams = b.get("upstreams") or [{}]
+        for i, up in enumerate(upstreams):
+            first = i == 0
+            rows.append(
+                [
+                    b["name"] if first else "",
+                    weight_text(b.get("weight")) if first else "",
+                    share_text(b.get("share")) if first else "",
+                    str(up.get("url", "-")),
+                    _health_text(up) if up else "-",
+                ]
+            )
+    lines = _route_heading(route)
+    lines += table(["BACKEND", "WEIGHT", "SHARE", "UPSTREAM", "HEALTH"], rows, "<>><<", indent="  ")
+    for o in route.get("overrides") or []:
+        kind = "header" if "header" in o else "cookie"
+        lines.append(f"  override: {kind} {o.get(kind)}: {o.get('value')} → {o.get('backend')}")
+    shadow = route.get("shadow")
+    if shadow:
+        methods = ", ".join(shadow.get("methods") or [])
+        lines.append(f"  shadow: {weight_text(shadow.get('percent'))}% of {methods} → {shadow.get('backend')}")
+    return lines
+
+
+def render_status(answer: Mapping[str, Any]) -> str:
+    """``GET /api/v1/routes`` (``{"version", "routes"}``) or one route of it."""
+    if "routes" not in answer:
+        return "\n".join(route_lines(answer))
+    lines = [f"config version {answer.get('version', '?')}"]
+    if not answer["routes"]:
+        lines.append("no routes")
+    for route in answer["routes"]:
+        lines += ["", *route_lines(route)]
+    return "\n".join(lines)
+
+
+def render_history(answer: Mapping[str, Any], width: int = 80) -> str:
+    """``GET /api/v1/history``: newest first, as the API sends it.
+
+    One line per change when every line fits in ``width`` columns. Otherwise a narrow
+    layout: a short line per change (version, time, route, kind, actor) and under it the
+    weights and the reason, wrapped — so nothing is cut and nothing runs off the screen.
+    """
+    entries = answer["entries"]
+    if not entries:
+        return "no changes recorded"
+    fields = [
+        {
+            "VERSION": str(e["version"]),
+            "TIME (UTC)": time_text(e),
+            "ROUTE": str(e["route"]),
+            "WEIGHTS BEFORE→AFTER": weights_change_text(e.get("before") or {}, e.get("after") or {}),
+            "ACTOR": str(e.get("actor", "")),
+            "KIND": str(e.get("kind", "")),
+            "REASON": str(e.get("reason") or ""),
+        }
+        for e in entries
+    ]
+    wide = ["VERSION", "TIME (UTC)", "ROUTE", "WEIGHTS BEFORE→AFTER", "ACTOR", "KIND", "REASON"]
+    lines = table(wide, [[f[h] for h in wide] for f in fields], "><<<<<<")
+    if max(len(line) for line in lines) <= width:
+        return "\n".join(lines)
+
+    narrow = ["VERSION", "TIME (UTC)", "ROUTE", "KIND", "ACTOR"]
+    heads = table(narrow, [[f[h] for h in narrow] for f in fields], "><<<<")
+    indent = " " * heads[0].index("TIME")
+    out = [heads[0]]
+    for head, f in zip(heads[1:], fields, strict=True):
+        out.append(head)
+        for label, text in (("weights: ", f["WEIGHTS BEFORE→AFTER"]), ("reason:  ", f["REASON"])):
+            out += textwrap.wrap(
+                text,
+                max(width, 40),
+                initial_indent=indent + label,
+                subsequent_indent=indent + " " * len(label),
+                break_on_hyphens=False,
+            )
+    return "\n".join(out)
+
+
+def render_change(answer: Mapping[str, Any]) -> str:
+    """The answer to a weights, promote, rollback or restore call: ``{"route", "change"}``."""
+    change = answer["change"]
+    before: Mapping[str, float] = change.get("before") or {}
+    after: Mapping[str, float] = change["after"]
+    share = shares(after)
+    headers = ["BACKEND", "WAS", "WEIGHT", "SHARE"]
+    rows = [[name, weight_text(before.get(name)), weight_text(w), share_text(share[name])] for name, w in after.items()]
+    why = f"{change.get('kind', 'change')} by {change.get('actor', '?')}"
+    if change.get("reason"):
+        why += f": {change['reason']}"
+    heading = f"route {change['route']} is now at version {change['version']} ({why})"
+    return "\n".join([heading, *table(headers, rows, "<>>>", indent="  ")])
+
+
+# ---- the HTTP client (I/O) -------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _describe(err: object, timeout: float) -> str:
+    """A short reason for a failed connection: ``Connection refused``, not ``[Errno 111] ...``."""
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text or type(err).__name__
+
+
+@dataclass(frozen=True)
+class AdminClient:
+    """One admin API (``base_url``), as the CLI talks to it: one request per call."""
+
+    base_url: str
+    token: str | None = None
+    actor: str = "cli"
+    timeout: float = DEFAULT_TIMEOUT
+    _opener: urllib.request.OpenerDirector = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        # An http_proxy in the environment must not carry a loopback admin call to another
+        # machine (urllib honours it unless no_proxy lists the host); remote ones follow it.
+        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        object.__setattr__(self, "_opener", urllib.request.build_opener(*handlers))
+
+    # -- the API, one method per endpoint ---------------------------------------------------
+
+    def routes(self) -> dict[str, Any]:
+        return self.call("GET", "/api/v1/routes")
+
+    def route(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/v1/routes/{_segment(name)}")
+
+    def set_weights(
+        self, route: str, weights: Mapping[str, float], *, reason: str | None = None, if_match: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"weights": {name: _number(w) for name, w in weights.items()}}
+        if reason is not None:
+            body["reason"] = reason
+        return self.call("PUT", f"/api/v1/routes/{_segment(route)}/weights", body=body, if_match=if_match)
+
+    def promote(
+        self, route: str, backend: str, *, reason: str | None = None, if_match: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"backend": backend}
+        if reason is not None:
+            body["reason"] = reason
+        return self.call("POST", f"/api/v1/routes/{_segment(route)}/promote", body=body, if_match=if_match)
+
+    def rollback(self, route: str, *, reason: str | None = None, if_match: int | None = None) -> dict[str, Any]:
+        body = {} if reason is None else {"reason": reason}
+        return self.call("POST", f"/api/v1/routes/{_segment(route)}/rollback", body=body, if_match=if_match)
+
+    def history(self, route: str | None = None, *, limit: int | None = None) -> dict[str, Any]:
+        query: dict[str, str] = {}
+        if route is not None:
+            query["route"] = route
+        if limit is not None:
+            query["limit"] = str(limit)
+        return self.call("GET", "/api/v1/history", query=query)
+
+    def restore(self, version: int, *, reason: str | None = None) -> dict[str, Any]:
+        body = {} if reason is None else {"reason": reason}
+        return self.call("POST", f"/api/v1/history/{version}/restore", body=body)
+
+    # -- the one request --------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: object = None,
+        if_match: int | None = None,
+    ) -> dict[str, Any]:
+        """One request; the answer's JSON object, or a ``ClientError`` saying what went wrong."""
+        url = self.base_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": f"splitproxy-cli/{__version__}",
+            "X-Splitproxy-Actor": self.actor,
+        }
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:  # an answer, with an error status
+            with exc:
+                try:
+                    raw = exc.read()
+                except (OSError, http.client.HTTPException):
+                    raw = b""
+            raise self._error(exc.code, raw) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason) from None
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets while reading
+            raise self._unreachable(exc) from None
+        return self._answer(status, raw)
+
+    def _unreachable(self, err: object) -> Unreachable:
+        return Unreachable(
+            f"cannot reach the admin API at {self.base_url}: {_describe(err, self.timeout)} ({UNREACHABLE_HINT})"
+        )
+
+    def _answer(self, status: int, raw: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            answer = None
+        if not isinstance(answer, dict):
+            raise self._not_admin(status, raw)
+        return answer
+
+    def _not_admin(self, status: int, raw: bytes) -> Unreachable:
+        """An HTTP answer without the admin API's JSON: most often ``--admin`` names the data
+        listener or another service."""
+        body = f" {_snippet(raw)!r}" if raw.strip() else ""
+        if status >= 500:
+            hint = f"is {self.base_url} the admin listener? if so, the proxy's log says what failed"
+        else:
+            hint = UNREACHABLE_HINT
+        return Unreachable(f"{self.base_url} answered HTTP {status}{body}, not the admin API's JSON ({hint})")
+
+    def _error(self, status: int, raw: bytes) -> ClientError:
+        if status == 401:
+            if self.token:
+                return Unauthorized(
+                    f"the admin API at {self.base_url} refused the token in {TOKEN_ENV} "
+                    "(HTTP 401): set it to the token the proxy was started with"
+                )
+            return Unauthorized(
+                f"the admin API at {self.base_url} needs a token (HTTP 401): "
+                f"set {TOKEN_ENV} to the token the proxy was started with"
+            )
+        try:
+            error = json.loads(raw)["error"]
+            message = str(error["message"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return self._not_admin(status, raw)
+        where = error.get("where") if isinstance(error, dict) else None
+        hint = "; `splitproxy status ROUTE` shows the current version" if status == 412 else ""
+        return ApiError(status, message, str(where) if where else None, hint)
+
+
+def _segment(name: str) -> str:
+    """A route name as one path segment: ``a/b`` must not become two."""
+    return urllib.parse.quote(name, safe="")
+
+
+def _number(weight: float) -> float | int:
+    """Whole weights go out as integers, so the API's history reads ``90``, not ``90.0``."""
+    return int(weight) if weight.is_integer() else weight
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def client_from(admin: str, *, timeout: float = DEFAULT_TIMEOUT, environ: Mapping[str, str]) -> AdminClient:
+    """The client the CLI uses: ``--admin``, the token from ``SPLITPROXY_ADMIN_TOKEN``, the actor."""
+    token = environ.get(TOKEN_ENV, "").strip() or None
+    return AdminClient(admin_url(admin), token=token, actor=actor_for(login_name()), timeout=timeout)

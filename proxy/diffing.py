@@ -1,0 +1,1762 @@
+"""Shadow-diff engine: endpoint grouping, response comparison, noise statistics, report. Pure.
+
+The shadow shell (I/O) hands this module complete, already captured responses and the
+time and random points it drew itself; nothing here awaits, reads a clock or draws a
+random number, so every result is a function of the arguments (STYLE.md: randomness and
+time are inputs). The pieces, in the order the shell uses them:
+
+1. ``endpoint_template(method, path, templates)`` groups requests: ``GET /users/{id}``.
+   ``EndpointCap`` bounds how many endpoints a route tracks (metric labels stay bounded).
+2. ``compare(live, shadow, ...)`` diffs two ``Captured`` responses and returns a
+   ``Comparison``: the field keys that were compared, the keys that differed, and one
+   ``FieldDiff`` sample per differing key. ``diff()`` is the same, diffs only.
+3. ``RouteStats.record(...)`` adds a live-vs-shadow comparison (plus latencies and a
+   redacted sample), ``RouteStats.record_noise(...)`` a live-vs-live-replay comparison.
+   ``classify(FieldStats, ShadowNoise)`` is the noise-cancellation rule.
+4. ``report(stats, noise=...)`` renders the JSON-ready report.
+5. ``merge(a, b)``, ``RouteStats.to_dict()`` / ``RouteStats.from_dict()``: accumulators
+   are commutative monoids (every bounded part keeps the *k smallest* items of a fixed
+   total order, every count is a sum), so batches and worker processes can be summed in
+   any grouping.
+
+Field keys and paths. ``FieldDiff.path`` is exact (``$.items[3].price``); the field key
+used for counting folds every array index to ``[*]`` and id-like object keys to
+``.{id}`` (``$.items[*].price``), so counts stay bounded. Keys are ``status``,
+``header.<name>``, ``body`` (text and binary bodies) and JSON paths (``$...``). Any key
+from the report is also a valid ``ignore_fields`` / redact pattern.
+
+Cost (bench/bench_diff.py): the JSON parse dominates; equal sub-trees are skipped with
+one C-level ``==`` and then visited through one exemplar per (field key, key set). Two
+consequences, both bounded to sub-trees that Python already found equal: a nested
+optional field that appears only in later, identical elements is not counted as compared
+for that response (a differing field always is); and since ``True == 1`` in Python, a
+``1`` -> ``true`` change is caught in the exemplar (so a change made by a serialiser,
+which hits every element, is caught) but not in a later element of the same shape.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Final, Literal, TypeAlias
+from urllib.parse import unquote_plus
+
+from proxy.config import ShadowNoise
+
+DiffKind: TypeAlias = Literal["changed", "type", "missing", "extra", "length", "bytes"]
+BodyMode: TypeAlias = Literal["json", "text", "bytes", "empty", "truncated"]
+Classification: TypeAlias = Literal["real", "noise", "none"]
+
+DEFAULT_IGNORE_HEADERS: Final = frozenset({"date", "server", "x-request-id"})
+# RFC 9110 §7.6.1: hop-by-hop fields describe one connection, not the representation, so a
+# difference in them says nothing about the two versions. Same set as proxy/headers.py.
+HOP_BY_HOP_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+ALWAYS_REDACTED_HEADERS: Final = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+# Query parameters whose values are replaced in a sample's request line.
+SENSITIVE_QUERY_PARAMS: Final = frozenset(
+    {"access_token", "api_key", "apikey", "auth", "key", "password", "secret", "sig", "signature", "token"}
+)
+REDACTED: Final = "[redacted]"
+OTHER_ENDPOINT: Final = "{other}"
+DEFAULT_MAX_ENDPOINTS: Final = 100
+
+MAX_VALUE_CHARS: Final = 200  # FieldDiff.live / .shadow
+MAX_FIELDS: Final = 500  # field keys counted per comparison
+MAX_DIFFS: Final = 100  # FieldDiff samples per comparison
+MAX_TEXT_DIFFS: Final = 5  # differing lines reported per text body
+MAX_JSON_DEPTH: Final = 64  # deeper sub-trees are compared whole, as one field
+MAX_DECODED_BODY: Final = 8 << 20  # gzip/deflate output cap; beyond it the body counts as truncated
+MAX_SIGNATURE_KEYS: Final = 32
+SAMPLE_BODY_CHARS: Final = 2048
+_DIFFLIB_MAX_CELLS: Final = 40_000  # differing-lines area above which lines are paired by position
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+_ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
+
+
+def is_id(segment: str) -> bool:
+    """A path segment or object key that names one thing: digits, a UUID, or >= 16 hex digits."""
+    return _ID_RE.fullmatch(segment) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    parts: tuple[str | None, ...]  # None: a ``{name}`` parameter, one non-empty segment
+    literals: int
+
+
+@lru_cache(maxsize=64)
+def _compile_templates(templates: tuple[str, ...]) -> dict[int, tuple[_Template, ...]]:
+    by_len: dict[int, list[_Template]] = {}
+    for text in templates:
+        parts = tuple(None if s.startswith("{") and s.endswith("}") and len(s) > 2 else s for s in text.split("/"))
+        literals = sum(p is not None for p in parts)
+        by_len.setdefault(len(parts), []).append(_Template(text, parts, literals))
+    # Most literal segments first ("/users/me" beats "/users/{id}"); ties keep config order.
+    return {n: tuple(sorted(ts, key=lambda t: -t.literals)) for n, ts in by_len.items()}
+
+
+def _path_only(target: str) -> str:
+    path = target.partition("?")[0].partition("#")[0]
+    if not path.startswith("/") and "://" in path:  # absolute-form request target
+        path = "/" + path.partition("://")[2].partition("/")[2]
+    return path or "/"
+
+
+def endpoint_template(method: str, path: str, templates: tuple[str, ...] = ()) -> str:
+    """``"GET /users/{id}"`` for ``("GET", "/users/42?x=1")``.
+
+    The query string is dropped. A configured template (``/orgs/{org}/repos/{repo}``,
+    ``{name}`` matches one non-empty segment) wins when it matches, the one with most
+    literal segments first. Otherwise numeric, UUID and long-hex segments fold to ``{id}``.
+    """
+    path = _path_only(path)
+    segments = path.split("/")
+    if templates:
+        for t in _compile_templates(templates).get(len(segments), ()):
+            if all((p is None and s) or p == s for p, s in zip(t.parts, segments, strict=True)):
+                return f"{method} {t.text}"
+    return method + " " + "/".join("{id}" if s and is_id(s) else s for s in segments)
+
+
+def overflow_endpoint(endpoint: str) -> str:
+    """Where an endpoint beyond the cap is counted: ``"GET {other}"``."""
+    return f"{endpoint.partition(' ')[0]} {OTHER_ENDPOINT}"
+
+
+def capped_endpoint(endpoint: str, known: Set[str], limit: int) -> str:
+    """``endpoint`` when it is known or there is room for it, else its overflow endpoint."""
+    if endpoint in known or len(known) < limit:
+        return endpoint
+    return overflow_endpoint(endpoint)
+
+
+class EndpointCap:
+    """The endpoints one route tracks: first come, first kept, at most ``limit``.
+
+    Admission never evicts, so a metric label once issued stays valid. Keep one per route
+    per process; summed over ``W`` workers a route has at most ``W * limit`` endpoints.
+    """
+
+    __slots__ = ("_known", "limit")
+
+    def __init__(self, limit: int = DEFAULT_MAX_ENDPOINTS, known: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+        for e in known:
+            self.admit(e)
+
+    def admit(self, endpoint: str) -> str:
+        got = capped_endpoint(endpoint, self._known, self.limit)
+        if got == endpoint:
+            self._known.add(endpoint)
+        return got
+
+    @property
+    def known(self) -> frozenset[str]:
+        return frozenset(self._known)
+
+    def __contains__(self, endpoint: object) -> bool:
+        return endpoint in self._known
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+# ---- field paths (ignore and redact patterns) ----------------------------------------------------
+
+_ANY_INDEX: Final = object()  # "[*]"
+_ANY_KEY: Final = object()  # ".*"
+_ID: Final = object()  # ".{id}"
+_NAME_RE: Final = re.compile(r"\.([^.\[\]]+)")
+_INDEX_RE: Final = re.compile(r"\[(\*|[0-9]+)\]")
+_QUOTED_RE: Final = re.compile(r"\[(\"(?:[^\"\\]|\\.)*\")\]")
+
+
+def parse_field_path(text: str) -> tuple[object, ...]:
+    """Segments of ``$.a["b.c"][0].items[*].{id}``; raises ``ValueError`` naming the position.
+
+    ``.name`` and ``["name"]`` are object keys, ``[N]`` an index, ``[*]`` any index,
+    ``.*`` any key, ``.{id}`` any id-like key (how field keys fold them).
+    """
+    if not text.startswith("$"):
+        raise ValueError(f"must start with '$', e.g. '$.meta.generated_at', got {text!r}")
+    out: list[object] = []
+    pos = 1
+    while pos < len(text):
+        if m := _NAME_RE.match(text, pos):
+            name = m.group(1)
+            out.append(_ANY_KEY if name == "*" else _ID if name == "{id}" else name)
+        elif m := _INDEX_RE.match(text, pos):
+            out.append(_ANY_INDEX if m.group(1) == "*" else int(m.group(1)))
+        elif m := _QUOTED_RE.match(text, pos):
+            out.append(json.loads(m.group(1)))
+        else:
+            raise ValueError(f'bad field path {text!r} at position {pos}: expected .name, [N], [*] or ["name"]')
+        pos = m.end()
+    return tuple(out)
+
+
+class _Node:
+    """A trie of compiled patterns; ``terminal``: the path so far is ignored / redacted."""
+
+    __slots__ = ("any_index", "any_key", "id_key", "indexes", "keys", "terminal")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, _Node] = {}
+        self.indexes: dict[int, _Node] = {}
+        self.any_key: _Node | None = None
+        self.any_index: _Node | None = None
+        self.id_key: _Node | None = None
+        self.terminal = False
+
+
+_States: TypeAlias = tuple[_Node, ...]
+
+
+@lru_cache(maxsize=128)
+def _compile_paths(patterns: tuple[str, ...]) -> _Node | None:
+    if not patterns:
+        return None
+    root = _Node()
+    for pattern in patterns:
+        node = root
+        for seg in parse_field_path(pattern):
+            if seg is _ANY_INDEX:
+                node.any_index = node = node.any_index or _Node()
+            elif seg is _ANY_KEY:
+                node.any_key = node = node.any_key or _Node()
+            elif seg is _ID:
+                node.id_key = node.id_key or _Node()
+                node = node.id_key
+            elif isinstance(seg, int):
+                node = node.indexes.setdefault(seg, _Node())
+            else:
+                assert isinstance(seg, str)
+                node = node.keys.setdefault(seg, _Node())
+        node.terminal = True
+    return root
+
+
+def _step_key(states: _States, key: str) -> tuple[_States, bool]:
+    nxt: list[_Node] = []
+    for node in states:
+        for child in (node.keys.get(key), node.any_key, node.id_key if node.id_key and is_id(key) else None):
+            if child is not None:
+                if child.terminal:
+                    return (), True
+                nxt.append(child)
+    return tuple(nxt), False
+
+
+def _step_index(states: _States, index: int) -> tuple[_States, bool]:
+    nxt: list[_Node] = []
+    for node in states:
+        for child in (node.indexes.get(index), node.any_index):
+            if child is not None:
+                if child.terminal:
+                    return (), True
+                nxt.append(child)
+    return tuple(nxt), False
+
+
+# ---- values ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One complete response as the shell teed it (``truncated``: the diff cap was reached)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names, in received order
+    body: bytes = b""
+    truncated: bool = False
+
+    def header(self, name: str) -> str | None:
+        values = [v for n, v in self.headers if n == name]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDiff:
+    """One difference. ``live`` / ``shadow`` are short renderings, ``None`` where absent."""
+
+    path: str  # exact: "$.items[3].price", "header.etag", "status", "body.line[12]", "body"
+    kind: DiffKind
+    live: str | None
+    shadow: str | None
+    key: str = ""  # the aggregation key ("$.items[*].price"); "" means the same as path
+
+    @property
+    def field_key(self) -> str:
+        return self.key or self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """What ``compare`` looked at and found: ``differing`` is a subset of ``fields``."""
+
+    fields: frozenset[str]
+    differing: frozenset[str]
+    diffs: tuple[FieldDiff, ...]  # at most one per differing key, status and headers first
+    body: BodyMode
+
+
+_ABSENT: Final = object()
+
+
+def _clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode
+
+
+def _render(value: object) -> str | None:
+    if value is _ABSENT:
+        return None
+    if isinstance(value, str) and len(value) > 4 * MAX_VALUE_CHARS:
+        value = value[: 4 * MAX_VALUE_CHARS]  # do not JSON-escape 1 MB to show 200 characters
+    return _clip(_ENCODE(value))
+
+
+# ---- the JSON walk -----------------------------------------------------------------------------
+
+# Parent field key -> object key -> (exact path segment, child field key). A memo of a pure
+# function: array elements share their parent key, so most child keys are built and hashed
+# once per process rather than once per element. Bounded by clearing.
+_CHILDREN: dict[str, dict[str, tuple[str, str]]] = {}
+_CHILDREN_MAX: Final = 4096
+
+
+def _child(key: str, name: str) -> tuple[str, str]:
+    kids = _CHILDREN.get(key)
+    if kids is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        _CHILDREN[key] = kids = {}
+    elif len(kids) >= _CHILDREN_MAX:
+        kids.clear()
+    exact = "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
+    kids[name] = got = (exact, key + (".{id}" if is_id(name) else exact))
+    return got
+
+
+class _Ignored:
+    """Stands in for an ignored array element, so later indexes keep their places."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<ignored>"
+
+
+_IGNORED: Final = _Ignored()
+
+
+def _strip(value: Any, states: _States, replacement: object) -> Any:
+    """Apply compiled patterns to a freshly parsed document, in place: a matched object member
+    is deleted (``replacement is None``) or replaced, a matched array element replaced (by
+    ``_IGNORED`` when deleting). Visits only nodes along the patterns, so the diff walk that
+    follows needs no pattern state and keeps its ``==`` shortcuts."""
+    if len(states) == 1:
+        _strip_node(value, states[0], replacement)
+    else:
+        _strip_states(value, states, replacement)
+    return value
+
+
+def _strip_node(value: Any, node: _Node, replacement: object) -> None:
+    """``_strip`` for one trie node: the common case, without building state tuples."""
+    if type(value) is dict:
+        if node.any_key is not None or node.id_key is not None:
+            _strip_states(value, (node,), replacement)
+            return
+        for k, child in node.keys.items():
+            if k in value:
+                if not child.terminal:
+                    _strip_node(value[k], child, replacement)
+                elif replacement is None:
+                    del value[k]
+                else:
+                    value[k] = replacement
+    elif type(value) is list:
+        elem = node.any_index
+        if node.indexes or elem is None:
+            if node.indexes:
+                _strip_states(value, (node,), replacement)
+            return
+        if elem.terminal:
+            value[:] = [_IGNORED if replacement is None else replacement] * len(value)
+        elif elem.any_key is None and elem.id_key is None and all(c.terminal for c in elem.keys.values()):
+            # "$.items[*].updated_at": drop the named members of every element, nothing deeper.
+            names = tuple(elem.keys)
+            for x in value:
+                if type(x) is dict:
+                    for k in names:
+                        if k in x:
+                            if replacement is None:
+                                del x[k]
+                            else:
+                                x[k] = replacement
+        else:
+            for x in value:
+                _strip_node(x, elem, replacement)
+
+
+def _strip_states(value: Any, states: _States, replacement: object) -> None:
+    if type(value) is dict:
+        if any(n.any_key is not None or n.id_key is not None for n in states):
+            names: Iterable[str] = list(value)
+        else:
+            names = list(dict.fromkeys(k for n in states for k in n.keys if k in value))
+        for k in names:
+            nxt, hit = _step_key(states, k)
+            if hit:
+                if replacement is None:
+                    del value[k]
+                else:
+                    value[k] = replacement
+            elif nxt:
+                _strip(value[k], nxt, replacement)
+    elif type(value) is list:
+        if any(n.any_index is not None for n in states):
+            indexes: Iterable[int] = range(len(value))
+        else:
+            indexes = sorted({i for n in states for i in n.indexes if i < len(value)})
+        for i in indexes:
+            nxt, hit = _step_index(states, i)
+            if hit:
+                value[i] = _IGNORED if replacement is None else replacement
+            elif nxt:
+                _strip(value[i], nxt, replacement)
+
+
+class _Acc:
+    __slots__ = ("differing", "diffs", "fields", "shapes")
+
+    def __init__(self) -> None:
+        self.fields: set[str] = set()
+        self.differing: set[str] = set()
+        self.diffs: list[FieldDiff] = []
+        # (field key, shape) of equal sub-trees already visited: one exemplar per shape.
+        self.shapes: set[tuple[str, object] | None] = set()
+
+    def found(self, path: str, key: str, kind: DiffKind, live: str | None, shadow: str | None) -> None:
+        self.fields.add(key)
+        if key not in self.differing:
+            self.differing.add(key)
+            if len(self.diffs) < MAX_DIFFS:
+                self.diffs.append(FieldDiff(path, kind, live, shadow, key))
+
+    def found_values(self, path: str, key: str, kind: DiffKind, live: object, shadow: object) -> None:
+        if key not in self.differing:  # render only the first occurrence
+            self.found(path, key, kind, _render(live), _render(shadow))
+
+
+def _shape(key: str, value: Any) -> tuple[str, object] | None:
+    """What makes equal sub-trees interchangeable for key harvesting: an object's key set, or
+    "a list of scalars"; ``None`` for a list of containers (its elements dedupe themselves)."""
+    if type(value) is dict:
+        return (key, tuple(value))
+    first = type(value[0])
+    return None if first is dict or first is list else (key, "scalars")
+
+
+def _same_json_type(ta: type, tb: type) -> bool:
+    # JSON has one number type: 1 and 1.0 are the same value; bool is not a number.
+    return ta is tb or ((ta is int or ta is float) and (tb is int or tb is float))
+
+
+def _diff_values(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path: positional arguments make the cheapest calls
+    ta, tb = type(a), type(b)
+    if (ta is dict and tb is dict) or (ta is list and tb is list):
+        if depth >= MAX_JSON_DEPTH:
+            acc.found_values(path, key, "changed", a, b)
+        elif ta is dict:
+            _diff_dicts(a, b, path, key, depth, acc)
+        else:
+            _diff_lists(a, b, path, key, depth, acc)
+    elif not _same_json_type(ta, tb):
+        acc.found_values(path, key, "type", a, b)
+    elif a != b and not (ta is float and tb is float and math.isnan(a) and math.isnan(b)):
+        acc.found_values(path, key, "changed", a, b)
+
+
+def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
+    fields_add = acc.fields.add
+    shapes = acc.shapes
+    kids = _CHILDREN.get(key) or {}
+    matched = 0
+    for k, va in a.items():
+        exact, ck = kids.get(k) or _child(key, k)
+        fields_add(ck)
+        vb = b.get(k, _ABSENT)
+        if vb is _ABSENT:
+            acc.found_values(path + exact, ck, "missing", va, _ABSENT)
+            continue
+        matched += 1
+        if va == vb:
+            tva, tvb = type(va), type(vb)
+            if tva is dict or tva is list:
+                if va:
+                    shape = _shape(ck, va)
+                    if shape is None or shape not in shapes:
+                        shapes.add(shape)
+                        _same(va, vb, path + exact, ck, depth + 1, acc)
+            elif tva is not tvb and (tva is bool or tvb is bool):  # True == 1 in Python, not in JSON
+                acc.found_values(path + exact, ck, "type", va, vb)
+            continue
+        if type(va) is dict and type(vb) is dict and depth + 1 < MAX_JSON_DEPTH:
+            _diff_dicts(va, vb, path + exact, ck, depth + 1, acc)
+        else:
+            _diff_values(va, vb, path + exact, ck, depth + 1, acc)
+    if matched != len(b):
+        for k, vb in b.items():
+            if k not in a:
+                exact, ck = kids.get(k) or _child(key, k)
+                acc.found_values(path + exact, ck, "extra", _ABSENT, vb)
+
+
+def _diff_lists(a: list[Any], b: list[Any], path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
+    if len(a) != len(b):
+        acc.found(path, key, "length", str(len(a)), str(len(b)))
+    if not a and not b:
+        return
+    ck = key + "[*]"
+    acc.fields.add(ck)
+    shapes = acc.shapes
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # the common prefix; "length" said the rest
+        if x == y:
+            tx, ty = type(x), type(y)
+            if tx is dict or tx is list:
+                if x:
+                    shape = _shape(ck, x)
+                    if shape is None or shape not in shapes:
+                        shapes.add(shape)
+                        _same(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+            elif tx is not ty and (tx is bool or ty is bool):
+                acc.found_values(f"{path}[{i}]", ck, "type", x, y)
+            continue
+        if type(x) is dict and type(y) is dict and depth + 1 < MAX_JSON_DEPTH:
+            _diff_dicts(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+        else:
+            _diff_values(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+
+
+def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
+    """Two sub-trees that Python calls equal: add their field keys, and look for what Python's
+    ``==`` hides, ``true`` vs ``1`` (bool is an int). Arrays are visited through one element
+    pair per distinct key set (see the module docstring), so the cost stays near one pass
+    over the *shapes* rather than over every element."""
+    if depth >= MAX_JSON_DEPTH:
+        return
+    shapes = acc.shapes
+    if type(a) is dict:
+        fields_add = acc.fields.add
+        kids = _CHILDREN.get(key) or {}
+        for k, va in a.items():
+            exact, ck = kids.get(k) or _child(key, k)
+            fields_add(ck)
+            vb = b[k]
+            tva, tvb = type(va), type(vb)
+            if tva is dict or tva is list:
+                if va:
+                    shape = _shape(ck, va)
+                    if shape is None or shape not in shapes:
+                        shapes.add(shape)
+                        _same(va, vb, path + exact, ck, depth + 1, acc)
+            elif tva is not tvb and (tva is bool or tvb is bool):
+                acc.found_values(path + exact, ck, "type", va, vb)
+        return
+    ck = key + "[*]"
+    acc.fields.add(ck)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        tx, ty = type(x), type(y)
+        if tx is dict or tx is list:
+            if x:
+                shape = _shape(ck, x)
+                if shape is None or shape not in shapes:
+                    shapes.add(shape)
+                    _same(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+        elif tx is not ty and (tx is bool or ty is bool):
+            acc.found_values(f"{path}[{i}]", ck, "type", x, y)
+
+
+def _diff_json(a: Any, b: Any, acc: _Acc) -> None:
+    acc.fields.add("$")
+    if a == b:
+        if type(a) in (dict, list) and a:
+            _same(a, b, "$", "$", 0, acc)
+        elif type(a) is not type(b) and (type(a) is bool or type(b) is bool):
+            acc.found_values("$", "$", "type", a, b)
+    else:
+        _diff_values(a, b, "$", "$", 0, acc)
+
+
+# ---- text and bytes ----------------------------------------------------------------------------
+
+
+def _common_prefix(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # each probe compares only the new half: O(n) characters in all
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ending in "\\n" (kept), the last one possibly without. Only "\\n" ends a line, so
+    line numbers agree with ``str.count("\\n")``; "\\r\\n" lines keep their "\\r"."""
+    lines = [line + "\n" for line in text.split("\n")]
+    last = lines.pop()[:-1]
+    if last:
+        lines.append(last)
+    return lines
+
+
+def _diff_text(a: str, b: str, acc: _Acc) -> None:
+    acc.fields.add("body")
+    if a == b:
+        return
+    # Skip the common head and tail in C, then line-diff only the differing middle.
+    start = a.rfind("\n", 0, _common_prefix(a, b)) + 1
+    tail = _common_prefix(a[start:][::-1], b[start:][::-1])
+    suffix = a[len(a) - tail :]
+    newline = suffix.find("\n")
+    # Extend the middle to whole lines; the suffix is identical on both sides.
+    tail = 0 if newline < 0 else tail - newline - 1
+    mid_a = _lines(a[start : len(a) - tail])
+    mid_b = _lines(b[start : len(b) - tail])
+    first = a.count("\n", 0, start) + 1  # 1-based line number of mid_a[0] (and of mid_b[0])
+    out: list[tuple[str, DiffKind, str | None, str | None]] = []
+    if len(mid_a) * len(mid_b) <= _DIFFLIB_MAX_CELLS:
+        ops = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False).get_opcodes()
+    else:
+        n = min(len(mid_a), len(mid_b))
+        ops = [("replace", 0, n, 0, n), ("delete", n, len(mid_a), n, n), ("insert", n, n, n, len(mid_b))]
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            la = mid_a[i1 + k] if i1 + k < i2 else None
+            lb = mid_b[j1 + k] if j1 + k < j2 else None
+            if la == lb:
+                continue
+            line = first + (i1 + k if la is not None else j1 + k)
+            kind: DiffKind = "changed" if la is not None and lb is not None else "missing" if lb is None else "extra"
+            out.append((f"body.line[{line}]", kind, la, lb))
+            if len(out) >= MAX_TEXT_DIFFS:
+                break
+        if len(out) >= MAX_TEXT_DIFFS:
+            break
+    if not out:  # cannot happen for a != b, but never report "equal" for different bodies
+        out.append(("body", "changed", _clip(a), _clip(b)))
+    acc.differing.add("body")
+    for path, kind, la, lb in out:
+        if len(acc.diffs) < MAX_DIFFS:
+            acc.diffs.append(
+                FieldDiff(path, kind, None if la is None else _clip(la), None if lb is None else _clip(lb), "body")
+            )
+
+
+def _bytes_summary(body: bytes) -> str:
+    return f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()[:16]}"
+
+
+# ---- compare -----------------------------------------------------------------------------------
+
+
+def _media(c: Captured) -> tuple[str, str | None]:
+    """(media type, charset) from Content-Type, lower-case."""
+    value = c.header("content-type")
+    if value is None:
+        return "", None
+    mt, _, params = value.partition(";")
+    charset = None
+    for p in params.split(";"):
+        name, _, v = p.partition("=")
+        if name.strip().lower() == "charset":
+            charset = v.strip().strip('"').lower() or None
+    return mt.strip().lower(), charset
+
+
+def _is_json_type(mt: str) -> bool:
+    return mt in ("application/json", "text/json") or mt.endswith("+json")
+
+
+def _is_text_type(mt: str) -> bool:
+    return (
+        mt.startswith("text/")
+        or mt.endswith("+xml")
+        or mt in ("application/xml", "application/javascript", "application/x-www-form-urlencoded")
+    )
+
+
+def _decoded_body(c: Captured) -> tuple[bytes, bool, bool]:
+    """(body, truncated, opaque) after undoing gzip/deflate; opaque: an encoding we cannot undo."""
+    encoding = (c.header("content-encoding") or "").strip().lower()
+    if encoding in ("", "identity"):
+        return c.body, c.truncated, False
+    if c.truncated:
+        return c.body, True, False
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return c.body, False, True
+    for wbits in (47, -15):  # 47: zlib or gzip header (auto); -15: raw deflate, as some servers send
+        d = zlib.decompressobj(wbits=wbits)
+        try:
+            out = d.decompress(c.body, MAX_DECODED_BODY)
+        except zlib.error:
+            continue
+        return out, bool(d.unconsumed_tail), False
+    return c.body, False, True
+
+
+def _text(body: bytes, charset: str | None) -> str | None:
+    try:
+        text = body.decode(charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return None
+    return None if "\x00" in text else text
+
+
+@lru_cache(maxsize=64)
+def _ignored_headers(ignore_headers: frozenset[str]) -> frozenset[str]:
+    return frozenset(h.lower() for h in ignore_headers) | HOP_BY_HOP_HEADERS
+
+
+def _header_map(c: Captured) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in c.headers:
+        prev = out.get(name)
+        out[name] = value if prev is None else prev + ", " + value
+    return out
+
+
+def compare(
+    live: Captured,
+    shadow: Captured,
+    *,
+    ignore_headers: frozenset[str] = DEFAULT_IGNORE_HEADERS,
+    ignore_fields: tuple[str, ...] = (),
+    max_fields: int = MAX_FIELDS,
+) -> Comparison:
+    """Compare two responses field by field.
+
+    - ``status``: the status codes.
+    - ``header.<name>``: every header on either side except ``ignore_headers``, the
+      hop-by-hop set and those named in ``Connection``. ``Content-Length`` is ignored when
+      the bodies are compared (the body diff says more, and chunked vs length framing is
+      not a difference), and compared when they are not (truncated).
+    - body, after undoing gzip/deflate (other encodings are compared as bytes):
+      both media types JSON (``application/json``, ``*+json``) and both parse: by JSON path;
+      else both decode as text (``text/*``, XML, or UTF-8 without NUL): by lines, key
+      ``body``, paths ``body.line[N]`` (1-based); else by size and sha256, kind ``bytes``.
+    - either body ``truncated`` (the diff cap was reached): status and headers only;
+      ``Comparison.body == "truncated"`` says so once, and no body field counts as compared.
+
+    ``ignore_fields`` are path prefixes (``$.meta`` skips ``$.meta.x``); ``[*]`` matches any
+    index, ``.*`` any key. At most ``max_fields`` keys are kept: every differing key first,
+    then status, body, headers, JSON keys by depth.
+    """
+    acc = _Acc()
+    fields = acc.fields
+    fields.add("status")
+    if live.status != shadow.status:
+        acc.found("status", "status", "changed", str(live.status), str(shadow.status))
+
+    live_body, live_cut, live_opaque = _decoded_body(live)
+    shadow_body, shadow_cut, shadow_opaque = _decoded_body(shadow)
+    truncated = live_cut or shadow_cut
+
+    lh, sh = _header_map(live), _header_map(shadow)
+    ignored = _ignored_headers(ignore_headers)
+    extra_ignored = {t.strip().lower() for c in (lh, sh) for t in c.get("connection", "").split(",")}
+    if not truncated:
+        extra_ignored.add("content-length")
+    for name in sorted(lh.keys() | sh.keys()):
+        if name in ignored or name in extra_ignored:
+            continue
+        key = "header." + name
+        fields.add(key)
+        lv, sv = lh.get(name), sh.get(name)
+        if lv != sv:
+            kind: DiffKind = "missing" if sv is None else "extra" if lv is None else "changed"
+            acc.found(key, key, kind, None if lv is None else _clip(lv), None if sv is None else _clip(sv))
+
+    mode: BodyMode
+    if truncated:
+        mode = "truncated"
+    elif not live_body and not shadow_body:
+        mode = "empty"
+        fields.add("body")
+    else:
+        mode = _diff_body(
+            live=live,
+            shadow=shadow,
+            live_body=live_body,
+            shadow_body=shadow_body,
+            opaque=live_opaque or shadow_opaque,
+            ignore_fields=ignore_fields,
+            acc=acc,
+        )
+
+    differing = acc.differing
+    diffs = acc.diffs
+    if len(fields) > max_fields:
+        keep = sorted(differing, key=field_order)[:max_fields]
+        keep += sorted(fields - differing, key=field_order)[: max_fields - len(keep)]
+        fields = set(keep)
+        differing = differing & fields
+        diffs = [d for d in diffs if d.field_key in fields]
+    return Comparison(frozenset(fields), frozenset(differing), tuple(diffs), mode)
+
+
+def _diff_body(
+    *,
+    live: Captured,
+    shadow: Captured,
+    live_body: bytes,
+    shadow_body: bytes,
+    opaque: bool,
+    ignore_fields: tuple[str, ...],
+    acc: _Acc,
+) -> BodyMode:
+    (live_mt, live_cs), (shadow_mt, shadow_cs) = _media(live), _media(shadow)
+    if not opaque and _is_json_type(live_mt) and _is_json_type(shadow_mt):
+        try:
+            a = json.loads(live_body)
+            # Equal bytes are common (cached or static answers): parse once, walk for keys only.
+            b = a if live_body == shadow_body else json.loads(shadow_body)
+        except (ValueError, RecursionError):
+            pass  # not JSON after all: compare as text or bytes
+        else:
+            root = _compile_paths(ignore_fields)
+            if root is not None:
+                if root.terminal:  # "$" ignores the whole body
+                    return "json"
+                a = _strip(a, (root,), None)
+                b = a if b is a else _strip(b, (root,), None)
+            _diff_json(a, b, acc)
+            return "json"
+    if not opaque:
+        ta = _text(live_body, live_cs if _is_text_type(live_mt) else None)
+        tb = _text(shadow_body, shadow_cs if _is_text_type(shadow_mt) else None)
+        if ta is not None and tb is not None:
+            _diff_text(ta, tb, acc)
+            return "text"
+    acc.fields.add("body")
+    if live_body != shadow_body:
+        acc.found("body", "body", "bytes", _bytes_summary(live_body), _bytes_summary(shadow_body))
+    return "bytes"
+
+
+def diff(
+    live: Captured,
+    shadow: Captured,
+    *,
+    ignore_headers: frozenset[str] = DEFAULT_IGNORE_HEADERS,
+    ignore_fields: tuple[str, ...] = (),
+) -> tuple[FieldDiff, ...]:
+    """The differences only; see ``compare``."""
+    return compare(live, shadow, ignore_headers=ignore_headers, ignore_fields=ignore_fields).diffs
+
+
+def field_order(key: str) -> tuple[int, int, str]:
+    """The fixed total order in which bounded sets keep field keys: status, body, headers,
+    then JSON keys shallow before deep. It decides what survives a cap, independent of the
+    order events arrived in, which is what keeps ``merge`` associative."""
+    if key == "status":
+        return (0, 0, key)
+    if key.startswith("body"):
+        return (1, 0, key)
+    if key.startswith("header."):
+        return (2, 0, key)
+    return (3, key.count(".") + key.count("["), key)
+
+
+# ---- noise classification ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldStats:
+    """Counts for one field key of one endpoint."""
+
+    compared: int = 0  # live vs shadow comparisons that included the field
+    differing: int = 0  # ... in which it differed
+    noise_compared: int = 0  # live vs live-replay comparisons that included it
+    noise_differing: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.differing / self.compared if self.compared else 0.0
+
+    @property
+    def noise_rate(self) -> float | None:
+        return self.noise_differing / self.noise_compared if self.noise_compared else None
+
+
+@lru_cache(maxsize=32)
+def _thresholds(noise: ShadowNoise) -> tuple[Fraction, Fraction]:
+    # Fraction(repr(x)) is the decimal the operator wrote: 0.03 is exactly 3/100, so the
+    # boundary cases in the docstring hold exactly rather than to float rounding.
+    return Fraction(repr(float(noise.relative_threshold))), Fraction(repr(float(noise.absolute_threshold)))
+
+
+def classify(stats: FieldStats, noise: ShadowNoise) -> Classification:
+    """``"real"``, ``"noise"`` or ``"none"`` for one field.
+
+    Let ``r = differing / compared`` (live vs shadow) and ``n = noise_differing /
+    noise_compared`` (live vs a replay to the live version itself), both as fractions:
+
+    - ``none``: the field never differed live vs shadow (``differing == 0``);
+    - ``real`` when no noise sample exists yet (``noise_compared == 0``): with no evidence
+      that the live version disagrees with itself, a difference is taken at face value;
+    - ``real`` when ``r > n`` and both
+      ``100 * (r - n) >= absolute_threshold`` (percentage points) and
+      ``100 * (r - n) >= relative_threshold * n`` (percent of the noise rate; always true
+      when ``n == 0``);
+    - ``noise`` otherwise. Both boundaries are inclusive and computed exactly.
+
+    Worked example, defaults (relative 20 %, absolute 0.03 points): 1000 comparisons, 300
+    differ (r = 30 %); 100 replays, 20 differ (n = 20 %). Excess 10 points >= 0.03, and
+    10 >= 20 % of 20 = 4, so **real**. With 26 of 100 replays differing: excess 4 points,
+    but 4 < 20 % of 26 = 5.2, so **noise**. The exact boundary is r = 1.2 n: 24 of 100
+    replays and 288 of 1000 is real (excess 4.8 = 20 % of 24).
+
+    Versus Diffy (``JoinedDifferences.scala``, ``DifferencesFilterFactory``): Diffy calls a
+    field real when ``raw > noise``, ``|raw - noise| / (raw + noise) * 100 > relative`` and
+    ``|raw - noise| / total * 100 > absolute``, on *counts* over one total (primary,
+    secondary and candidate all see every request). We differ in three ways: (1) rates, not
+    counts, because the noise replay samples only ``noise.percent`` of requests, so the two
+    denominators differ; (2) the relative excess is measured against the noise rate, not
+    the sum ``r + n``; Diffy's 20 % means ``r > 1.5 n``, ours ``r >= 1.2 n`` (the first
+    example above is noise for Diffy: 10 / 50 = 20 %, not > 20 %); (3) boundaries are
+    inclusive ("at least"), Diffy's strict; and a field with no noise sample is real, where
+    Diffy's noise count would be 0 with the same effect.
+    """
+    if stats.differing <= 0:
+        return "none"
+    if stats.noise_compared <= 0:
+        return "real"
+    relative, absolute = _thresholds(noise)
+    return "real" if _is_real(stats, relative, absolute) else "noise"
+
+
+def _is_real(s: FieldStats, relative: Fraction, absolute: Fraction) -> bool:
+    c, d, nc, nd = s.compared, s.differing, s.noise_compared, s.noise_differing
+    if c <= 0:
+        return False
+    excess = d * nc - nd * c  # (r - n) * c * nc
+    if excess <= 0:
+        return False
+    if excess * 100 * absolute.denominator < absolute.numerator * c * nc:
+        return False
+    return excess * 100 * relative.denominator >= relative.numerator * nd * c
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+_LAT_LOW: Final = 1e-5  # bucket 0: <= 10 µs
+_LAT_STEPS: Final = 8  # buckets per doubling: upper bounds within 9 % of the value
+_LAT_LAST: Final = 8 * 26  # 10 µs * 2**26 ~ 671 s; the last bucket takes everything above
+_LAT_LOG_STEP: Final = math.log(2) / _LAT_STEPS
+_LAT_HIGH: Final = _LAT_LOW * math.pow(2.0, _LAT_LAST / _LAT_STEPS)
+
+
+class LatencyHistogram:
+    """Fixed log buckets (2**(1/8) apart, 10 µs to 11 min); mergeable by addition."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: Mapping[int, int] | None = None) -> None:
+        self.counts: dict[int, int] = dict(counts or {})
+
+    @staticmethod
+    def bucket(seconds: float) -> int:
+        if not seconds > _LAT_LOW:  # also NaN and negatives
+            return 0
+        if seconds >= _LAT_HIGH:
+            return _LAT_LAST
+        return min(_LAT_LAST, max(1, math.ceil(math.log(seconds / _LAT_LOW) / _LAT_LOG_STEP - 1e-9)))
+
+    @staticmethod
+    def upper_bound(bucket: int) -> float:
+        return _LAT_LOW * math.pow(2.0, bucket / _LAT_STEPS)
+
+    def observe(self, seconds: float) -> None:
+        i = self.bucket(seconds)
+        self.counts[i] = self.counts.get(i, 0) + 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def quantile(self, q: float) -> float | None:
+        """Nearest-rank quantile, as the upper bound of its bucket; ``None`` when empty."""
+        total = self.count
+        if not total:
+            return None
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            if seen >= rank:
+                return self.upper_bound(i)
+        return self.upper_bound(max(self.counts))  # pragma: no cover - rank <= total
+
+    def absorb(self, other: LatencyHistogram) -> None:
+        for i, n in other.counts.items():
+            self.counts[i] = self.counts.get(i, 0) + n
+
+    def to_list(self) -> list[list[int]]:
+        return [[i, self.counts[i]] for i in sorted(self.counts)]
+
+
+# ---- samples and redaction ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One redacted example of a differing field. ``point`` (in [0, 1), drawn by the shell)
+    decides which samples a bounded set keeps: the smallest points, a uniform sample."""
+
+    point: float
+    request: str
+    path: str
+    kind: str
+    live: str | None
+    shadow: str | None
+    live_status: int
+    shadow_status: int
+    live_body: str
+    shadow_body: str
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (
+            self.point,
+            self.request,
+            self.path,
+            self.kind,
+            self.live is None,
+            self.live or "",
+            self.shadow is None,
+            self.shadow or "",
+            self.live_status,
+            self.shadow_status,
+            self.live_body,
+            self.shadow_body,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "point": self.point,
+            "request": self.request,
+            "path": self.path,
+            "kind": self.kind,
+            "live": self.live,
+            "shadow": self.shadow,
+            "live_status": self.live_status,
+            "shadow_status": self.shadow_status,
+            "live_body": self.live_body,
+            "shadow_body": self.shadow_body,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "sample") -> Sample:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        return cls(
+            point=_num(d, "point", where),
+            request=_str(d, "request", where),
+            path=_str(d, "path", where),
+            kind=_str(d, "kind", where),
+            live=_opt_str(d, "live", where),
+            shadow=_opt_str(d, "shadow", where),
+            live_status=_int(d, "live_status", where),
+            shadow_status=_int(d, "shadow_status", where),
+            live_body=_str(d, "live_body", where),
+            shadow_body=_str(d, "shadow_body", where),
+        )
+
+
+def redact_json(value: Any, redact_fields: tuple[str, ...]) -> Any:
+    """A copy of ``value`` with every sub-tree matching a pattern replaced by ``"[redacted]"``."""
+    root = _compile_paths(redact_fields)
+    if root is None:
+        return value
+    if root.terminal:
+        return REDACTED
+    return _redact(value, (root,))
+
+
+def _redact(value: Any, states: _States) -> Any:
+    if type(value) is dict:
+        out: dict[str, Any] = {}
+        for k, child in value.items():
+            nxt, hit = _step_key(states, k)
+            out[k] = REDACTED if hit else _redact(child, nxt) if nxt else child
+        return out
+    if type(value) is list:
+        items: list[Any] = []
+        for i, child in enumerate(value):
+            nxt, hit = _step_index(states, i)
+            items.append(REDACTED if hit else _redact(child, nxt) if nxt else child)
+        return items
+    return value
+
+
+def _path_touches(path: str, root: _Node) -> bool:
+    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it."""
+    try:
+        segments = parse_field_path(path)
+    except ValueError:
+        return False
+    states: _States = (root,)
+    for seg in segments:
+        if isinstance(seg, int):
+            states, hit = _step_index(states, seg)
+        elif isinstance(seg, str):
+            states, hit = _step_key(states, seg)
+        else:  # pragma: no cover - exact paths hold no wildcards
+            return True
+        if hit:
+            return True
+        if not states:
+            return False
+    return True  # a pattern continues below this path: its rendering may hold a redacted value
+
+
+def redact_request(request: str) -> str:
+    """``"GET /login?token=abc&page=2"`` -> ``"GET /login?token=[redacted]&page=2"``."""
+    head, sep, query = request.partition("?")
+    if not sep:
+        return request
+    query, hash_sep, fragment = query.partition("#")
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        parts.append(f"{name}={REDACTED}" if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS else pair)
+    return head + "?" + "&".join(parts) + hash_sep + fragment
+
+
+def _sample_body(c: Captured, root: _Node | None) -> str:
+    body, truncated, opaque = _decoded_body(c)
+    if opaque:
+        return f"[{_bytes_summary(c.body)}, {c.header('content-encoding')}]"
+    mt, charset = _media(c)
+    if root is not None and _is_json_type(mt):
+        if truncated:
+            return "[withheld: a truncated JSON body cannot be redacted]"
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            return "[withheld: a JSON body that does not parse cannot be redacted]"
+        redacted = REDACTED if root.terminal else _strip(value, (root,), REDACTED)
+        return _clip(_ENCODE(redacted), SAMPLE_BODY_CHARS)
+    head = body[: SAMPLE_BODY_CHARS * 4]
+    if _is_json_type(mt) or _is_text_type(mt):
+        return _clip(head.decode(charset or "utf-8", errors="replace"), SAMPLE_BODY_CHARS)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the slice
+            return f"[{_bytes_summary(body)}]"
+        text = head[: e.start].decode("utf-8")
+    return _clip(text, SAMPLE_BODY_CHARS)
+
+
+def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozenset[str]) -> bool:
+    if d.path.startswith("header."):
+        name = d.path[7:]
+        return name in ALWAYS_REDACTED_HEADERS or name in redact_headers
+    return root is not None and d.path.startswith("$") and _path_touches(d.path, root)
+
+
+# ---- accumulators ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds of one route's accumulator; each keeps the smallest items of a fixed order."""
+
+    fields: int = 1000  # field keys per endpoint (the rest summed into fields_overflow)
+    signatures: int = 64  # distinct sets of differing fields per endpoint
+    samples_per_field: int = 3
+    sampled_fields: int = 16  # field keys per endpoint that keep samples
+
+    def meet(self, other: Limits) -> Limits:
+        return Limits(
+            min(self.fields, other.fields),
+            min(self.signatures, other.signatures),
+            min(self.samples_per_field, other.samples_per_field),
+            min(self.sampled_fields, other.sampled_fields),
+        )
+
+
+def _signature_order(sig: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+    return (len(sig), sig)
+
+
+class EndpointStats:
+    """Counts for one endpoint. Mutable; use through ``RouteStats``."""
+
+    __slots__ = (
+        "compared",
+        "differing",
+        "fields",
+        "fields_overflow",
+        "live_latency",
+        "noise_compared",
+        "samples",
+        "shadow_latency",
+        "signatures",
+        "signatures_overflow",
+        "truncated",
+    )
+
+    def __init__(self) -> None:
+        self.compared = 0  # live vs shadow comparisons
+        self.noise_compared = 0  # live vs live-replay comparisons
+        self.differing = 0  # comparisons with at least one difference
+        self.truncated = 0  # comparisons whose bodies were not compared (cap reached)
+        # key -> [compared, differing, noise_compared, noise_differing]
+        self.fields: dict[str, list[int]] = {}
+        self.fields_overflow = [0, 0, 0, 0]
+        # Sorted set of differing keys -> [requests, requests classified real when recorded].
+        # Lets the report count requests with a real diff under *today's* classification.
+        self.signatures: dict[tuple[str, ...], list[int]] = {}
+        self.signatures_overflow = [0, 0]
+        self.samples: dict[str, list[Sample]] = {}
+        self.live_latency = LatencyHistogram()
+        self.shadow_latency = LatencyHistogram()
+
+    def field(self, key: str) -> FieldStats:
+        counts = self.fields.get(key)
+        return FieldStats(*counts) if counts is not None else FieldStats()
+
+    # -- recording
+
+    def _count(self, comparison: Comparison, compared: int, differing: int) -> None:
+        fields = self.fields
+        for key in comparison.fields:
+            counts = fields.get(key)
+            if counts is None:
+                fields[key] = counts = [0, 0, 0, 0]
+            counts[compared] += 1
+        for key in comparison.differing:
+            counts = fields.get(key)
+            if counts is None:  # a hand-made Comparison may name a differing key it did not list
+                fields[key] = counts = [0, 0, 0, 0]
+                counts[compared] += 1
+            counts[differing] += 1
+
+    def _classify_now(self, key: str, noise: ShadowNoise, prior: EndpointStats | None) -> Classification:
+        counts = self.fields.get(key, [0, 0, 0, 0])
+        if prior is not None and (p := prior.fields.get(key)) is not None:
+            counts = [x + y for x, y in zip(counts, p, strict=True)]
+        return classify(FieldStats(*counts), noise)
+
+    def record(
+        self,
+        comparison: Comparison,
+        *,
+        live: Captured,
+        shadow: Captured,
+        request: str,
+        live_seconds: float,
+        shadow_seconds: float,
+        point: float,
+        noise: ShadowNoise,
+        limits: Limits,
+        redact_fields: tuple[str, ...] = (),
+        redact_headers: frozenset[str] = frozenset(),
+        prior: EndpointStats | None = None,
+    ) -> Classification:
+        self.compared += 1
+        if comparison.body == "truncated":
+            self.truncated += 1
+        self.live_latency.observe(live_seconds)
+        self.shadow_latency.observe(shadow_seconds)
+        self._count(comparison, 0, 1)
+        if not comparison.differing:
+            return "none"
+        self.differing += 1
+        real = any(self._classify_now(k, noise, prior) == "real" for k in comparison.differing)
+        sig = tuple(sorted(comparison.differing))
+        slot = self.signatures_overflow if len(sig) > MAX_SIGNATURE_KEYS else self.signatures.setdefault(sig, [0, 0])
+        slot[0] += 1
+        slot[1] += real
+        self._offer_samples(
+            comparison,
+            live=live,
+            shadow=shadow,
+            request=request,
+            point=point,
+            limits=limits,
+            redact_fields=redact_fields,
+            redact_headers=redact_headers,
+        )
+        if len(self.fields) > 2 * limits.fields or len(self.signatures) > 2 * limits.signatures:
+            self.prune(limits)
+        return "real" if real else "noise"
+
+    def record_noise(self, comparison: Comparison) -> None:
+        self.noise_compared += 1
+        self._count(comparison, 2, 3)
+
+    def _offer_samples(
+        self,
+        comparison: Comparison,
+        *,
+        live: Captured,
+        shadow: Captured,
+        request: str,
+        point: float,
+        limits: Limits,
+        redact_fields: tuple[str, ...],
+        redact_headers: frozenset[str],
+    ) -> None:
+        if limits.samples_per_field <= 0 or limits.sampled_fields <= 0:
+            return
+        root = _compile_paths(redact_fields)
+        bodies: tuple[str, str] | None = None
+        offered: set[str] = set()
+        for d in comparison.diffs:
+            key = d.field_key
+            if key in offered:  # text bodies give several lines under one key: the first speaks
+                continue
+            offered.add(key)
+            kept = self.samples.get(key)
+            if kept is None:
+                if len(self.samples) >= limits.sampled_fields and field_order(key) > max(
+                    map(field_order, self.samples)
+                ):
+                    continue
+            elif len(kept) >= limits.samples_per_field and point > kept[-1].point:
+                continue
+            if bodies is None:  # rendered once per request, and only when a sample is taken
+                bodies = (_sample_body(live, root), _sample_body(shadow, root))
+            hide = _redact_diff_value(d, root, redact_headers)
+            sample = Sample(
+                point=point,
+                request=redact_request(request),
+                path=d.path,
+                kind=d.kind,
+                live=REDACTED if hide and d.live is not None else d.live,
+                shadow=REDACTED if hide and d.shadow is not None else d.shadow,
+                live_status=live.status,
+                shadow_status=shadow.status,
+                live_body=bodies[0],
+                shadow_body=bodies[1],
+            )
+            kept = self.samples.setdefault(key, [])
+            kept.append(sample)
+            kept.sort(key=Sample.sort_key)
+            del kept[limits.samples_per_field :]
+        if len(self.samples) > limits.sampled_fields:
+            for key in sorted(self.samples, key=field_order)[limits.sampled_fields :]:
+                del self.samples[key]
+
+    # -- bounding, merging, serialising
+
+    def prune(self, limits: Limits) -> None:
+        """Keep the first ``limits`` items of each fixed order; sum the rest into overflow."""
+        if len(self.fields) > limits.fields:
+            for key in sorted(self.fields, key=field_order)[limits.fields :]:
+                for i, n in enumerate(self.fields.pop(key)):
+                    self.fields_overflow[i] += n
+        if len(self.signatures) > limits.signatures:
+            for sig in sorted(self.signatures, key=_signature_order)[limits.signatures :]:
+                n, real = self.signatures.pop(sig)
+                self.signatures_overflow[0] += n
+                self.signatures_overflow[1] += real
+        for key in [k for k in self.samples if k not in self.fields]:
+            del self.samples[key]
+        if len(self.samples) > limits.sampled_fields:
+            for key in sorted(self.samples, key=field_order)[limits.sampled_fields :]:
+                del self.samples[key]
+        for kept in self.samples.values():
+            del kept[limits.samples_per_field :]
+
+    def absorb(self, other: EndpointStats, limits: Limits) -> None:
+        """Add ``other`` into this one (``other`` is not changed)."""
+        self.compared += other.compared
+        self.noise_compared += other.noise_compared
+        self.differing += other.differing
+        self.truncated += other.truncated
+        for key, counts in other.fields.items():
+            mine = self.fields.get(key)
+            self.fields[key] = list(counts) if mine is None else [x + y for x, y in zip(mine, counts, strict=True)]
+        self.fields_overflow = [x + y for x, y in zip(self.fields_overflow, other.fields_overflow, strict=True)]
+        for sig, pair in other.signatures.items():
+            mine = self.signatures.get(sig)
+            self.signatures[sig] = list(pair) if mine is None else [mine[0] + pair[0], mine[1] + pair[1]]
+        self.signatures_overflow = [
+            x + y for x, y in zip(self.signatures_overflow, other.signatures_overflow, strict=True)
+        ]
+        for key, samples in other.samples.items():
+            kept = sorted([*self.samples.get(key, ()), *samples], key=Sample.sort_key)
+            self.samples[key] = kept[: limits.samples_per_field]
+        self.live_latency.absorb(other.live_latency)
+        self.shadow_latency.absorb(other.shadow_latency)
+        self.prune(limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "compared": self.compared,
+            "noise_compared": self.noise_compared,
+            "differing": self.differing,
+            "truncated": self.truncated,
+            "fields": {k: list(self.fields[k]) for k in sorted(self.fields)},
+            "fields_overflow": list(self.fields_overflow),
+            "signatures": [[list(s), *self.signatures[s]] for s in sorted(self.signatures, key=_signature_order)],
+            "signatures_overflow": list(self.signatures_overflow),
+            "samples": {k: [s.to_dict() for s in self.samples[k]] for k in sorted(self.samples)},
+            "latency": {"live": self.live_latency.to_list(), "shadow": self.shadow_latency.to_list()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "endpoint") -> EndpointStats:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected an object")
+        ep = cls()
+        ep.compared = _int(d, "compared", where)
+        ep.noise_compared = _int(d, "noise_compared", where)
+        ep.differing = _int(d, "differing", where)
+        ep.truncated = _int(d, "truncated", where)
+        ep.fields = {k: _ints(v, 4, f"{where}.fields[{k!r}]") for k, v in _mapping(d, "fields", where).items()}
+        ep.fields_overflow = _ints(d.get("fields_overflow"), 4, f"{where}.fields_overflow")
+        for i, row in enumerate(_list(d, "signatures", where)):
+            w = f"{where}.signatures[{i}]"
+            if not isinstance(row, list) or len(row) != 3 or not isinstance(row[0], list):
+                raise ValueError(f"{w}: expected [[keys...], count, real]")
+            keys = tuple(row[0])
+            if not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{w}: keys must be strings")
+            ep.signatures[keys] = _ints(row[1:], 2, w)
+        ep.signatures_overflow = _ints(d.get("signatures_overflow"), 2, f"{where}.signatures_overflow")
+        for key, rows in _mapping(d, "samples", where).items():
+            if not isinstance(rows, list):
+                raise ValueError(f"{where}.samples[{key!r}]: expected a list")
+            ep.samples[key] = sorted(
+                (Sample.from_dict(r, f"{where}.samples[{key!r}][{i}]") for i, r in enumerate(rows)),
+                key=Sample.sort_key,
+            )
+        latency = _mapping(d, "latency", where)
+        for role, hist in (("live", ep.live_latency), ("shadow", ep.shadow_latency)):
+            rows = latency.get(role, [])
+            if not isinstance(rows, list):
+                raise ValueError(f"{where}.latency.{role}: expected a list of [bucket, count]")
+            for i, row in enumerate(rows):
+                bucket, n = _ints(row, 2, f"{where}.latency.{role}[{i}]")
+                if not 0 <= bucket <= _LAT_LAST:
+                    raise ValueError(f"{where}.latency.{role}[{i}]: bucket out of range")
+                hist.counts[bucket] = hist.counts.get(bucket, 0) + n
+        return ep
+
+
+class RouteStats:
+    """The shadow-diff accumulator of one route: endpoint name -> ``EndpointStats``.
+
+    The endpoint names are what the shell passes (``EndpointCap.admit(endpoint_template(...))``).
+    """
+
+    __slots__ = ("endpoints", "limits")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.endpoints: dict[str, EndpointStats] = {}
+
+    def endpoint(self, name: str) -> EndpointStats:
+        ep = self.endpoints.get(name)
+        if ep is None:
+            self.endpoints[name] = ep = EndpointStats()
+        return ep
+
+    def record(
+        self,
+        endpoint: str,
+        comparison: Comparison,
+        *,
+        live: Captured,
+        shadow: Captured,
+        request: str,
+        live_seconds: float,
+        shadow_seconds: float,
+        point: float,
+        noise: ShadowNoise,
+        redact_fields: tuple[str, ...] = (),
+        redact_headers: frozenset[str] = frozenset(),
+        prior: RouteStats | None = None,
+    ) -> Classification:
+        """Add one live-vs-shadow comparison; return how this request classifies now.
+
+        ``request`` is the request line (``"GET /users/42?page=2"``); ``point`` a number in
+        [0, 1) the shell draws per request (which samples are kept); ``prior``: already
+        persisted totals, when this accumulator is a fresh batch, so that the returned
+        classification (for ``splitproxy_shadow_diffs_total{kind}``) sees the noise learnt
+        so far. Samples are redacted here, before they are stored: Authorization, Cookie,
+        Set-Cookie (and ``redact_headers``) and JSON fields matching ``redact_fields``
+        become ``"[redacted]"``, as do sensitive query parameters of ``request``.
+        """
+        return self.endpoint(endpoint).record(
+            comparison,
+            live=live,
+            shadow=shadow,
+            request=request,
+            live_seconds=live_seconds,
+            shadow_seconds=shadow_seconds,
+            point=point,
+            noise=noise,
+            limits=self.limits,
+            redact_fields=redact_fields,
+            redact_headers=redact_headers,
+            prior=None if prior is None else prior.endpoints.get(endpoint),
+        )
+
+    def record_noise(self, endpoint: str, comparison: Comparison) -> None:
+        """Add one live-vs-live-replay comparison (the noise sample)."""
+        self.endpoint(endpoint).record_noise(comparison)
+
+    def prune(self) -> None:
+        for ep in self.endpoints.values():
+            ep.prune(self.limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (normalises: applies the limits first)."""
+        self.prune()
+        return {
+            "version": 1,
+            "limits": {
+                "fields": self.limits.fields,
+                "signatures": self.limits.signatures,
+                "samples_per_field": self.limits.samples_per_field,
+                "sampled_fields": self.limits.sampled_fields,
+            },
+            "endpoints": {name: self.endpoints[name].to_dict() for name in sorted(self.endpoints)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RouteStats:
+        """Inverse of ``to_dict``; raises ``ValueError`` naming the bad part."""
+        if not isinstance(d, Mapping) or d.get("version") != 1:
+            raise ValueError("route stats: expected an object with version 1")
+        lim = _mapping(d, "limits", "route stats")
+        limits = Limits(
+            fields=_int(lim, "fields", "limits"),
+            signatures=_int(lim, "signatures", "limits"),
+            samples_per_field=_int(lim, "samples_per_field", "limits"),
+            sampled_fields=_int(lim, "sampled_fields", "limits"),
+        )
+        stats = cls(limits)
+        for name, ep in _mapping(d, "endpoints", "route stats").items():
+            stats.endpoints[name] = EndpointStats.from_dict(ep, f"endpoints[{name!r}]")
+        stats.prune()
+        return stats
+
+
+def merge(a: RouteStats, b: RouteStats) -> RouteStats:
+    """A new accumulator holding both; neither input changes. Associative and commutative;
+    the limits of the result are the smaller of each."""
+    out = RouteStats(a.limits.meet(b.limits))
+    for src in (a, b):
+        for name, ep in src.endpoints.items():
+            out.endpoint(name).absorb(ep, out.limits)
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+_CLASS_RANK: Final = {"real": 0, "noise": 1, "none": 2}
+
+
+def _rate(n: int, total: int) -> float:
+    return round(n / total, 6) if total else 0.0
+
+
+def _latency(h: LatencyHistogram) -> dict[str, Any]:
+    p50, p99 = h.quantile(0.5), h.quantile(0.99)
+    return {
+        "count": h.count,
+        "p50": None if p50 is None else round(p50, 6),
+        "p99": None if p99 is None else round(p99, 6),
+    }
+
+
+def report(stats: RouteStats, *, noise: ShadowNoise | None = None, max_fields: int = 100) -> dict[str, Any]:
+    """The JSON-ready report of one route.
+
+    Per endpoint: comparisons, requests with any / a real difference (classified now),
+    their rates, live and shadow latency p50 / p99 (upper bounds of 9 % buckets, seconds),
+    and the fields that differed in either comparison, real first, each with its counts,
+    rates, classification and up to ``Limits.samples_per_field`` redacted samples.
+    """
+    noise = noise or ShadowNoise()
+    stats.prune()
+    endpoints: dict[str, Any] = {}
+    totals = {"compared": 0, "noise_compared": 0, "with_diff": 0, "with_real_diff": 0}
+    for name in sorted(stats.endpoints):
+        ep = stats.endpoints[name]
+        classes = {k: classify(FieldStats(*v), noise) for k, v in ep.fields.items()}
+        # A key pruned from ``fields`` has no noise counts any more: taken as real.
+        real_requests = ep.signatures_overflow[1] + sum(
+            n for sig, (n, _) in ep.signatures.items() if any(classes.get(k, "real") == "real" for k in sig)
+        )
+        shown = sorted(
+            (k for k, v in ep.fields.items() if v[1] or v[3]),
+            key=lambda k: (_CLASS_RANK[classes[k]], -ep.fields[k][1] / max(1, ep.fields[k][0]), field_order(k)),
+        )
+        fields: dict[str, Any] = {}
+        for k in shown[:max_fields]:
+            fs = FieldStats(*ep.fields[k])
+            nr = fs.noise_rate
+            fields[k] = {
+                "compared": fs.compared,
+                "differing": fs.differing,
+                "noise_compared": fs.noise_compared,
+                "noise_differing": fs.noise_differing,
+                "rate": round(fs.rate, 6),
+                "noise_rate": None if nr is None else round(nr, 6),
+                "classification": classes[k],
+                "samples": [{k2: v for k2, v in s.to_dict().items() if k2 != "point"} for s in ep.samples.get(k, ())],
+            }
+        entry: dict[str, Any] = {
+            "compared": ep.compared,
+            "noise_compared": ep.noise_compared,
+            "truncated": ep.truncated,
+            "with_diff": ep.differing,
+            "with_real_diff": real_requests,
+            "diff_rate": _rate(ep.differing, ep.compared),
+            "real_diff_rate": _rate(real_requests, ep.compared),
+            "latency": {"live": _latency(ep.live_latency), "shadow": _latency(ep.shadow_latency)},
+            "fields_compared": len(ep.fields),
+            "fields_omitted": max(0, len(shown) - max_fields),
+            "fields": fields,
+        }
+        if any(ep.fields_overflow):
+            c, d, nc, nd = ep.fields_overflow
+            entry["fields_overflow"] = {"compared": c, "differing": d, "noise_compared": nc, "noise_differing": nd}
+        endpoints[name] = entry
+        totals["compared"] += ep.compared
+        totals["noise_compared"] += ep.noise_compared
+        totals["with_diff"] += ep.differing
+        totals["with_real_diff"] += real_requests
+    return {
+        **totals,
+        "thresholds": {"relative": noise.relative_threshold, "absolute": noise.absolute_threshold},
+        "endpoints": endpoints,
+    }
+
+
+# ---- dict validation helpers -------------------------------------------------------------------
+
+
+def _mapping(d: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    v = d.get(key, {})
+    if not isinstance(v, Mapping):
+        raise ValueError(f"{where}.{key}: expected an object")
+    return v
+
+
+def _list(d: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    v = d.get(key, [])
+    if not isinstance(v, list):
+        raise ValueError(f"{where}.{key}: expected a list")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, where: str) -> int:
+    v = d.get(key)
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
+    return v
+
+
+def _num(d: Mapping[str, Any], key: str, where: str) -> float:
+    v = d.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ValueError(f"{where}.{key}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _str(d: Mapping[str, Any], key: str, where: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str):
+        raise ValueError(f"{where}.{key}: expected a string, got {v!r}")
+    return v
+
+
+def _opt_str(d: Mapping[str, Any], key: str, where: str) -> str | None:
+    v = d.get(key)
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"{where}.{key}: expected a string or null, got {v!r}")
+    return v
+
+
+def _ints(v: object, n: int, where: str) -> list[int]:
+    if not isinstance(v, list) or len(v) != n or not all(type(x) is int and x >= 0 for x in v):
+        raise ValueError(f"{where}: expected {n} non-negative integers, got {v!r}")
+    return list(v)
+
+
+__all__ = [
+    "ALWAYS_REDACTED_HEADERS",
+    "DEFAULT_IGNORE_HEADERS",
+    "DEFAULT_MAX_ENDPOINTS",
+    "HOP_BY_HOP_HEADERS",
+    "REDACTED",
+    "BodyMode",
+    "Captured",
+    "Classification",
+    "Comparison",
+    "DiffKind",
+    "EndpointCap",
+    "EndpointStats",
+    "FieldDiff",
+    "FieldStats",
+    "LatencyHistogram",
+    "Limits",
+    "RouteStats",
+    "Sample",
+    "capped_endpoint",
+    "classify",
+    "compare",
+    "diff",
+    "endpoint_template",
+    "field_order",
+    "is_id",
+    "merge",
+    "overflow_endpoint",
+    "parse_field_path",
+    "redact_json",
+    "redact_request",
+    "report",
+]

@@ -1,0 +1,409 @@
+"""Shadow traffic: mirror a sample of live requests, capture both answers, hand them to the diff.
+
+The live request never waits for, and is never changed by, anything here:
+
+- the forwarder only *copies* into a ``Mirror``: the request body while it streams (up to
+  ``shadow.max_body``; a larger request is not mirrored) and the live response while it
+  streams to the client (up to the same cap; a larger one is compared by status and
+  headers only);
+- mirrored requests go out on their own connections from the same pools, through the same
+  ``UpstreamConnection`` parser, with a ``ShadowLeg`` in place of a client: a slow, dead,
+  resetting or garbage-answering shadow upstream ends only its leg;
+- a ``Mirror`` is compared once the live response *and* its legs are done, in a callback of
+  its own after the live response is already written.
+
+A leg is the shadow request (to ``shadow.backend``, with ``X-Shadow-Request: 1`` and the live
+``X-Request-Id``) or, for ``shadow.noise.percent`` of safe requests, a replay to the live
+request's own backend (another instance of it when it has several) to learn which fields
+differ between two answers of the same version: noise.
+
+Mirrors in flight are bounded per route by ``max_in_flight``: when full, the mirror is
+dropped and counted (``dropped_full``), never queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from .diffing import Captured
+from .errors import UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from .forwarder import Exchange
+    from .routing import RoutePlan
+    from .runtime import Runtime
+    from .upstream import UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("splitproxy")
+
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
+
+# Outcomes, as the ``outcome`` label of splitproxy_shadow_requests_total.
+COMPARED: Final = "compared"
+DROPPED_FULL: Final = "dropped_full"
+SKIPPED_BODY: Final = "skipped_body"
+SKIPPED_METHOD: Final = "skipped_method"
+TIMEOUT: Final = "timeout"
+ERROR: Final = "error"
+
+
+def parse_lines(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Pre-formatted ``Name: value`` lines back into (lower-case name, value) pairs."""
+    out = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        out.append((name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")))
+    return tuple(out)
+
+
+class Capture:
+    """A response as it streams, kept up to ``cap`` bytes of body."""
+
+    __slots__ = ("body", "cap", "lines", "size", "status", "t_end", "t_start", "truncated")
+
+    def __init__(self, cap: int, t_start: float) -> None:
+        self.cap = cap
+        self.status = 0
+        self.lines: list[bytes] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.t_start = t_start
+        self.t_end = 0.0
+
+    def head(self, status: int, lines: list[bytes], extra: list[bytes]) -> None:
+        self.status = status
+        self.lines = [*lines, *extra]
+
+    def take(self, data: bytes) -> bool:
+        """Keep ``data`` if under the cap; False once the cap is passed."""
+        self.size += len(data)
+        if self.size > self.cap:
+            self.truncated = True
+            self.body.clear()
+            return False
+        self.body.append(data)
+        return True
+
+    def captured(self) -> Captured:
+        return Captured(self.status, parse_lines(self.lines), b"".join(self.body), self.truncated)
+
+
+class ShadowLeg:
+    """One mirrored request: stands in for the client of an ``UpstreamConnection``."""
+
+    UNTIL_CLOSE: Final = 2  # mirrors Exchange.UNTIL_CLOSE for UpstreamConnection
+    RAW: Final = 0
+
+    __slots__ = (
+        "capture",
+        "conn",
+        "deadline",
+        "done",
+        "head",
+        "last_io",
+        "method",
+        "mirror",
+        "outcome",
+        "pool",
+        "resp_mode",
+        "resp_started",
+        "role",
+        "rt",
+        "transport",
+        "upstream_full",
+    )
+
+    def __init__(self, mirror: Mirror, role: str, pool: UpstreamPool, head: bytes) -> None:
+        self.mirror = mirror
+        self.role = role  # "shadow" or "replay"
+        self.rt = mirror.rt
+        self.pool = pool
+        self.head = head
+        self.method = mirror.method
+        self.capture = Capture(mirror.cap, self.rt.now())
+        self.conn: UpstreamConnection | None = None
+        self.deadline = 0.0
+        self.done = False
+        self.outcome = ""
+        self.resp_started = False
+        self.resp_mode = ShadowLeg.RAW
+        self.last_io = 0.0
+        self.upstream_full = False
+        self.transport = None
+
+    def start(self) -> None:
+        self.deadline = self.rt.now() + self.mirror.timeout
+        conn = self.pool.take_idle()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.rt.spawn(self._connect(), "shadow-connect")
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.connect(min(self.rt.connect_timeout, self.mirror.timeout))
+        except UpstreamError as err:
+            self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
+            return
+        if self.done:
+            conn.release(reusable=True)
+        else:
+            self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.bind(self, self)  # type: ignore[arg-type]  # a leg is its own client and exchange
+        conn.transport.write(self.head + self.mirror.request_body())
+
+    def check_deadline(self, now: float) -> None:
+        if not self.done and now >= self.deadline:
+            self._abort_conn()
+            self._end(TIMEOUT)
+
+    # -- called by UpstreamConnection, like ClientConnection -------------------------------
+
+    def response_head(
+        self, ex: object, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
+    ) -> None:
+        self.resp_started = True
+        cl = hdict.get(b"content-length")
+        self.resp_mode = ShadowLeg.RAW if cl is not None else ShadowLeg.UNTIL_CLOSE
+        extra = [b"content-length: " + cl + b"\r\n"] if cl is not None else []
+        self.capture.head(status, lines, extra)
+
+    def response_body(self, ex: object, body: bytes) -> None:
+        if not self.capture.take(body):
+            # Over the cap: nothing more is needed from this answer (a 50 MB shadow
+            # response costs no more than the cap). The leg still counts as compared.
+            self._abort_conn()
+            self._end(COMPARED)
+
+    def response_complete(self, ex: object, conn: UpstreamConnection, reusable: bool) -> None:
+        self.conn = None
+        conn.release(reusable=reusable)
+        self._end(COMPARED)
+
+    def upstream_failed(self, ex: object, err: UpstreamError, *, retryable: bool, sent: bool = True) -> None:
+        self._abort_conn()
+        self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def update_reading(self) -> None:
+        pass
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _abort_conn(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    def _end(self, outcome: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.outcome = outcome
+        self.capture.t_end = self.rt.now()
+        self.mirror.leg_done()
+
+
+class Mirror:
+    """One sampled live request and everything compared about it."""
+
+    __slots__ = (
+        "body",
+        "body_size",
+        "cap",
+        "ex",
+        "launched",
+        "legs",
+        "live",
+        "live_done",
+        "manager",
+        "method",
+        "plan",
+        "rt",
+        "timeout",
+        "url",
+        "wants_body",
+    )
+
+    def __init__(self, manager: ShadowManager, ex: Exchange, plan: RoutePlan) -> None:
+        shadow = plan.route.shadow
+        assert shadow is not None
+        self.manager = manager
+        self.rt = manager.rt
+        self.ex: Exchange | None = ex
+        self.plan = plan
+        self.method = ex.method
+        self.url = ex.url
+        self.cap = shadow.max_body
+        self.timeout = shadow.timeout
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.wants_body = ex.req_chunked or bool(ex.content_length)
+        self.live = Capture(self.cap, ex.t0)
+        self.live_done = False
+        self.launched = False
+        self.legs: list[ShadowLeg] = []
+
+    # -- fed by the forwarder -------------------------------------------------------------
+
+    def request_body(self) -> bytes:
+        return b"".join(self.body)
+
+    def take_request_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_size > self.cap:
+            self.manager.cancel(self, SKIPPED_BODY)
+            return
+        self.body.append(data)
+
+    def live_head(self, status: int, lines: list[bytes], hdict: dict[bytes, bytes]) -> None:
+        cl = hdict.get(b"content-length")
+        self.live.head(status, lines, [b"content-length: " + cl + b"\r\n"] if cl is not None else [])
+
+    def live_body(self, data: bytes) -> None:
+        if not self.live.truncated:
+            self.live.take(data)
+
+    def live_finished(self, ok: bool) -> None:
+        """The live exchange ended; ``ok``: a whole response reached the client."""
+        self.ex = None
+        self.live_done = True
+        self.live.t_end = self.rt.now()
+        if not ok:
+            self.manager.cancel(self, ERROR)
+        elif not self.launched:
+            # A body request whose body never completed is not mirrored.
+            self.manager.cancel(self, SKIPPED_BODY)
+        else:
+            self.leg_done()
+
+    def leg_done(self) -> None:
+        if self.live_done and all(leg.done for leg in self.legs):
+            self.manager.completed(self)
+
+
+Observer = Callable[[Mirror], None]
+
+
+class ShadowManager:
+    """Decides which requests are mirrored, launches their legs, and hands finished mirrors
+    to ``on_complete`` (the comparison) — with per-route bounds and counted outcomes."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.in_flight: dict[str, set[Mirror]] = {}
+        self.on_complete: Observer | None = None
+        self.listeners: list[Callable[[str, str], None]] = []  # (route, outcome), for tests and logs
+
+    def begin(self, ex: Exchange, plan: RoutePlan) -> Mirror | None:
+        shadow = plan.route.shadow
+        assert shadow is not None
+        route = plan.name
+        if ex.method.decode("latin-1") not in shadow.methods:
+            self._count(route, SKIPPED_METHOD)
+            return None
+        if shadow.percent < 100 and self.rt.random() * 100 >= shadow.percent:
+            return None
+        if ex.upgrade or (ex.content_length is not None and ex.content_length > shadow.max_body):
+            self._count(route, SKIPPED_BODY)
+            return None
+        flying = self.in_flight.setdefault(route, set())
+        if len(flying) >= shadow.max_in_flight:
+            self._count(route, DROPPED_FULL)
+            return None
+        mirror = Mirror(self, ex, plan)
+        flying.add(mirror)
+        return mirror
+
+    def launch(self, mirror: Mirror) -> None:
+        """Send the legs: at once for a request without body, else once the body is whole."""
+        ex = mirror.ex
+        if mirror.launched or ex is None:
+            return
+        mirror.launched = True
+        plan = mirror.plan
+        shadow = plan.route.shadow
+        assert shadow is not None
+        head = self._head(ex, mirror)
+        target = plan.route.backend(shadow.backend)
+        backend_plan = next(b for b in plan.backends if b.name == target.name)
+        legs = [ShadowLeg(mirror, "shadow", self.rt.next_pool(backend_plan), head)]
+        if ex.method in SAFE_METHODS and shadow.noise.percent > 0 and self.rt.random() * 100 < shadow.noise.percent:
+            legs.append(ShadowLeg(mirror, "replay", self._replay_pool(ex), head))
+        mirror.legs = legs
+        for leg in legs:
+            leg.start()
+
+    def _head(self, ex: Exchange, mirror: Mirror) -> bytes:
+        head = ex.head
+        if ex.req_chunked:
+            # The mirror carries the whole (capped) body with a length.
+            head = head.replace(b"Transfer-Encoding: chunked\r\n", b"Content-Length: %d\r\n" % mirror.body_size, 1)
+        return head[:-2] + SHADOW_HEADER + b"\r\n"
+
+    def _replay_pool(self, ex: Exchange) -> UpstreamPool:
+        """Another instance of the live backend when there is one (noise between instances
+        of one version is noise too), else the same."""
+        assert ex.backend is not None
+        assert ex.pool is not None
+        for _ in range(len(ex.backend.upstreams)):
+            pool = self.rt.next_pool(ex.backend)
+            if pool is not ex.pool:
+                return pool
+        return ex.pool
+
+    def cancel(self, mirror: Mirror, outcome: str) -> None:
+        flying = self.in_flight.get(mirror.plan.name)
+        if flying is None or mirror not in flying:
+            return
+        flying.discard(mirror)
+        ex = mirror.ex
+        if ex is not None:
+            ex.mirror = None
+        mirror.ex = None
+        for leg in mirror.legs:
+            if not leg.done:
+                leg._abort_conn()
+                leg.done = True
+        self._count(mirror.plan.name, outcome)
+
+    def completed(self, mirror: Mirror) -> None:
+        flying = self.in_flight.get(mirror.plan.name)
+        if flying is None or mirror not in flying:
+            return
+        flying.discard(mirror)
+        shadow_leg = mirror.legs[0]
+        if shadow_leg.outcome != COMPARED:
+            self._count(mirror.plan.name, shadow_leg.outcome)
+            return
+        route = mirror.plan.name
+        self._count(route, COMPARED)
+        counts = self.rt.counts
+        counts.shadow_duration(route, "live", mirror.live.t_end - mirror.live.t_start)
+        counts.shadow_duration(route, "shadow", shadow_leg.capture.t_end - shadow_leg.capture.t_start)
+        if self.on_complete is not None:
+            # Compared in a callback of its own: never inside the live request's callbacks.
+            self.rt.loop.call_soon(self.on_complete, mirror)
+
+    def tick(self, now: float) -> None:
+        for flying in self.in_flight.values():
+            for mirror in list(flying):
+                for leg in mirror.legs:
+                    leg.check_deadline(now)
+
+    def _count(self, route: str, outcome: str) -> None:
+        self.rt.counts.count("splitproxy_shadow_requests", (route, outcome))
+        for listener in self.listeners:
+            listener(route, outcome)

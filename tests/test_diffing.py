@@ -1,0 +1,890 @@
+"""Tier 1: the shadow-diff engine (proxy/diffing.py): grouping, diffing, noise, report, merge."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.config import ShadowNoise
+from proxy.diffing import (
+    REDACTED,
+    Captured,
+    Comparison,
+    EndpointCap,
+    FieldDiff,
+    FieldStats,
+    LatencyHistogram,
+    Limits,
+    RouteStats,
+    capped_endpoint,
+    classify,
+    compare,
+    diff,
+    endpoint_template,
+    merge,
+    parse_field_path,
+    redact_json,
+    redact_request,
+    report,
+)
+
+JSON = (("content-type", "application/json"),)
+TEXT = (("content-type", "text/plain; charset=utf-8"),)
+NOISE = ShadowNoise()  # relative 20 %, absolute 0.03 points
+
+
+def j(value: Any, *, headers: tuple[tuple[str, str], ...] = JSON, status: int = 200) -> Captured:
+    return Captured(status, headers, json.dumps(value).encode())
+
+
+def kinds(live: Captured, shadow: Captured, **kw: Any) -> set[tuple[str, str]]:
+    return {(d.path, d.kind) for d in diff(live, shadow, **kw)}
+
+
+# ---- purity ------------------------------------------------------------------------------------
+
+
+def test_module_is_pure() -> None:
+    tree = ast.parse(Path(__file__).parent.parent.joinpath("proxy", "diffing.py").read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"asyncio", "aiohttp", "time", "random", "secrets", "datetime", "os", "socket"}
+    assert not any(isinstance(node, ast.Await | ast.AsyncFunctionDef) for node in ast.walk(tree))
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "templates", "expected"),
+    [
+        pytest.param("GET", "/users/42", (), "GET /users/{id}", id="numeric"),
+        pytest.param("GET", "/users/42?page=2#top", (), "GET /users/{id}", id="query-and-fragment-dropped"),
+        pytest.param("GET", "/o/3f2504e0-4f89-11d3-9a0c-0305e82c3301", (), "GET /o/{id}", id="uuid-lower"),
+        pytest.param("GET", "/o/3F2504E0-4F89-11D3-9A0C-0305E82C3301/x", (), "GET /o/{id}/x", id="uuid-upper"),
+        pytest.param("GET", "/blob/0123456789abcdef", (), "GET /blob/{id}", id="hex-16"),
+        pytest.param("GET", "/blob/0123456789ABCDEF01", (), "GET /blob/{id}", id="hex-18-upper"),
+        pytest.param("GET", "/blob/0123456789abcde", (), "GET /blob/0123456789abcde", id="hex-15-kept"),
+        pytest.param("GET", "/api/v2/items", (), "GET /api/v2/items", id="version-kept"),
+        pytest.param("GET", "/d/2024-05-01", (), "GET /d/2024-05-01", id="date-kept"),
+        pytest.param("GET", "/u/abc123", (), "GET /u/abc123", id="mixed-word-kept"),
+        pytest.param("GET", "/u/42/", (), "GET /u/{id}/", id="trailing-slash-kept"),
+        pytest.param("GET", "", (), "GET /", id="empty-is-root"),
+        pytest.param("GET", "?x=1", (), "GET /", id="only-query"),
+        pytest.param("GET", "http://h.example/u/7?x", (), "GET /u/{id}", id="absolute-form"),
+        pytest.param("POST", "/a/1/b/2", (), "POST /a/{id}/b/{id}", id="two-ids"),
+        pytest.param("GET", "/u/٣", (), "GET /u/٣", id="non-ascii-digit-kept"),
+        pytest.param("GET", "/users/alice", ("/users/{id}",), "GET /users/{id}", id="template-param"),
+        pytest.param(
+            "GET",
+            "/orgs/acme/repos/web",
+            ("/users/{id}", "/orgs/{org}/repos/{repo}"),
+            "GET /orgs/{org}/repos/{repo}",
+            id="template-named-params",
+        ),
+        pytest.param(
+            "GET", "/users/me", ("/users/{id}", "/users/me"), "GET /users/me", id="most-literal-template-wins"
+        ),
+        pytest.param("GET", "/users/42", ("/users/{name}",), "GET /users/{name}", id="template-beats-auto-folding"),
+        pytest.param("GET", "/users/42/x", ("/users/{id}",), "GET /users/{id}/x", id="segment-count-must-match"),
+        pytest.param("GET", "/users/", ("/users/{id}",), "GET /users/", id="param-needs-non-empty-segment"),
+    ],
+)
+def test_endpoint_template(method: str, path: str, templates: tuple[str, ...], expected: str) -> None:
+    assert endpoint_template(method, path, templates) == expected
+
+
+def test_endpoint_cap_admits_up_to_limit_then_overflows_per_method() -> None:
+    cap = EndpointCap(2)
+    assert cap.admit("GET /a") == "GET /a"
+    assert cap.admit("GET /b") == "GET /b"
+    assert cap.admit("GET /c") == "GET {other}"
+    assert cap.admit("POST /d") == "POST {other}"
+    assert cap.admit("GET /a") == "GET /a"  # a known endpoint stays itself
+    assert cap.known == frozenset({"GET /a", "GET /b"})
+    assert len(cap) == 2
+    assert "GET /c" not in cap
+
+
+@pytest.mark.parametrize(
+    ("known", "limit", "expected"),
+    [
+        pytest.param(frozenset(), 1, "GET /x", id="room"),
+        pytest.param(frozenset({"GET /y"}), 1, "GET {other}", id="full"),
+        pytest.param(frozenset({"GET /x"}), 1, "GET /x", id="known-when-full"),
+        pytest.param(frozenset(), 0, "GET {other}", id="zero-limit"),
+    ],
+)
+def test_capped_endpoint_is_pure(known: frozenset[str], limit: int, expected: str) -> None:
+    assert capped_endpoint("GET /x", known, limit) == expected
+    assert "GET /x" not in known or expected == "GET /x"
+
+
+# ---- status and headers ------------------------------------------------------------------------
+
+
+def test_status_difference() -> None:
+    (d,) = diff(j({}, status=200), j({}, status=503))
+    assert d == FieldDiff("status", "changed", "200", "503", "status")
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "expected"),
+    [
+        pytest.param((("etag", "1"),), (("etag", "2"),), {("header.etag", "changed")}, id="changed"),
+        pytest.param((("x-a", "1"),), (), {("header.x-a", "missing")}, id="missing"),
+        pytest.param((), (("x-a", "1"),), {("header.x-a", "extra")}, id="extra"),
+        pytest.param((("date", "a"),), (("date", "b"),), set(), id="date-ignored"),
+        pytest.param((("server", "a"),), (), set(), id="server-ignored"),
+        pytest.param((("x-request-id", "1"),), (("x-request-id", "2"),), set(), id="request-id-ignored"),
+        pytest.param((("transfer-encoding", "chunked"),), (), set(), id="hop-by-hop-ignored"),
+        pytest.param((("keep-alive", "timeout=5"),), (), set(), id="keep-alive-ignored"),
+        pytest.param(
+            (("connection", "x-trace"), ("x-trace", "1")),
+            (("x-trace", "2"),),
+            set(),
+            id="named-in-connection-ignored",
+        ),
+        pytest.param((("content-length", "10"),), (("content-length", "11"),), set(), id="length-ignored"),
+        pytest.param((("x-a", "1"), ("x-a", "2")), (("x-a", "1"),), {("header.x-a", "changed")}, id="repeated"),
+    ],
+)
+def test_header_differences(
+    live: tuple[tuple[str, str], ...], shadow: tuple[tuple[str, str], ...], expected: set[tuple[str, str]]
+) -> None:
+    assert kinds(Captured(200, live), Captured(200, shadow)) == expected
+
+
+def test_custom_ignore_headers_replace_the_defaults() -> None:
+    live = Captured(200, (("date", "a"), ("etag", "1")))
+    shadow = Captured(200, (("date", "b"), ("etag", "2")))
+    assert kinds(live, shadow, ignore_headers=frozenset({"etag"})) == {("header.date", "changed")}
+
+
+def test_repeated_header_values_are_joined() -> None:
+    live = Captured(200, (("vary", "a"), ("vary", "b")))
+    (d,) = diff(live, Captured(200, (("vary", "a, c"),)))
+    assert (d.live, d.shadow) == ("a, b", "a, c")
+
+
+# ---- JSON bodies -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "expected"),
+    [
+        pytest.param({"a": 1}, {"a": 2}, {("$.a", "changed", "1", "2")}, id="changed"),
+        pytest.param({"a": 1}, {"a": "1"}, {("$.a", "type", "1", '"1"')}, id="number-vs-string"),
+        pytest.param({"a": 1}, {"a": True}, {("$.a", "type", "1", "true")}, id="number-vs-bool"),
+        pytest.param({"a": 0}, {"a": False}, {("$.a", "type", "0", "false")}, id="zero-vs-false"),
+        pytest.param({"a": None}, {"a": 0}, {("$.a", "type", "null", "0")}, id="null-vs-number"),
+        pytest.param({"a": {"b": 1}}, {"a": [1]}, {("$.a", "type", '{"b":1}', "[1]")}, id="object-vs-array"),
+        pytest.param({"a": 1, "b": 2}, {"a": 1}, {("$.b", "missing", "2", None)}, id="missing"),
+        pytest.param({"a": 1}, {"a": 1, "c": [3]}, {("$.c", "extra", None, "[3]")}, id="extra"),
+        pytest.param({"a": [1, 2]}, {"a": [1, 2, 3]}, {("$.a", "length", "2", "3")}, id="length-longer"),
+        pytest.param(
+            {"a": [1, 2, 3]},
+            {"a": [1, 9]},
+            {("$.a", "length", "3", "2"), ("$.a[1]", "changed", "2", "9")},
+            id="length-then-common-prefix",
+        ),
+        pytest.param(
+            {"x": {"y": [{"z": "p"}]}}, {"x": {"y": [{"z": "q"}]}}, {("$.x.y[0].z", "changed", '"p"', '"q"')}, id="deep"
+        ),
+        pytest.param({"a-b": 1}, {"a-b": 2}, {('$["a-b"]', "changed", "1", "2")}, id="quoted-key"),
+        pytest.param({"a": 1}, {"a": 1.0}, set(), id="int-equals-float"),
+        pytest.param({"a": float("nan")}, {"a": float("nan")}, set(), id="nan-equals-nan"),
+        pytest.param([1, {"a": 1}], [1, {"a": 1}], set(), id="equal-root-array"),
+        pytest.param(1, "1", {("$", "type", "1", '"1"')}, id="root-type"),
+        pytest.param(
+            {"items": [{"ok": 1}, {"ok": 0}]},
+            {"items": [{"ok": True}, {"ok": False}]},
+            {("$.items[0].ok", "type", "1", "true")},
+            id="bool-swapped-in-every-equal-looking-element",
+        ),
+        pytest.param(
+            {"flags": [1, 0]}, {"flags": [True, False]}, {("$.flags[0]", "type", "1", "true")}, id="bool-in-equal-list"
+        ),
+        pytest.param({"m": [[1], [2]]}, {"m": [[1], [3]]}, {("$.m[1][0]", "changed", "2", "3")}, id="nested-arrays"),
+    ],
+)
+def test_json_diff_kinds(live: Any, shadow: Any, expected: set[tuple[str, str, str | None, str | None]]) -> None:
+    got = {(d.path, d.kind, d.live, d.shadow) for d in diff(j(live), j(shadow)) if d.path != "status"}
+    assert got == expected
+
+
+def test_array_indices_fold_into_field_keys_but_paths_stay_exact() -> None:
+    live = {"items": [{"id": 1, "price": 5}, {"id": 2, "price": 6}, {"id": 3, "price": 7}]}
+    shadow = {"items": [{"id": 1, "price": 5}, {"id": 2, "price": 9}, {"id": 3, "price": 8}]}
+    c = compare(j(live), j(shadow))
+    assert c.body == "json"
+    assert c.fields == {
+        "status",
+        "header.content-type",
+        "$",
+        "$.items",
+        "$.items[*]",
+        "$.items[*].id",
+        "$.items[*].price",
+    }
+    assert c.differing == {"$.items[*].price"}
+    # One sample per differing key: the first occurrence, with its exact index.
+    assert c.diffs == (FieldDiff("$.items[1].price", "changed", "6", "9", "$.items[*].price"),)
+
+
+def test_equal_lists_of_lists_harvest_every_inner_shape() -> None:
+    doc = {"grid": [[{"x": 1}], [{"y": 2}]], "v": 1}
+    c = compare(j(doc), j(dict(doc, v=2)))
+    assert {"$.grid[*][*].x", "$.grid[*][*].y"} <= c.fields
+    assert c.differing == {"$.v"}
+
+
+def test_id_like_object_keys_fold_to_id() -> None:
+    c = compare(
+        j({"users": {"123": {"n": "a"}, "456": {"n": "b"}}}), j({"users": {"123": {"n": "a"}, "456": {"n": "c"}}})
+    )
+    assert "$.users.{id}.n" in c.fields
+    assert not any("456" in f for f in c.fields)
+    (d,) = c.diffs
+    assert (d.path, d.field_key) == ('$.users["456"].n', "$.users.{id}.n")
+
+
+def test_fields_cap_keeps_differing_keys_first() -> None:
+    live = {f"k{i:03d}": i for i in range(50)}
+    shadow = dict(live, k049=-1)
+    c = compare(j(live), j(shadow), max_fields=10)
+    assert len(c.fields) == 10
+    assert c.differing == {"$.k049"}
+    assert {"status", "$.k049"} <= c.fields
+    assert [d.path for d in c.diffs] == ["$.k049"]
+
+
+def test_long_values_are_clipped() -> None:
+    (d,) = diff(j({"a": "x" * 5000}), j({"a": "y" * 5000}))
+    assert d.live is not None
+    assert d.shadow is not None
+    assert len(d.live) == 200
+    assert d.live.endswith("…")
+    assert d.shadow.startswith('"yyy')
+
+
+# ---- ignore_fields -----------------------------------------------------------------------------
+
+DOC = {
+    "meta": {"generated_at": "t1", "id": 1},
+    "items": [{"id": 1, "price": 5, "at": "a"}, {"id": 2, "price": 6, "at": "b"}],
+    "by_id": {"0123456789abcdef": {"seen": 1}},
+    "odd-key": 1,
+}
+DOC2 = {
+    "meta": {"generated_at": "t2", "id": 2},
+    "items": [{"id": 10, "price": 5, "at": "c"}, {"id": 20, "price": 7, "at": "d"}],
+    "by_id": {"0123456789abcdef": {"seen": 2}},
+    "odd-key": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("ignore", "expected"),
+    [
+        pytest.param(
+            (),
+            {
+                "$.meta.generated_at",
+                "$.meta.id",
+                "$.items[*].id",
+                "$.items[*].price",
+                "$.items[*].at",
+                "$.by_id.{id}.seen",
+                '$["odd-key"]',
+            },
+            id="nothing-ignored",
+        ),
+        pytest.param(
+            ("$.meta",),
+            {"$.items[*].id", "$.items[*].price", "$.items[*].at", "$.by_id.{id}.seen", '$["odd-key"]'},
+            id="prefix-skips-children",
+        ),
+        pytest.param(
+            ("$.meta.generated_at", "$.items[*].id", "$.items[*].at"),
+            {"$.meta.id", "$.items[*].price", "$.by_id.{id}.seen", '$["odd-key"]'},
+            id="any-index",
+        ),
+        pytest.param(
+            ("$.items[1].price", "$.meta", "$.by_id", '$["odd-key"]', "$.items[*].at"),
+            {"$.items[*].id"},
+            id="one-index-and-quoted-key",
+        ),
+        pytest.param(
+            ("$.*.generated_at", "$.*.id", "$.items", "$.by_id.{id}", '$["odd-key"]'),
+            set(),
+            id="any-key-and-id-key",
+        ),
+        pytest.param(("$",), set(), id="whole-body"),
+    ],
+)
+def test_ignore_fields(ignore: tuple[str, ...], expected: set[str]) -> None:
+    c = compare(j(DOC), j(DOC2), ignore_fields=ignore)
+    assert c.differing == expected
+    if "$.meta" in ignore:
+        assert not any(f.startswith("$.meta") for f in c.fields)  # ignored: not compared either
+
+
+def test_report_keys_are_valid_ignore_patterns() -> None:
+    c = compare(j(DOC), j(DOC2))
+    ignore = tuple(k for k in c.differing if k.startswith("$"))
+    assert compare(j(DOC), j(DOC2), ignore_fields=ignore).differing == set()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("meta.x", id="no-dollar"),
+        pytest.param("$.a[", id="open-bracket"),
+        pytest.param("$.a[x]", id="non-numeric-index"),
+        pytest.param("$..a", id="empty-name"),
+    ],
+)
+def test_bad_field_path(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"must start with|bad field path"):
+        parse_field_path(bad)
+
+
+# ---- truncated, text, binary and encoded bodies ------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["live", "shadow"])
+def test_truncated_body_compares_status_and_headers_only(side: str) -> None:
+    live = Captured(200, (*JSON, ("content-length", "100")), b'{"a": 1, "b"', truncated=side == "live")
+    shadow = Captured(500, (*JSON, ("content-length", "200")), b'{"a": 2}', truncated=side == "shadow")
+    c = compare(live, shadow)
+    assert c.body == "truncated"
+    assert not any(f == "body" or f.startswith("$") for f in c.fields)
+    # Content-Length is the only word on the body size left, so it is compared now.
+    assert c.differing == {"status", "header.content-length"}
+
+
+def test_empty_bodies() -> None:
+    c = compare(Captured(204), Captured(204))
+    assert (c.body, c.differing, "body" in c.fields) == ("empty", frozenset(), True)
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "expected"),
+    [
+        pytest.param(b"a\nb\nc\n", b"a\nB\nc\n", [("body.line[2]", "changed", "b\n", "B\n")], id="changed"),
+        pytest.param(b"a\nb\nc\n", b"a\nc\n", [("body.line[2]", "missing", "b\n", None)], id="deleted"),
+        pytest.param(b"a\nc\n", b"a\nb\nc\n", [("body.line[2]", "extra", None, "b\n")], id="inserted"),
+        pytest.param(b"a\nb", b"a\nb\n", [("body.line[2]", "changed", "b", "b\n")], id="final-newline"),
+        pytest.param(b"a\r\nb\r\n", b"a\r\nb\n", [("body.line[2]", "changed", "b\r\n", "b\n")], id="crlf"),
+        pytest.param(
+            b"x\n" * 100 + b"old\n" + b"y\n" * 100,
+            b"x\n" * 100 + b"new\n" + b"y\n" * 100,
+            [("body.line[101]", "changed", "old\n", "new\n")],
+            id="line-number-after-common-head",
+        ),
+        pytest.param(
+            "a\u2028b\rc\nx\n".encode(),
+            "a\u2028b\rc\ny\n".encode(),
+            [("body.line[2]", "changed", "x\n", "y\n")],
+            id="only-newline-ends-a-line",
+        ),
+        pytest.param(b"same\n", b"same\n", [], id="equal"),
+    ],
+)
+def test_text_bodies(live: bytes, shadow: bytes, expected: list[tuple[str, str, str | None, str | None]]) -> None:
+    c = compare(Captured(200, TEXT, live), Captured(200, TEXT, shadow))
+    assert c.body == "text"
+    assert [(d.path, d.kind, d.live, d.shadow) for d in c.diffs] == expected
+    assert all(d.field_key == "body" for d in c.diffs)
+    assert c.differing == ({"body"} if expected else set())
+
+
+def test_many_differing_lines_are_capped() -> None:
+    live = b"".join(b"%d\n" % i for i in range(1000))
+    shadow = b"".join(b"%d!\n" % i for i in range(1000))
+    c = compare(Captured(200, TEXT, live), Captured(200, TEXT, shadow))
+    assert [d.path for d in c.diffs] == [f"body.line[{n}]" for n in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "live", "shadow", "mode"),
+    [
+        pytest.param(JSON, b"not json", b"not json!", "text", id="json-type-that-does-not-parse-is-text"),
+        pytest.param((), b"plain words", b"plain word", "text", id="utf8-without-type-is-text"),
+        pytest.param((("content-type", "image/png"),), b"\x89PNG\x00\x01", b"\x89PNG\x00\x02", "bytes", id="binary"),
+        pytest.param((), b"a\x00b", b"a\x00c", "bytes", id="nul-is-binary"),
+        pytest.param((("content-type", "text/plain"),), b"\xff\xfe", b"\xff\xfd", "bytes", id="undecodable-text"),
+    ],
+)
+def test_body_modes(headers: tuple[tuple[str, str], ...], live: bytes, shadow: bytes, mode: str) -> None:
+    c = compare(Captured(200, headers, live), Captured(200, headers, shadow))
+    assert c.body == mode
+    assert c.differing == {"body"}
+
+
+def test_binary_difference_by_size_and_hash() -> None:
+    (d,) = diff(Captured(200, (), b"\x00" * 10), Captured(200, (), b"\x00" * 11))
+    assert (d.path, d.kind) == ("body", "bytes")
+    assert d.live == "10 bytes, sha256 01d448afd9280654"
+    assert d.shadow is not None
+    assert d.shadow.startswith("11 bytes, sha256 ")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        pytest.param("gzip", lambda b: gzip.compress(b, mtime=1), id="gzip"),
+        pytest.param("deflate", zlib.compress, id="deflate-zlib"),
+        pytest.param("deflate", lambda b: zlib.compress(b, wbits=-15), id="deflate-raw"),
+    ],
+)
+def test_encoded_bodies_are_decoded_first(encoding: str, encode: Any) -> None:
+    headers = (*JSON, ("content-encoding", encoding))
+    live = Captured(200, headers, encode(b'{"a": 1, "b": 2}'))
+    same = Captured(200, headers, gzip.compress(b'{"a": 1, "b": 2}', mtime=2)) if encoding == "gzip" else live
+    assert compare(live, same).differing == set()
+    other = Captured(200, headers, encode(b'{"a": 1, "b": 3}'))
+    assert compare(live, other).differing == {"$.b"}
+
+
+def test_unknown_encoding_is_compared_as_bytes() -> None:
+    headers = (*JSON, ("content-encoding", "br"))
+    c = compare(Captured(200, headers, b"\x01"), Captured(200, headers, b"\x02"))
+    assert c.body == "bytes"
+    assert c.differing == {"body"}
+
+
+# ---- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stats", "noise", "expected"),
+    [
+        pytest.param(FieldStats(100, 0, 10, 5), NOISE, "none", id="never-differed"),
+        pytest.param(FieldStats(100, 1, 0, 0), NOISE, "real", id="no-noise-sample-yet"),
+        pytest.param(FieldStats(1000, 300, 100, 20), NOISE, "real", id="docstring-real"),
+        pytest.param(FieldStats(1000, 300, 100, 26), NOISE, "noise", id="docstring-noise"),
+        # relative boundary: r = 1.2 n exactly (28.8 % vs 24 %): excess 4.8 = 20 % of 24
+        pytest.param(FieldStats(1000, 288, 100, 24), NOISE, "real", id="relative-exactly-at"),
+        pytest.param(FieldStats(1000, 287, 100, 24), NOISE, "noise", id="relative-just-below"),
+        # absolute boundary: n = 0, r = 0.03 % exactly (3 of 10000)
+        pytest.param(FieldStats(10000, 3, 10, 0), NOISE, "real", id="absolute-exactly-at"),
+        pytest.param(FieldStats(10001, 3, 10, 0), NOISE, "noise", id="absolute-just-below"),
+        pytest.param(FieldStats(100, 50, 100, 50), NOISE, "noise", id="same-rate"),
+        pytest.param(FieldStats(100, 10, 100, 50), NOISE, "noise", id="below-noise"),
+        pytest.param(FieldStats(100, 100, 100, 99), NOISE, "noise", id="always-differs-and-noisy"),
+        pytest.param(FieldStats(10, 1, 10, 0), NOISE, "real", id="noise-never-differs"),
+        pytest.param(
+            FieldStats(100, 51, 100, 50),
+            ShadowNoise(relative_threshold=0.0, absolute_threshold=0.0),
+            "real",
+            id="zero-thresholds-any-excess",
+        ),
+        pytest.param(
+            FieldStats(100, 50, 100, 50),
+            ShadowNoise(relative_threshold=0.0, absolute_threshold=0.0),
+            "noise",
+            id="zero-thresholds-no-excess",
+        ),
+        pytest.param(
+            FieldStats(100, 60, 100, 50),
+            ShadowNoise(relative_threshold=20.0, absolute_threshold=10.0),
+            "real",
+            id="both-at-boundary",
+        ),
+        pytest.param(
+            FieldStats(100, 60, 100, 50),
+            ShadowNoise(relative_threshold=20.000001, absolute_threshold=10.0),
+            "noise",
+            id="relative-a-hair-above",
+        ),
+        pytest.param(
+            FieldStats(100, 60, 100, 50),
+            ShadowNoise(relative_threshold=20.0, absolute_threshold=10.000001),
+            "noise",
+            id="absolute-a-hair-above",
+        ),
+    ],
+)
+def test_classify(stats: FieldStats, noise: ShadowNoise, expected: str) -> None:
+    assert classify(stats, noise) == expected
+
+
+# ---- recording, samples and redaction ----------------------------------------------------------
+
+
+def record(
+    stats: RouteStats,
+    live: Captured,
+    shadow: Captured,
+    *,
+    endpoint: str = "GET /users/{id}",
+    point: float = 0.5,
+    request: str = "GET /users/1",
+    **kw: Any,
+) -> str:
+    return stats.record(
+        endpoint,
+        compare(live, shadow),
+        live=live,
+        shadow=shadow,
+        request=request,
+        live_seconds=0.01,
+        shadow_seconds=0.02,
+        point=point,
+        noise=NOISE,
+        **kw,
+    )
+
+
+def test_samples_are_redacted_before_they_are_stored() -> None:
+    live = Captured(
+        200,
+        (*JSON, ("set-cookie", "sid=LIVESECRET"), ("authorization", "Bearer L")),
+        json.dumps({"user": {"name": "a", "password": "p1"}, "token": "t1", "n": 1}).encode(),
+    )
+    shadow = Captured(
+        200,
+        (*JSON, ("set-cookie", "sid=SHADOWSECRET"), ("authorization", "Bearer S")),
+        json.dumps({"user": {"name": "b", "password": "p2"}, "token": "t2", "n": 2}).encode(),
+    )
+    stats = RouteStats()
+    record(stats, live, shadow, request="GET /u?access_token=abc&page=2", redact_fields=("$.user.password", "$.token"))
+    stored = json.dumps(stats.to_dict())
+    for secret in ("LIVESECRET", "SHADOWSECRET", "Bearer", "p1", "p2", "t1", "t2", "abc"):
+        assert secret not in stored
+    samples = stats.endpoints["GET /users/{id}"].samples
+    assert samples["header.set-cookie"][0].live == REDACTED
+    assert samples["$.token"][0].shadow == REDACTED
+    assert samples["$.user.name"][0].live == '"a"'  # not redacted
+    assert samples["$.n"][0].request == "GET /u?access_token=[redacted]&page=2"
+    assert json.loads(samples["$.n"][0].live_body) == {
+        "user": {"name": "a", "password": REDACTED},
+        "token": REDACTED,
+        "n": 1,
+    }
+
+
+def test_a_diff_that_contains_a_redacted_field_is_redacted_whole() -> None:
+    stats = RouteStats()
+    record(stats, j({"a": 1}), j({"a": 1, "user": {"password": "pw"}}), redact_fields=("$.user.password",))
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["$.user"]
+    assert (sample.kind, sample.live, sample.shadow) == ("extra", None, REDACTED)
+
+
+def test_truncated_json_body_is_withheld_when_it_cannot_be_redacted() -> None:
+    live = Captured(200, JSON, b'{"password": "x", "a":', truncated=True)
+    stats = RouteStats()
+    record(stats, live, Captured(500, JSON, b"{}"), redact_fields=("$.password",))
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["status"]
+    assert sample.live_body.startswith("[withheld")
+    assert sample.shadow_body == "{}"
+
+
+def test_sample_bodies_are_clipped_to_2_kib() -> None:
+    stats = RouteStats()
+    record(stats, Captured(200, TEXT, b"a" * 10000), Captured(200, TEXT, b"b" * 10000))
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["body"]
+    assert len(sample.live_body) == 2048
+
+
+@pytest.mark.parametrize(
+    ("value", "patterns", "expected"),
+    [
+        pytest.param({"a": 1, "b": 2}, ("$.a",), {"a": REDACTED, "b": 2}, id="key"),
+        pytest.param({"l": [{"s": 1}, {"s": 2}]}, ("$.l[*].s",), {"l": [{"s": REDACTED}] * 2}, id="any-index"),
+        pytest.param({"l": [1, 2]}, ("$.l[1]",), {"l": [1, REDACTED]}, id="one-index"),
+        pytest.param({"a": 1}, ("$",), REDACTED, id="root"),
+        pytest.param({"a": 1}, (), {"a": 1}, id="none"),
+    ],
+)
+def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> None:
+    original = json.dumps(value)
+    assert redact_json(value, patterns) == expected
+    assert json.dumps(value) == original  # a copy: the input is untouched
+
+
+@pytest.mark.parametrize(
+    ("request_line", "expected"),
+    [
+        pytest.param("GET /a?token=x&page=2", "GET /a?token=[redacted]&page=2", id="token"),
+        pytest.param("GET /a?API_KEY=x", "GET /a?API_KEY=[redacted]", id="case-insensitive"),
+        pytest.param("GET /a?page=2", "GET /a?page=2", id="harmless"),
+        pytest.param("GET /a", "GET /a", id="no-query"),
+    ],
+)
+def test_redact_request(request_line: str, expected: str) -> None:
+    assert redact_request(request_line) == expected
+
+
+def test_samples_keep_the_smallest_points_per_field() -> None:
+    stats = RouteStats(Limits(samples_per_field=2))
+    for i, point in enumerate([0.9, 0.2, 0.5, 0.1, 0.7]):
+        record(stats, j({"a": i}), j({"a": -1}), point=point)
+    points = [s.point for s in stats.endpoints["GET /users/{id}"].samples["$.a"]]
+    assert points == [0.1, 0.2]
+
+
+def test_sampled_fields_are_bounded() -> None:
+    stats = RouteStats(Limits(sampled_fields=2))
+    record(stats, j({"a": 1, "b": 1, "c": 1}, status=200), j({"a": 2, "b": 2, "c": 2}, status=500))
+    assert set(stats.endpoints["GET /users/{id}"].samples) == {"status", "$.a"}
+
+
+def test_record_returns_the_classification_of_the_request_now() -> None:
+    stats = RouteStats()
+    assert record(stats, j({"a": 1}), j({"a": 1})) == "none"
+    assert record(stats, j({"t": 1}), j({"t": 2})) == "real"  # no noise learnt yet
+    for _ in range(5):
+        stats.record_noise("GET /users/{id}", compare(j({"t": 1}), j({"t": 3})))
+    assert record(stats, j({"t": 1}), j({"t": 2})) == "noise"
+    assert record(stats, j({"t": 1, "p": 1}), j({"t": 2, "p": 2})) == "real"  # p is not noise
+
+
+def test_prior_totals_inform_the_classification_of_a_fresh_batch() -> None:
+    prior = RouteStats()
+    for _ in range(5):
+        prior.record_noise("GET /users/{id}", compare(j({"t": 1}), j({"t": 3})))
+    assert record(RouteStats(), j({"t": 1}), j({"t": 2})) == "real"
+    assert record(RouteStats(), j({"t": 1}), j({"t": 2}), prior=prior) == "noise"
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def build_report_stats() -> RouteStats:
+    stats = RouteStats()
+    for i in range(10):
+        live = j({"price": 10, "ts": i, "id": i})
+        shadow = j({"price": 12 if i < 3 else 10, "ts": i + 100, "id": i})
+        record(stats, live, shadow, point=i / 10)
+        stats.record_noise("GET /users/{id}", compare(live, j({"price": 10, "ts": i + 50, "id": i})))
+    record(stats, j({}), j({}), endpoint="GET /health")
+    return stats
+
+
+def test_report_shape_and_numbers() -> None:
+    rep = report(build_report_stats(), noise=NOISE)
+    json.dumps(rep)  # JSON-ready
+    assert (rep["compared"], rep["noise_compared"], rep["with_diff"], rep["with_real_diff"]) == (11, 10, 10, 3)
+    assert rep["thresholds"] == {"relative": 20.0, "absolute": 0.03}
+    ep = rep["endpoints"]["GET /users/{id}"]
+    assert {k: ep[k] for k in ("compared", "noise_compared", "truncated", "with_diff", "with_real_diff")} == {
+        "compared": 10,
+        "noise_compared": 10,
+        "truncated": 0,
+        "with_diff": 10,
+        "with_real_diff": 3,
+    }
+    assert (ep["diff_rate"], ep["real_diff_rate"]) == (1.0, 0.3)
+    assert list(ep["fields"]) == ["$.price", "$.ts"]  # real first; unchanged fields are not listed
+    price, ts = ep["fields"]["$.price"], ep["fields"]["$.ts"]
+    assert {k: v for k, v in price.items() if k != "samples"} == {
+        "compared": 10,
+        "differing": 3,
+        "noise_compared": 10,
+        "noise_differing": 0,
+        "rate": 0.3,
+        "noise_rate": 0.0,
+        "classification": "real",
+    }
+    assert (ts["classification"], ts["noise_rate"]) == ("noise", 1.0)
+    assert len(price["samples"]) == 3
+    assert set(price["samples"][0]) == {
+        "request",
+        "path",
+        "kind",
+        "live",
+        "shadow",
+        "live_status",
+        "shadow_status",
+        "live_body",
+        "shadow_body",
+    }
+    assert ep["fields_compared"] == 6  # status, content-type, $, price, ts, id
+    assert ep["latency"]["live"]["count"] == 10
+    assert 0.01 <= ep["latency"]["live"]["p50"] < 0.01 * 1.091
+    assert 0.02 <= ep["latency"]["shadow"]["p99"] < 0.02 * 1.091
+    assert rep["endpoints"]["GET /health"]["with_diff"] == 0
+
+
+def test_requests_with_a_real_diff_follow_todays_classification() -> None:
+    stats = RouteStats()
+    assert record(stats, j({"t": 1}), j({"t": 2})) == "real"  # counted real when recorded...
+    for _ in range(3):
+        stats.record_noise("GET /users/{id}", compare(j({"t": 1}), j({"t": 3})))
+    ep = report(stats)["endpoints"]["GET /users/{id}"]
+    assert (ep["with_diff"], ep["with_real_diff"]) == (1, 0)  # ...and noise once noise is known
+
+
+def test_report_omits_fields_beyond_max() -> None:
+    stats = RouteStats()
+    record(stats, j({"a": 1, "b": 1, "c": 1}), j({"a": 2, "b": 2, "c": 2}))
+    ep = report(stats, max_fields=2)["endpoints"]["GET /users/{id}"]
+    assert (len(ep["fields"]), ep["fields_omitted"]) == (2, 1)
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+
+def test_latency_buckets_hold_their_upper_bound() -> None:
+    for i in range(1, 208):
+        bound = LatencyHistogram.upper_bound(i)
+        assert LatencyHistogram.bucket(bound) == i
+        assert LatencyHistogram.bucket(bound * 1.0001) == i + 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bucket"),
+    [
+        pytest.param(0.0, 0, id="zero"),
+        pytest.param(-1.0, 0, id="negative"),
+        pytest.param(float("nan"), 0, id="nan"),
+        pytest.param(1e-5, 0, id="low-bound"),
+        pytest.param(float("inf"), 208, id="inf"),
+        pytest.param(1e9, 208, id="huge"),
+    ],
+)
+def test_latency_bucket_edges(seconds: float, bucket: int) -> None:
+    assert LatencyHistogram.bucket(seconds) == bucket
+
+
+def test_latency_quantiles_nearest_rank() -> None:
+    h = LatencyHistogram()
+    assert h.quantile(0.5) is None
+    for s in [0.001] * 98 + [0.5] * 2:
+        h.observe(s)
+    p50, p99 = h.quantile(0.5), h.quantile(0.99)
+    assert p50 is not None
+    assert 0.001 <= p50 < 0.00110
+    assert p99 is not None
+    assert 0.5 <= p99 < 0.546
+
+
+# ---- merge and serialisation -------------------------------------------------------------------
+
+KEYS = ["status", "header.etag", "$.a", "$.b[*].c", "$.d"]
+
+
+@st.composite
+def events(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for _ in range(draw(st.integers(0, 6))):
+        endpoint = draw(st.sampled_from(["GET /a", "GET /b"]))
+        fields = frozenset(draw(st.sets(st.sampled_from(KEYS), min_size=1)))
+        differing = frozenset(draw(st.sets(st.sampled_from(sorted(fields)))))
+        diffs = tuple(
+            FieldDiff(k, "changed", draw(st.sampled_from(["1", "2", None])), "x", k) for k in sorted(differing)
+        )
+        comparison = Comparison(fields, differing, diffs, "json")
+        is_noise = draw(st.booleans())
+        point = draw(st.floats(0, 1, exclude_max=True))
+        seconds = draw(st.sampled_from([0.001, 0.01, 0.3]))
+        out.append((endpoint, comparison, is_noise, point, seconds))
+    return out
+
+
+SMALL = Limits(fields=3, signatures=2, samples_per_field=1, sampled_fields=2)
+
+
+def build(evs: list[tuple[Any, ...]], limits: Limits = SMALL) -> RouteStats:
+    stats = RouteStats(limits)
+    for endpoint, comparison, is_noise, point, seconds in evs:
+        if is_noise:
+            stats.record_noise(endpoint, comparison)
+        else:
+            stats.record(
+                endpoint,
+                comparison,
+                live=Captured(200, JSON, b'{"a": 1}'),
+                shadow=Captured(200, JSON, b'{"a": 2}'),
+                request="GET /x",
+                live_seconds=seconds,
+                shadow_seconds=seconds * 2,
+                point=point,
+                noise=NOISE,
+            )
+    return stats
+
+
+@settings(max_examples=100, deadline=None)
+@given(events(), events(), events())
+def test_merge_is_associative_and_commutative(a: list[Any], b: list[Any], c: list[Any]) -> None:
+    x, y, z = build(a), build(b), build(c)
+    left = merge(merge(x, y), z).to_dict()
+    assert left == merge(x, merge(y, z)).to_dict()
+    assert merge(x, y).to_dict() == merge(y, x).to_dict()
+    assert merge(x, RouteStats(SMALL)).to_dict() == x.to_dict()
+
+
+def forget_online(d: dict[str, Any]) -> dict[str, Any]:
+    # Per-request classification at record time depends on what the recorder had seen.
+    for ep in d["endpoints"].values():
+        ep["signatures"] = [[keys, n, 0] for keys, n, _ in ep["signatures"]]
+        ep["signatures_overflow"][1] = 0
+    return d
+
+
+@settings(max_examples=100, deadline=None)
+@given(events(), st.data())
+def test_split_across_workers_then_merged_equals_one_recorder(evs: list[Any], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(0, len(evs)))
+    assert forget_online(merge(build(evs[:cut]), build(evs[cut:])).to_dict()) == forget_online(build(evs).to_dict())
+
+
+@settings(max_examples=100, deadline=None)
+@given(events())
+def test_dict_round_trip(evs: list[Any]) -> None:
+    stats = build(evs)
+    d = stats.to_dict()
+    assert RouteStats.from_dict(json.loads(json.dumps(d))).to_dict() == d
+
+
+def test_merge_does_not_change_its_inputs_and_takes_the_smaller_limits() -> None:
+    x, y = build_report_stats(), RouteStats(Limits(samples_per_field=1))
+    before = json.dumps(x.to_dict())
+    m = merge(x, y)
+    assert json.dumps(x.to_dict()) == before
+    assert m.limits.samples_per_field == 1
+    assert all(len(s) <= 1 for s in m.endpoints["GET /users/{id}"].samples.values())
+
+
+def test_field_cap_moves_the_deepest_keys_to_overflow() -> None:
+    stats = RouteStats(Limits(fields=3))
+    record(stats, j({"a": {"b": 1}, "c": 1}), j({"a": {"b": 2}, "c": 2}))
+    d = stats.to_dict()["endpoints"]["GET /users/{id}"]
+    # field_order: status, body, headers, then JSON keys shallow before deep.
+    assert list(d["fields"]) == ["$", "header.content-type", "status"]
+    assert d["fields_overflow"] == [3, 2, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        pytest.param(lambda d: d.update(version=2), "version 1", id="version"),
+        pytest.param(lambda d: d["endpoints"]["GET /x"].update(compared=-1), "compared", id="negative-count"),
+        pytest.param(lambda d: d["endpoints"]["GET /x"]["fields"].update(f=[1, 2]), "fields", id="short-counts"),
+        pytest.param(lambda d: d["endpoints"]["GET /x"].update(signatures=[["a", 1, 0]]), "signatures", id="sig"),
+        pytest.param(
+            lambda d: d["endpoints"]["GET /x"]["latency"].update(live=[[999, 1]]), "out of range", id="bucket"
+        ),
+        pytest.param(lambda d: d["endpoints"]["GET /x"]["samples"].update(f=[{"point": "x"}]), "point", id="sample"),
+    ],
+)
+def test_from_dict_rejects_bad_input(mutate: Any, message: str) -> None:
+    stats = RouteStats()
+    stats.record_noise("GET /x", compare(j({}), j({})))
+    d = stats.to_dict()
+    mutate(d)
+    with pytest.raises(ValueError, match=message):
+        RouteStats.from_dict(d)

@@ -1,0 +1,294 @@
+"""Tier 2: shadow traffic never hurts the live request — with misbehaving shadow upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .conftest import StartProcess, StartProxy, StartUpstream, Upstream, config_text, echo_app, read_response, route
+
+
+def shadowed(live: Upstream | str, shadow: Upstream | str, **shadow_cfg: Any) -> dict[str, Any]:
+    r = route(stable=(live, 100), candidate=(shadow, 0))
+    r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 0}, **shadow_cfg}
+    return r
+
+
+def sleepy_app(seconds: float) -> Any:
+    def factory(up: Upstream) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            up.hits += 1
+            up.event("hit").set()
+            await asyncio.sleep(seconds)
+            return web.json_response({"late": True})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        return app
+
+    return factory
+
+
+def huge_app(size: int) -> Any:
+    def factory(up: Upstream) -> web.Application:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            up.hits += 1
+            resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            resp.content_length = size
+            await resp.prepare(request)
+            block = b"z" * (1 << 20)
+            left = size
+            try:
+                while left:
+                    await resp.write(block[: min(left, len(block))])
+                    left -= min(left, len(block))
+            except ConnectionResetError:
+                up.event("cut").set()
+            return resp
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        return app
+
+    return factory
+
+
+async def resetting_server() -> tuple[asyncio.Server, str]:
+    """Answers a head and part of a body, then resets the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def garbage_server() -> tuple[asyncio.Server, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"\x00\x01 this is not HTTP at all\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def wait_outcome(px: Any, outcome: str, n: int) -> None:
+    """Wait (on the shadow manager's own notifications) until ``n`` mirrors ended so."""
+    changed = asyncio.Event()
+    px.server.runtime.shadow.listeners.append(lambda route, o: changed.set())
+    async with asyncio.timeout(10):
+        while outcomes(px).get(outcome, 0) < n:
+            changed.clear()
+            await changed.wait()
+
+
+async def wait_seen(up: Upstream, n: int = 1) -> None:
+    async with asyncio.timeout(5):
+        while len(up.seen) < n:
+            up.event("echo").clear()
+            await up.event("echo").wait()
+
+
+def outcomes(px: Any) -> dict[str, int]:
+    table = px.server.runtime.counts.extra_counters.get("splitproxy_shadow_requests", {})
+    return {outcome: n for (_route, outcome), n in table.items()}
+
+
+async def live_requests(url: str, n: int = 20) -> tuple[list[tuple[int, bytes]], float]:
+    """n sequential GETs; their (status, body) and the slowest one's time."""
+    results = []
+    slowest = 0.0
+    async with aiohttp.ClientSession() as s:
+        for i in range(n):
+            t0 = time.perf_counter()
+            async with s.get(f"{url}/item/{i}") as r:
+                body = await r.read()
+                results.append((r.status, body))
+            slowest = max(slowest, time.perf_counter() - t0)
+    return results, slowest
+
+
+def bodies_without_noise(results: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
+    """The echo upstream's answer, minus the per-request id it echoes back."""
+    out = []
+    for status, body in results:
+        info = json.loads(body)
+        out.append((status, info["path"]))
+    return out
+
+
+async def test_mirrored_request_carries_shadow_header_and_request_id(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow)])
+    async with aiohttp.ClientSession() as s, s.get(px.url + "/a?b=1", headers={"X-Request-Id": "rid-77"}) as r:
+        info = await r.json()
+    assert info["upstream"] == "live"
+    await wait_seen(shadow)
+    mirrored = {k.lower(): v for k, v in shadow.seen[0]["headers"]}
+    assert mirrored["x-shadow-request"] == "1"
+    assert mirrored["x-request-id"] == "rid-77"
+    assert shadow.seen[0]["path"] == "/a?b=1"
+    assert "x-shadow-request" not in {k.lower() for k, _ in live.seen[0]["headers"]}
+
+
+async def test_post_is_not_mirrored_by_default(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow)])
+    async with aiohttp.ClientSession() as s, s.post(px.url + "/orders", data=b"{}") as r:
+        assert r.status == 200
+    assert shadow.hits == 0
+    assert outcomes(px) == {"skipped_method": 1}
+
+
+async def test_post_mirrored_when_listed_with_its_body(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow, methods=["POST"])])
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    resp = await read_response(reader)
+    writer.close()
+    assert json.loads(resp.body)["body_len"] == 11
+    await wait_seen(shadow)
+    assert shadow.seen[0]["body_len"] == 11
+    assert shadow.seen[0]["method"] == "POST"
+
+
+async def test_slow_shadow_does_not_delay_live(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    slow = await start_upstream("slow", sleepy_app(10))
+    px_off = await start_proxy([route(stable=live)])
+    baseline, slowest_off = await live_requests(px_off.url)
+    px = await start_proxy([shadowed(live, slow, timeout="300ms", max_in_flight=100)])
+    results, slowest_on = await live_requests(px.url)
+    assert bodies_without_noise(results) == bodies_without_noise(baseline)
+    # The shadow sleeps 10 s: a live request that waited for it would take that long.
+    assert slowest_on < 1.0, slowest_on
+    await wait_outcome(px, "timeout", 20)
+    assert outcomes(px) == {"timeout": 20}
+    del slowest_off
+
+
+async def test_dead_shadow_does_not_fail_live(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    px = await start_proxy([shadowed(live, dead)])
+    results, _ = await live_requests(px.url)
+    assert all(status == 200 for status, _ in results)
+    await wait_outcome(px, "error", 20)
+    assert outcomes(px) == {"error": 20}
+
+
+async def test_resetting_and_garbage_shadows_do_not_fail_live(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    live = await start_upstream("live")
+    for make in (resetting_server, garbage_server):
+        server, url = await make()
+        try:
+            px = await start_proxy([shadowed(live, url)])
+            results, _ = await live_requests(px.url, 10)
+            assert all(status == 200 for status, _ in results)
+            await wait_outcome(px, "error", 10)
+            assert outcomes(px) == {"error": 10}, make.__name__
+        finally:
+            server.close()
+
+
+async def test_huge_shadow_answer_is_cut_at_the_cap(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    huge = await start_upstream("huge", huge_app(50 << 20))
+    px = await start_proxy([shadowed(live, huge, max_body="64KiB")])
+    results, slowest = await live_requests(px.url, 5)
+    assert all(status == 200 for status, _ in results)
+    await wait_outcome(px, "compared", 5)
+    assert outcomes(px) == {"compared": 5}
+    assert slowest < 1.0
+
+
+async def test_max_in_flight_drops_are_counted(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    live = await start_upstream("live")
+    slow = await start_upstream("slow", sleepy_app(10))
+    px = await start_proxy([shadowed(live, slow, timeout="2s", max_in_flight=3)])
+    results, _ = await live_requests(px.url, 10)
+    assert all(status == 200 for status, _ in results)
+    assert outcomes(px) == {"dropped_full": 7}
+
+
+async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    a = await start_upstream("live-a")
+    b = await start_upstream("live-b")
+    shadow = await start_upstream("shadow")
+    r = route(stable=([a, b], 100), candidate=(shadow, 0))
+    r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
+    px = await start_proxy([r])
+    async with aiohttp.ClientSession() as s:
+        for _ in range(4):
+            async with s.get(px.url + "/n") as resp:
+                assert resp.status == 200
+    await wait_outcome(px, "compared", 4)
+    # Each live request: one live answer + one replay to the *other* instance.
+    assert a.hits + b.hits == 8
+    assert a.hits == b.hits == 4
+    replays = [x for x in a.seen + b.seen if any(k.lower() == "x-shadow-request" for k, _ in x["headers"])]
+    assert len(replays) == 4
+
+
+async def test_1gib_upload_with_mirroring_on_is_streamed_and_skipped(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    from .test_lifecycle import GIB, RSS_GROWTH_LIMIT_KIB, _sink_server, _watch_rss
+
+    server, got = await _sink_server()
+    live = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    shadow = await start_upstream("shadow", echo_app)
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(
+        config_text(
+            tmp_path, [shadowed(live, shadow, methods=["POST"], max_body="1MiB")], limits={"max_request_body": "2GiB"}
+        )
+    )
+    px = await proxy_process(cfg)
+    baseline = px.rss_kib()
+    done = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_rss(px, done))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % GIB)
+        block = b"\1" * (1 << 20)
+        for _ in range(GIB // len(block)):
+            writer.write(block)
+            await writer.drain()
+        resp = await asyncio.wait_for(read_response(reader), 120)
+        writer.close()
+    finally:
+        done.set()
+        peak = await watcher
+        server.close()
+    assert resp.status == 200
+    assert got["bytes"] == GIB
+    assert shadow.hits == 0
+    assert peak - baseline < RSS_GROWTH_LIMIT_KIB
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{px.admin_port}/metrics") as r:
+        text = await r.text()
+    assert re.search(r'splitproxy_shadow_requests_total\{outcome="skipped_body",route="main"\} 1\.0', text), text
