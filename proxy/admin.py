@@ -244,6 +244,29 @@ async def restore(request: web.Request) -> web.Response:
     return change_response(server, entry)
 
 
+def _report_route(request: web.Request) -> str | None:
+    server = request.app[SERVER_KEY]
+    route = request.query.get("route")
+    if route is not None:
+        server.controller.route(route)  # 404 for an unknown route
+    return route
+
+
+async def get_report(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    route = _report_route(request)
+    await server.collect_shadow(persist=False)  # include what was found up to now
+    return web.json_response(server.reports.to_json(server.config, route))
+
+
+async def delete_report(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    route = _report_route(request)
+    await server.collect_shadow(persist=False)
+    await server.clear_shadow(route)
+    return web.json_response({"cleared": route if route is not None else "all"})
+
+
 def make_admin_app(server: Server) -> web.Application:
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1 << 20)
     app[SERVER_KEY] = server
@@ -258,6 +281,9 @@ def make_admin_app(server: Server) -> web.Application:
     r.add_post("/api/v1/routes/{route}/rollback", rollback)
     r.add_get("/api/v1/history", history)
     r.add_post("/api/v1/history/{version}/restore", restore)
+    r.add_get("/api/v1/shadow/report", get_report)
+    r.add_delete("/api/v1/shadow/report", delete_report)
+    add_ui_routes(app)
     return app
 
 

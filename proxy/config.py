@@ -80,6 +80,9 @@ class ShadowDiff:
     ignore_headers: tuple[str, ...] = ("date", "server", "x-request-id")
     ignore_fields: tuple[str, ...] = ()
     endpoints: tuple[str, ...] = ()
+    # JSON fields whose values are replaced by "[redacted]" in stored samples (Authorization,
+    # Cookie and Set-Cookie headers always are).
+    redact_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1007,7 +1010,7 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
         return None
     d = Shadow(backend="")
     noise = m.section("noise", ("percent", "relative_threshold", "absolute_threshold"))
-    diff = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints"))
+    diff = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints", "redact_fields"))
     methods = m.get_list(
         "methods",
         _method,
@@ -1031,6 +1034,7 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
             ignore_headers=tuple(dict.fromkeys(ignore_headers)),
             ignore_fields=diff.get_list("ignore_fields", _starting_with("$", "$.meta.id"), ()),
             endpoints=diff.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
+            redact_fields=diff.get_list("redact_fields", _starting_with("$", "$.user.email"), ()),
         ),
     )
 

@@ -88,7 +88,7 @@ def parse_weights(route: Route, body: object) -> Weights:
 
 def parse_reason(body: object) -> str:
     if not isinstance(body, Mapping):
-        return ""
+        raise BadRequest("the body must be a JSON object", "body")
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BadRequest('"reason" must be a string', "reason")

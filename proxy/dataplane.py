@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import tasks
 from .config import Config
@@ -29,6 +29,11 @@ class DataPlane(Protocol):
         """Put ``config`` in force; return only when it is (in every process)."""
 
     async def counts(self) -> Counts: ...
+
+    async def drain_shadow(self) -> dict[str, dict[str, Any]]:
+        """Shadow-diff batches found since the last drain, per route (summed over processes)."""
+
+    async def clear_shadow(self, route: str | None) -> None: ...
 
     async def stop(self, grace: float) -> None: ...
 
@@ -71,6 +76,12 @@ class LocalDataPlane:
 
     async def counts(self) -> Counts:
         return self.runtime.counts
+
+    async def drain_shadow(self) -> dict[str, dict[str, Any]]:
+        return self.runtime.diffs.drain() if self.rt is not None else {}
+
+    async def clear_shadow(self, route: str | None) -> None:
+        self.runtime.diffs.clear(route)
 
     async def stop(self, grace: float) -> None:
         rt = self.runtime

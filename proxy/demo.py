@@ -4,7 +4,7 @@
 ports (aiohttp), and the proxy splits traffic between them. The two versions differ in
 one real field (``price`` is in cents in v2) and both carry noisy fields (``served_at``,
 a timestamp, and ``trace``, a random id), so a shadow diff has both real differences and
-noise to tell apart.
+noise to tell apart. Which version answered is in the ``X-Demo-Version`` header.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import tasks
 from .config import parse_text
@@ -42,7 +43,6 @@ def demo_app(version: str) -> web.Application:
 
     def envelope(data: object) -> dict[str, object]:
         return {
-            "version": version,
             "data": data,
             "meta": {"served_at": time.time(), "trace": uuid.uuid4().hex},
         }
@@ -61,9 +61,17 @@ def demo_app(version: str) -> web.Application:
         return web.json_response({"status": "ok", "version": version})
 
     async def root(request: web.Request) -> web.Response:
-        return web.json_response(envelope({"hello": "from " + version}))
+        return web.json_response(envelope({"hello": "splitproxy demo", "try": ["/products", "/products/1"]}))
 
-    app = web.Application()
+    @web.middleware
+    async def version_header(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Which version answered is said in a header (ignored by the shadow diff), so that
+        # the bodies differ only where the versions really do, and in the noisy fields.
+        resp = await handler(request)
+        resp.headers["X-Demo-Version"] = version
+        return resp
+
+    app = web.Application(middlewares=[version_header])
     app.router.add_get("/", root)
     app.router.add_get("/products", list_products)
     app.router.add_get("/products/{id}", get_product)
@@ -115,6 +123,8 @@ routes:
       backend: v2
       percent: 100
       noise: {{percent: 25}}
+      diff:
+        ignore_headers: [date, server, x-request-id, x-demo-version]
 """
 
 
@@ -168,6 +178,7 @@ async def _drive_traffic(listen: str, requests: int = 200) -> None:
         for i in range(requests):
             path = "/products" if i % 2 else f"/products/{i % 3 + 1}"
             async with session.get(f"http://{listen}{path}") as resp:
-                body = await resp.json()
-                counts[body.get("version", "?")] = counts.get(body.get("version", "?"), 0) + 1
+                await resp.read()
+                who = resp.headers.get("X-Demo-Version", "?")
+                counts[who] = counts.get(who, 0) + 1
     log.info("demo traffic: %d requests sent, answered by %s", requests, counts)

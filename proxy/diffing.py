@@ -954,13 +954,14 @@ def classify(stats: FieldStats, noise: ShadowNoise) -> Classification:
     Versus Diffy (``JoinedDifferences.scala``, ``DifferencesFilterFactory``): Diffy calls a
     field real when ``raw > noise``, ``|raw - noise| / (raw + noise) * 100 > relative`` and
     ``|raw - noise| / total * 100 > absolute``, on *counts* over one total (primary,
-    secondary and candidate all see every request). We differ in three ways: (1) rates, not
+    secondary and candidate all see every request). We differ in four ways: (1) rates, not
     counts, because the noise replay samples only ``noise.percent`` of requests, so the two
     denominators differ; (2) the relative excess is measured against the noise rate, not
     the sum ``r + n``; Diffy's 20 % means ``r > 1.5 n``, ours ``r >= 1.2 n`` (the first
     example above is noise for Diffy: 10 / 50 = 20 %, not > 20 %); (3) boundaries are
-    inclusive ("at least"), Diffy's strict; and a field with no noise sample is real, where
-    Diffy's noise count would be 0 with the same effect.
+    inclusive ("at least"), Diffy's strict; (4) a field with no noise sample yet is real
+    outright. Diffy never lacks one (the secondary sees every request), and with a noise
+    count of 0 it would still apply the absolute threshold.
     """
     if stats.differing <= 0:
         return "none"

@@ -23,7 +23,7 @@ from .accesslog import AccessLog
 from .config import Config
 from .metrics import Counts
 from .routing import BackendPlan, Table
-from .shadow import ShadowManager
+from .shadow import DiffRecorder, ShadowManager
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -45,12 +45,16 @@ class Runtime:
         access_log: AccessLog | None = None,
     ) -> None:
         self.loop = loop
-        self.now = loop.time
-        self.clock = loop.time()  # coarse clock for idle checks, advanced by tick()
+        # Durations and deadlines: time.monotonic, not loop.time — uvloop's clock has
+        # millisecond resolution, too coarse for a proxy's latency histograms.
+        self.now = time.monotonic
+        self.clock = self.now()  # coarse clock for idle checks, advanced by tick()
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
         self.shadow = ShadowManager(self)
+        self.diffs = DiffRecorder(self)
+        self.shadow.on_complete = self.diffs
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
         # Called with every finished exchange (metrics); errors called with the failure.
@@ -168,7 +172,7 @@ class Runtime:
         pass over the connections costs less than a ``call_later`` and ``cancel`` for
         every request, at the price of up to one tick of lateness.
         """
-        self.clock = now = self.loop.time()
+        self.clock = now = self.now()
         idle = self.idle_timeout
         for conn in list(self.connections):
             ex = conn.active

@@ -8,12 +8,14 @@ SIGHUP re-reads the config file (kept on any error), SIGTERM and SIGINT drain an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import ipaddress
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,11 +27,14 @@ from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane
 from .metrics import Counts, GaugeSample, SplitproxyCollector
+from .report import PERSIST_SECONDS, Reports
 from .runtime import Runtime
 from .store import Store, StoreError
-from .workers import WorkerPool
+from .workers import WorkerError, WorkerPool
 
 log = logging.getLogger("splitproxy")
+
+SHADOW_DRAIN_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -86,6 +91,8 @@ class Server:
         self._admin: web.AppRunner | None = None
         self._counts = Counts()
         self._stopped = asyncio.Event()
+        self._shadow_task: asyncio.Task[None] | None = None
+        self.reports: Reports = None  # type: ignore[assignment]  # set in start()
 
     @property
     def data_port(self) -> int:
@@ -107,6 +114,8 @@ class Server:
             raise StartupError(str(exc)) from None
         self.controller = Controller(self.store, self._install)
         self.config = config = await self.controller.start(self.config)
+        self.reports = Reports(self.store)
+        await asyncio.to_thread(self.reports.load)
         self.registry.register(
             SplitproxyCollector(
                 counts=lambda: self._counts,
@@ -121,6 +130,7 @@ class Server:
         site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)
         await site.start()
         self.admin_port = self._admin.addresses[0][1]
+        self._shadow_task = tasks.spawn(self._shadow_loop(), "shadow-report")
         self.ready = True
         log.info(
             "listening: proxy on %s:%d, admin on %s:%d (%d worker%s)",
@@ -131,6 +141,26 @@ class Server:
             self.workers,
             "" if self.workers == 1 else "s",
         )
+
+    async def _shadow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SHADOW_DRAIN_SECONDS)
+            try:
+                await self.collect_shadow(persist=False)
+                if self.reports.dirty and time.monotonic() - self.reports.last_persist >= PERSIST_SECONDS:
+                    await asyncio.to_thread(self.reports.persist)
+            except (StoreError, OSError, WorkerError) as exc:
+                log.error("shadow report: %s", exc)
+
+    async def collect_shadow(self, *, persist: bool) -> None:
+        """Sum what the data plane found since last time; optionally store it now."""
+        self.reports.absorb(await self.plane.drain_shadow())
+        if persist and self.reports.dirty:
+            await asyncio.to_thread(self.reports.persist)
+
+    async def clear_shadow(self, route: str | None) -> None:
+        await self.plane.clear_shadow(route)
+        await asyncio.to_thread(self.reports.clear, route)
 
     async def _install(self, config: Config) -> None:
         """Put a config in force (called by the controller, after recording the change)."""
@@ -191,7 +221,21 @@ class Server:
         """Drain the data plane (see ``LocalDataPlane.stop``), then close the admin
         listener and the state database."""
         self.ready = False
+        if self._shadow_task is not None:
+            self._shadow_task.cancel()
+        # The shadow report's last batches: from the workers before they go, from this
+        # process after its in-flight requests finished.
+        with contextlib.suppress(StoreError, OSError, WorkerError):
+            await self.collect_shadow(persist=False)
         await self.plane.stop(self.grace)
+        if self.store is not None:
+            try:
+                if isinstance(self.plane, LocalDataPlane):
+                    await self.collect_shadow(persist=False)
+                if self.reports.dirty:
+                    await asyncio.to_thread(self.reports.persist)
+            except (StoreError, OSError) as exc:
+                log.error("shadow report: last batch not stored: %s", exc)
         if self._admin is not None:
             await self._admin.cleanup()
         if self.store is not None:

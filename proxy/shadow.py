@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from .diffing import Captured
+from .diffing import Captured, EndpointCap, RouteStats, compare, endpoint_template, merge
 from .errors import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -407,3 +407,79 @@ class ShadowManager:
         self.rt.counts.count("splitproxy_shadow_requests", (route, outcome))
         for listener in self.listeners:
             listener(route, outcome)
+
+
+class DiffRecorder:
+    """Compares finished mirrors and keeps the results per route (the data-plane side).
+
+    ``batch`` holds what was found since the last ``drain``; ``seen`` everything before it
+    in this process, so that a request is classified (real or noise, for
+    ``splitproxy_shadow_diffs_total``) with the noise learnt so far. The supervisor drains
+    the batches of every process, sums them, stores them and serves the report.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.batch: dict[str, RouteStats] = {}
+        self.seen: dict[str, RouteStats] = {}
+        self.caps: dict[str, EndpointCap] = {}
+
+    def __call__(self, mirror: Mirror) -> None:
+        plan = mirror.plan
+        shadow = plan.route.shadow
+        if shadow is None:  # the route lost its shadow in a reload meanwhile
+            return
+        route = plan.name
+        method = mirror.method.decode("latin-1")
+        url = mirror.url.decode("latin-1")
+        cap = self.caps.get(route)
+        if cap is None:
+            cap = self.caps[route] = EndpointCap()
+        endpoint = cap.admit(endpoint_template(method, url, shadow.diff.endpoints))
+        options = {
+            "ignore_headers": frozenset(shadow.diff.ignore_headers),
+            "ignore_fields": shadow.diff.ignore_fields,
+        }
+        live = mirror.live.captured()
+        batch = self.batch.get(route)
+        if batch is None:
+            batch = self.batch[route] = RouteStats()
+        for leg in mirror.legs[1:]:
+            if leg.role == "replay" and leg.outcome == COMPARED:
+                # Two answers of the same version: what differs here is noise.
+                batch.record_noise(endpoint, compare(live, leg.capture.captured(), **options))  # type: ignore[arg-type]
+        leg = mirror.legs[0]
+        shadow_answer = leg.capture.captured()
+        kind = batch.record(
+            endpoint,
+            compare(live, shadow_answer, **options),  # type: ignore[arg-type]
+            live=live,
+            shadow=shadow_answer,
+            request=f"{method} {url}",
+            live_seconds=mirror.live.t_end - mirror.live.t_start,
+            shadow_seconds=leg.capture.t_end - leg.capture.t_start,
+            point=self.rt.random(),
+            noise=shadow.noise,
+            redact_fields=shadow.diff.redact_fields,
+            prior=self.seen.get(route),
+        )
+        if kind != "none":
+            self.rt.counts.count("splitproxy_shadow_diffs", (route, endpoint, kind))
+
+    def drain(self) -> dict[str, dict[str, object]]:
+        """The batches as plain data (for the supervisor), folded into ``seen``."""
+        out = {}
+        for route, batch in self.batch.items():
+            out[route] = batch.to_dict()
+            prior = self.seen.get(route)
+            self.seen[route] = batch if prior is None else merge(prior, batch)
+        self.batch = {}
+        return out
+
+    def clear(self, route: str | None) -> None:
+        for table in (self.batch, self.seen, self.caps):
+            if route is None:
+                table.clear()
+            else:
+                table.pop(route, None)
+

@@ -9,7 +9,8 @@ commands behind it and start-up. Tables (schema version 1, kept in ``PRAGMA user
   holds its current weights (``latest_weights``): that is what survives a restart.
 - ``config_weights``: the config file's weights per route as of the last apply — what
   ``reconcile`` compares the file against to tell an edited file from an unchanged one.
-- shadow-diff aggregates: not built yet; they arrive as schema version 2 (see ``_MIGRATIONS``).
+- ``shadow_endpoints`` (schema version 2): the shadow-diff aggregates, one JSON document per
+  route and endpoint, replaced as batches arrive, and bounded in age and rows.
 
 Durability: WAL journal with ``synchronous=FULL``. When ``record`` returns, the change is in
 the WAL and fsynced: it survives ``kill -9`` and, as far as SQLite and the disk can promise,
@@ -206,8 +207,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX history_route_version ON history (route, version)",
         "CREATE TABLE config_weights (route TEXT PRIMARY KEY, weights TEXT NOT NULL)",
     ),
-    # 2 (not built yet): shadow-diff aggregates per route, endpoint and field, with samples
-    # and retention bounds (SPEC §4 "Shadow").
+    # 2: shadow-diff aggregates, one row per route and endpoint: the endpoint's counts,
+    # field statistics, latency histograms and redacted samples as one JSON document
+    # (diffing.EndpointStats.to_dict). Bounded by ``prune_shadow`` (age and rows).
+    (
+        """
+        CREATE TABLE shadow_endpoints (
+            route    TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            updated  REAL NOT NULL,
+            stats    TEXT NOT NULL,
+            PRIMARY KEY (route, endpoint)
+        )
+        """,
+        "CREATE INDEX shadow_endpoints_updated ON shadow_endpoints (updated)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -409,6 +423,56 @@ class Store:
                 " WHERE version IN (SELECT max(version) FROM history GROUP BY route) ORDER BY route"
             ).fetchall()
         return {route: self._decode(text, f"version {version}") for route, text, version in rows}
+
+    # -- shadow-diff aggregates ---------------------------------------------------------------
+
+    def shadow_endpoints(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """route -> endpoint -> the stored document (``EndpointStats.to_dict`` form)."""
+        with self._use("read the shadow-diff report") as conn:
+            rows = conn.execute(
+                "SELECT route, endpoint, stats FROM shadow_endpoints ORDER BY route, endpoint"
+            ).fetchall()
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for route, endpoint, text in rows:
+            try:
+                doc = json.loads(text)
+            except ValueError as e:
+                raise StoreError(f"{self.path}: shadow report row {route!r} {endpoint!r} is corrupt: {e}") from e
+            out.setdefault(route, {})[endpoint] = doc
+        return out
+
+    def save_shadow_endpoints(self, rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+        """Replace the documents of the given (route, endpoint)s, in one transaction."""
+        now = self._clock()
+        with self._use("save the shadow-diff report") as conn, _transaction(conn):
+            for route, endpoints in rows.items():
+                for endpoint, doc in endpoints.items():
+                    conn.execute(
+                        "INSERT INTO shadow_endpoints (route, endpoint, updated, stats) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (route, endpoint)"
+                        " DO UPDATE SET updated = excluded.updated, stats = excluded.stats",
+                        (route, endpoint, now, json.dumps(doc, separators=(",", ":"))),
+                    )
+
+    def prune_shadow(self, *, max_age: float, max_rows: int) -> int:
+        """Retention: drop endpoints not updated for ``max_age`` seconds, then the least
+        recently updated beyond ``max_rows`` in all. Returns how many rows went."""
+        cutoff = self._clock() - max_age
+        with self._use("prune the shadow-diff report") as conn, _transaction(conn):
+            gone = conn.execute("DELETE FROM shadow_endpoints WHERE updated < ?", (cutoff,)).rowcount
+            gone += conn.execute(
+                "DELETE FROM shadow_endpoints WHERE rowid IN"
+                " (SELECT rowid FROM shadow_endpoints ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                (max_rows,),
+            ).rowcount
+        return int(gone)
+
+    def clear_shadow(self, route: str | None = None) -> None:
+        with self._use("clear the shadow-diff report") as conn, _transaction(conn):
+            if route is None:
+                conn.execute("DELETE FROM shadow_endpoints")
+            else:
+                conn.execute("DELETE FROM shadow_endpoints WHERE route = ?", (route,))
 
     # -- config as last applied ---------------------------------------------------------------
 

@@ -38,6 +38,8 @@ from typing import Any
 from . import tasks
 from .config import Config, parse_text
 from .control import config_weights, with_route_weights
+from .diffing import RouteStats
+from .diffing import merge as merge_stats
 from .metrics import Counts, merge
 
 log = logging.getLogger("splitproxy")
@@ -189,6 +191,21 @@ class WorkerPool:
         parts = [Counts.from_json(a["counts"]) for a in answers if isinstance(a, dict)]
         return merge(parts)
 
+    async def drain_shadow(self) -> dict[str, dict[str, Any]]:
+        answers = await asyncio.gather(*(w.ask("shadow") for w in self.workers), return_exceptions=True)
+        merged: dict[str, RouteStats] = {}
+        for answer in answers:
+            if not isinstance(answer, dict):
+                continue
+            for route, doc in answer["batches"].items():
+                batch = RouteStats.from_dict(doc)
+                prior = merged.get(route)
+                merged[route] = batch if prior is None else merge_stats(prior, batch)
+        return {route: stats.to_dict() for route, stats in merged.items()}
+
+    async def clear_shadow(self, route: str | None) -> None:
+        await asyncio.gather(*(w.ask("clear_shadow", route=route) for w in self.workers))
+
     async def stop(self, grace: float) -> None:
         self._stopping = True
         for watcher in self._watchers:
@@ -260,6 +277,11 @@ async def worker_main(fd: int) -> None:
                     answer(seq, ok=True, port=plane.port)
                 elif op == "counts":
                     answer(seq, ok=True, counts=(await plane.counts()).to_json())
+                elif op == "shadow":
+                    answer(seq, ok=True, batches=await plane.drain_shadow())
+                elif op == "clear_shadow":
+                    await plane.clear_shadow(msg.get("route"))
+                    answer(seq, ok=True)
                 elif op == "stop":
                     grace = float(msg.get("grace", grace))
                     answer(seq, ok=True)

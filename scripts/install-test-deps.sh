@@ -2,7 +2,12 @@
 # Debian packages the test suite needs. Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
-# (none yet: filled in as tests come to need system packages, e.g. chromium)
+# prometheus: tests/test_prometheus.py evaluates the Flagger and Argo Rollouts templates'
+# queries (config/*-template.yaml) on a real Prometheus server scraping the proxy.
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
+# chromium: tests/test_ui.py loads the report viewer (/ui/) in a real headless browser,
+# driven by playwright pointed at this binary (playwright's own browser download cannot run here).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -1180,7 +1180,7 @@ def test_example_shows_every_option() -> None:
         *("sticky", "by", "max_age", "overrides", "header", "cookie", "value", "backend"),
         *("shadow", "percent", "methods", "max_body", "max_in_flight", "timeout", "noise"),
         *("relative_threshold", "absolute_threshold", "diff", "ignore_headers"),
-        *("ignore_fields", "endpoints", "health_check", "interval", "unhealthy_threshold"),
+        *("ignore_fields", "endpoints", "redact_fields", "health_check", "interval", "unhealthy_threshold"),
         *("healthy_threshold", "expect_status"),
     }
     shown = _keys(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8")))

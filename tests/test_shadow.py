@@ -292,3 +292,159 @@ async def test_1gib_upload_with_mirroring_on_is_streamed_and_skipped(
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{px.admin_port}/metrics") as r:
         text = await r.text()
     assert re.search(r'splitproxy_shadow_requests_total\{outcome="skipped_body",route="main"\} 1\.0', text), text
+
+
+# ---- the diff report ----------------------------------------------------------------------------
+
+
+async def drive(url: str, paths: list[str], rounds: int) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(rounds):
+            for path in paths:
+                async with s.get(url + path) as r:
+                    assert r.status == 200
+                    await r.read()
+
+
+async def get_report(px: Any, route: str | None = None) -> dict[str, Any]:
+    query = f"?route={route}" if route else ""
+    async with aiohttp.ClientSession() as s, s.get(f"{px.admin_url}/api/v1/shadow/report{query}") as r:
+        assert r.status == 200, await r.text()
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def test_demo_versions_real_field_is_real_noisy_fields_are_noise_nothing_else(tmp_path: Path) -> None:
+    from proxy.config import parse_text
+    from proxy.demo import demo_config_text, start_demo_upstreams
+    from proxy.server import Server
+
+    ups = await start_demo_upstreams()
+    text = demo_config_text(
+        ups.ports["v1"], ups.ports["v2"], listen="127.0.0.1:0", admin="127.0.0.1:0", state_path=str(tmp_path / "s.db")
+    )
+    server = Server(parse_text(text), grace=1)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.data_port}"
+        await drive(url, ["/products", "/products/1", "/products/2", "/products/3"], 40)
+        await server.collect_shadow(persist=False)
+        (route,) = server.reports.to_json(server.config)["routes"]
+    finally:
+        await server.stop()
+        await ups.close()
+    assert set(route["endpoints"]) == {"GET /products", "GET /products/{id}"}
+    for name, ep in route["endpoints"].items():
+        assert ep["compared"] >= 40, name
+        assert ep["noise_compared"] > 0, name
+        classes = {key: f["classification"] for key, f in ep["fields"].items()}
+        price = "$.data[*].price" if name == "GET /products" else "$.data.price"
+        assert classes == {price: "real", "$.meta.served_at": "noise", "$.meta.trace": "noise"}, (name, classes)
+        samples = ep["fields"][price]["samples"]
+        assert samples
+        assert samples[0]["live_status"] == samples[0]["shadow_status"] == 200
+
+
+def json_app(extra: dict[str, Any]) -> Any:
+    def factory(up: Upstream) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            up.hits += 1
+            return web.json_response({"id": 7, "name": "kettle", **extra, "nonce": __import__("uuid").uuid4().hex})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        return app
+
+    return factory
+
+
+async def test_report_api_get_filter_delete_and_restart(tmp_path: Path, start_upstream: StartUpstream) -> None:
+    from proxy.config import parse_text
+    from proxy.server import Server
+
+    from .conftest import config_text as make_config
+
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", json_app({"price": 1000}))
+    plain = await start_upstream("plain")
+    r = shadowed(live, shadow, noise={"percent": 100})
+    r["match"]["path_prefix"] = "/shop"
+    text = make_config(tmp_path, [r, route(name="other", prefix="/", stable=plain)])
+
+    async def start() -> Server:
+        server = Server(parse_text(text), grace=1)
+        await server.start()
+        return server
+
+    server = await start()
+    try:
+        await drive(f"http://127.0.0.1:{server.data_port}", ["/shop/items/12", "/shop/items/99"], 15)
+        admin = f"http://127.0.0.1:{server.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{admin}/api/v1/shadow/report") as resp:
+                doc = await resp.json()
+            async with s.get(f"{admin}/api/v1/shadow/report?route=nope") as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["status"] == 404
+        (main,) = doc["routes"]  # "other" has no shadow and no data: not listed
+        assert main["route"] == "main"
+        ep = main["endpoints"]["GET /shop/items/{id}"]
+        assert ep["compared"] == 30
+        assert ep["fields"]["$.price"]["classification"] == "real"
+        assert ep["fields"]["$.nonce"]["classification"] == "noise"
+    finally:
+        await server.stop()
+
+    # The report survives a restart (it is in the state database)...
+    server = await start()
+    try:
+        admin = f"http://127.0.0.1:{server.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{admin}/api/v1/shadow/report?route=main") as resp:
+                again = (await resp.json())["routes"][0]
+            assert again["endpoints"]["GET /shop/items/{id}"]["compared"] == 30
+            # ...and DELETE clears it, in memory and on disk.
+            async with s.delete(f"{admin}/api/v1/shadow/report?route=main") as resp:
+                assert resp.status == 200
+            async with s.get(f"{admin}/api/v1/shadow/report?route=main") as resp:
+                cleared = (await resp.json())["routes"][0]
+        assert cleared["compared"] == 0
+        assert cleared["endpoints"] == {}
+    finally:
+        await server.stop()
+    server = await start()
+    try:
+        await server.collect_shadow(persist=False)
+        assert server.reports.to_json(server.config, "main")["routes"][0]["compared"] == 0
+    finally:
+        await server.stop()
+
+
+async def test_report_sums_the_workers(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", json_app({"price": 1000}))
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [shadowed(live, shadow, noise={"percent": 100})]))
+    px = await proxy_process(cfg, "--workers", "2")
+
+    async def fresh_connection_get(path: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        resp = await read_response(reader)
+        writer.close()
+        assert resp.status == 200
+
+    await asyncio.gather(*(fresh_connection_get(f"/things/{i}") for i in range(60)))
+    async with asyncio.timeout(10):
+        while True:  # each mirror is compared once both answers are in: poll the report
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{px.admin_port}/api/v1/shadow/report") as r,
+            ):
+                doc = await r.json()
+            if doc["routes"][0]["compared"] >= 60:
+                break
+            await asyncio.sleep(0.05)
+    assert doc["routes"][0]["compared"] == 60
+    assert doc["routes"][0]["endpoints"]["GET /things/{id}"]["fields"]["$.price"]["classification"] == "real"

@@ -1,0 +1,176 @@
+"""Cost of the shadow-diff engine (proxy/diffing.py) per call, without sockets.
+
+Builds realistic JSON answer pairs (a list of products with ids, prices and timestamps,
+a ``meta`` block, a handful of differences between live and shadow) of about 1, 8 and
+64 KiB, and prints the median µs per ``compare()`` over repeated batches, next to the
+floor set by ``json.loads`` of both bodies, a few harder variants, ``RouteStats.record``
+and ``endpoint_template``. The run is bounded (``--seconds``, default 5 in all).
+
+    .venv/bin/python bench/bench_diff.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.config import ShadowNoise
+from proxy.diffing import Captured, RouteStats, compare, endpoint_template
+
+HEADERS = (
+    ("content-type", "application/json"),
+    ("date", "Mon, 23 Nov 2026 16:00:00 GMT"),
+    ("server", "gunicorn"),
+    ("x-request-id", "1b4e28ba-2fa1-11d2-883f-0016d3cca427"),
+    ("cache-control", "no-store"),
+    ("etag", '"abc"'),
+)
+TEMPLATES = ("/users/{id}", "/orgs/{org}/repos/{repo}", "/orgs/{org}/members", "/users/me", "/search/{kind}")
+
+
+def product(rng: random.Random, i: int) -> dict[str, Any]:
+    return {
+        "id": 100_000 + i,
+        "sku": f"SKU-{rng.randrange(10**6):06d}",
+        "name": f"Product {i} {rng.choice(['blue', 'red', 'large', 'small', 'eco'])}",
+        "price": {"amount": round(rng.uniform(1, 500), 2), "currency": "EUR"},
+        "stock": rng.randrange(100),
+        "active": rng.random() < 0.9,
+        "tags": rng.sample(["new", "sale", "garden", "kitchen", "tools", "kids"], 2),
+        "updated_at": f"2026-11-{rng.randrange(1, 29):02d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00Z",
+    }
+
+
+def document(size: int, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    doc: dict[str, Any] = {
+        "meta": {"generated_at": "2026-11-23T16:00:00.123Z", "request_id": "r-1", "page": 1, "count": 0},
+        "items": [],
+    }
+    while len(json.dumps(doc)) < size:
+        doc["items"].append(product(rng, len(doc["items"])))
+    doc["meta"]["count"] = len(doc["items"])
+    return doc
+
+
+def handful_of_differences(doc: dict[str, Any]) -> dict[str, Any]:
+    """The shadow's answer: new timestamp and request id, two prices, one field gone, one added."""
+    out = copy.deepcopy(doc)
+    items = out["items"]
+    out["meta"]["generated_at"] = "2026-11-23T16:00:00.456Z"
+    out["meta"]["request_id"] = "r-2"
+    items[len(items) // 3]["price"]["amount"] += 1
+    items[-1]["price"]["amount"] += 2
+    del items[len(items) // 2]["tags"]
+    items[0]["discount"] = 0.1
+    return out
+
+
+def every_element_differs(doc: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    for item in out["items"]:
+        item["updated_at"] = "2026-11-30T00:00:00Z"
+    return out
+
+
+def captured(doc: Any) -> Captured:
+    return Captured(200, HEADERS, json.dumps(doc).encode())
+
+
+def median_us(fn: Callable[[], object], budget: float) -> tuple[float, int]:
+    """Median µs per call over batches of >= 2 ms, within ``budget`` seconds."""
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    batch = max(1, int(0.002 / once))
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(samples) < 3:
+        start = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        samples.append((time.perf_counter() - start) / batch * 1e6)
+    return statistics.median(samples), len(samples) * batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="total time budget (default 5)")
+    args = parser.parse_args()
+
+    pairs = {}
+    for label, size in (("1 KiB", 1 << 10), ("8 KiB", 8 << 10), ("64 KiB", 64 << 10)):
+        doc = document(size)
+        pairs[label] = (captured(doc), captured(handful_of_differences(doc)))
+    big_live, big_shadow = pairs["64 KiB"]
+    big_doc = json.loads(big_live.body)
+    all_differ = captured(every_element_differs(big_doc))
+    ignore_ts = ("$.items[*].updated_at", "$.meta.generated_at", "$.meta.request_id")
+
+    stats = RouteStats()
+    comparison = compare(big_live, big_shadow)
+    noise = ShadowNoise()
+    counter = iter(range(10**9))
+
+    def record() -> None:
+        n = next(counter)
+        stats.record(
+            "GET /products",
+            comparison,
+            live=big_live,
+            shadow=big_shadow,
+            request="GET /products?page=1",
+            live_seconds=0.012,
+            shadow_seconds=0.015,
+            point=0.5 + (n % 1000) / 2000,  # after the first few, no sample is kept: steady state
+            noise=noise,
+        )
+
+    def comparing(live: Captured, shadow: Captured) -> Callable[[], object]:
+        return lambda: compare(live, shadow)
+
+    def parsing(live: Captured, shadow: Captured) -> Callable[[], object]:
+        return lambda: (json.loads(live.body), json.loads(shadow.body))
+
+    cases: list[tuple[str, str, Callable[[], object]]] = []
+    for label, (live, shadow) in pairs.items():
+        cases.append((f"compare, handful of diffs ({len(live.body)} B)", label, comparing(live, shadow)))
+        cases.append(("  floor: json.loads of both bodies", label, parsing(live, shadow)))
+    cases += [
+        ("compare, identical bodies", "64 KiB", lambda: compare(big_live, big_live)),
+        ("compare, every element differs", "64 KiB", lambda: compare(big_live, all_differ)),
+        (
+            "compare, every element differs, ignored",
+            "64 KiB",
+            lambda: compare(big_live, all_differ, ignore_fields=ignore_ts),
+        ),
+        ("RouteStats.record (steady state)", "64 KiB", record),
+        ("endpoint_template, auto folding", "-", lambda: endpoint_template("GET", "/users/42/orders/9f8e?x=1")),
+        (
+            "endpoint_template, 5 templates",
+            "-",
+            lambda: endpoint_template("GET", "/orgs/acme/repos/web?tab=1", TEMPLATES),
+        ),
+    ]
+
+    budget = args.seconds / len(cases)
+    c = compare(big_live, big_shadow)
+    print(f"64 KiB pair: {len(c.fields)} fields compared, differing: {sorted(c.differing)}")
+    print(f"{'case':<46} {'body':>7} {'µs/call':>10} {'calls':>8}")
+    for name, label, fn in cases:
+        us, calls = median_us(fn, budget)
+        print(f"{name:<46} {label:>7} {us:>10.1f} {calls:>8}")
+
+
+if __name__ == "__main__":
+    main()

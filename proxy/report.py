@@ -1,0 +1,113 @@
+"""The shadow-diff report: what every process found, summed, stored, and served.
+
+Data planes (this process, or each worker) compare mirrors and keep batches
+(``shadow.DiffRecorder``); the supervisor drains them about once a second
+(``Server._shadow_loop``), sums them here, and writes the endpoints that changed to the
+state database every few seconds — batched, in a worker thread, never on a request's path.
+The report the admin API serves is ``diffing.report`` of these sums.
+
+Retention: an endpoint not updated for ``RETENTION_SECONDS`` is dropped, and the database
+keeps at most ``MAX_ROWS`` endpoints (least recently updated go first); within an endpoint,
+``diffing.Limits`` bounds fields, signatures and samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Config
+from .diffing import EndpointStats, RouteStats, merge, report
+from .store import Store
+
+log = logging.getLogger("splitproxy")
+
+RETENTION_SECONDS = 7 * 24 * 3600.0
+MAX_ROWS = 5000
+PERSIST_SECONDS = 2.0
+
+
+class Reports:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.routes: dict[str, RouteStats] = {}
+        self._dirty: dict[str, set[str]] = {}
+        self.last_persist = 0.0
+
+    def load(self) -> None:
+        """The stored sums (a bad row is logged and skipped, never fatal)."""
+        for route, endpoints in self.store.shadow_endpoints().items():
+            stats = RouteStats()
+            for name, doc in endpoints.items():
+                try:
+                    stats.endpoints[name] = EndpointStats.from_dict(doc, f"{route} {name}")
+                except ValueError as exc:
+                    log.warning("shadow report: skipping a stored endpoint: %s", exc)
+            self.routes[route] = stats
+
+    def absorb(self, deltas: Mapping[str, Mapping[str, Any]]) -> None:
+        for route, doc in deltas.items():
+            try:
+                batch = RouteStats.from_dict(doc)
+            except ValueError as exc:
+                log.warning("shadow report: dropping a batch for route %s: %s", route, exc)
+                continue
+            if not batch.endpoints:
+                continue
+            prior = self.routes.get(route)
+            self.routes[route] = batch if prior is None else merge(prior, batch)
+            self._dirty.setdefault(route, set()).update(batch.endpoints)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def persist(self) -> None:
+        """Write the endpoints that changed and apply retention. Runs in a worker thread."""
+        dirty, self._dirty = self._dirty, {}
+        rows = {}
+        for route, names in dirty.items():
+            endpoints = self.routes[route].endpoints if route in self.routes else {}
+            rows[route] = {name: endpoints[name].to_dict() for name in names if name in endpoints}
+        self.store.save_shadow_endpoints(rows)
+        gone = self.store.prune_shadow(max_age=RETENTION_SECONDS, max_rows=MAX_ROWS)
+        if gone:
+            self.routes = {}
+            self.load()
+        self.last_persist = time.monotonic()
+
+    def clear(self, route: str | None) -> None:
+        if route is None:
+            self.routes.clear()
+            self._dirty.clear()
+        else:
+            self.routes.pop(route, None)
+            self._dirty.pop(route, None)
+        self.store.clear_shadow(route)
+
+    def to_json(self, config: Config, route: str | None = None) -> dict[str, Any]:
+        """The report of every shadowed route (or one), with its shadow settings."""
+        out = []
+        for r in config.routes:
+            if route is not None and r.name != route:
+                continue
+            stats = self.routes.get(r.name)
+            if r.shadow is None and stats is None:
+                continue
+            noise = r.shadow.noise if r.shadow is not None else None
+            entry: dict[str, Any] = {
+                "route": r.name,
+                "shadow": None
+                if r.shadow is None
+                else {
+                    "backend": r.shadow.backend,
+                    "percent": r.shadow.percent,
+                    "methods": list(r.shadow.methods),
+                    "noise_percent": r.shadow.noise.percent,
+                },
+            }
+            entry.update(report(stats or RouteStats(), noise=noise))
+            out.append(entry)
+        return {"generated_at": time.time(), "routes": out}
