@@ -109,7 +109,8 @@ routes:
             one()
         samples.append((time.perf_counter() - t0) / n * 1e6)
         rt.access_log.flush()
-    assert client_transport.written > 0 and not client_transport.closing, "requests were not answered"
+    assert client_transport.written > 0, "requests were not answered"
+    assert not client_transport.closing, "the connection was closed"
     rt.close()
     loop.close()
     return samples

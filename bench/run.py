@@ -71,6 +71,9 @@ class Env:
     upstream: str  # "http://127.0.0.1:PORT", the bench upstream (nginx, 100-byte body)
     listen: str  # splitproxy's data listener, "127.0.0.1:PORT"
     admin_listen: str  # splitproxy's admin listener, "127.0.0.1:PORT"
+    # "http://127.0.0.1:PORT" of a socket that listens and never answers: a shadow that
+    # hangs (the kernel completes connections into the backlog; nothing is ever read).
+    blackhole: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,38 @@ def routing(env: Env) -> Scenario:
     return Scenario(splitproxy_config(env))
 
 
-# For example (names and keys from shared/SPEC.md):
-#   "workers2": lambda env: Scenario(splitproxy_config(env), ("--workers", "2"), pinned=False),
-#   "shadow100": lambda env: Scenario(splitproxy_config(
-#       env,
-#       backends=f"candidate: {{upstreams: [{json.dumps(env.upstream)}], weight: 0}}",
-#       route="shadow: {backend: candidate, percent: 100}")),
+def sticky(env: Env) -> Scenario:
+    """Sticky by client IP: every request hashes its key (weighted rendezvous, 2 backends)."""
+    return Scenario(splitproxy_config(env, route="sticky: {by: ip}"))
+
+
+def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[Env], Scenario]:
+    """100 % of GETs mirrored to a `candidate` backend (`target`: "upstream" or "blackhole")."""
+
+    def make(env: Env) -> Scenario:
+        url = env.upstream if target == "upstream" else env.blackhole
+        return Scenario(
+            splitproxy_config(
+                env,
+                backends=f"candidate: {{upstreams: [{json.dumps(url)}], weight: 0}}",
+                route=f"shadow: {{backend: candidate, percent: 100, noise: {{percent: {noise}}}, timeout: {timeout}}}",
+            )
+        )
+
+    return make
+
+
 SCENARIOS: dict[str, Callable[[Env], Scenario]] = {
     "routing": routing,
+    "sticky": sticky,
+    # Multi-process: nothing pinned, so compare workers2 with workers1 of the same run.
+    "workers1": lambda env: Scenario(splitproxy_config(env), pinned=False),
+    "workers2": lambda env: Scenario(splitproxy_config(env), ("--workers", "2"), pinned=False),
+    # Shadowing: every GET also goes to a candidate on the same upstream (the physical limit
+    # is about half of shadow-off: each request costs two upstream calls) ...
+    "shadow100": shadow_to("upstream"),
+    # ... or to a candidate that never answers: the live latency must not move.
+    "shadow-hang": shadow_to("blackhole", timeout="1s"),
 }
 
 
@@ -407,6 +434,19 @@ def start_nginx(
     )
 
 
+_BLACKHOLE: list[socket.socket] = []
+
+
+def blackhole_port() -> int:
+    """A listening socket nobody accepts from (kept open for the run)."""
+    if not _BLACKHOLE:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(4096)
+        _BLACKHOLE.append(s)
+    return int(_BLACKHOLE[0].getsockname()[1])
+
+
 def start_splitproxy(children: Children, command: str | None, name: str, tmp: Path, upstream_port: int) -> Target:
     """Start one splitproxy for scenario `name`; StartError if it does not come up."""
     if command is None:
@@ -420,6 +460,7 @@ def start_splitproxy(children: Children, command: str | None, name: str, tmp: Pa
             upstream=f"http://127.0.0.1:{upstream_port}",
             listen=f"127.0.0.1:{port}",
             admin_listen=f"127.0.0.1:{admin_port}",
+            blackhole=f"http://127.0.0.1:{blackhole_port()}",
         )
     )
     config = own / "splitproxy.yaml"

@@ -23,7 +23,9 @@ from .client import (
     client_from,
     parse_weights,
     render_change,
+    render_cleared,
     render_history,
+    render_report,
     render_status,
 )
 from .config import ConfigError, load_file, parse_duration
@@ -182,6 +184,19 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     return _call_admin(args, lambda c: c.restore(args.version, reason=args.reason), render_change)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.clear:
+        return _call_admin(
+            args, lambda c: c.clear_shadow_report(args.route), lambda answer: render_cleared(answer, args.route)
+        )
+    width = shutil.get_terminal_size((80, 24)).columns
+    return _call_admin(
+        args,
+        lambda c: c.shadow_report(args.route),
+        lambda answer: render_report(answer, width, samples=args.samples, route=args.route),
+    )
 
 
 class _WeightsAction(argparse.Action):
@@ -356,6 +371,35 @@ def _add_client_commands(sub: Any) -> None:
     )
     restore.add_argument("--reason", metavar="TEXT", help="why, recorded in the history (default: restore version N)")
     restore.set_defaults(func=cmd_restore)
+
+    report = _client_parser(
+        sub,
+        "report",
+        help="print the shadow-diff report: what the shadow answers differently, real vs noise",
+        description="Print the shadow-diff report (GET /api/v1/shadow/report).\n"
+        "Per shadowed route: how many requests were compared, how many differed for real.\n"
+        "Per endpoint: COMPARED, DIFF (share with any difference), REAL (share with a real\n"
+        "one), live vs shadow latency p50/p99. Under it, the fields that differed, REAL\n"
+        "first (the shadow differs more often than the live version differs from itself,\n"
+        "as replays of a sample to the live version show), then noise (timestamps, ids:\n"
+        "the live version differs from itself as often). Each with its rate and count live\n"
+        "vs shadow, then (vs noise) its rate and count live vs live.\n",
+        example="  splitproxy report\n"
+        "  splitproxy report --route shop --samples\n"
+        "  splitproxy report --route shop --clear   # start afresh, e.g. after a new shadow build",
+        json_help="print the API's answer as JSON, as sent",
+    )
+    report.add_argument("--route", metavar="ROUTE", help="only this route")
+    what = report.add_mutually_exclusive_group()
+    what.add_argument(
+        "--samples", action="store_true", help="also print each field's samples: request, statuses, live → shadow"
+    )
+    what.add_argument(
+        "--clear",
+        action="store_true",
+        help="clear the report of ROUTE, or of every route (DELETE /api/v1/shadow/report)",
+    )
+    report.set_defaults(func=cmd_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -283,6 +283,8 @@ def make_admin_app(server: Server) -> web.Application:
     r.add_post("/api/v1/history/{version}/restore", restore)
     r.add_get("/api/v1/shadow/report", get_report)
     r.add_delete("/api/v1/shadow/report", delete_report)
+    from .ui import add_ui_routes  # here: proxy.ui imports this module
+
     add_ui_routes(app)
     return app
 

@@ -1,4 +1,4 @@
-"""The admin API client behind ``splitproxy weights|promote|rollback|status|history|restore``.
+"""The admin API client behind ``splitproxy weights|promote|rollback|status|history|restore|report``.
 
 Two halves, as elsewhere (STYLE.md). The pure half parses what the user typed
 (``BACKEND=W``, ``--admin URL``) and renders the API's JSON as plain aligned tables that
@@ -325,6 +325,234 @@ def render_change(answer: Mapping[str, Any]) -> str:
     return "\n".join([heading, *table(headers, rows, "<>>>", indent="  ")])
 
 
+# ---- the shadow-diff report (pure) -----------------------------------------------------------
+
+CLASS_LABELS = {"real": "REAL", "noise": "noise"}
+_CLASS_RANK = {"real": 0, "noise": 1}
+MIN_KEY_WIDTH = 16  # a field key is clipped in the middle to fit the terminal, never below this
+
+
+def count_text(n: object) -> str:
+    return str(n) if isinstance(n, int) and not isinstance(n, bool) else "-"
+
+
+def rate_text(rate: object) -> str:
+    """``0.94`` → ``94.0%``; ``None`` (no sample yet) → ``-``."""
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        return f"{rate * 100:.1f}%"
+    return "-"
+
+
+def ratio_text(part: int, whole: int) -> str:
+    return rate_text(part / whole if whole else 0.0)
+
+
+def ms_text(seconds: object) -> str:
+    """Seconds as milliseconds with two or three significant digits: ``0.16``, ``12.5``, ``340``."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return "-"
+    ms = seconds * 1000
+    if ms < 10:
+        return f"{ms:.2f}"
+    if ms < 100:
+        return f"{ms:.1f}"
+    return f"{ms:.0f}"
+
+
+def latency_text(latency: object) -> str:
+    """``{"count", "p50", "p99"}`` (seconds) → ``0.16/0.54 ms``; no measurement → ``-``."""
+    if not isinstance(latency, Mapping) or not latency.get("count"):
+        return "-"
+    return f"{ms_text(latency.get('p50'))}/{ms_text(latency.get('p99'))} ms"
+
+
+def clip_middle(text: str, width: int) -> str:
+    """``$.data[*].attributes.colour`` → ``$.data[*…s.colour``: both ends of a path matter."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+def clip_end(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _one_line(text: str) -> str:
+    """Text from requests and responses as one safe line: control characters (a text
+    body's newline, a terminal escape sequence's ESC) shown as escapes, never sent raw."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _report_heading(r: Mapping[str, Any]) -> str:
+    shadow = r.get("shadow")
+    if not shadow:
+        return f"route {r['route']}: no shadow configured now (the report is from before)"
+    methods = ", ".join(shadow.get("methods") or []) or "no methods"
+    noise = shadow.get("noise_percent")
+    replay = f"; noise replay {weight_text(noise)}%" if noise else "; no noise replay"
+    percent = weight_text(shadow.get("percent"))
+    return f"route {r['route']}: shadow → {shadow.get('backend')}, {percent}% of {methods}{replay}"
+
+
+def _totals(r: Mapping[str, Any], width: int) -> list[str]:
+    compared, real, anydiff = int(r["compared"]), int(r["with_real_diff"]), int(r["with_diff"])
+    texts = [
+        f"compared {compared}: {real} with a real difference ({ratio_text(real, compared)}), "
+        f"{anydiff} with any ({ratio_text(anydiff, compared)})",
+        f"{r['noise_compared']} replays to the live version to learn its noise"
+        if r.get("noise_compared")
+        else "no replays to the live version yet: every difference counts as real",
+    ]
+    return [
+        line
+        for text in texts
+        for line in textwrap.wrap(text, max(width, 40), initial_indent="  ", subsequent_indent="    ")
+    ]
+
+
+def _shown_fields(ep: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The fields that differed live vs shadow, real first (then in the API's order)."""
+    fields: Mapping[str, Any] = ep.get("fields") or {}
+    shown = [(k, f) for k, f in fields.items() if f.get("classification") in _CLASS_RANK]
+    return sorted(shown, key=lambda kf: _CLASS_RANK[kf[1]["classification"]])
+
+
+def _field_cells(key: str, f: Mapping[str, Any]) -> list[str]:
+    return [
+        CLASS_LABELS[f["classification"]],
+        key,
+        rate_text(f.get("rate")),
+        f"{count_text(f.get('differing'))}/{count_text(f.get('compared'))}",
+        "vs noise",
+        rate_text(f.get("noise_rate")),
+        f"{count_text(f.get('noise_differing'))}/{count_text(f.get('noise_compared'))}",
+    ]
+
+
+FIELD_ALIGN = "<<><<><"
+FIELD_INDENT = "    "
+SAMPLE_INDENT = "         "
+
+
+def _field_lines(fields: list[tuple[str, Mapping[str, Any]]], width: int) -> list[str]:
+    """Per field, its line: aligned across the whole route; the key clipped so a line fits."""
+    if not fields:
+        return []
+    rest = table([""] * 7, [_field_cells("", f) for _, f in fields], FIELD_ALIGN, indent=FIELD_INDENT)
+    room = max(MIN_KEY_WIDTH, width - max(len(line) for line in rest))
+    rows = [_field_cells(clip_middle(_one_line(k), room), f) for k, f in fields]
+    return table([""] * 7, rows, FIELD_ALIGN, indent=FIELD_INDENT)[1:]
+
+
+def _values_text(live: str, shadow: str, room: int) -> str:
+    """``live → shadow`` in ``room`` columns: a short value is kept whole, the other clipped."""
+    room -= len(" → ")
+    short = min(len(live), len(shadow), room // 2)
+    live = clip_end(live, room - min(len(shadow), room - short))
+    return f"{live} → {clip_end(shadow, room - len(live))}"
+
+
+def sample_lines(sample: Mapping[str, Any], width: int = 80) -> list[str]:
+    """One sample: ``GET /products/3  200→200  $.data.price: 6.25 → 625`` on one line when
+    it fits ``width``, else the values on a second line; clipped, never wrapped."""
+    width = max(width, 40)
+    live, shadow = (
+        ("(absent)" if v is None else _one_line(str(v))) for v in (sample.get("live"), sample.get("shadow"))
+    )
+    statuses = f"{count_text(sample.get('live_status'))}→{count_text(sample.get('shadow_status'))}"
+    where = f"{_one_line(str(sample.get('request', '?')))}  {statuses}  {_one_line(str(sample.get('path', '?')))}"
+    one = f"{SAMPLE_INDENT}{where}: {live} → {shadow}"
+    if len(one) <= width:
+        return [one]
+    second = SAMPLE_INDENT + "  "
+    return [
+        clip_end(SAMPLE_INDENT + where, width),
+        second + _values_text(live, shadow, width - len(second)),
+    ]
+
+
+def _endpoint_notes(ep: Mapping[str, Any]) -> list[str]:
+    notes = []
+    truncated = ep.get("truncated") or 0
+    if truncated:
+        notes.append(f"{FIELD_INDENT}{truncated} comparisons over the diff cap: status and headers only")
+    omitted = ep.get("fields_omitted") or 0
+    if omitted:
+        notes.append(f"{FIELD_INDENT}… and {omitted} more differing fields (the report lists the first)")
+    overflow = ep.get("fields_overflow")
+    if overflow and overflow.get("differing"):
+        notes.append(
+            f"{FIELD_INDENT}… fields beyond the per-endpoint limit, counted together: "
+            f"{count_text(overflow.get('differing'))}/{count_text(overflow.get('compared'))} differing"
+        )
+    return notes
+
+
+def report_route_lines(r: Mapping[str, Any], width: int = 80, *, samples: bool = False) -> list[str]:
+    """One route of ``GET /api/v1/shadow/report``: heading, totals, then per endpoint a line
+    and under it the fields that differed (real first), optionally with their samples."""
+    lines = [_report_heading(r)]
+    endpoints: Mapping[str, Any] = r.get("endpoints") or {}
+    if not r.get("compared") and not endpoints:
+        lines.append("  no comparisons yet")
+        return lines
+    lines += _totals(r, width)
+    names = list(endpoints)  # path templates from requests: printed with _one_line
+    headers = ["ENDPOINT", "COMPARED", "DIFF", "REAL", "LIVE p50/p99", "SHADOW p50/p99"]
+    rows = [
+        [
+            _one_line(name),
+            count_text(ep.get("compared")),
+            rate_text(ep.get("diff_rate")),
+            rate_text(ep.get("real_diff_rate")),
+            latency_text((ep.get("latency") or {}).get("live")),
+            latency_text((ep.get("latency") or {}).get("shadow")),
+        ]
+        for name, ep in endpoints.items()
+    ]
+    heads = table(headers, rows, "<>>>>>", indent="  ")
+    names_apart = max(len(line) for line in heads) > width
+    if names_apart:  # long endpoint names: each on its own line, the numbers under it
+        heads = table(headers[1:], [row[1:] for row in rows], ">>>>>", indent="    ")
+    lines += ["", heads[0]]
+    per_endpoint = [_shown_fields(endpoints[name]) for name in names]
+    field_lines = iter(_field_lines([f for fs in per_endpoint for f in fs], width))
+    for name, row_line, fields in zip(names, heads[1:], per_endpoint, strict=True):
+        if names_apart:
+            lines.append(f"  {clip_end(_one_line(name), max(width, 40) - 2)}")
+        lines.append(row_line)
+        for _key, f in fields:
+            lines.append(next(field_lines))
+            if samples:
+                lines += [line for s in f.get("samples") or [] for line in sample_lines(s, width)]
+        lines += _endpoint_notes(endpoints[name])
+    return lines
+
+
+def render_report(
+    answer: Mapping[str, Any], width: int = 80, *, samples: bool = False, route: str | None = None
+) -> str:
+    """``GET /api/v1/shadow/report``: every shadowed route (or ``route``), one block each."""
+    routes = answer["routes"]
+    if not routes:
+        if route is not None:
+            return f"route {route} has no shadow configured and no report"
+        return "no shadowed routes (a route's `shadow:` section turns it on)"
+    return "\n\n".join("\n".join(report_route_lines(r, width, samples=samples)) for r in routes)
+
+
+def render_cleared(answer: Mapping[str, Any], route: str | None = None) -> str:
+    """``DELETE /api/v1/shadow/report``: ``{"cleared": route | "all"}``."""
+    cleared = route if route is not None else answer["cleared"]
+    if route is None and cleared == "all":
+        return "cleared the shadow-diff report of every route"
+    return f"cleared the shadow-diff report of route {cleared}"
+
+
 # ---- the HTTP client (I/O) -------------------------------------------------------------------
 
 
@@ -403,6 +631,12 @@ class AdminClient:
     def restore(self, version: int, *, reason: str | None = None) -> dict[str, Any]:
         body = {} if reason is None else {"reason": reason}
         return self.call("POST", f"/api/v1/history/{version}/restore", body=body)
+
+    def shadow_report(self, route: str | None = None) -> dict[str, Any]:
+        return self.call("GET", "/api/v1/shadow/report", query=None if route is None else {"route": route})
+
+    def clear_shadow_report(self, route: str | None = None) -> dict[str, Any]:
+        return self.call("DELETE", "/api/v1/shadow/report", query=None if route is None else {"route": route})
 
     # -- the one request --------------------------------------------------------------------
 

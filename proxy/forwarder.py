@@ -74,7 +74,6 @@ class Exchange:
         "lines",
         "method",
         "mirror",
-        "names",
         "pending",
         "pending_size",
         "plan",
@@ -95,7 +94,6 @@ class Exchange:
         self.t0 = t0
         self.url = b""
         self.lines: list[bytes] = []
-        self.names: list[bytes] = []
         self.hdict: dict[bytes, bytes] = {}
         self.method = b"GET"
         self.http11 = True
@@ -132,6 +130,7 @@ class ClientConnection(asyncio.Protocol):
         "closing",
         "draining",
         "ip",
+        "ip_text",
         "last_io",
         "out",
         "parser",
@@ -150,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.ip = b""
+        self.ip_text = ""
         self.parsing: Exchange | None = None  # the request httptools is filling in
         self.active: Exchange | None = None  # the request whose response is in progress
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
@@ -168,7 +168,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]).encode() if peer else b"unix"
+        self.ip_text = str(peer[0]) if peer else "unix"
+        self.ip = self.ip_text.encode()
         self.rt.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -247,7 +248,6 @@ class ClientConnection(asyncio.Protocol):
             hdict[lname] = value
         if lname not in h.REQUEST_OWNED:
             ex.lines.append(b"%s: %s\r\n" % (name, value))
-            ex.names.append(lname)
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -341,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
         if conn_header is not None:
             options = h.connection_options(conn_header)
             if options:
-                lines = h.without_options(lines, ex.names, options)
+                lines = h.without_options(lines, options)
         if host is None:
             lines = [*lines, b"Host: " + pool.hostport + b"\r\n"]
         ex.head = h.request_head(
@@ -437,7 +437,7 @@ class ClientConnection(asyncio.Protocol):
         if conn_header is not None:
             options = h.connection_options(conn_header)
             if options:
-                lines = [line for line in lines if line.split(b":", 1)[0].strip().lower() not in options]
+                lines = h.without_options(lines, options)
         head += lines
         if status == 101 and ex.upgrade:
             head.append(b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % hdict.get(b"upgrade", b""))

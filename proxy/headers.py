@@ -59,9 +59,12 @@ def connection_options(value: bytes) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def without_options(lines: list[bytes], names: list[bytes], options: frozenset[bytes]) -> list[bytes]:
-    """``lines`` minus those whose lower-case name (same index in ``names``) is an option."""
-    return [line for line, name in zip(lines, names, strict=True) if name not in options]
+def without_options(lines: list[bytes], options: frozenset[bytes]) -> list[bytes]:
+    """Pre-formatted ``Name: value`` lines minus those whose name is a connection option.
+
+    Rare (a ``Connection`` header naming more than close/keep-alive/upgrade), so the names
+    are split out again here rather than kept for every request."""
+    return [line for line in lines if line.partition(b":")[0].strip().lower() not in options]
 
 
 def forwarded_for(prior: bytes | None, client_ip: bytes) -> bytes:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tasks
 from .accesslog import AccessLog
+from .accesslog import where as log_where
 from .config import Config
 from .metrics import Counts
 from .routing import BackendPlan, Table
@@ -52,6 +53,7 @@ class Runtime:
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
+        self._log_where: dict[tuple[str, str, str], str] = {}
         self.shadow = ShadowManager(self)
         self.diffs = DiffRecorder(self)
         self.shadow.on_complete = self.diffs
@@ -120,20 +122,22 @@ class Runtime:
         self.counts.request(plan.name if plan else "", backend.name if backend else "", ex.method, ex.status, duration)
         if self.access_log.enabled:
             pool, decision = ex.pool, ex.decision
-            self.access_log.request(
-                ts=time.time(),
-                client=conn.ip,
-                method=ex.method,
-                url=ex.url,
-                status=ex.status,
-                route=plan.name if plan else "-",
-                backend=backend.name if backend else "-",
-                upstream=pool.address if pool else "-",
-                duration=duration,
-                bytes_in=ex.bytes_in,
-                bytes_out=ex.bytes_out,
-                request_id=ex.request_id,
-                decided_by=decision.by if decision else "-",
+            key = (plan.name if plan else "-", backend.name if backend else "-", pool.address if pool else "-")
+            fields = self._log_where.get(key)
+            if fields is None:
+                fields = self._log_where[key] = log_where(*key)
+            self.access_log.line(
+                time.time(),
+                conn.ip_text,
+                ex.method,
+                ex.url,
+                ex.status,
+                fields,
+                duration,
+                ex.bytes_in,
+                ex.bytes_out,
+                ex.request_id,
+                decision.by if decision else "-",
             )
         mirror = ex.mirror
         if mirror is not None:

@@ -482,4 +482,3 @@ class DiffRecorder:
                 table.clear()
             else:
                 table.pop(route, None)
-

@@ -1,0 +1,390 @@
+"""The report viewer, ``GET /ui/`` on the admin listener (SPEC §5): one server-rendered page.
+
+It shows what the JSON API already serves — ``route_json`` for routes, backends and
+weights, the recent history, and ``Reports.to_json`` for the shadow-diff report — as HTML
+rendered from Jinja2 templates shipped in ``proxy/templates``, with autoescape on.
+
+Safety: response bodies and values in samples come from upstreams and are attacker-shaped
+text. Everything reaches the page through autoescape or through ``body_html``, which builds
+its markup from escaped pieces only; the page has no script, and its Content-Security-Policy
+(``default-src 'none'``, styles only from ``/ui/static/``) would refuse one anyway.
+
+The view model (``page_context`` and the helpers above it) is pure: plain JSON-shaped dicts
+in, dicts and ``Markup`` out, tested without a server. The handlers are the thin shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup, escape
+
+from .admin import SERVER_KEY, route_json
+from .control import NotFound
+from .diffing import parse_field_path
+
+if TYPE_CHECKING:
+    from .server import Server
+
+HISTORY_SHOWN: Final = 20
+
+# Every /ui response. No script may run: default-src 'none' leaves only what is named, and
+# styles come from our own static file, never inline. frame-ancestors: not framable (clickjacking).
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+# name -> content type; the only files /ui/static/ serves.
+STATIC_FILES: Final = {
+    "ui.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+CLASS_HELP: Final = {
+    "real": "differs live vs shadow clearly more often than live differs from itself",
+    "noise": "differs about as often when live is replayed against itself",
+    "none": "differed only between live and its own replay, never live vs shadow",
+}
+
+
+# ---- formatting (pure) -------------------------------------------------------------------------
+
+
+def fmt_number(value: float | int | None) -> str:
+    """``90.0`` -> ``90``, ``12.5`` -> ``12.5``; weights and counts read without noise."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
+def fmt_rate(rate: float | None) -> str:
+    """A fraction as a percentage; a tiny non-zero rate is not shown as 0."""
+    if rate is None:
+        return "—"
+    pct = rate * 100
+    if 0 < pct < 0.1:
+        return "<0.1 %"
+    return f"{pct:.1f} %"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    ms = seconds * 1000
+    if ms < 1:
+        return f"{ms:.2f} ms"
+    if ms < 100:
+        return f"{ms:.1f} ms"
+    return f"{ms:,.0f} ms"
+
+
+def fmt_weights(weights: Mapping[str, Any]) -> str:
+    if not weights:
+        return "—"
+    return " · ".join(f"{name} {fmt_number(w)}" for name, w in weights.items())
+
+
+def fmt_iso(iso: str) -> str:
+    """``2026-11-23T16:47:59.979Z`` -> ``2026-11-23 16:47:59 UTC``."""
+    return iso[:19].replace("T", " ") + " UTC" if len(iso) >= 19 else iso
+
+
+# ---- bodies with the differing value marked (pure) ---------------------------------------------
+
+_LINE_PATH: Final = re.compile(r"body\.line\[([0-9]+)\]")
+
+
+def _esc(text: str) -> str:
+    return str(escape(text))
+
+
+def _mark(html: str) -> str:
+    return f"<mark>{html}</mark>"
+
+
+def _json_leaf(value: object) -> str:
+    return _esc(json.dumps(value, ensure_ascii=False))
+
+
+def _json_html(value: object, target: Sequence[object] | None, level: int) -> str:
+    """``value`` pretty-printed (indent 2) as escaped HTML; the node at ``target`` (the rest
+    of the path while we are on it, else None) wrapped in ``<mark>``."""
+    if target is not None and not target:
+        return _mark(_json_html(value, None, level))
+    pad, end = "  " * (level + 1), "  " * level
+    head = target[0] if target else None
+    if isinstance(value, dict) and value:
+        items = []
+        for k, v in value.items():
+            sub = target[1:] if target and isinstance(head, str) and head == k else None
+            items.append(f"{pad}{_json_leaf(k)}: {_json_html(v, sub, level + 1)}")
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(value, list) and value:
+        items = []
+        for i, v in enumerate(value):
+            sub = target[1:] if target and type(head) is int and head == i else None
+            items.append(pad + _json_html(v, sub, level + 1))
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+    return _json_leaf(value)
+
+
+def _exact_segments(path: str) -> tuple[object, ...] | None:
+    """The segments of an exact JSON path (keys and indexes only), else None."""
+    try:
+        segments = parse_field_path(path)
+    except ValueError:
+        return None
+    if all(isinstance(s, str) or type(s) is int for s in segments):
+        return segments
+    return None
+
+
+def _mark_unique(text: str, value: str | None) -> str:
+    """``text`` escaped, with ``value`` marked if it occurs exactly once (else nothing is)."""
+    if value and text.count(value) == 1:
+        before, _, after = text.partition(value)
+        return _esc(before) + _mark(_esc(value)) + _esc(after)
+    return _esc(text)
+
+
+def body_html(body: str, path: str, value: str | None) -> Markup:
+    """A sample body for a ``<pre>``: escaped, the differing part marked where it can be found.
+
+    - JSON path (``$.items[3].price``) and a body that parses: pretty-printed, that node marked;
+    - a body cut at the sample limit (so not parseable): the value marked if it occurs once;
+    - ``body.line[N]``: line N (1-based) marked;
+    - anything else (status, headers, whole-body differences): the body as it is.
+    """
+    if path.startswith("$"):
+        segments = _exact_segments(path)
+        if segments is not None:
+            try:
+                doc = json.loads(body)
+                return Markup(_json_html(doc, segments, 0))  # built from escaped pieces only
+            except (ValueError, RecursionError):
+                pass
+        return Markup(_mark_unique(body, value))
+    if m := _LINE_PATH.fullmatch(path):
+        lines = body.splitlines(keepends=True)
+        n = int(m.group(1)) - 1
+        if 0 <= n < len(lines):
+            line = lines[n]
+            stripped = line.rstrip("\r\n")
+            marked = _mark(_esc(stripped)) + _esc(line[len(stripped) :])
+            rest = "".join(_esc(x) for x in lines[n + 1 :])
+            return Markup("".join(_esc(x) for x in lines[:n]) + marked + rest)
+    return escape(body)
+
+
+# ---- the view model (pure) ---------------------------------------------------------------------
+
+_CLASS_RANK: Final = {"real": 0, "noise": 1, "none": 2}
+
+
+def sample_view(sample: Mapping[str, Any]) -> dict[str, Any]:
+    path = str(sample.get("path", ""))
+    live, shadow = sample.get("live"), sample.get("shadow")
+    return {
+        "request": sample.get("request", ""),
+        "path": path,
+        "kind": sample.get("kind", ""),
+        "live": live,
+        "shadow": shadow,
+        "live_status": sample.get("live_status"),
+        "shadow_status": sample.get("shadow_status"),
+        "status_differs": path == "status",
+        "live_body": body_html(str(sample.get("live_body", "")), path, live),
+        "shadow_body": body_html(str(sample.get("shadow_body", "")), path, shadow),
+    }
+
+
+def endpoint_view(name: str, ep: Mapping[str, Any]) -> dict[str, Any]:
+    fields = []
+    for key, f in ep.get("fields", {}).items():
+        cls = f.get("classification", "real")
+        fields.append(
+            {
+                "key": key,
+                **f,
+                "classification": cls,
+                "help": CLASS_HELP.get(cls, ""),
+                "samples": [sample_view(s) for s in f.get("samples", ())],
+            }
+        )
+    # The report orders real first already; keep that whatever its order becomes.
+    fields.sort(key=lambda f: _CLASS_RANK.get(f["classification"], 3))
+    latency = ep.get("latency", {})
+    return {
+        **ep,
+        "name": name,
+        "fields": fields,
+        "real_fields": sum(1 for f in fields if f["classification"] == "real"),
+        "latency": {side: latency.get(side, {}) for side in ("live", "shadow")},
+    }
+
+
+def report_route_view(entry: Mapping[str, Any]) -> dict[str, Any]:
+    endpoints = [endpoint_view(name, ep) for name, ep in entry.get("endpoints", {}).items()]
+    # Worst first: where real differences are most frequent is where to look.
+    endpoints.sort(key=lambda e: (-float(e.get("real_diff_rate") or 0), -int(e.get("compared") or 0), e["name"]))
+    return {**entry, "endpoints": endpoints}
+
+
+def route_view(route: Mapping[str, Any]) -> dict[str, Any]:
+    """``route_json`` with the parts the template reads in one fixed shape."""
+    backends = []
+    for b in route.get("backends", ()):
+        upstreams = [
+            {
+                "url": u.get("url", ""),
+                "healthy": bool(u.get("healthy", True)),
+                "notes": {k: v for k, v in u.items() if k not in ("url", "healthy")},
+            }
+            for u in b.get("upstreams", ())
+        ]
+        backends.append({**b, "upstreams": upstreams})
+    overrides = []
+    for o in route.get("overrides", ()):
+        # route_json names the override by its kind: {"header": "x-canary", "value", "backend"}
+        kind = next((k for k in o if k not in ("value", "backend")), "")
+        overrides.append({"kind": kind, "name": o.get(kind, ""), "value": o.get("value"), "backend": o.get("backend")})
+    sticky = route.get("sticky") or {}
+    return {
+        **route,
+        "backends": backends,
+        "overrides": overrides,
+        "sticky": {"by": sticky.get("by") or "none", "name": sticky.get("name")},
+    }
+
+
+def history_view(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **entry,
+        "when": fmt_iso(str(entry.get("time_iso", ""))),
+        "before_text": fmt_weights(entry.get("before", {})),
+        "after_text": fmt_weights(entry.get("after", {})),
+    }
+
+
+def page_context(
+    *,
+    version: int,
+    route_names: Iterable[str],
+    selected: str | None,
+    routes: Iterable[Mapping[str, Any]],
+    history: Iterable[Mapping[str, Any]],
+    report: Mapping[str, Any],
+    generated_iso: str,
+) -> dict[str, Any]:
+    """Everything ``index.html`` shows, from the API's JSON shapes."""
+    return {
+        "version": version,
+        "route_names": list(route_names),
+        "selected": selected,
+        "routes": [route_view(r) for r in routes],
+        "history": [history_view(e) for e in history],
+        "shadow": [report_route_view(r) for r in report.get("routes", ())],
+        "generated": generated_iso,
+    }
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("proxy", "templates"),
+        autoescape=True,  # every value is text unless it is Markup built by body_html
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=fmt_number, rate=fmt_rate, seconds=fmt_seconds, weights=fmt_weights)
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def _render_index(context: dict[str, Any]) -> str:
+    return render("index.html", **page_context(**context))
+
+
+@cache
+def static_file(name: str) -> bytes:
+    return (resources.files("proxy") / "static" / name).read_bytes()
+
+
+# ---- handlers ----------------------------------------------------------------------------------
+
+
+def html_response(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+
+async def ui_index(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER_KEY]
+    selected = request.query.get("route")
+    if selected is not None:
+        try:
+            server.controller.route(selected)
+        except NotFound:
+            text = await asyncio.to_thread(render, "not_found.html", what=f"route {selected!r}")
+            return html_response(text, status=404)
+    await server.collect_shadow(persist=False)  # include what was found up to now
+    config = server.config
+    shown = [r for r in config.routes if selected is None or r.name == selected]
+    entries = await server.controller.history(selected, limit=HISTORY_SHOWN)
+    report = server.reports.to_json(config, selected)  # here: it prunes the live sums
+    context = {
+        "version": server.controller.version,
+        "route_names": [r.name for r in config.routes],
+        "selected": selected,
+        "routes": [route_json(server, r) for r in shown],
+        "history": [e.to_json() for e in entries],
+        "report": report,
+        "generated_iso": fmt_iso(datetime.fromtimestamp(report["generated_at"], UTC).isoformat()),
+    }
+    # Laying out and rendering a large report (every sample body is re-printed) takes a
+    # while: off the event loop, which the admin API may share with the data plane.
+    text = await asyncio.to_thread(_render_index, context)
+    return html_response(text)
+
+
+async def ui_static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        text = await asyncio.to_thread(render, "not_found.html", what=f"file {name!r}")
+        return html_response(text, status=404)
+    headers = {**SECURITY_HEADERS, "Content-Type": content_type}
+    return web.Response(body=static_file(name), headers=headers)
+
+
+async def ui_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/ui/")
+
+
+def add_ui_routes(app: web.Application) -> None:
+    app.router.add_get("/ui", ui_redirect)
+    app.router.add_get("/ui/", ui_index)
+    app.router.add_get("/ui/static/{name}", ui_static)

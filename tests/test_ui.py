@@ -1,0 +1,375 @@
+"""The report viewer, GET /ui/: pure view helpers (tier 1), the page over real HTTP (tier 2),
+and the page in a real headless Chromium (no console errors, no CSP violation, no XSS)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.ui import body_html, fmt_number, fmt_rate, fmt_seconds, fmt_weights
+
+from .conftest import RunningProxy, StartProxy, StartUpstream, Upstream, route
+
+CHROMIUM = Path("/usr/bin/chromium")
+XSS = "<script>alert(1)</script>"
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+# ---- tier 1: the pure helpers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "value", "expected"),
+    [
+        pytest.param(
+            '{"a": {"b": 1, "c": 2}}',
+            "$.a.b",
+            "1",
+            '{\n  "a": {\n    "b": <mark>1</mark>,\n    "c": 2\n  }\n}',
+            id="json-node-marked-pretty",
+        ),
+        pytest.param(
+            '{"xs": [1, 2, 3]}',
+            "$.xs[1]",
+            "2",
+            '{\n  "xs": [\n    1,\n    <mark>2</mark>,\n    3\n  ]\n}',
+            id="json-index",
+        ),
+        pytest.param('{"xs": {"1": 5}}', "$.xs[1]", "5", '{\n  "xs": {\n    "1": 5\n  }\n}', id="index-is-not-key"),
+        pytest.param(
+            '{"a.b": "<i>"}',
+            '$["a.b"]',
+            '"<i>"',
+            '{\n  "a.b": <mark>"&lt;i&gt;"</mark>\n}',
+            id="quoted-key-escaped",
+        ),
+        pytest.param('{"a": 1}', "$.b", None, '{\n  "a": 1\n}', id="missing-on-this-side"),
+        pytest.param(
+            '{"a": 1, "s": "<b>x</b>", "b": 2…',
+            "$.b",
+            "2",
+            '{"a": 1, "s": "&lt;b&gt;x&lt;/b&gt;", "b": <mark>2</mark>…',
+            id="cut-body-unique-value",
+        ),
+        pytest.param('{"a": 2, "b": 2…', "$.b", "2", '{"a": 2, "b": 2…', id="cut-body-ambiguous-value"),
+        pytest.param("one\n<two>\nthree", "body.line[2]", None, "one\n<mark>&lt;two&gt;</mark>\nthree", id="text-line"),
+        pytest.param("one\n", "body.line[9]", None, "one\n", id="text-line-out-of-range"),
+        pytest.param("<script>x</script>", "status", "500", "&lt;script&gt;x&lt;/script&gt;", id="status"),
+        pytest.param("[[1]]", "$[0][0]", "1", "[\n  [\n    <mark>1</mark>\n  ]\n]", id="nested-lists"),
+    ],
+)
+def test_body_html(body: str, path: str, value: str | None, expected: str) -> None:
+    html = str(body_html(body, path, value))
+    # markupsafe escapes quotes too (&#34;): harmless inside <pre>, unfolded here to read.
+    assert html.replace("&#34;", '"').replace("&#39;", "'") == expected
+    assert "<script" not in html
+    assert "<i>" not in html
+    assert "<b>" not in html
+
+
+def test_body_html_survives_deep_nesting() -> None:
+    body = "[" * 5000 + "]" * 5000
+    assert str(body_html(body, "$[0]", None)).startswith("[[[")
+
+
+@pytest.mark.parametrize(
+    ("func", "arg", "expected"),
+    [
+        (fmt_number, 90.0, "90"),
+        (fmt_number, 12.5, "12.5"),
+        (fmt_number, None, "—"),
+        (fmt_rate, 0.91, "91.0 %"),
+        (fmt_rate, 0.0000001, "<0.1 %"),
+        (fmt_rate, 0.0, "0.0 %"),
+        (fmt_rate, None, "—"),
+        (fmt_seconds, 0.00016, "0.16 ms"),
+        (fmt_seconds, 0.0123, "12.3 ms"),
+        (fmt_seconds, 1.5, "1,500 ms"),
+        (fmt_weights, {"v1": 90.0, "v2": 10.0}, "v1 90 · v2 10"),
+        (fmt_weights, {}, "—"),
+    ],
+    ids=lambda x: getattr(x, "__name__", None) or repr(x),
+)
+def test_format(func: Any, arg: Any, expected: str) -> None:
+    assert func(arg) == expected
+
+
+# ---- tier 2: the page over real HTTP -----------------------------------------------------------
+
+
+def versioned_app(version: str) -> Any:
+    """An upstream of one version. ``price`` differs between versions (a real difference),
+    ``trace`` on every answer (noise: the live version disagrees with itself too), and
+    both carry a string that would be a script if it were ever pasted into HTML."""
+
+    def factory(up: Upstream) -> web.Application:
+        async def item(request: web.Request) -> web.Response:
+            up.hits += 1
+            doc = {
+                "id": int(request.match_info["id"]),
+                "name": "kettle",
+                "price": 10 if version == "live" else 12,
+                "note": XSS,
+                "trace": uuid.uuid4().hex,
+            }
+            return web.json_response(doc)
+
+        async def page(request: web.Request) -> web.Response:
+            up.hits += 1
+            text = f"<p>hello</p>\n<script>window.__xss = 1; alert(2)</script>\n<p>{version}</p>\n"
+            return web.Response(text=text, content_type="text/html")
+
+        app = web.Application()
+        app.router.add_get("/item/{id}", item)
+        app.router.add_get("/page", page)
+        return app
+
+    return factory
+
+
+@dataclass
+class Shadowed:
+    proxy: RunningProxy
+    live: Upstream
+    shadow: Upstream
+
+
+def compared_count(px: RunningProxy) -> int:
+    table = px.server.runtime.counts.extra_counters.get("splitproxy_shadow_requests", {})
+    return sum(n for (_route, outcome), n in table.items() if outcome == "compared")
+
+
+async def wait_compared(px: RunningProxy, n: int) -> None:
+    """Wait, on the shadow manager's notifications, until ``n`` mirrors were compared and
+    recorded (the comparison runs in a callback scheduled right after the notification)."""
+    server = px.server
+    changed = asyncio.Event()
+    server.runtime.shadow.listeners.append(lambda route, outcome: changed.set())
+    async with asyncio.timeout(10):
+        while compared_count(px) < n:
+            changed.clear()
+            await changed.wait()
+        while True:
+            await server.collect_shadow(persist=False)
+            if sum(r["compared"] for r in server.reports.to_json(server.config)["routes"]) >= n:
+                return
+            await asyncio.sleep(0)  # let the scheduled comparison callbacks run
+
+
+@pytest.fixture
+async def shadowed(start_upstream: StartUpstream, start_proxy: StartProxy) -> Shadowed:
+    live = await start_upstream("live", versioned_app("live"))
+    shadow = await start_upstream("shadow", versioned_app("shadow"))
+    shop = route("shop", stable=(live, 90), candidate=(shadow, 10))
+    shop["sticky"] = {"by": "header", "name": "x-user"}
+    shop["overrides"] = [{"header": "x-canary", "value": "1", "backend": "stable"}]  # live answers only
+    shop["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
+    other = route("static", prefix="/static", stable=(live, 100))
+    px = await start_proxy([other, shop])
+    async with aiohttp.ClientSession(headers={"x-canary": "1"}) as s:
+        for i in range(6):
+            async with s.get(f"{px.url}/item/{i}") as r:
+                assert r.status == 200
+                await r.read()
+        async with s.get(f"{px.url}/page") as r:
+            assert r.status == 200
+            await r.read()
+        change = {"weights": {"stable": 75, "candidate": 25}, "reason": "ramp <i>up</i>"}
+        headers = {"X-Splitproxy-Actor": "cli:alice"}
+        async with s.put(f"{px.admin_url}/api/v1/routes/shop/weights", json=change, headers=headers) as r:
+            assert r.status == 200, await r.text()
+    await wait_compared(px, 7)
+    return Shadowed(px, live, shadow)
+
+
+async def fetch(url: str) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+def text_of(html: str) -> str:
+    """The page's text as a reader sees it, roughly: tags out, entities in, spaces folded."""
+    import html as html_lib
+
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+async def test_ui_shows_routes_weights_history_and_the_real_difference(shadowed: Shadowed) -> None:
+    px = shadowed.proxy
+    status, headers, html = await fetch(f"{px.admin_url}/ui/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Security-Policy"] == CSP
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Cache-Control"] == "no-store"
+    text = text_of(html)
+    # routes, backends, weights and shares
+    assert "shop" in text
+    assert "static" in text
+    assert "stable baseline 75 75.0 %" in text
+    assert "candidate 25 25.0 %" in text
+    assert f"{shadowed.live.url}" in text
+    # history: the start-up entries and the change, newest first, escaped
+    assert "shop stable 90 · candidate 10 → stable 75 · candidate 25 cli:alice set ramp <i>up</i>" in text
+    assert "static — → stable 100 config initial" in text
+    assert "ramp &lt;i&gt;up&lt;/i&gt;" in html
+    # the shadow report: endpoints, the real field before the noise, samples with marks
+    assert "GET /item/{id}" in text
+    assert "GET /page" in text
+    fields = re.findall(r'<tr class="field (\w+)">\s*<td><code>([^<]+)</code>', html)
+    assert ("real", "$.price") in fields
+    assert ("noise", "$.trace") in fields
+    assert fields.index(("real", "$.price")) < fields.index(("noise", "$.trace"))
+    assert "&#34;price&#34;: <mark>10</mark>" in html
+    assert "&#34;price&#34;: <mark>12</mark>" in html
+    assert "<mark>&lt;p&gt;live&lt;/p&gt;</mark>" in html  # the text body's differing line
+    # upstream bodies are text, never markup: the page has no script element at all
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+
+
+async def test_ui_one_route_and_unknown_route(shadowed: Shadowed) -> None:
+    px = shadowed.proxy
+    status, _, html = await fetch(f"{px.admin_url}/ui/?route=static")
+    assert status == 200
+    text = text_of(html)
+    assert "No shadowed route here." in text
+    assert "GET /item/{id}" not in text
+    assert "cli:alice" not in text  # the history of that route only
+    status, headers, html = await fetch(f"{px.admin_url}/ui/?route=%3Cscript%3Eunknown")
+    assert status == 404
+    assert headers["Content-Type"].startswith("text/html")
+    assert headers["Content-Security-Policy"] == CSP
+    assert "&lt;script&gt;unknown" in html
+    assert "<script" not in html
+
+
+async def test_ui_static_files_and_redirect(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    up = await start_upstream()
+    px = await start_proxy([route(main=up)])
+    status, headers, css = await fetch(f"{px.admin_url}/ui/static/ui.css")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/css")
+    assert "mark" in css
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    status, _, _ = await fetch(f"{px.admin_url}/ui/static/..%2Fui.py")
+    assert status == 404
+    async with aiohttp.ClientSession() as s, s.get(f"{px.admin_url}/ui", allow_redirects=False) as r:
+        assert r.status == 308
+        assert r.headers["Location"] == "/ui/"
+    status, _, html = await fetch(f"{px.admin_url}/ui/")
+    assert status == 200
+    assert "No shadowed route." in text_of(html)
+
+
+async def test_ui_reads_need_the_token_with_protect_reads(
+    start_upstream: StartUpstream, start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", "s3cret")
+    up = await start_upstream()
+    px = await start_proxy([route(main=up)], admin={"listen": "127.0.0.1:0", "protect_reads": True})
+    status, _, _ = await fetch(f"{px.admin_url}/ui/")
+    assert status == 401
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "Bearer s3cret"}) as s,
+        s.get(f"{px.admin_url}/ui/") as r,
+    ):
+        assert r.status == 200
+
+
+# ---- the page in a real browser ----------------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    # Without these Chromium dials out at start-up; on a closed machine that only fails.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+# Runs before the page's own content (through DevTools, so the page's CSP does not apply to
+# it): records every CSP violation the page causes.
+RECORD_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__violations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(10_000)
+            yield page
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is not installed (scripts/install-test-deps.sh installs Debian's chromium)",
+)
+async def test_ui_in_a_real_browser(shadowed: Shadowed, browser_page: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    page = browser_page
+    errors: list[str] = []
+    dialogs: list[str] = []
+    failed: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda req: failed.append(req.url))
+
+    async def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    await page.add_init_script(RECORD_VIOLATIONS)
+
+    response = await page.goto(f"{shadowed.proxy.admin_url}/ui/", wait_until="load")
+    assert response is not None
+    assert response.status == 200
+
+    # the stylesheet applied (a CSP refusal would leave the page unstyled)
+    assert await page.locator("header.top").evaluate("e => getComputedStyle(e).display") == "flex"
+    # the known difference, visible: the field, classified real, its values marked
+    real_row = page.locator("tr.field.real", has_text="$.price")
+    await expect(real_row).to_be_visible()
+    await expect(real_row.locator(".badge")).to_have_text("real")
+    await expect(page.locator("tr.field.noise", has_text="$.trace")).to_be_visible()
+    sample = page.locator("details[open] .sample", has_text="$.price").first
+    await expect(sample.locator(".side.live .value mark")).to_have_text("10")
+    await expect(sample.locator(".side.shadow .value mark")).to_have_text("12")
+    # the upstream's script is shown as text, and did not run
+    await expect(sample.locator(".side.live pre.body")).to_contain_text(XSS)
+    await expect(page.get_by_text(XSS).first).to_be_visible()
+    assert await page.locator("script").count() == 0
+    assert await page.evaluate("() => window.__xss") is None
+    await page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+
+    violations = await page.evaluate("() => window.__violations")
+    assert violations == []
+    assert errors == []
+    assert dialogs == []
+    assert failed == []
