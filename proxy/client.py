@@ -223,7 +223,12 @@ def _health_text(upstream: Mapping[str, Any]) -> str:
     healthy = upstream.get("healthy")
     if healthy is None:
         return "unknown"
-    return "healthy" if healthy else "DOWN"
+    if upstream.get("ejected"):
+        return f"EJECTED {upstream.get('ejected_for', 0):g}s"
+    if not healthy:
+        return "DOWN"
+    failures = upstream.get("failures") or 0
+    return f"healthy ({failures} failing)" if failures else "healthy"
 
 
 def route_lines(route: Mapping[str, Any]) -> list[str]:

@@ -118,6 +118,17 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health from live traffic (as Envoy's outlier_detection); on unless disabled."""
+
+    enabled: bool = True
+    consecutive_failures: int = 5  # connect errors, time-outs, resets, 5xx in a row
+    base_ejection: float = 30.0  # first ejection; doubles on each repeat
+    max_ejection: float = 300.0
+    max_ejection_percent: float = 50.0  # of a backend's instances (at least one may go)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: Match
@@ -127,6 +138,7 @@ class Route:
     overrides: tuple[Override, ...] = ()
     shadow: Shadow | None = None
     health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
 
     def backend(self, name: str) -> Backend:
         for b in self.backends:
@@ -749,6 +761,7 @@ _ROUTE_KEYS = (
     "overrides",
     "shadow",
     "health_check",
+    "outlier_detection",
 )
 _SHADOW_KEYS = (
     "backend",
@@ -921,6 +934,7 @@ def _route(m: _Map, match: Match) -> Route:
         overrides=tuple(_override(o, names) for o in m.items("overrides")),
         shadow=_shadow(m.section("shadow", _SHADOW_KEYS), names),
         health_check=_health_check(m.section("health_check", _HEALTH_KEYS)),
+        outlier_detection=_outlier(m.section("outlier_detection", _OUTLIER_KEYS)),
     )
 
 
@@ -1036,6 +1050,28 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
             endpoints=diff.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
             redact_fields=diff.get_list("redact_fields", _starting_with("$", "$.user.email"), ()),
         ),
+    )
+
+
+_OUTLIER_KEYS = ("enabled", "consecutive_failures", "base_ejection", "max_ejection", "max_ejection_percent")
+
+
+def _outlier(m: _Map) -> OutlierDetection:
+    d = OutlierDetection()
+    if not m.present:
+        return d
+    base = m.get("base_ejection", _duration, d.base_ejection)
+    before = m.problem_count
+    most = m.get("max_ejection", _duration, d.max_ejection)
+    if m.problem_count == before and most < base:
+        m.fail("max_ejection", f"must not be shorter than base_ejection ({base:g}s)")
+        most = base
+    return OutlierDetection(
+        enabled=m.get("enabled", _boolean, d.enabled),
+        consecutive_failures=m.get("consecutive_failures", _integer(1), d.consecutive_failures),
+        base_ejection=base,
+        max_ejection=most,
+        max_ejection_percent=m.get("max_ejection_percent", _percent, d.max_ejection_percent),
     )
 
 

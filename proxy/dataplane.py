@@ -35,7 +35,13 @@ class DataPlane(Protocol):
 
     async def clear_shadow(self, route: str | None) -> None: ...
 
-    async def stop(self, grace: float) -> None: ...
+    async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
+        """The instances failing their active health checks (in every process)."""
+
+    async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
+        """Per instance: served or not, ejected, failure streak (``Balancer.snapshot``)."""
+
+    async def stop(self, grace: float, *, announce: bool = True) -> None: ...
 
 
 class LocalDataPlane:
@@ -83,13 +89,21 @@ class LocalDataPlane:
     async def clear_shadow(self, route: str | None) -> None:
         self.runtime.diffs.clear(route)
 
-    async def stop(self, grace: float) -> None:
+    async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
+        self.runtime.balancer.set_active_down(keys)
+
+    async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
+        return self.runtime.balancer.snapshot()
+
+    async def stop(self, grace: float, *, announce: bool = True) -> None:
         rt = self.runtime
         # 1. Stop accepting new connections.
         if self._listener is not None:
             self._listener.close()
         busy = sum(1 for c in rt.connections if c.active is not None)
-        log.info("stopping: no longer accepting; %d requests in flight, up to %.0fs to finish", busy, grace)
+        (log.info if announce else log.debug)(
+            "stopping: no longer accepting; %d requests in flight, up to %.0fs to finish", busy, grace
+        )
         # 2. Idle keep-alive connections close now; busy ones after their response.
         for conn in list(rt.connections):
             conn.shutdown()

@@ -87,6 +87,7 @@ class Exchange:
         "status",
         "t0",
         "upgrade",
+        "upstream_status",
         "url",
     )
 
@@ -120,6 +121,7 @@ class Exchange:
         self.resp_mode = Exchange.RAW
         self.retries = 0
         self.complete = False  # the whole response reached the client
+        self.upstream_status = 0  # the status the upstream answered (0: none, or our own)
         self.mirror: Mirror | None = None  # set when shadow traffic samples this request
 
 
@@ -324,6 +326,9 @@ class ClientConnection(asyncio.Protocol):
         decision = plan.choose(hdict.get, url, self.ip, rt.random(), rt.new_sticky_key)
         ex.decision = decision
         backend = plan.backends[decision.backend]
+        if rt.balancer.down and id(backend) in rt.balancer.down:
+            # Every instance of it fails its health checks: the baseline takes over.
+            backend = rt.balancer.failover(plan, backend)
         ex.backend = backend
         pool = rt.next_pool(backend)
         ex.pool = pool
@@ -430,7 +435,7 @@ class ClientConnection(asyncio.Protocol):
     def response_head(
         self, ex: Exchange, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
     ) -> None:
-        ex.status = status
+        ex.status = ex.upstream_status = status
         ex.resp_started = True
         head = [h.status_line(status)]
         conn_header = hdict.get(b"connection")

@@ -170,6 +170,16 @@ class SplitproxyCollector(Collector):
                 ("route", "backend", "reason"),
             ),
             CounterSpec(
+                "splitproxy_outlier_ejections",
+                "Instances ejected after consecutive failures of live requests, by route and backend.",
+                ("route", "backend"),
+            ),
+            CounterSpec(
+                "splitproxy_failovers",
+                "Requests for a backend with no healthy instance, sent to the route's baseline instead.",
+                ("route", "backend"),
+            ),
+            CounterSpec(
                 "splitproxy_shadow_diffs",
                 "Differing fields found by the shadow diff, by endpoint and kind (real, noise).",
                 ("route", "endpoint", "kind"),

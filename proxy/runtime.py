@@ -15,12 +15,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import tasks
 from .accesslog import AccessLog
 from .accesslog import where as log_where
+from .balancer import Balancer
 from .config import Config
 from .metrics import Counts
 from .routing import BackendPlan, Table
@@ -64,6 +65,7 @@ class Runtime:
         self.error_observers: list[Callable[[Exchange, UpstreamError], None]] = []
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"
         self._rid = itertools.count(1)
+        self.balancer = Balancer(self.now, self.counts.count)
         self.install(config)
 
     # -- config ---------------------------------------------------------------------------
@@ -71,14 +73,9 @@ class Runtime:
     def install(self, config: Config) -> None:
         """Swap in a complete, validated config (and the table built from it)."""
         table = Table(config)
-        cycles: dict[int, Iterator[UpstreamPool]] = {}
-        for plan in table.plans.values():
-            for backend in plan.backends:
-                pools = [self._pool(u.host, u.port) for u in backend.upstreams]
-                cycles[id(backend)] = itertools.cycle(pools)
-        # Assign the derived values before the table, so a request never pairs a new
-        # table with old cycles.
-        self._cycles = cycles
+        # The balancer's cycles before the table, so a request never pairs a new table
+        # with old cycles.
+        self.balancer.install(table, self._pool)
         self.config = config
         self.max_body = config.limits.max_request_body
         self.connect_timeout = config.timeouts.connect
@@ -101,8 +98,8 @@ class Runtime:
     # -- per request ----------------------------------------------------------------------
 
     def next_pool(self, backend: BackendPlan) -> UpstreamPool:
-        """Round-robin over the backend's instances."""
-        return next(self._cycles[id(backend)])
+        """Round-robin over the backend's instances that take traffic (see ``balancer``)."""
+        return next(self.balancer.cycles[id(backend)])
 
     def new_request_id(self) -> bytes:
         # A random per-process prefix and a counter: unique without a syscall per request.
@@ -119,6 +116,15 @@ class Runtime:
         """An exchange ended (answered, failed or abandoned): count it, log it, tell observers."""
         plan, backend = ex.plan, ex.backend
         duration = self.now() - ex.t0
+        upstream_status = ex.upstream_status
+        # Passive health: a 5xx is a failure; a success matters only to end a streak.
+        if (
+            upstream_status
+            and backend is not None
+            and ex.pool is not None
+            and (upstream_status >= 500 or self.balancer.is_failing(backend))
+        ):
+            self.balancer.result(backend, ex.pool, upstream_status < 500)
         self.counts.request(plan.name if plan else "", backend.name if backend else "", ex.method, ex.status, duration)
         if self.access_log.enabled:
             pool, decision = ex.pool, ex.decision
@@ -163,6 +169,8 @@ class Runtime:
             err,
         )
         self.counts.upstream_error(plan.name if plan else "", backend.name if backend else "", err.reason)
+        if backend is not None and ex.pool is not None:
+            self.balancer.result(backend, ex.pool, ok=False)
         for observe in self.error_observers:
             observe(ex, err)
 
@@ -190,6 +198,7 @@ class Runtime:
                 # A response that stalled mid-body for longer than the idle time-out.
                 conn.transport.abort()
         self.shadow.tick(now)
+        self.balancer.tick(now)
         self.access_log.flush()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import gc
 import ipaddress
 import logging
 import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from . import tasks
+from .checker import HealthChecker, targets_from_config
 from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane
@@ -92,6 +94,10 @@ class Server:
         self._counts = Counts()
         self._stopped = asyncio.Event()
         self._shadow_task: asyncio.Task[None] | None = None
+        self.checker: HealthChecker | None = None
+        self._active_down: frozenset[tuple[str, str, str]] = frozenset()
+        # The data plane's per-instance health (balancer.snapshot), refreshed each second.
+        self.balance: dict[tuple[str, str, str], dict[str, object]] = {}
         self.reports: Reports = None  # type: ignore[assignment]  # set in start()
 
     @property
@@ -126,10 +132,20 @@ class Server:
         )
         await self.plane.start(config)
         self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
-        await self._admin.setup()
-        site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)
-        await site.start()
+        try:
+            await self._admin.setup()
+            site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)
+            await site.start()
+        except BaseException:
+            # The admin port is taken (or worse): undo what started, then say why.
+            await self._admin.cleanup()
+            await self.plane.stop(0, announce=False)
+            self.store.close()
+            raise
         self.admin_port = self._admin.addresses[0][1]
+        self.balance = await self.plane.balance()
+        self.checker = HealthChecker(targets_from_config(config), self._health_changed, rng=random.Random())
+        self.checker.start()
         self._shadow_task = tasks.spawn(self._shadow_loop(), "shadow-report")
         self.ready = True
         log.info(
@@ -146,6 +162,7 @@ class Server:
         while True:
             await asyncio.sleep(SHADOW_DRAIN_SECONDS)
             try:
+                self.balance = await self.plane.balance()
                 await self.collect_shadow(persist=False)
                 if self.reports.dirty and time.monotonic() - self.reports.last_persist >= PERSIST_SECONDS:
                     await asyncio.to_thread(self.reports.persist)
@@ -166,17 +183,51 @@ class Server:
         """Put a config in force (called by the controller, after recording the change)."""
         await self.plane.install(config)
         self.config = config
+        if self.checker is not None:
+            self.checker.update(targets_from_config(config))
 
     # -- views for the admin API -----------------------------------------------------------
 
     def health_view(self, route: str) -> dict[tuple[str, str], dict[str, object]]:
-        """Per-instance health by (backend, url); every instance takes traffic for now."""
-        return {}
+        """Per instance, by (backend, url): whether it takes traffic (``healthy``), the
+        active checks' details, and its passive state (ejection, failure streak)."""
+        now = asyncio.get_running_loop().time()
+        checks = self.checker.snapshot() if self.checker is not None else {}
+        out: dict[tuple[str, str], dict[str, object]] = {}
+        for (r, backend, url), state in self.balance.items():
+            if r != route:
+                continue
+            check = checks.get((r, backend, url))
+            out[(backend, url)] = {
+                "healthy": state["serving"],
+                "ejected": state["ejected"],
+                "ejected_for": state["ejected_for"],
+                "failures": state["failures"],
+                "check": None if check is None else check.to_json(now),
+            }
+        return out
 
     def _healthy_samples(self) -> Iterable[GaugeSample]:
-        for route in self.config.routes:
-            for b in route.backends:
-                yield GaugeSample((route.name, b.name), float(len(b.upstreams)))
+        serving: dict[tuple[str, str], int] = {}
+        for (route, backend, _url), state in self.balance.items():
+            serving[(route, backend)] = serving.get((route, backend), 0) + bool(state["serving"])
+        for route_config in self.config.routes:
+            for b in route_config.backends:
+                n = serving.get((route_config.name, b.name), len(b.upstreams))
+                yield GaugeSample((route_config.name, b.name), float(n))
+
+    def _health_changed(self, route: str, backend: str, url: str, healthy: bool) -> None:
+        """The active checker flipped an instance: tell the data plane (every worker)."""
+        key = (route, backend, url)
+        self._active_down = self._active_down - {key} if healthy else self._active_down | {key}
+        tasks.spawn(self._push_health(), "push-health")
+
+    async def _push_health(self) -> None:
+        try:
+            await self.plane.set_active_down(self._active_down)
+            self.balance = await self.plane.balance()
+        except (WorkerError, OSError) as exc:
+            log.error("health: could not update the data plane: %s", exc)
 
     async def render_metrics(self) -> bytes:
         # Counts come from every process first; the collector then reads this snapshot.
@@ -223,6 +274,8 @@ class Server:
         self.ready = False
         if self._shadow_task is not None:
             self._shadow_task.cancel()
+        if self.checker is not None:
+            await self.checker.stop()
         # The shadow report's last batches: from the workers before they go, from this
         # process after its in-flight requests finished.
         with contextlib.suppress(StoreError, OSError, WorkerError):

@@ -130,6 +130,7 @@ class WorkerPool:
         self._config: Config | None = None
         self._text = ""
         self._stopping = False
+        self._active_down: frozenset[tuple[str, str, str]] = frozenset()
         self._watchers: list[asyncio.Task[None]] = []
 
     def _message(self, config: Config) -> dict[str, Any]:
@@ -160,6 +161,8 @@ class WorkerPool:
         await worker.spawn()
         try:
             await worker.ask("start", port=self.port, **self._message(self._config))
+            if self._active_down:
+                await worker.ask("health", down=sorted(self._active_down))
         except WorkerError as exc:
             raise OSError(f"worker {worker.index} could not start: {exc}") from None
 
@@ -206,11 +209,35 @@ class WorkerPool:
     async def clear_shadow(self, route: str | None) -> None:
         await asyncio.gather(*(w.ask("clear_shadow", route=route) for w in self.workers))
 
-    async def stop(self, grace: float) -> None:
+    async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
+        self._active_down = keys
+        await asyncio.gather(*(w.ask("health", down=sorted(keys)) for w in self.workers))
+
+    async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
+        """Each worker ejects on its own traffic: an instance is shown ejected (and not
+        serving) when any worker has it ejected."""
+        answers = await asyncio.gather(*(w.ask("balance") for w in self.workers), return_exceptions=True)
+        merged: dict[tuple[str, str, str], dict[str, object]] = {}
+        for answer in answers:
+            if not isinstance(answer, dict):
+                continue
+            for route, backend, url, state in answer["instances"]:
+                key = (route, backend, url)
+                mine = merged.get(key)
+                if mine is None:
+                    merged[key] = dict(state)
+                else:
+                    mine["serving"] = bool(mine["serving"]) and bool(state["serving"])
+                    mine["ejected"] = bool(mine["ejected"]) or bool(state["ejected"])
+                    mine["ejected_for"] = max(float(mine["ejected_for"]), float(state["ejected_for"]))  # type: ignore[arg-type]
+                    mine["failures"] = max(int(mine["failures"]), int(state["failures"]))  # type: ignore[call-overload]
+        return merged
+
+    async def stop(self, grace: float, *, announce: bool = True) -> None:
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
-        log.info("stopping: %d workers draining, up to %.0fs", self.count, grace)
+        (log.info if announce else log.debug)("stopping: %d workers draining, up to %.0fs", self.count, grace)
         await asyncio.gather(*(self._stop_worker(w, grace) for w in self.workers))
 
     async def _stop_worker(self, worker: Worker, grace: float) -> None:
@@ -279,6 +306,12 @@ async def worker_main(fd: int) -> None:
                     answer(seq, ok=True, counts=(await plane.counts()).to_json())
                 elif op == "shadow":
                     answer(seq, ok=True, batches=await plane.drain_shadow())
+                elif op == "health":
+                    await plane.set_active_down(frozenset(tuple(k) for k in msg["down"]))
+                    answer(seq, ok=True)
+                elif op == "balance":
+                    snapshot = await plane.balance()
+                    answer(seq, ok=True, instances=[[*k, v] for k, v in snapshot.items()])
                 elif op == "clear_shadow":
                     await plane.clear_shadow(msg.get("route"))
                     answer(seq, ok=True)

@@ -212,6 +212,9 @@ async def test_readyz_is_503_while_draining_and_healthz_stays_ok(
 
 # ---- reading routes --------------------------------------------------------------------------
 
+# An instance no check or failure has touched: serving, no health check configured.
+FRESH_INSTANCE = {"healthy": True, "ejected": False, "ejected_for": 0.0, "failures": 0, "check": None}
+
 
 async def test_routes_list_and_one_route_have_their_shapes_and_etags(
     ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
@@ -240,8 +243,8 @@ async def test_routes_list_and_one_route_have_their_shapes_and_etags(
         "baseline": "stable",
         "sticky": {"by": "none", "name": None},
         "backends": [
-            {"name": "stable", "weight": 3.0, "share": 0.75, "upstreams": [{"url": stable.url, "healthy": True}]},
-            {"name": "canary", "weight": 1.0, "share": 0.25, "upstreams": [{"url": canary.url, "healthy": True}]},
+            {"name": "stable", "weight": 3.0, "share": 0.75, "upstreams": [{"url": stable.url, **FRESH_INSTANCE}]},
+            {"name": "canary", "weight": 1.0, "share": 0.25, "upstreams": [{"url": canary.url, **FRESH_INSTANCE}]},
         ],
         "overrides": [],
         "shadow": None,

@@ -1181,7 +1181,8 @@ def test_example_shows_every_option() -> None:
         *("shadow", "percent", "methods", "max_body", "max_in_flight", "timeout", "noise"),
         *("relative_threshold", "absolute_threshold", "diff", "ignore_headers"),
         *("ignore_fields", "endpoints", "redact_fields", "health_check", "interval", "unhealthy_threshold"),
-        *("healthy_threshold", "expect_status"),
+        *("healthy_threshold", "expect_status", "outlier_detection", "enabled", "consecutive_failures"),
+        *("base_ejection", "max_ejection", "max_ejection_percent"),
     }
     shown = _keys(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8")))
     backend_names = {"stable", "canary", "candidate", "v1", "v2", "web"}

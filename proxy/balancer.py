@@ -1,0 +1,218 @@
+"""Which instance of a backend takes the next request, and which backends are down.
+
+Per backend of the routing table a ``BackendHealth`` joins the pure health state
+(``health.Availability``: the active checker's verdicts and each instance's passive
+outlier state) with the instances' connection pools, and keeps a round-robin cycle over
+the instances that take traffic now. The cycle is rebuilt only when that set changes —
+an active flip, an ejection, an ejection running out (``next_change``) — so a request pays
+one ``next()``, as before health existed.
+
+A backend none of whose instances passes its active checks is *down*: the forwarder sends
+its requests (and, for as long as it lasts, its sticky users) to the route's baseline. A
+down baseline is tried anyway rather than refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .config import Config, OutlierDetection
+from .health import Availability, OutlierPolicy, OutlierState, Transition
+from .routing import BackendPlan, RoutePlan, Table
+from .upstream import UpstreamPool
+
+log = logging.getLogger("splitproxy")
+
+Key = tuple[str, str, str]  # (route, backend, upstream url), as the health checker names them
+
+
+def policy_of(od: OutlierDetection) -> OutlierPolicy:
+    return OutlierPolicy(
+        consecutive_failures=od.consecutive_failures,
+        base_ejection=od.base_ejection,
+        max_ejection=od.max_ejection,
+        max_ejection_percent=od.max_ejection_percent,
+    )
+
+
+@dataclass
+class BackendHealth:
+    route: RoutePlan
+    backend: BackendPlan
+    pools: list[UpstreamPool]
+    urls: list[str]
+    avail: Availability
+    passive: bool  # outlier detection enabled for the route
+    index: dict[int, int] = field(default_factory=dict)  # id(pool) -> instance index
+    failing: bool = False  # some instance has a failure streak (successes must reset it)
+
+    def __post_init__(self) -> None:
+        self.index = {id(p): i for i, p in enumerate(self.pools)}
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.route.name, self.backend.name)
+
+
+class Balancer:
+    """The health-aware round-robin of every backend; rebuilt on ``install``."""
+
+    def __init__(self, now: Callable[[], float], on_event: Callable[[str, tuple[str, ...]], None]) -> None:
+        self.now = now
+        self._on_event = on_event  # (metric, labels): ejections and failovers are counted
+        self.cycles: dict[int, Iterator[UpstreamPool]] = {}
+        self.down: set[int] = set()  # id(BackendPlan) of backends with no instance passing
+        self.backends: dict[int, BackendHealth] = {}
+        self.active_down: frozenset[Key] = frozenset()
+        self.next_change: float | None = None
+
+    def install(self, table: Table, pool: Callable[[str, int], UpstreamPool]) -> None:
+        """Health for a new table; an instance kept by (route, backend, url) keeps its state."""
+        old = {
+            (bh.route.name, bh.backend.name, url): bh.avail.outliers[i]
+            for bh in self.backends.values()
+            for i, url in enumerate(bh.urls)
+        }
+        backends: dict[int, BackendHealth] = {}
+        for plan in table.plans.values():
+            od = plan.route.outlier_detection
+            policy = policy_of(od)
+            for backend in plan.backends:
+                urls = [u.url for u in backend.upstreams]
+                outliers = []
+                for url in urls:
+                    kept = old.get((plan.name, backend.name, url))
+                    outliers.append(kept if kept is not None and kept.policy == policy else OutlierState(policy))
+                active = [(plan.name, backend.name, url) not in self.active_down for url in urls]
+                backends[id(backend)] = BackendHealth(
+                    route=plan,
+                    backend=backend,
+                    pools=[pool(u.host, u.port) for u in backend.upstreams],
+                    urls=urls,
+                    avail=Availability(outliers, active),
+                    passive=od.enabled,
+                )
+        cycles: dict[int, Iterator[UpstreamPool]] = {}
+        down: set[int] = set()
+        for bh in backends.values():
+            pools, is_down = self._serving(bh)
+            cycles[id(bh.backend)] = itertools.cycle(pools)
+            if is_down:
+                down.add(id(bh.backend))
+        self.backends, self.cycles, self.down = backends, cycles, down
+        self._plan_next_change()
+
+    # -- state changes ----------------------------------------------------------------------
+
+    def set_active_down(self, keys: Iterable[Key]) -> None:
+        """The active checker's verdicts: every (route, backend, url) now failing its checks."""
+        self.active_down = frozenset(keys)
+        for bh in self.backends.values():
+            changed = False
+            for i, url in enumerate(bh.urls):
+                healthy = (bh.route.name, bh.backend.name, url) not in self.active_down
+                if bh.avail.active[i] != healthy:
+                    bh.avail.set_active(i, healthy)
+                    changed = True
+            if changed:
+                self._rebuild(bh)
+
+    def result(self, backend: BackendPlan, pool: UpstreamPool, ok: bool) -> None:
+        """A live result for ``pool`` as an instance of ``backend`` (slow path: a failure,
+        or a success while some instance of the backend has a failure streak)."""
+        bh = self.backends.get(id(backend))
+        if bh is None or not bh.passive:
+            return
+        i = bh.index.get(id(pool))
+        if i is None:
+            return
+        now = self.now()
+        transition = bh.avail.record(i, ok, now)
+        bh.failing = any(o.failures for o in bh.avail.outliers)
+        if transition is Transition.DOWN:
+            state = bh.avail.outliers[i]
+            until = (state.ejected_until or now) - now
+            log.warning(
+                "ejected upstream %s of route %s, backend %s for %.0fs after %d failures in a row",
+                bh.urls[i],
+                bh.route.name,
+                bh.backend.name,
+                until,
+                bh.avail.policy.consecutive_failures,
+            )
+            self._on_event("splitproxy_outlier_ejections", (bh.route.name, bh.backend.name))
+            self._rebuild(bh)
+
+    def is_failing(self, backend: BackendPlan) -> bool:
+        bh = self.backends.get(id(backend))
+        return bh is not None and bh.failing
+
+    def tick(self, now: float) -> None:
+        """Ejections that ran out put their instances back."""
+        if self.next_change is not None and now >= self.next_change:
+            for bh in self.backends.values():
+                self._rebuild(bh)
+
+    def failover(self, plan: RoutePlan, backend: BackendPlan) -> BackendPlan:
+        """The backend to use instead of a down one: the baseline, unless it is down too."""
+        baseline = plan.backends[plan.baseline]
+        if baseline is backend or id(baseline) in self.down:
+            return backend
+        self._on_event("splitproxy_failovers", (plan.name, backend.name))
+        return baseline
+
+    # -- derived state --------------------------------------------------------------------
+
+    def _serving(self, bh: BackendHealth) -> tuple[list[UpstreamPool], bool]:
+        idx = bh.avail.available(self.now())
+        if not idx:
+            return bh.pools, True  # down: if it is still chosen (no baseline to take over), try all
+        return [bh.pools[i] for i in idx], False
+
+    def _rebuild(self, bh: BackendHealth) -> None:
+        pools, is_down = self._serving(bh)
+        self.cycles[id(bh.backend)] = itertools.cycle(pools)
+        was_down = id(bh.backend) in self.down
+        if is_down and not was_down:
+            self.down.add(id(bh.backend))
+            baseline = bh.route.backends[bh.route.baseline].name
+            log.warning(
+                "failover: route %s, backend %s has no healthy instance; its traffic goes to the baseline %s",
+                bh.route.name,
+                bh.backend.name,
+                baseline,
+            )
+        elif was_down and not is_down:
+            self.down.discard(id(bh.backend))
+            log.info("recovered: route %s, backend %s takes its traffic again", bh.route.name, bh.backend.name)
+        self._plan_next_change()
+
+    def _plan_next_change(self) -> None:
+        now = self.now()
+        ends = [t for bh in self.backends.values() if (t := bh.avail.next_change(now)) is not None]
+        self.next_change = min(ends) if ends else None
+
+    def snapshot(self) -> dict[Key, dict[str, object]]:
+        """Per instance: active verdict, ejection, failure streak, and whether it serves."""
+        now = self.now()
+        out: dict[Key, dict[str, object]] = {}
+        for bh in self.backends.values():
+            serving = set(bh.avail.available(now))
+            for i, url in enumerate(bh.urls):
+                state = bh.avail.outliers[i]
+                ejected = state.is_ejected(now)
+                out[(bh.route.name, bh.backend.name, url)] = {
+                    "active_healthy": bh.avail.active[i],
+                    "ejected": ejected,
+                    "ejected_for": round((state.ejected_until or now) - now, 1) if ejected else 0.0,
+                    "failures": state.failures,
+                    "serving": i in serving,
+                }
+        return out
+
+
+def config_keys(config: Config) -> set[Key]:
+    return {(r.name, b.name, u.url) for r in config.routes for b in r.backends for u in b.upstreams}
