@@ -68,6 +68,7 @@ class Balancer:
         self.backends: dict[int, BackendHealth] = {}
         self.active_down: frozenset[Key] = frozenset()
         self.next_change: float | None = None
+        self.listeners: list[Callable[[], None]] = []  # told after every change of who serves
 
     def install(self, table: Table, pool: Callable[[str, int], UpstreamPool]) -> None:
         """Health for a new table; an instance kept by (route, backend, url) keeps its state."""
@@ -189,6 +190,8 @@ class Balancer:
             self.down.discard(id(bh.backend))
             log.info("recovered: route %s, backend %s takes its traffic again", bh.route.name, bh.backend.name)
         self._plan_next_change()
+        for listener in self.listeners:
+            listener()
 
     def _plan_next_change(self) -> None:
         now = self.now()

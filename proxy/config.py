@@ -89,8 +89,8 @@ class ShadowDiff:
 class ShadowNoise:
     percent: float = 10.0  # share of mirrored requests also replayed to the primary's backend
     # Diffy-style thresholds, both in percent: a field's differences count as real only when
-    # their rate exceeds the noise rate by at least ``absolute_threshold`` points and by at
-    # least ``relative_threshold`` % of the raw rate.
+    # their rate r exceeds the noise rate n by at least ``absolute_threshold`` points and by
+    # at least ``relative_threshold`` % of n (diffing.classify is the rule).
     relative_threshold: float = 20.0
     absolute_threshold: float = 0.03
 

@@ -155,6 +155,7 @@ async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0
             f"           curl -H 'X-Canary: always' http://{proxy}/products   forces v2\n"
             f"  admin:   http://{admin_at}/healthz\n"
             f"  routes:  http://{admin_at}/api/v1/routes\n"
+            f"  report:  http://{admin_at}/ui/   (shadow diff of v2 against the live answers)\n"
             f"  metrics: http://{admin_at}/metrics\n"
             f"  state:   {config.state.path}\n"
             "Ctrl-C to stop.",

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 PENDING_MAX: Final = 256 * 1024
 
 # Retries of a request whose upstream failed before answering (see _may_retry).
-MAX_RETRIES: Final = 2
+MAX_RETRIES: Final = 3
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # How long a connection closed with an unread request body keeps reading it away.
@@ -519,7 +519,7 @@ class ClientConnection(asyncio.Protocol):
             ex.conn = None
         self.rt.upstream_error(ex, err)
         if retryable and self._may_retry(ex, sent):
-            self._retry(ex, err)
+            self._retry(ex, err, sent)
             return
         if ex.resp_started:
             # Part of the response is already with the client: the only honest signal
@@ -549,11 +549,21 @@ class ClientConnection(asyncio.Protocol):
             return True
         return ex.method in IDEMPOTENT and ex.content_length in (None, 0) and not ex.req_chunked
 
-    def _retry(self, ex: Exchange, err: UpstreamError) -> None:
+    def _retry(self, ex: Exchange, err: UpstreamError, sent: bool) -> None:
         backend = ex.backend
+        plan = ex.plan
         assert backend is not None
+        assert plan is not None
         ex.retries += 1
         self.rt.retried(ex, err)
+        if not sent and ex.retries >= len(backend.upstreams):
+            # Every instance of the backend refused: nothing of the request went anywhere,
+            # so the baseline may take it (a canary that died costs its users nothing,
+            # even before the health checks notice).
+            baseline = plan.backends[plan.baseline]
+            if baseline is not backend:
+                self.rt.counts.count("splitproxy_failovers", (plan.name, backend.name))
+                ex.backend = backend = baseline
         failed = ex.pool
         pool = self.rt.next_pool(backend)
         if pool is failed and len(backend.upstreams) > 1:

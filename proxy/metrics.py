@@ -181,7 +181,8 @@ class SplitproxyCollector(Collector):
             ),
             CounterSpec(
                 "splitproxy_shadow_diffs",
-                "Differing fields found by the shadow diff, by endpoint and kind (real, noise).",
+                "Mirrored requests whose answers differed, by endpoint and kind: real (a real field "
+                "differed) or noise (only noise fields did).",
                 ("route", "endpoint", "kind"),
             ),
         ),

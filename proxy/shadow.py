@@ -316,6 +316,10 @@ class ShadowManager:
             return None
         if shadow.percent < 100 and self.rt.random() * 100 >= shadow.percent:
             return None
+        if ex.backend is not None and ex.backend.name == shadow.backend:
+            # Served live by the shadow's own version (its weight, an override): comparing
+            # a version with itself would only dilute the report.
+            return None
         if ex.upgrade or (ex.content_length is not None and ex.content_length > shadow.max_body):
             self._count(route, SKIPPED_BODY)
             return None

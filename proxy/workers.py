@@ -131,6 +131,8 @@ class WorkerPool:
         self._text = ""
         self._stopping = False
         self._active_down: frozenset[tuple[str, str, str]] = frozenset()
+        self._last_counts: dict[int, Counts] = {}
+        self._retired = Counts()
         self._watchers: list[asyncio.Task[None]] = []
 
     def _message(self, config: Config) -> dict[str, Any]:
@@ -172,10 +174,11 @@ class WorkerPool:
             await worker.gone.wait()
             if self._stopping:
                 return
-            code = worker.proc.returncode if worker.proc else None
-            log.error("worker %d exited unexpectedly (code %s); starting a new one", worker.index, code)
             if worker.proc is not None:
                 await worker.wait_exit(5)
+            code = worker.proc.returncode if worker.proc else None
+            log.error("worker %d exited unexpectedly (code %s); starting a new one", worker.index, code)
+            self._retired = merge([self._retired, self._last_counts.pop(worker.index, Counts())])
             try:
                 await self._start_worker(worker)
             except OSError as exc:
@@ -191,8 +194,12 @@ class WorkerPool:
 
     async def counts(self) -> Counts:
         answers = await asyncio.gather(*(w.ask("counts") for w in self.workers), return_exceptions=True)
-        parts = [Counts.from_json(a["counts"]) for a in answers if isinstance(a, dict)]
-        return merge(parts)
+        for worker, answer in zip(self.workers, answers, strict=True):
+            if isinstance(answer, dict):
+                self._last_counts[worker.index] = Counts.from_json(answer["counts"])
+        # Counters only grow: a worker that died keeps what it had counted (as of the last
+        # scrape) in the sum, rather than looking like a counter reset.
+        return merge([self._retired, *self._last_counts.values()])
 
     async def drain_shadow(self) -> dict[str, dict[str, Any]]:
         answers = await asyncio.gather(*(w.ask("shadow") for w in self.workers), return_exceptions=True)

@@ -334,7 +334,8 @@ async def test_demo_versions_real_field_is_real_noisy_fields_are_noise_nothing_e
         await ups.close()
     assert set(route["endpoints"]) == {"GET /products", "GET /products/{id}"}
     for name, ep in route["endpoints"].items():
-        assert ep["compared"] >= 40, name
+        # v2's own share of the live traffic (10 %) is not mirrored to v2.
+        assert ep["compared"] >= 25, name
         assert ep["noise_compared"] > 0, name
         classes = {key: f["classification"] for key, f in ep["fields"].items()}
         price = "$.data[*].price" if name == "GET /products" else "$.data.price"

@@ -1,0 +1,292 @@
+"""Tier 2: instances that die and come back, ejection, retries, failover between versions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from .conftest import StartProxy, read_response
+
+
+class Instance:
+    """A raw keep-alive HTTP/1.1 upstream that can be killed (every connection reset, the
+    port closed) and started again on the same port."""
+
+    def __init__(self, name: str, status: int = 200) -> None:
+        self.name = name
+        self.status = status
+        self.port = 0
+        self.hits = 0
+        self.bodies: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.close_after_request = False  # read the whole request, then close without answering
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Instance:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length) if length else b""
+                self.hits += 1
+                self.bodies.append(body)
+                if self.close_after_request:
+                    writer.close()
+                    return
+                text = self.name.encode()
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (self.status, len(text), text))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+            self.handlers.discard(task)
+
+    def kill(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            if not w.transport.is_closing():
+                w.transport.abort()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.kill()
+            # Let every connection's handler see its end before the loop goes away.
+            await asyncio.gather(*self.handlers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+
+def backends(**spec: tuple[list[Instance], float]) -> dict[str, Any]:
+    return {name: {"upstreams": [i.url for i in insts], "weight": w} for name, (insts, w) in spec.items()}
+
+
+PROGRESS = "progress"
+
+
+async def load(url: str, stop: asyncio.Event, results: Counter[str], failures: list[str], clients: int = 4) -> None:
+    async def client() -> None:
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                try:
+                    async with s.get(url + "/x") as r:
+                        body = (await r.read()).decode()
+                        if r.status == 200:
+                            results[body] += 1
+                            progress.set()
+                        else:
+                            failures.append(f"{r.status} {body}")
+                except aiohttp.ClientError as exc:
+                    failures.append(repr(exc))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+progress = asyncio.Event()  # set by the load clients on every answer
+
+
+async def until(cond: Any, within: float = 10) -> None:
+    """Wait until ``cond()`` holds, re-checked as the load's answers come in (bounded)."""
+    async with asyncio.timeout(within):
+        while not cond():
+            progress.clear()
+            await progress.wait()
+
+
+async def balancer_settles(balancer: Any, cond: Any, within: float = 5) -> None:
+    """Wait until ``cond()`` holds, re-checked whenever the balancer changes who serves."""
+    changed = asyncio.Event()
+    balancer.listeners.append(changed.set)
+    async with asyncio.timeout(within):
+        while not cond():
+            changed.clear()
+            await changed.wait()
+
+
+async def test_killed_instance_costs_no_request_and_comes_back(start_proxy: StartProxy) -> None:
+    a = await Instance("a").start()
+    b = await Instance("b").start()
+    px = await start_proxy(
+        [
+            {
+                "name": "main",
+                "backends": backends(stable=([a, b], 1)),
+                "outlier_detection": {"consecutive_failures": 2, "base_ejection": "300ms", "max_ejection": "1s"},
+            }
+        ],
+        access_log="off",
+    )
+    stop = asyncio.Event()
+    results: Counter[str] = Counter()
+    failures: list[str] = []
+    runner = asyncio.ensure_future(load(px.url, stop, results, failures))
+    try:
+        await until(lambda: results["a"] > 50 and results["b"] > 50)
+        b.kill()
+        mark = results.copy()
+        await until(lambda: results["a"] - mark["a"] > 300)
+        counts = px.server.runtime.counts.extra_counters
+        assert sum(counts.get("splitproxy_outlier_ejections", {}).values()) >= 1
+        # b is out of rotation: what it served after the kill is at most what was in flight.
+        assert results["b"] - mark["b"] <= 4
+        # It comes back on the same port and, once its ejection ran out, serves again.
+        await b.start()
+        mark = results.copy()
+        await until(lambda: results["b"] - mark["b"] > 20)
+    finally:
+        stop.set()
+        await runner
+        await a.close()
+        await b.close()
+    assert failures == []  # every idempotent request was retried elsewhere
+
+
+async def test_dead_canary_fails_over_to_baseline_and_sticky_users_return(start_proxy: StartProxy) -> None:
+    stable = await Instance("stable").start()
+    canary = await Instance("canary").start()
+    route = {
+        "name": "main",
+        "backends": backends(stable=([stable], 50), canary=([canary], 50)),
+        "sticky": {"by": "header", "name": "X-User"},
+        "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1},
+    }
+    px = await start_proxy([route], access_log="off")
+    users = [f"u{i}" for i in range(40)]
+
+    async def who(session: aiohttp.ClientSession, user: str) -> str:
+        async with session.get(px.url + "/", headers={"X-User": user}) as r:
+            assert r.status == 200, await r.text()
+            return (await r.read()).decode()
+
+    async with aiohttp.ClientSession() as s:
+        before = {u: await who(s, u) for u in users}
+        on_canary = [u for u, b in before.items() if b == "canary"]
+        assert on_canary
+        canary.kill()
+        # Right away — before any health check noticed — refused connections go to the
+        # baseline: zero failed requests, even in the window before failover.
+        during = {u: await who(s, u) for u in users}
+        assert set(during.values()) == {"stable"}
+        balancer = px.server.runtime.balancer
+        await balancer_settles(balancer, lambda: balancer.down)  # the active check marks it down
+        assert {u: await who(s, u) for u in users} == dict.fromkeys(users, "stable")
+        # The canary comes back: its sticky users return to it.
+        await canary.start()
+        await balancer_settles(balancer, lambda: not balancer.down)
+        after = {u: await who(s, u) for u in users}
+    await stable.close()
+    await canary.close()
+    assert after == before
+    counts = px.server.runtime.counts.extra_counters.get("splitproxy_failovers", {})
+    assert sum(counts.values()) >= len(on_canary)
+
+
+async def test_post_whose_body_was_sent_is_not_retried(start_proxy: StartProxy) -> None:
+    a = await Instance("a").start()
+    b = await Instance("b").start()
+    a.close_after_request = b.close_after_request = True
+    px = await start_proxy([{"name": "main", "backends": backends(stable=([a, b], 1))}], access_log="off")
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+    resp = await read_response(reader)
+    writer.close()
+    assert resp.status == 502
+    assert a.hits + b.hits == 1  # sent once, never again
+    assert (a.bodies + b.bodies) == [b"hello"]
+    # A GET on a new connection that the upstream closes after reading it is not the
+    # keep-alive race either: the upstream may have acted on it, so it is not sent again.
+    async with aiohttp.ClientSession() as s, s.get(px.url + "/read") as r:
+        assert r.status == 502
+    assert a.hits + b.hits == 2
+    await a.close()
+    await b.close()
+
+
+async def test_ejection_back_off_grows_and_caps(start_proxy: StartProxy) -> None:
+    bad = await Instance("bad", status=500).start()
+    good = await Instance("good").start()
+    px = await start_proxy(
+        [
+            {
+                "name": "main",
+                "backends": backends(stable=([bad, good], 1)),
+                "outlier_detection": {
+                    "consecutive_failures": 1,
+                    "base_ejection": "200ms",
+                    "max_ejection": "400ms",
+                    "max_ejection_percent": 50,
+                },
+            }
+        ],
+        access_log="off",
+    )
+    balancer = px.server.runtime.balancer
+    (bh,) = [b for b in balancer.backends.values() if b.backend.name == "stable"]
+    state = bh.avail.outliers[0]
+    seen: list[float] = []
+    async with aiohttp.ClientSession() as s, asyncio.timeout(10):
+        while len(seen) < 4:
+            async with s.get(px.url + "/") as r:
+                await r.read()
+            now = px.server.runtime.now()
+            if state.is_ejected(now) and (not seen or state.ejected_until != seen[-1]):
+                assert state.ejected_until is not None
+                seen.append(state.ejected_until)
+                durations = state.policy.ejection_time(state.level)
+                assert durations in (0.2, 0.4)
+    levels = [state.policy.ejection_time(n) for n in (1, 2, 3, 4)]
+    assert levels == [0.2, 0.4, 0.4, 0.4]  # grows, then caps
+    assert state.level >= 2
+    await bad.close()
+    await good.close()
+
+
+async def test_health_is_visible_in_the_admin_api_and_metrics(start_proxy: StartProxy) -> None:
+    up = await Instance("up").start()
+    down = await Instance("down").start()
+    route = {
+        "name": "main",
+        "backends": backends(stable=([up, down], 1)),
+        "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1},
+    }
+    px = await start_proxy([route], access_log="off")
+    down.kill()
+    async with aiohttp.ClientSession() as s, asyncio.timeout(5):
+        while True:
+            async with s.get(px.admin_url + "/api/v1/routes/main") as r:
+                doc = await r.json()
+            ups = {u["url"]: u for u in doc["backends"][0]["upstreams"]}
+            if not ups[down.url]["healthy"]:
+                break
+            await asyncio.sleep(0.05)
+        async with s.get(px.admin_url + "/metrics") as r:
+            text = await r.text()
+    assert ups[up.url]["healthy"] is True
+    assert ups[down.url]["check"]["consecutive_fail"] >= 1
+    assert 'splitproxy_backend_healthy_upstreams{backend="stable",route="main"} 1.0' in text
+    await up.close()
+    await down.close()
