@@ -23,6 +23,7 @@ so a body of any size passes with bounded memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -37,9 +38,14 @@ if TYPE_CHECKING:
     from .shadow import Mirror
     from .upstream import UpstreamConnection, UpstreamPool
 
+log = logging.getLogger("splitproxy")
+
 # Request body bytes held while no upstream connection is ready; past this the proxy
 # stops reading from the client until the upstream takes them.
 PENDING_MAX: Final = 256 * 1024
+
+# Request headers that may come several times and combine into one list.
+_COMBINED = frozenset({b"cookie", b"x-forwarded-for"})
 
 # Retries of a request whose upstream failed before answering (see _may_retry).
 MAX_RETRIES: Final = 3
@@ -192,6 +198,11 @@ class ClientConnection(asyncio.Protocol):
             rest = data[exc.args[0] :]
             if rest and self.parsing is not None:
                 self._send_body(self.parsing, rest)
+        except httptools.HttpParserCallbackError:
+            # One of our callbacks raised: our bug, logged with its traceback, never
+            # blamed on the client; the connection ends.
+            log.exception("internal error while handling a request")
+            self.transport.abort()
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc))
 
@@ -243,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         lname = name.lower()
         hdict = ex.hdict
-        if lname in hdict and lname in (b"cookie", b"x-forwarded-for"):
+        if lname in _COMBINED and lname in hdict:
             # RFC 6265 §5.4 / RFC 7239: several fields combine into one list.
             hdict[lname] += b"; " + value if lname == b"cookie" else b", " + value
         else:
@@ -404,7 +415,8 @@ class ClientConnection(asyncio.Protocol):
         ex.deadline = self.rt.now() + self.rt.response_timeout
         if self.write_paused:
             conn.transport.pause_reading()
-        self.update_reading()
+        if self.read_paused:  # the buffered body went out: reading may go on
+            self.update_reading()
 
     def _send_body(self, ex: Exchange, data: bytes) -> None:
         pending = ex.pending
@@ -619,7 +631,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.queue:
             self._start(self.queue.popleft())
-        self.update_reading()
+            self.update_reading()
+        elif self.read_paused:
+            self.update_reading()
 
     def _close(self) -> None:
         """Close once written. If the client may still be sending a request body, stop

@@ -25,6 +25,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 # Labels stay bounded (SPEC §6): methods outside this set are counted as OTHER.
 KNOWN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT", b"TRACE"})
+_METHOD_LABEL = {m: m.decode() for m in KNOWN_METHODS}
+_STATUS_LABEL = {code: str(code) for code in range(100, 600)}
 
 
 @dataclass
@@ -50,8 +52,7 @@ class Counts:
     extra_counters: dict[str, dict[tuple[str, ...], int]] = field(default_factory=dict)
 
     def request(self, route: str, backend: str, method: bytes, status: int, seconds: float) -> None:
-        m = method.decode("ascii", "replace") if method in KNOWN_METHODS else "OTHER"
-        key = (route, backend, m, str(status))
+        key = (route, backend, _METHOD_LABEL.get(method, "OTHER"), _STATUS_LABEL.get(status) or str(status))
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         hist = self.durations.get((route, backend))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 import httptools
@@ -19,6 +20,40 @@ from .headers import RESPONSE_OWNED
 
 if TYPE_CHECKING:
     from .forwarder import ClientConnection, Exchange
+
+log = logging.getLogger("splitproxy")
+
+# Response headers in their usual spelling that are always passed on unchanged: the
+# lower-casing and lookup the others need is skipped for them.
+_PASSED_AS_IS = frozenset(
+    {
+        b"Server",
+        b"Date",
+        b"Content-Type",
+        b"Cache-Control",
+        b"ETag",
+        b"Last-Modified",
+        b"Expires",
+        b"Vary",
+        b"Set-Cookie",
+        b"Location",
+        b"Accept-Ranges",
+        b"Content-Encoding",
+        b"Content-Language",
+        b"Access-Control-Allow-Origin",
+        b"Strict-Transport-Security",
+        b"X-Content-Type-Options",
+        b"X-Frame-Options",
+        b"X-Request-Id",
+        b"date",
+        b"server",
+        b"content-type",
+        b"cache-control",
+        b"etag",
+        b"vary",
+        b"set-cookie",
+    }
+)
 
 # Idle keep-alive connections kept per upstream instance; more are closed on release.
 MAX_IDLE_PER_UPSTREAM = 256
@@ -114,6 +149,11 @@ class UpstreamConnection(asyncio.Protocol):
             rest = data[exc.args[0] :]
             if self.client is not None and rest:
                 self.client.write(rest)
+        except httptools.HttpParserCallbackError:
+            # One of our callbacks raised: a bug of ours, not the upstream's fault. Logged
+            # with its traceback; the exchange fails as cleanly as it can.
+            log.exception("internal error while handling an upstream response")
+            self._failed(UpstreamReset("internal error"))
         except httptools.HttpParserError:
             self._failed(UpstreamReset("upstream sent a malformed response"))
         client.flush()
@@ -156,6 +196,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.hdict = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name in _PASSED_AS_IS:  # the common response headers: nothing to decide
+            self.lines.append(b"%s: %s\r\n" % (name, value))
+            return
         lname = name.lower()
         if lname in RESPONSE_OWNED:
             self.hdict[lname] = value
