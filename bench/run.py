@@ -131,7 +131,7 @@ def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[
     """100 % of GETs mirrored to a `candidate` backend (`target`: "upstream" or "blackhole")."""
 
     def make(env: Env) -> Scenario:
-        url = env.upstream if target == "upstream" else env.blackhole
+        url = {"upstream": env.upstream, "blackhole": env.blackhole, "dead": f"http://127.0.0.1:{dead_port()}"}[target]
         return Scenario(
             splitproxy_config(
                 env,
@@ -152,8 +152,14 @@ SCENARIOS: dict[str, Callable[[Env], Scenario]] = {
     # Shadowing: every GET also goes to a candidate on the same upstream (the physical limit
     # is about half of shadow-off: each request costs two upstream calls) ...
     "shadow100": shadow_to("upstream"),
-    # ... or to a candidate that never answers: the live latency must not move.
+    # ... or to a candidate that never answers, or is down: the live latency must not move.
     "shadow-hang": shadow_to("blackhole", timeout="1s"),
+    "shadow-dead": shadow_to("dead"),
+    # Active health checks on every instance (every 1 s) and outlier detection: the hot
+    # path must not pay for them.
+    "health": lambda env: Scenario(
+        splitproxy_config(env, route="health_check: {path: /, interval: 1s, timeout: 500ms}")
+    ),
 }
 
 
@@ -435,6 +441,13 @@ def start_nginx(
 
 
 _BLACKHOLE: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def blackhole_port() -> int:
