@@ -11,7 +11,7 @@ How a request travels, and which module owns each step::
                     upstream.UpstreamConnection ──TCP──▶ the backend's instance
                       │  response parsed by httptools, streamed back through the client
                       ▼
-                    runtime.Runtime.finished()       access log (accesslog), observers
+                    runtime.Runtime.finished()       health, metrics, access log, shadow
 
 The pure core — ``config`` (YAML → one frozen ``Config``), ``routing``, ``headers`` —
 imports neither asyncio nor aiohttp and is tested without sockets. The shell around it:
@@ -25,8 +25,10 @@ imports neither asyncio nor aiohttp and is tested without sockets. The shell aro
 - ``tasks``: the one way to start background work; ``demo``: the embedded default;
 - ``__main__``: the command line, and the only place that exits.
 
-Shadow traffic, its diffs, metrics and the state database hang off ``Runtime`` observers
-and the admin listener, never off the live request's path.
+Shadow traffic (``shadow``: mirrors teed off the live exchange, compared by ``diffing``
+after the live answer is out), health (``balancer``, ``health``, ``checker``), metrics
+and the state database (``store``, ``control``, ``report``) never hold up the live
+request; the admin listener and ``--workers`` supervision live in ``admin`` and ``workers``.
 """
 
 __version__ = "0.1.0"

@@ -68,6 +68,9 @@ class Balancer:
         self.backends: dict[int, BackendHealth] = {}
         self.active_down: frozenset[Key] = frozenset()
         self.next_change: float | None = None
+        # id(BackendPlan) of backends with a failure streak on some instance: their
+        # successes must be recorded to end it (all other successes cost nothing).
+        self.failing: set[int] = set()
         self.listeners: list[Callable[[], None]] = []  # told after every change of who serves
 
     def install(self, table: Table, pool: Callable[[str, int], UpstreamPool]) -> None:
@@ -95,6 +98,7 @@ class Balancer:
                     urls=urls,
                     avail=Availability(outliers, active),
                     passive=od.enabled,
+                    failing=any(o.failures for o in outliers),
                 )
         cycles: dict[int, Iterator[UpstreamPool]] = {}
         down: set[int] = set()
@@ -104,6 +108,7 @@ class Balancer:
             if is_down:
                 down.add(id(bh.backend))
         self.backends, self.cycles, self.down = backends, cycles, down
+        self.failing = {id(bh.backend) for bh in backends.values() if bh.failing}
         self._plan_next_change()
 
     # -- state changes ----------------------------------------------------------------------
@@ -133,6 +138,10 @@ class Balancer:
         now = self.now()
         transition = bh.avail.record(i, ok, now)
         bh.failing = any(o.failures for o in bh.avail.outliers)
+        if bh.failing:
+            self.failing.add(id(bh.backend))
+        else:
+            self.failing.discard(id(bh.backend))
         if transition is Transition.DOWN:
             state = bh.avail.outliers[i]
             until = (state.ejected_until or now) - now
@@ -146,10 +155,6 @@ class Balancer:
             )
             self._on_event("splitproxy_outlier_ejections", (bh.route.name, bh.backend.name))
             self._rebuild(bh)
-
-    def is_failing(self, backend: BackendPlan) -> bool:
-        bh = self.backends.get(id(backend))
-        return bh is not None and bh.failing
 
     def tick(self, now: float) -> None:
         """Ejections that ran out put their instances back."""

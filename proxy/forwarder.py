@@ -364,12 +364,12 @@ class ClientConnection(asyncio.Protocol):
             ex.method,
             url,
             lines,
-            host=host or b"",
-            client_ip=self.ip,
-            prior_xff=hdict.get(b"x-forwarded-for"),
-            request_id=ex.request_id,
-            framing=framing,
-            upgrade=hdict.get(b"upgrade") if ex.upgrade else None,
+            host or b"",
+            self.ip,
+            hdict.get(b"x-forwarded-for"),
+            ex.request_id,
+            framing,
+            hdict.get(b"upgrade") if ex.upgrade else None,
         )
         expect = hdict.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and ex.http11 and not ex.req_complete:

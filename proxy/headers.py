@@ -71,11 +71,10 @@ def forwarded_for(prior: bytes | None, client_ip: bytes) -> bytes:
     return prior + b", " + client_ip if prior else client_ip
 
 
-def request_head(
+def request_head(  # noqa: PLR0917  # positional-friendly: called once per request
     method: bytes,
     url: bytes,
     lines: list[bytes],
-    *,
     host: bytes,
     client_ip: bytes,
     prior_xff: bytes | None,

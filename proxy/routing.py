@@ -138,6 +138,11 @@ class RoutePlan:
     sticky_by: str
     sticky_name: bytes  # lower-case for headers; as written for cookies and queries
     wants_cookies: bool
+    # The decisions without a cookie to issue, made once (a frozen dataclass per request
+    # costs more than the choice itself).
+    by_weight: tuple[Decision, ...]
+    by_override: tuple[Decision, ...]
+    by_sticky: tuple[Decision, ...]
 
     @classmethod
     def compile(cls, route: Route) -> RoutePlan:
@@ -173,6 +178,9 @@ class RoutePlan:
             sticky_by=route.sticky.by,
             sticky_name=sticky_name,
             wants_cookies=bool(cookies) or route.sticky.by == "cookie",
+            by_weight=tuple(Decision(i, BY_WEIGHT) for i in range(len(route.backends))),
+            by_override=tuple(Decision(i, BY_OVERRIDE) for i in range(len(route.backends))),
+            by_sticky=tuple(Decision(i, BY_STICKY) for i in range(len(route.backends))),
         )
 
     def choose(
@@ -190,15 +198,15 @@ class RoutePlan:
         """
         for name, value, backend in self.header_overrides:
             if header(name) == value:
-                return Decision(backend, BY_OVERRIDE)
+                return self.by_override[backend]
         cookie_header = header(b"cookie") if self.wants_cookies else None
         if cookie_header is not None:
             for name, value, backend in self.cookie_overrides:
                 if parse_cookie(cookie_header, name) == value:
-                    return Decision(backend, BY_OVERRIDE)
+                    return self.by_override[backend]
         by = self.sticky_by
         if by == "none":
-            return Decision(pick(self.cumulative, point), BY_WEIGHT)
+            return self.by_weight[pick(self.cumulative, point)]
         fresh = None
         key: bytes | None
         if by == "cookie":
@@ -213,8 +221,9 @@ class RoutePlan:
         else:  # ip
             key = client_ip
         if not key:
-            return Decision(pick(self.cumulative, point), BY_WEIGHT)
-        return Decision(hrw_choice(self.bname, self.names, self.weights, key), BY_STICKY, fresh)
+            return self.by_weight[pick(self.cumulative, point)]
+        chosen = hrw_choice(self.bname, self.names, self.weights, key)
+        return self.by_sticky[chosen] if fresh is None else Decision(chosen, BY_STICKY, fresh)
 
 
 _KEY_CHARS = frozenset(b"0123456789abcdef")

@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import tasks
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from .forwarder import ClientConnection, Exchange
 
 log = logging.getLogger("splitproxy")
-
-Observer = Callable[["Exchange"], None]
 
 
 class Runtime:
@@ -60,9 +58,6 @@ class Runtime:
         self.shadow.on_complete = self.diffs
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
-        # Called with every finished exchange (metrics); errors called with the failure.
-        self.observers: list[Observer] = []
-        self.error_observers: list[Callable[[Exchange, UpstreamError], None]] = []
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"
         self._rid = itertools.count(1)
         self.balancer = Balancer(self.now, self.counts.count)
@@ -113,7 +108,8 @@ class Runtime:
         tasks.spawn(coro, name)
 
     def finished(self, conn: ClientConnection, ex: Exchange) -> None:
-        """An exchange ended (answered, failed or abandoned): count it, log it, tell observers."""
+        """An exchange ended (answered, failed or abandoned): health, metrics, access log,
+        and the shadow mirror that waited for the live answer."""
         plan, backend = ex.plan, ex.backend
         duration = self.now() - ex.t0
         upstream_status = ex.upstream_status
@@ -122,7 +118,7 @@ class Runtime:
             upstream_status
             and backend is not None
             and ex.pool is not None
-            and (upstream_status >= 500 or self.balancer.is_failing(backend))
+            and (upstream_status >= 500 or (self.balancer.failing and id(backend) in self.balancer.failing))
         ):
             self.balancer.result(backend, ex.pool, upstream_status < 500)
         self.counts.request(plan.name if plan else "", backend.name if backend else "", ex.method, ex.status, duration)
@@ -149,8 +145,6 @@ class Runtime:
         if mirror is not None:
             ex.mirror = None
             mirror.live_finished(ex.complete)
-        for observe in self.observers:
-            observe(ex)
 
     def retried(self, ex: Exchange, err: UpstreamError) -> None:
         plan, backend = ex.plan, ex.backend
@@ -171,8 +165,6 @@ class Runtime:
         self.counts.upstream_error(plan.name if plan else "", backend.name if backend else "", err.reason)
         if backend is not None and ex.pool is not None:
             self.balancer.result(backend, ex.pool, ok=False)
-        for observe in self.error_observers:
-            observe(ex, err)
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ log = logging.getLogger("splitproxy")
 
 ENDPOINT_CACHE = 4096  # remembered (route, method, url) -> endpoint; cleared when full
 
+# Back-off of a shadow instance that refused a connection: 100 ms, doubling up to 10 s.
+UNREACHABLE_BASE = 0.1
+UNREACHABLE_MAX = 10.0
+
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
 
@@ -153,8 +157,10 @@ class ShadowLeg:
         try:
             conn = await self.pool.connect(min(self.rt.connect_timeout, self.mirror.timeout))
         except UpstreamError as err:
+            self.mirror.manager.unreachable(self.pool)
             self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
             return
+        self.mirror.manager.reachable(self.pool)
         if self.done:
             conn.release(reusable=True)
         else:
@@ -312,6 +318,29 @@ class ShadowManager:
         self.in_flight: dict[str, set[Mirror]] = {}
         self.on_complete: Observer | None = None
         self.listeners: list[Callable[[str, str], None]] = []  # (route, outcome), for tests and logs
+        # Shadow instances that refused connections: pool -> (until, back-off seconds).
+        self.unreachable_until: dict[UpstreamPool, tuple[float, float]] = {}
+
+    def unreachable(self, pool: UpstreamPool) -> None:
+        """A shadow leg could not connect: back the instance off (doubling, up to a cap)."""
+        _, backoff = self.unreachable_until.get(pool, (0.0, UNREACHABLE_BASE / 2))
+        backoff = min(backoff * 2, UNREACHABLE_MAX)
+        self.unreachable_until[pool] = (self.rt.now() + backoff, backoff)
+
+    def reachable(self, pool: UpstreamPool) -> None:
+        if self.unreachable_until:
+            self.unreachable_until.pop(pool, None)
+
+    def _all_unreachable(self, plan: RoutePlan, backend_name: str) -> bool:
+        now = self.rt.now()
+        for b in plan.backends:
+            if b.name == backend_name:
+                for pool in self.rt.balancer.backends[id(b)].pools:
+                    until = self.unreachable_until.get(pool)
+                    if until is None or now >= until[0]:
+                        return False  # this one may be tried (again)
+                return True
+        return False
 
     def begin(self, ex: Exchange, plan: RoutePlan) -> Mirror | None:
         shadow = plan.route.shadow
@@ -328,6 +357,11 @@ class ShadowManager:
             return None
         if ex.upgrade or (ex.content_length is not None and ex.content_length > shadow.max_body):
             self._count(route, SKIPPED_BODY)
+            return None
+        if self.unreachable_until and self._all_unreachable(plan, shadow.backend):
+            # A shadow that refuses connections is not dialled for every request: while
+            # every instance of it is backed off, mirrors end as errors at once.
+            self._count(route, ERROR)
             return None
         flying = self.in_flight.setdefault(route, set())
         if len(flying) >= shadow.max_in_flight:
