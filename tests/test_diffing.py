@@ -891,3 +891,18 @@ def test_from_dict_rejects_bad_input(mutate: Any, message: str) -> None:
     mutate(d)
     with pytest.raises(ValueError, match=message):
         RouteStats.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "expected"),
+    [
+        pytest.param(b'{"a": NaN, "b": 1}', b'{"a": NaN, "b": 2}', {"$.b"}, id="nan-stdlib-dialect"),
+        pytest.param(b'{"n": 123456789012345678901234567890}', b'{"n": 1}', {"$.n"}, id="int-beyond-64-bits"),
+        pytest.param(b'{"x": [1, 2]}', b'{"x": [1, 3]}', {"$.x[*]"}, id="plain-orjson"),
+    ],
+)
+def test_json_bodies_parse_in_either_dialect(live: bytes, shadow: bytes, expected: set[str]) -> None:
+    headers = (("content-type", "application/json"),)
+    result = compare(Captured(200, headers, live), Captured(200, headers, shadow))
+    assert result.body == "json"
+    assert set(result.differing) == expected
