@@ -2,9 +2,10 @@
 
 Written from the hot path, so it avoids the ``logging`` module (its record machinery
 costs several µs a call) and ``json.dumps`` for fields that cannot need escaping:
-route and backend names are restricted by the config, methods are HTTP tokens, the
-request id is escaped when it is not one of ours. Lines go into a buffer that is flushed
-when it grows or on a timer (``flush``), and at shutdown.
+route and backend names are restricted by the config, methods are HTTP tokens, paths
+and request ids are escaped only when they hold anything but printable ASCII. The hot
+path only appends the fields; lines are formatted and written in bulk when ``FLUSH_ROWS``
+have gathered or on the next tick (``flush``), and at shutdown.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 import sys
 from typing import IO
 
-FLUSH_BYTES = 64 * 1024
+FLUSH_ROWS = 512  # lines kept before writing (and at least every tick, ~0.1 s)
+Row = tuple[float, str, bytes, bytes, int, str, float, int, int, bytes, str]
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\")}
 
 
@@ -27,8 +29,8 @@ def _text(raw: bytes) -> str:
 
 
 _LINE = (
-    '{"ts":%s,"client":"%s","method":"%s","path":%s,"status":%d,%s,"duration_ms":%.3f,'
-    '"bytes_in":%d,"bytes_out":%d,"request_id":%s,"by":"%s","pid":%d}\n'
+    '{"ts":%s,"client":"%s","method":"%s","path":"%s","status":%d,%s,"duration_ms":%.3f,'
+    '"bytes_in":%d,"bytes_out":%d,"request_id":"%s","by":"%s","pid":%d}\n'
 )
 _TOKENS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"CONNECT"})
 
@@ -39,17 +41,14 @@ def where(route: str, backend: str, upstream: str) -> str:
 
 
 class AccessLog:
-    __slots__ = ("_buf", "_ms", "_out", "_pid", "_size", "_ts", "enabled", "target")
+    __slots__ = ("_out", "_pid", "_rows", "enabled", "target")
 
     def __init__(self, target: str) -> None:
         """``target``: ``-`` for standard output, ``off``, or a file path (appended to)."""
         self.target = target
         self.enabled = target != "off"
-        self._buf: list[str] = []
-        self._size = 0
+        self._rows: list[Row] = []
         self._pid = os.getpid()  # which worker served it, with --workers
-        self._ms = -1
-        self._ts = ""
         self._out: IO[bytes] | None = None
         if target == "-":
             self._out = sys.stdout.buffer
@@ -74,71 +73,70 @@ class AccessLog:
         request_id: bytes,
         decided_by: str,
     ) -> None:
-        self.line(
-            ts,
-            client.decode("latin-1"),
-            method,
-            url,
-            status,
-            where(route, backend, upstream),
-            duration,
-            bytes_in,
-            bytes_out,
-            request_id,
-            decided_by,
+        self.add(
+            (
+                ts,
+                client.decode("latin-1"),
+                method,
+                url,
+                status,
+                where(route, backend, upstream),
+                duration,
+                bytes_in,
+                bytes_out,
+                request_id,
+                decided_by,
+            )
         )
 
-    def line(  # noqa: PLR0917  # positional on purpose: the hot path's call
-        self,
-        ts: float,
-        client: str,
-        method: bytes,
-        url: bytes,
-        status: int,
-        where: str,
-        duration: float,
-        bytes_in: int,
-        bytes_out: int,
-        request_id: bytes,
-        decided_by: str,
-    ) -> None:
-        """The hot path's form of ``request``: positional, with the route, backend and
-        upstream fields pre-rendered (``where``); %-formatting is ~40 % cheaper than an
-        f-string with the same fields here."""
-        ms = int(ts * 1000)
-        if ms != self._ms:  # the timestamp text changes once a millisecond, not per line
-            self._ms = ms
-            seconds, millis = divmod(ms, 1000)
-            self._ts = f"{seconds}.{millis:03d}"
-        line = _LINE % (
-            self._ts,
-            client,
-            method.decode("latin-1") if method in _TOKENS else _text(method)[1:-1],
-            _text(url),
-            status,
-            where,
-            duration * 1000,
-            bytes_in,
-            bytes_out,
-            _text(request_id),
-            decided_by,
-            self._pid,
-        )
-        self._buf.append(line)
-        self._size += len(line)
-        if self._size > FLUSH_BYTES:
+    def add(self, row: Row) -> None:
+        """The hot path's form of ``request``: the fields as they are, route, backend and
+        upstream pre-rendered (``where``). Lines are formatted in bulk when flushed, which
+        saves a call and its argument handling per request."""
+        rows = self._rows
+        rows.append(row)
+        if len(rows) >= FLUSH_ROWS:
             self.flush()
 
+    def _format(self, rows: list[Row]) -> str:
+        out = []
+        pid = self._pid
+        last_ms = -1
+        ts_text = ""
+        safe = _SAFE.issuperset
+        for ts, client, method, url, status, fields, duration, bytes_in, bytes_out, rid, by in rows:
+            ms = int(ts * 1000)
+            if ms != last_ms:  # the timestamp text changes once a millisecond, not per line
+                last_ms = ms
+                seconds, millis = divmod(ms, 1000)
+                ts_text = f"{seconds}.{millis:03d}"
+            out.append(
+                _LINE
+                % (
+                    ts_text,
+                    client,
+                    method.decode("latin-1") if method in _TOKENS else _text(method)[1:-1],
+                    url.decode("ascii") if safe(url) else _text(url)[1:-1],
+                    status,
+                    fields,
+                    duration * 1000,
+                    bytes_in,
+                    bytes_out,
+                    rid.decode("ascii") if safe(rid) else _text(rid)[1:-1],
+                    by,
+                    pid,
+                )
+            )
+        return "".join(out)
+
     def flush(self) -> None:
+        rows = self._rows
+        if not rows:
+            return
+        self._rows = []
         if self._out is None:
-            self._buf.clear()
-            self._size = 0
             return
-        if not self._buf:
-            return
-        data = "".join(self._buf).encode("utf-8", "replace")
-        self._buf.clear()
-        self._size = 0
+        data = self._format(rows).encode("utf-8", "replace")
         try:
             self._out.write(data)
             self._out.flush()

@@ -128,18 +128,20 @@ class Runtime:
             fields = self._log_where.get(key)
             if fields is None:
                 fields = self._log_where[key] = log_where(*key)
-            self.access_log.line(
-                time.time(),
-                conn.ip_text,
-                ex.method,
-                ex.url,
-                ex.status,
-                fields,
-                duration,
-                ex.bytes_in,
-                ex.bytes_out,
-                ex.request_id,
-                decision.by if decision else "-",
+            self.access_log.add(
+                (
+                    time.time(),
+                    conn.ip_text,
+                    ex.method,
+                    ex.url,
+                    ex.status,
+                    fields,
+                    duration,
+                    ex.bytes_in,
+                    ex.bytes_out,
+                    ex.request_id,
+                    decision.by if decision else "-",
+                )
             )
         mirror = ex.mirror
         if mirror is not None:
