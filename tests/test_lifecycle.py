@@ -9,7 +9,16 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import ProxyProcess, StartProcess, StartUpstream, Upstream, config_text, read_response, route
+from .conftest import (
+    ProxyProcess,
+    RawResponse,
+    StartProcess,
+    StartUpstream,
+    Upstream,
+    config_text,
+    read_response,
+    route,
+)
 
 
 def write_config(tmp: Path, routes: list, **top: object) -> Path:
@@ -170,12 +179,9 @@ GIB = 1 << 30
 RSS_GROWTH_LIMIT_KIB = 24 * 1024
 
 
-async def test_1gib_upload_streams_with_flat_rss(tmp_path: Path, proxy_process: StartProcess) -> None:
-    server, got = await _sink_server()
-    port = server.sockets[0].getsockname()[1]
-    px: ProxyProcess = await proxy_process(
-        write_config(tmp_path, [route(stable=f"http://127.0.0.1:{port}")], limits={"max_request_body": "2GiB"})
-    )
+async def upload_gib(px: ProxyProcess, server: asyncio.Server) -> tuple[RawResponse, int]:
+    """POST 1 GiB through the proxy; its answer and the proxy's RSS growth (KiB) meanwhile.
+    Closes ``server`` (the sink upstream) afterwards."""
     baseline = px.rss_kib()
     done = asyncio.Event()
     watcher = asyncio.ensure_future(_watch_rss(px, done))
@@ -192,9 +198,19 @@ async def test_1gib_upload_streams_with_flat_rss(tmp_path: Path, proxy_process: 
         done.set()
         peak = await watcher
         server.close()
+    return resp, peak - baseline
+
+
+async def test_1gib_upload_streams_with_flat_rss(tmp_path: Path, proxy_process: StartProcess) -> None:
+    server, got = await _sink_server()
+    port = server.sockets[0].getsockname()[1]
+    px: ProxyProcess = await proxy_process(
+        write_config(tmp_path, [route(stable=f"http://127.0.0.1:{port}")], limits={"max_request_body": "2GiB"})
+    )
+    resp, growth = await upload_gib(px, server)
     assert resp.status == 200
     assert int(resp.body) == GIB == got["bytes"]
-    assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {(peak - baseline) // 1024} MiB"
+    assert growth < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {growth // 1024} MiB"
 
 
 async def test_1gib_download_streams_with_flat_rss(tmp_path: Path, proxy_process: StartProcess) -> None:

@@ -26,6 +26,9 @@ class Instance:
         self.writers: set[asyncio.StreamWriter] = set()
         self.handlers: set[asyncio.Task[None]] = set()
         self.close_after_request = False  # read the whole request, then close without answering
+        self.hold: asyncio.Event | None = None  # when set: requests wait for it before answering
+        self.held = 0
+        self.arrived = asyncio.Event()  # set whenever a request is held
 
     @property
     def url(self) -> str:
@@ -54,6 +57,10 @@ class Instance:
                 if self.close_after_request:
                     writer.close()
                     return
+                if self.hold is not None and not self.hold.is_set():
+                    self.held += 1
+                    self.arrived.set()
+                    await self.hold.wait()
                 text = self.name.encode()
                 writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (self.status, len(text), text))
                 await writer.drain()
@@ -71,6 +78,9 @@ class Instance:
             if not w.transport.is_closing():
                 w.transport.abort()
         self.writers.clear()
+        if self.hold is not None:
+            self.hold.set()  # held handlers end (their connections are gone)
+        self.arrived.set()
 
     async def close(self) -> None:
         if self.server is not None:
@@ -203,6 +213,42 @@ async def test_dead_canary_fails_over_to_baseline_and_sticky_users_return(start_
     assert after == before
     counts = px.server.runtime.counts.extra_counters.get("splitproxy_failovers", {})
     assert sum(counts.values()) >= len(on_canary)
+
+
+async def test_requests_in_flight_when_a_canary_dies_are_the_bound_on_failures(start_proxy: StartProxy) -> None:
+    """The bound: only requests already sent to the canary when it dies can fail (their
+    upstream may have acted on them); every request after that reaches the baseline."""
+    stable = await Instance("stable").start()
+    canary = await Instance("canary").start()
+    route = {
+        "name": "main",
+        "backends": backends(stable=([stable], 0), canary=([canary], 100)),
+        "baseline": "stable",
+        "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1},
+    }
+    px = await start_proxy([route], access_log="off")
+    canary.hold = asyncio.Event()  # canary answers nothing until released (or killed)
+    in_flight = 5
+    async with aiohttp.ClientSession() as s:
+
+        async def get() -> int:
+            async with s.get(px.url + "/x") as r:
+                await r.read()
+                return r.status
+
+        flying = [asyncio.ensure_future(get()) for _ in range(in_flight)]
+        async with asyncio.timeout(5):
+            while canary.held < in_flight:  # every one of them reached the canary
+                canary.arrived.clear()
+                await canary.arrived.wait()
+        canary.kill()
+        statuses = await asyncio.gather(*flying)
+        after = [await get() for _ in range(20)]
+    await stable.close()
+    await canary.close()
+    failed = sum(status != 200 for status in statuses)
+    assert failed <= in_flight  # the bound
+    assert after == [200] * 20  # nothing after the death fails
 
 
 async def test_post_whose_body_was_sent_is_not_retried(start_proxy: StartProxy) -> None:

@@ -257,7 +257,7 @@ async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstre
 async def test_1gib_upload_with_mirroring_on_is_streamed_and_skipped(
     tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
 ) -> None:
-    from .test_lifecycle import GIB, RSS_GROWTH_LIMIT_KIB, _sink_server, _watch_rss
+    from .test_lifecycle import GIB, RSS_GROWTH_LIMIT_KIB, _sink_server, upload_gib
 
     server, got = await _sink_server()
     live = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -269,26 +269,11 @@ async def test_1gib_upload_with_mirroring_on_is_streamed_and_skipped(
         )
     )
     px = await proxy_process(cfg)
-    baseline = px.rss_kib()
-    done = asyncio.Event()
-    watcher = asyncio.ensure_future(_watch_rss(px, done))
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % GIB)
-        block = b"\1" * (1 << 20)
-        for _ in range(GIB // len(block)):
-            writer.write(block)
-            await writer.drain()
-        resp = await asyncio.wait_for(read_response(reader), 120)
-        writer.close()
-    finally:
-        done.set()
-        peak = await watcher
-        server.close()
+    resp, growth = await upload_gib(px, server)
     assert resp.status == 200
     assert got["bytes"] == GIB
     assert shadow.hits == 0
-    assert peak - baseline < RSS_GROWTH_LIMIT_KIB
+    assert growth < RSS_GROWTH_LIMIT_KIB
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{px.admin_port}/metrics") as r:
         text = await r.text()
     assert re.search(r'splitproxy_shadow_requests_total\{outcome="skipped_body",route="main"\} 1\.0', text), text
