@@ -148,9 +148,9 @@ class Result:
     def rows(self) -> list[list[str]]:
         return [line.split() for line in self.out.splitlines()]
 
-    def row(self, first: str) -> list[str]:
-        """The first line of stdout whose first word is ``first``, as words."""
-        return next(r for r in self.rows() if r and r[0] == first)
+    def row(self, *first: str) -> list[str]:
+        """The first line of stdout that starts with the words ``first``, as words."""
+        return next(r for r in self.rows() if tuple(r[: len(first)]) == first)
 
     @property
     def version(self) -> int:

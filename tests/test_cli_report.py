@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ from aiohttp import web
 
 from proxy.client import clip_middle, latency_text, render_cleared, render_report, sample_lines
 
-from .conftest import SPLITPROXY, ProxyProcess, StartProcess, StartUpstream, Upstream, config_text, route
+from .conftest import ProxyProcess, StartProcess, StartUpstream, Upstream, config_text, route
+from .test_cli_client import CLIENT_ENV, Result
+from .test_cli_client import splitproxy as run_cli
 
-CLIENT_ENV = ("SPLITPROXY_ADMIN", "SPLITPROXY_ADMIN_TOKEN", "COLUMNS")
 REQUESTS = 60
 ENDPOINT = "GET /shop/items/{id}"
 
@@ -190,40 +190,9 @@ def test_a_long_sample_puts_its_values_on_a_second_line_clipped() -> None:
 # ---- running the command ---------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def rows(self) -> list[list[str]]:
-        return [line.split() for line in self.out.splitlines()]
-
-    def row(self, *first: str) -> list[str]:
-        """The first line of stdout that starts with the words ``first``, as words."""
-        return next(r for r in self.rows() if tuple(r[: len(first)]) == first)
-
-
 async def splitproxy(*args: str, admin: str, within: float = 20) -> Result:
     """``splitproxy report ...`` to completion in its own process; never a traceback."""
-    environ = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
-    proc = await asyncio.create_subprocess_exec(
-        SPLITPROXY,
-        "report",
-        *args,
-        "--admin",
-        admin,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environ,
-    )
-    async with asyncio.timeout(within):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    result = Result(proc.returncode, out.decode(), err.decode())
-    assert "Traceback" not in result.err, result.err
-    return result
+    return await run_cli("report", *args, admin=admin, within=within)
 
 
 @pytest.fixture(autouse=True)
