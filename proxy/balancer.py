@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .config import Config, OutlierDetection
+from .config import OutlierDetection
 from .health import Availability, OutlierPolicy, OutlierState, Transition
 from .routing import BackendPlan, RoutePlan, Table
 from .upstream import UpstreamPool
@@ -220,7 +220,3 @@ class Balancer:
                     "serving": i in serving,
                 }
         return out
-
-
-def config_keys(config: Config) -> set[Key]:
-    return {(r.name, b.name, u.url) for r in config.routes for b in r.backends for u in b.upstreams}

@@ -65,7 +65,6 @@ class Exchange:
 
     __slots__ = (
         "backend",
-        "body_sent",
         "bytes_in",
         "bytes_out",
         "complete",
@@ -113,7 +112,6 @@ class Exchange:
         self.pending_size = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.body_sent = 0
         self.head = b""
         self.plan: RoutePlan | None = None
         self.backend: BackendPlan | None = None
@@ -407,7 +405,6 @@ class ClientConnection(asyncio.Protocol):
         ex.pending = None
         if pending:
             conn.transport.write(ex.head + b"".join(pending))
-            ex.body_sent = ex.pending_size
             ex.pending_size = 0
         else:
             conn.transport.write(ex.head)
@@ -424,7 +421,6 @@ class ClientConnection(asyncio.Protocol):
             conn = ex.conn
             if conn is not None and not conn.closed:
                 conn.transport.write(data)
-                ex.body_sent += len(data)
             return
         pending.append(data)
         ex.pending_size += len(data)

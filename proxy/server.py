@@ -92,7 +92,6 @@ class Server:
         self.ready = False
         self._admin: web.AppRunner | None = None
         self._counts = Counts()
-        self._stopped = asyncio.Event()
         self._shadow_task: asyncio.Task[None] | None = None
         self.checker: HealthChecker | None = None
         self._active_down: frozenset[tuple[str, str, str]] = frozenset()
@@ -293,10 +292,6 @@ class Server:
             await self._admin.cleanup()
         if self.store is not None:
             self.store.close()
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def serve(
