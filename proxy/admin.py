@@ -177,34 +177,31 @@ async def get_route(request: web.Request) -> web.Response:
     return resp
 
 
-async def put_weights(request: web.Request) -> web.Response:
+RouteChange = Callable[..., Awaitable[HistoryEntry]]
+
+
+async def _route_change(request: web.Request, change: RouteChange, *, body_optional: bool = False) -> web.Response:
+    """A change of one route's weights: 404 for the route first, then the precondition
+    and the body (400, 412), then the change itself."""
     server = request.app[SERVER_KEY]
     name = request.match_info["route"]
-    server.controller.route(name)  # 404 before 400
+    server.controller.route(name)
     if_match = parse_if_match(request.headers.get("If-Match"))
-    body = await read_json(request)
-    entry = await server.controller.set_weights(name, body, actor=actor_of(request), if_match=if_match)
+    body = await read_json(request, optional=body_optional)
+    entry = await change(name, body, actor=actor_of(request), if_match=if_match)
     return change_response(server, entry)
+
+
+async def put_weights(request: web.Request) -> web.Response:
+    return await _route_change(request, request.app[SERVER_KEY].controller.set_weights)
 
 
 async def promote(request: web.Request) -> web.Response:
-    server = request.app[SERVER_KEY]
-    name = request.match_info["route"]
-    server.controller.route(name)
-    if_match = parse_if_match(request.headers.get("If-Match"))
-    body = await read_json(request)
-    entry = await server.controller.promote(name, body, actor=actor_of(request), if_match=if_match)
-    return change_response(server, entry)
+    return await _route_change(request, request.app[SERVER_KEY].controller.promote)
 
 
 async def rollback(request: web.Request) -> web.Response:
-    server = request.app[SERVER_KEY]
-    name = request.match_info["route"]
-    server.controller.route(name)
-    if_match = parse_if_match(request.headers.get("If-Match"))
-    body = await read_json(request, optional=True)
-    entry = await server.controller.rollback(name, body, actor=actor_of(request), if_match=if_match)
-    return change_response(server, entry)
+    return await _route_change(request, request.app[SERVER_KEY].controller.rollback, body_optional=True)
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
