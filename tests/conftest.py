@@ -12,11 +12,13 @@ import json
 import re
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import WSMsgType, web
@@ -393,3 +395,62 @@ async def proxy_process() -> AsyncIterator[StartProcess]:
     yield start
     for p in started:
         await p.stop()
+
+
+# ---- load beside a test --------------------------------------------------------------------
+
+
+def upstream_of(body: bytes) -> str:
+    """Who answered: the echo upstream's ``upstream`` field, else the body's text."""
+    try:
+        return str(json.loads(body)["upstream"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")
+
+
+class Load:
+    """Clients that GET ``url + path`` in a loop while the ``async with`` block runs; they
+    count who answered and keep every failure. Waiting on them is waiting on an event."""
+
+    def __init__(self, url: str, *, clients: int = 4, path: str = "/load") -> None:
+        self.url = url + path
+        self.clients = clients
+        self.answered: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._progressed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Future[None]] = []
+
+    async def _client(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            while not self._stop.is_set():
+                try:
+                    async with s.get(self.url) as r:
+                        body = await r.read()
+                        if r.status != 200:
+                            self.failures.append(f"status {r.status}: {body[:200]!r}")
+                            continue
+                        self.answered[upstream_of(body)] += 1
+                        self._progressed.set()
+                except aiohttp.ClientError as exc:
+                    self.failures.append(repr(exc))
+
+    async def __aenter__(self) -> Load:
+        self._tasks = [asyncio.ensure_future(self._client()) for _ in range(self.clients)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def until(self, cond: Callable[[], bool], within: float = 10) -> None:
+        """Until ``cond()`` holds, re-checked as answers come in (bounded)."""
+        async with asyncio.timeout(within):
+            while not cond():
+                self._progressed.clear()
+                await self._progressed.wait()
+
+    async def answers(self, n: int, within: float = 10) -> None:
+        """Until ``n`` more answers came in."""
+        goal = self.answered.total() + n
+        await self.until(lambda: self.answered.total() >= goal, within)

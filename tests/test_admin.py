@@ -26,6 +26,7 @@ from proxy.config import load_file
 from proxy.server import Server, StartupError
 
 from .conftest import (
+    Load,
     RunningProxy,
     StartProcess,
     StartProxy,
@@ -908,42 +909,27 @@ async def test_a_thousand_weight_changes_under_load_fail_no_request(
     ups: tuple[Upstream, Upstream], start_proxy: StartProxy
 ) -> None:
     px = await start_proxy([pair(*ups, 100, 0)])
-    stop = asyncio.Event()
-    answered: Counter[str] = Counter()
-    failures: list[str] = []
-
-    async def client() -> None:
-        async with aiohttp.ClientSession() as s:
-            while not stop.is_set():
-                try:
-                    async with s.get(px.url + "/load") as resp:
-                        if resp.status != 200:
-                            failures.append(f"status {resp.status}: {await resp.text()}")
-                            continue
-                        answered[(await resp.json())["upstream"]] += 1
-                except aiohttp.ClientError as exc:
-                    failures.append(repr(exc))
-
     wrong: list[tuple[int, str]] = []
-    async with asyncio.timeout(90), aiohttp.ClientSession() as admin, aiohttp.ClientSession() as probe:
-        load = [asyncio.ensure_future(client()) for _ in range(LOAD_CLIENTS)]
-        try:
-            for i in range(CHANGES):
-                target = "canary" if i % 2 == 0 else "stable"
-                ws = {"stable": 0, "canary": 0} | {target: 100}
-                r = await put_weights(admin, px.admin_url, ws)
-                assert r.status == 200, r.body
-                async with probe.get(px.url + "/probe") as resp:
-                    assert resp.status == 200
-                    got = (await resp.json())["upstream"]
-                if got != target:
-                    wrong.append((i, got))
-        finally:
-            stop.set()
-            await asyncio.gather(*load)
+    async with (
+        asyncio.timeout(90),
+        aiohttp.ClientSession() as admin,
+        aiohttp.ClientSession() as probe,
+        Load(px.url, clients=LOAD_CLIENTS) as load,
+    ):
+        for i in range(CHANGES):
+            target = "canary" if i % 2 == 0 else "stable"
+            ws = {"stable": 0, "canary": 0} | {target: 100}
+            r = await put_weights(admin, px.admin_url, ws)
+            assert r.status == 200, r.body
+            async with probe.get(px.url + "/probe") as resp:
+                assert resp.status == 200
+                got = (await resp.json())["upstream"]
+            if got != target:
+                wrong.append((i, got))
 
     assert wrong == []
-    assert failures == []
+    assert load.failures == []
+    answered = load.answered
     # The load ran beside the changes: both backends served it, more than once a change.
     assert answered["stable"] > 0
     assert answered["canary"] > 0

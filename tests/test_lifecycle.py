@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
 
 from .conftest import (
+    Load,
     ProxyProcess,
     RawResponse,
     StartProcess,
@@ -39,65 +39,32 @@ async def test_sighup_reload_under_load_loses_nothing(
     cfg = write_config(tmp_path, weighted(stable, canary, 100, 0))
     px: ProxyProcess = await proxy_process(cfg)
 
-    results: Counter[str] = Counter()
-    failures: list[str] = []
-    seen_canary = asyncio.Event()
-    stop = asyncio.Event()
-    progressed = asyncio.Event()
+    async with asyncio.timeout(60), Load(px.url, clients=8) as load:
+        results = load.answered
+        await load.answers(200)
+        assert results["canary"] == 0
 
-    async def until_answered(n: int) -> None:
-        """Wait (on the clients' event, not a timer) until ``n`` more answers came in."""
-        goal = sum(results.values()) + n
-        while sum(results.values()) < goal:
-            progressed.clear()
-            await progressed.wait()
+        # A valid new file: all traffic to canary, applied without a restart.
+        cfg.write_text(config_text(tmp_path, weighted(stable, canary, 0, 100)))
+        mark = len(px.lines)
+        px.signal(signal.SIGHUP)
+        await px.wait_for("reloaded", after=mark)
+        await load.until(lambda: results["canary"] > 0)
+        before = results.copy()
+        await load.answers(200)
+        assert results["stable"] == before["stable"], "stable still served after the reload"
 
-    async def client() -> None:
-        async with aiohttp.ClientSession() as s:
-            while not stop.is_set():
-                try:
-                    async with s.get(px.url + "/load") as r:
-                        if r.status != 200:
-                            failures.append(f"status {r.status}")
-                            continue
-                        who = (await r.json())["upstream"]
-                        results[who] += 1
-                        progressed.set()
-                        if who == "canary":
-                            seen_canary.set()
-                except aiohttp.ClientError as exc:
-                    failures.append(repr(exc))
-
-    async with asyncio.timeout(60):
-        load = [asyncio.ensure_future(client()) for _ in range(8)]
-        try:
-            await until_answered(200)
-            assert results["canary"] == 0
-
-            # A valid new file: all traffic to canary, applied without a restart.
-            cfg.write_text(config_text(tmp_path, weighted(stable, canary, 0, 100)))
-            mark = len(px.lines)
-            px.signal(signal.SIGHUP)
-            await px.wait_for("reloaded", after=mark)
-            await seen_canary.wait()
-            before = results.copy()
-            await until_answered(200)
-            assert results["stable"] == before["stable"], "stable still served after the reload"
-
-            # An invalid file: logged, and the running config stays.
-            cfg.write_text("routes: [{name: broken, backends: {}}]\nbogus: 1\n")
-            mark = len(px.lines)
-            px.signal(signal.SIGHUP)
-            line = await px.wait_for("reload of", after=mark)
-            assert "failed" in line
-            assert any("bogus" in ln for ln in px.lines[mark:])
-            before = results.copy()
-            await until_answered(200)
-            assert results["stable"] == before["stable"]
-        finally:
-            stop.set()
-            await asyncio.gather(*load)
-    assert failures == []
+        # An invalid file: logged, and the running config stays.
+        cfg.write_text("routes: [{name: broken, backends: {}}]\nbogus: 1\n")
+        mark = len(px.lines)
+        px.signal(signal.SIGHUP)
+        line = await px.wait_for("reload of", after=mark)
+        assert "failed" in line
+        assert any("bogus" in ln for ln in px.lines[mark:])
+        before = results.copy()
+        await load.answers(200)
+        assert results["stable"] == before["stable"]
+    assert load.failures == []
     assert results["canary"] >= 400
 
 

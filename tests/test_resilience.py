@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from typing import Any
 
 import aiohttp
 
-from .conftest import StartProxy, read_response
+from .conftest import Load, StartProxy, read_response
 
 
 class Instance:
@@ -95,38 +94,6 @@ def backends(**spec: tuple[list[Instance], float]) -> dict[str, Any]:
     return {name: {"upstreams": [i.url for i in insts], "weight": w} for name, (insts, w) in spec.items()}
 
 
-PROGRESS = "progress"
-
-
-async def load(url: str, stop: asyncio.Event, results: Counter[str], failures: list[str], clients: int = 4) -> None:
-    async def client() -> None:
-        async with aiohttp.ClientSession() as s:
-            while not stop.is_set():
-                try:
-                    async with s.get(url + "/x") as r:
-                        body = (await r.read()).decode()
-                        if r.status == 200:
-                            results[body] += 1
-                            progress.set()
-                        else:
-                            failures.append(f"{r.status} {body}")
-                except aiohttp.ClientError as exc:
-                    failures.append(repr(exc))
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-
-
-progress = asyncio.Event()  # set by the load clients on every answer
-
-
-async def until(cond: Any, within: float = 10) -> None:
-    """Wait until ``cond()`` holds, re-checked as the load's answers come in (bounded)."""
-    async with asyncio.timeout(within):
-        while not cond():
-            progress.clear()
-            await progress.wait()
-
-
 async def balancer_settles(balancer: Any, cond: Any, within: float = 5) -> None:
     """Wait until ``cond()`` holds, re-checked whenever the balancer changes who serves."""
     changed = asyncio.Event()
@@ -150,29 +117,25 @@ async def test_killed_instance_costs_no_request_and_comes_back(start_proxy: Star
         ],
         access_log="off",
     )
-    stop = asyncio.Event()
-    results: Counter[str] = Counter()
-    failures: list[str] = []
-    runner = asyncio.ensure_future(load(px.url, stop, results, failures))
     try:
-        await until(lambda: results["a"] > 50 and results["b"] > 50)
-        b.kill()
-        mark = results.copy()
-        await until(lambda: results["a"] - mark["a"] > 300)
-        counts = px.server.runtime.counts.extra_counters
-        assert sum(counts.get("splitproxy_outlier_ejections", {}).values()) >= 1
-        # b is out of rotation: what it served after the kill is at most what was in flight.
-        assert results["b"] - mark["b"] <= 4
-        # It comes back on the same port and, once its ejection ran out, serves again.
-        await b.start()
-        mark = results.copy()
-        await until(lambda: results["b"] - mark["b"] > 20)
+        async with Load(px.url) as load:
+            results = load.answered
+            await load.until(lambda: results["a"] > 50 and results["b"] > 50)
+            b.kill()
+            mark = results.copy()
+            await load.until(lambda: results["a"] - mark["a"] > 300)
+            counts = px.server.runtime.counts.extra_counters
+            assert sum(counts.get("splitproxy_outlier_ejections", {}).values()) >= 1
+            # b is out of rotation: what it served after the kill is at most what was in flight.
+            assert results["b"] - mark["b"] <= 4
+            # It comes back on the same port and, once its ejection ran out, serves again.
+            await b.start()
+            mark = results.copy()
+            await load.until(lambda: results["b"] - mark["b"] > 20)
     finally:
-        stop.set()
-        await runner
         await a.close()
         await b.close()
-    assert failures == []  # every idempotent request was retried elsewhere
+    assert load.failures == []  # every idempotent request was retried elsewhere
 
 
 async def test_dead_canary_fails_over_to_baseline_and_sticky_users_return(start_proxy: StartProxy) -> None:
