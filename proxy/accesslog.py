@@ -5,7 +5,9 @@ costs several µs a call) and ``json.dumps`` for fields that cannot need escapin
 route and backend names are restricted by the config, methods are HTTP tokens, paths
 and request ids are escaped only when they hold anything but printable ASCII. The hot
 path only appends the fields; lines are formatted and written in bulk when ``FLUSH_ROWS``
-have gathered or on the next tick (``flush``), and at shutdown.
+have gathered or on the next tick (``flush``), and at shutdown. Lines are made as bytes
+from the bytes off the wire: ``bytes % args`` costs less than half of the same line made
+as ``str`` and encoded (measured: ~0.5 µs against ~1.1 µs a line).
 """
 
 from __future__ import annotations
@@ -17,27 +19,32 @@ import sys
 from typing import IO
 
 FLUSH_ROWS = 512  # lines kept before writing (and at least every tick, ~0.1 s)
-Row = tuple[float, str, bytes, bytes, int, str, float, int, int, bytes, str]
-_SAFE = frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\")}
+# (time, client address, method, target, status, where(), seconds, bytes in, bytes out,
+# request id, decided by)
+Row = tuple[float, bytes, bytes, bytes, int, bytes, float, int, int, bytes, str]
+# Printable ASCII but '"' and '\\': what a JSON string may hold unescaped. As a
+# ``bytes.translate`` deletion table: nothing left means nothing to escape.
+_SAFE = bytes(sorted(frozenset(range(0x20, 0x7F)) - {ord('"'), ord("\\")}))
 
 
-def _text(raw: bytes) -> str:
-    """A JSON string literal for bytes from the wire."""
-    if _SAFE.issuperset(raw):
-        return '"' + raw.decode("ascii") + '"'
-    return json.dumps(raw.decode("utf-8", "replace"))
+def _escaped(raw: bytes) -> bytes:
+    """The inside of a JSON string literal for bytes from the wire."""
+    if not raw.translate(None, _SAFE):
+        return raw
+    return json.dumps(raw.decode("utf-8", "replace"))[1:-1].encode("ascii")
 
 
 _LINE = (
-    '{"ts":%s,"client":"%s","method":"%s","path":"%s","status":%d,%s,"duration_ms":%.3f,'
-    '"bytes_in":%d,"bytes_out":%d,"request_id":"%s","by":"%s","pid":%d}\n'
+    b'{"ts":%s,"client":"%s","method":"%s","path":"%s","status":%d,%s,"duration_ms":%.3f,'
+    b'"bytes_in":%d,"bytes_out":%d,"request_id":"%s","by":"%s","pid":%d}\n'
 )
 _TOKENS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"CONNECT"})
+_BY: dict[str, bytes] = {}  # "weight" -> b"weight": the few decision kinds, encoded once
 
 
-def where(route: str, backend: str, upstream: str) -> str:
+def where(route: str, backend: str, upstream: str) -> bytes:
     """The route, backend and upstream fields (names the config restricts to safe characters)."""
-    return f'"route":"{route}","backend":"{backend}","upstream":"{upstream}"'
+    return f'"route":"{route}","backend":"{backend}","upstream":"{upstream}"'.encode()
 
 
 class AccessLog:
@@ -76,7 +83,7 @@ class AccessLog:
         self.add(
             (
                 ts,
-                client.decode("latin-1"),
+                client,
                 method,
                 url,
                 status,
@@ -98,36 +105,38 @@ class AccessLog:
         if len(rows) >= FLUSH_ROWS:
             self.flush()
 
-    def _format(self, rows: list[Row]) -> str:
+    def _format(self, rows: list[Row]) -> bytes:
         out = []
         pid = self._pid
         last_ms = -1
-        ts_text = ""
-        safe = _SAFE.issuperset
+        ts_text = b""
         for ts, client, method, url, status, fields, duration, bytes_in, bytes_out, rid, by in rows:
             ms = int(ts * 1000)
             if ms != last_ms:  # the timestamp text changes once a millisecond, not per line
                 last_ms = ms
                 seconds, millis = divmod(ms, 1000)
-                ts_text = f"{seconds}.{millis:03d}"
+                ts_text = b"%d.%03d" % (seconds, millis)
+            by_text = _BY.get(by)
+            if by_text is None:
+                by_text = _BY[by] = _escaped(by.encode())
             out.append(
                 _LINE
                 % (
                     ts_text,
                     client,
-                    method.decode("latin-1") if method in _TOKENS else _text(method)[1:-1],
-                    url.decode("ascii") if safe(url) else _text(url)[1:-1],
+                    method if method in _TOKENS else _escaped(method),
+                    url if not url.translate(None, _SAFE) else _escaped(url),
                     status,
                     fields,
                     duration * 1000,
                     bytes_in,
                     bytes_out,
-                    rid.decode("ascii") if safe(rid) else _text(rid)[1:-1],
-                    by,
+                    rid if not rid.translate(None, _SAFE) else _escaped(rid),
+                    by_text,
                     pid,
                 )
             )
-        return "".join(out)
+        return b"".join(out)
 
     def flush(self) -> None:
         rows = self._rows
@@ -136,7 +145,7 @@ class AccessLog:
         self._rows = []
         if self._out is None:
             return
-        data = self._format(rows).encode("utf-8", "replace")
+        data = self._format(rows)
         try:
             self._out.write(data)
             self._out.flush()

@@ -46,12 +46,13 @@ CRLF = b"\r\n"
 
 
 _NO_OPTIONS: frozenset[bytes] = frozenset()
-_PLAIN = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+# Connection header values that name no other header: nearly all of them.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
 
 
 def connection_options(value: bytes) -> frozenset[bytes]:
     """Lower-case tokens of a ``Connection`` header, minus the framing ones."""
-    if value in _PLAIN:  # nearly every Connection header: nothing to parse
+    if value in PLAIN_CONNECTION:  # nearly every Connection header: nothing to parse
         return _NO_OPTIONS
     tokens = {t.strip().lower() for t in value.split(b",")}
     tokens.discard(b"")
@@ -59,12 +60,17 @@ def connection_options(value: bytes) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def without_options(lines: list[bytes], options: frozenset[bytes]) -> list[bytes]:
-    """Pre-formatted ``Name: value`` lines minus those whose name is a connection option.
+def without_options(parts: list[bytes], options: frozenset[bytes]) -> list[bytes]:
+    """Header parts (four per field: name, ``b": "``, value, CRLF) minus the fields whose
+    name is a connection option.
 
     Rare (a ``Connection`` header naming more than close/keep-alive/upgrade), so the names
-    are split out again here rather than kept for every request."""
-    return [line for line in lines if line.partition(b":")[0].strip().lower() not in options]
+    are lower-cased here rather than kept for every request."""
+    out: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i].strip().lower() not in options:
+            out += parts[i : i + 4]
+    return out
 
 
 def forwarded_for(prior: bytes | None, client_ip: bytes) -> bytes:
@@ -85,8 +91,9 @@ def request_head(  # noqa: PLR0917  # positional-friendly: called once per reque
 ) -> bytes:
     """The head sent upstream: always HTTP/1.1, keep-alive unless upgrading.
 
-    ``lines`` are the client's passed-on header lines (Host among them when it sent one;
-    ``host`` is added only for HTTP/1.0 clients that sent none). ``framing`` is
+    ``lines`` are the client's passed-on header parts, four per field (name, ``b": "``,
+    value, CRLF), with Host among them when it sent one (the forwarder adds one for
+    HTTP/1.0 clients that sent none). ``framing`` is
     ``b"content-length: N\\r\\n"``, ``b"transfer-encoding: chunked\\r\\n"`` or ``b""``.
     """
     parts = [method, b" ", url, b" HTTP/1.1\r\n", *lines]
@@ -94,7 +101,7 @@ def request_head(  # noqa: PLR0917  # positional-friendly: called once per reque
         parts.append(b"X-Forwarded-Host: " + host + CRLF)
     parts += [
         b"X-Forwarded-For: ",
-        forwarded_for(prior_xff, client_ip),
+        prior_xff + b", " + client_ip if prior_xff else client_ip,  # forwarded_for()
         b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
         request_id,
         CRLF,
@@ -106,11 +113,11 @@ def request_head(  # noqa: PLR0917  # positional-friendly: called once per reque
     return b"".join(parts)
 
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
 def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
+    line = STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 

@@ -52,14 +52,15 @@ class Runtime:
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
-        self._log_where: dict[tuple[str, str, str], str] = {}
+        self._log_where: dict[tuple[str, str, str], bytes] = {}
         self.shadow = ShadowManager(self)
         self.diffs = DiffRecorder(self)
         self.shadow.on_complete = self.diffs
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
-        self._rid_prefix = os.urandom(6).hex().encode() + b"-"
-        self._rid = itertools.count(1)
+        # Request ids: a random per-process prefix and a counter (see new_request_id).
+        self.rid_prefix = os.urandom(6).hex().encode() + b"-"
+        self.rid_counter = itertools.count(1)
         self.balancer = Balancer(self.now, self.counts.count)
         self.install(config)
 
@@ -98,7 +99,7 @@ class Runtime:
 
     def new_request_id(self) -> bytes:
         # A random per-process prefix and a counter: unique without a syscall per request.
-        return self._rid_prefix + b"%x" % next(self._rid)
+        return self.rid_prefix + b"%x" % next(self.rid_counter)
 
     @staticmethod
     def new_sticky_key() -> bytes:
@@ -131,7 +132,7 @@ class Runtime:
             self.access_log.add(
                 (
                     time.time(),
-                    conn.ip_text,
+                    conn.ip,
                     ex.method,
                     ex.url,
                     ex.status,
