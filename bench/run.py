@@ -6,7 +6,11 @@ method and every column. Stdlib only.
 1. Start, on free 127.0.0.1 ports found at run time, with every file in a temp dir:
    - the upstream: nginx, 1 worker, a fixed 100-byte body (bench/upstream/nginx.conf);
    - the reference proxy: nginx, 1 worker, pooled keep-alive upstream connections
-     (bench/nginx-proxy/nginx.conf);
+     (bench/nginx-proxy/nginx.conf), the floor: no access log, nothing added;
+   - the same-job reference ("nginx:routing", unless --no-nginx-routing): the same nginx
+     doing what splitproxy's `routing` scenario does: a 90/10 split over two upstream groups,
+     a header override, X-Forwarded-* headers, a buffered JSON access log
+     (bench/nginx-routing/nginx.conf);
    - one `splitproxy run -c <generated yaml>` per --scenario (see SCENARIOS).
    Each is ready when its port accepts a connection (bounded deadline, polled) and one
    `GET /` answers 200 with the upstream's body. A splitproxy that does not come up is
@@ -358,7 +362,7 @@ class Cpus:
 @dataclass
 class Target:
     name: str
-    kind: str  # "direct", "nginx" or "splitproxy"
+    kind: str  # "direct", "nginx" (the floor), "nginx-routing" (the same job) or "splitproxy"
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
@@ -757,8 +761,9 @@ def _paired(
 
 def summarize(targets: list[Target]) -> list[dict[str, Any]]:
     """Medians over rounds; ratio and added latency are paired with the same round's base."""
-    by_kind = {t.kind: t for t in targets if t.kind in ("direct", "nginx")}
+    by_kind = {t.kind: t for t in targets if t.kind in ("direct", "nginx", "nginx-routing")}
     nginx, direct = by_kind.get("nginx"), by_kind.get("direct")
+    same_job = by_kind.get("nginx-routing")
     rows = []
     for target in targets:
         thr, lat = target.throughput, target.latency
@@ -768,6 +773,11 @@ def summarize(targets: list[Target]) -> list[dict[str, Any]]:
                 "source": "wrk",
                 "rps": _median([s["rps"] for s in thr]),
                 "ratio_to_nginx": (_paired(thr, nginx.throughput, lambda s, b: s["rps"] / b["rps"]) if nginx else None),
+                "ratio_to_nginx_same_job": (
+                    _paired(thr, same_job.throughput, lambda s, b: s["rps"] / b["rps"])
+                    if same_job and target.kind == "splitproxy"
+                    else None
+                ),
                 "p50_us": _median([s["latency_us"]["p50"] for s in thr]),
                 "p99_us": _median([s["latency_us"]["p99"] for s in thr]),
                 "cpu_us_per_req": _median([s["cpu_us_per_req"] for s in thr]),
@@ -795,6 +805,7 @@ def summarize(targets: list[Target]) -> list[dict[str, Any]]:
                     "source": "locust",
                     "rps": result["rps"],
                     "ratio_to_nginx": None,
+                    "ratio_to_nginx_same_job": None,
                     "p50_us": result["p50_ms"] * 1000,
                     "p99_us": result["p99_ms"] * 1000,
                     "cpu_us_per_req": result["cpu_us_per_req"],
@@ -808,7 +819,16 @@ def summarize(targets: list[Target]) -> list[dict[str, Any]]:
     return rows
 
 
-COLUMNS = ("target", "req/s", "ratio to nginx", "p50", "p99", "CPU µs/req", "added p50 @1 conn")
+COLUMNS = (
+    "target",
+    "req/s",
+    "ratio to nginx",
+    "ratio to nginx same job",
+    "p50",
+    "p99",
+    "CPU µs/req",
+    "added p50 @1 conn",
+)
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -833,6 +853,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 row["target"] + (" !" if row["errors"] else ""),
                 _fmt(row["rps"], ",.0f"),
                 _fmt(row["ratio_to_nginx"], ".2f", "x"),
+                _fmt(row["ratio_to_nginx_same_job"], ".2f", "x"),
                 _ms(row["p50_us"]),
                 _ms(row["p99_us"]),
                 _fmt(row["cpu_us_per_req"], ".1f"),
@@ -905,6 +926,7 @@ def write_results(
         "latency_duration_s": args.latency_duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
+        "nginx_routing": not args.no_nginx_routing,
         "locust": {
             "users": args.locust_users,
             "rate": args.locust_rate,
@@ -988,6 +1010,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--locust-rate", type=float, default=2000, help="total req/s Locust offers (default 2000)")
     parser.add_argument("--locust-duration", type=float, default=10, help="seconds of Locust load; 0 skips it")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--no-nginx-routing",
+        action="store_true",
+        help="do not measure nginx:routing, the nginx doing splitproxy's routing job",
+    )
     parser.add_argument("--splitproxy", help="the splitproxy command (default: the venv's)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
@@ -1003,7 +1030,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
     started = datetime.now(UTC)
     assert tools.nginx is not None
     with Children() as children:
-        upstream_port, nginx_port = free_ports(2)
+        upstream_port, nginx_port, nginx_routing_port = free_ports(3)
         upstream = start_nginx(
             children,
             tools.nginx,
@@ -1025,7 +1052,21 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
             Target("direct", "direct", upstream_port, upstream, tmp / "upstream.log"),
             Target("nginx", "nginx", nginx_port, proxy, tmp / "nginx-proxy.log"),
         ]
-        error_logs = (tmp / "upstream-error.log", tmp / "nginx-proxy-error.log")
+        error_logs = [tmp / "upstream-error.log", tmp / "nginx-proxy-error.log"]
+        if not args.no_nginx_routing:
+            same_job = start_nginx(
+                children,
+                tools.nginx,
+                "nginx-routing",
+                BENCH / "nginx-routing" / "nginx.conf",
+                tmp,
+                PORT=nginx_routing_port,
+                UPSTREAM_PORT=upstream_port,
+            )
+            targets.append(
+                Target("nginx:routing", "nginx-routing", nginx_routing_port, same_job, tmp / "nginx-routing.log")
+            )
+            error_logs.append(tmp / "nginx-routing-error.log")
         for target, error_log in zip(targets, error_logs, strict=True):
             try:
                 wait_for_port(target.port, target.proc, deadline_s=10)
