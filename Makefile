@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The compiled build (setup.py: the hot-path modules through mypyc), installed as a user
+# would install it; rebuilt whenever a source file changes, so it is never stale.
+CVENV := .venv-compiled
+CBIN := $(CVENV)/bin
+CSTAMP := $(CVENV)/.installed
 
-.PHONY: demo test check lint format typecheck bench clean
+.PHONY: demo test check lint format typecheck bench compiled clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,14 +17,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
+## compiled: .venv-compiled with the mypyc-compiled data plane (what bench and Docker run)
+compiled: $(CSTAMP)
+
+$(CSTAMP): pyproject.toml setup.py $(wildcard proxy/*.py)
+	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
+	$(CBIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# The dependencies first (a plain build): mypyc type-checks against them.
+	$(CBIN)/python -m pip install --quiet '.[dev,bench]'
+	rm -rf build
+	SPLITPROXY_COMPILE=1 $(CBIN)/python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall .
+	$(CBIN)/splitproxy --version | grep -q 'data plane: compiled'
+	touch $(CSTAMP)
+
 ## demo: two built-in demo versions behind the proxy (Ctrl-C to stop)
 demo: $(STAMP)
 	$(BIN)/splitproxy demo --traffic
 
-## test: the whole test suite (pure, in-process, black-box)
-test: $(STAMP)
+## test: the whole test suite (pure, in-process, black-box), on the source tree and then
+## on the compiled build
+test: $(STAMP) $(CSTAMP)
 	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q
+	SPLITPROXY_TEST_INSTALLED=1 $(CBIN)/python -m pytest -q -p no:cacheprovider
 
 ## check: format check, lint, types, tests — what CI should be green on
 check: $(STAMP) lint typecheck test
@@ -35,10 +55,10 @@ format: $(STAMP)
 	$(BIN)/ruff format proxy tests bench
 	$(BIN)/ruff check --fix proxy tests bench
 
-## bench: direct vs nginx vs splitproxy on loopback (installs nginx and wrk)
-bench: $(STAMP)
+## bench: direct vs nginx vs splitproxy (compiled build) on loopback (installs nginx and wrk)
+bench: $(CSTAMP)
 	bash scripts/install-bench-deps.sh
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(CBIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CVENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,11 @@ request (parse, route, rewrite, log) with the kernel's share left out. It is far
 than req/s on a shared machine, and it is the number to watch when changing the hot path.
 
     .venv/bin/python bench/bench_hotpath.py [--seconds 3] [--scenario routing]
+    .venv-compiled/bin/python bench/bench_hotpath.py     # the mypyc build (make compiled)
+
+It measures the ``proxy`` package that the running interpreter has installed (the source
+tree in ``.venv``, an editable install; the compiled build in ``.venv-compiled``) and says
+which.
 """
 
 from __future__ import annotations
@@ -14,13 +19,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from proxy import data_plane_build
 from proxy.config import parse_text
 from proxy.forwarder import ClientConnection
 from proxy.runtime import Runtime
@@ -123,6 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log_file = os.path.join(tmp, "access.log")
+        print(f"data plane: {data_plane_build()}")
         print(f"{'scenario':<10} {'access log':<10} {'µs/request (median)':>20} {'min':>8}")
         for scenario in args.scenario or ["routing"]:
             for target in (log_file, "off"):

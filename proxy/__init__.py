@@ -32,3 +32,12 @@ request; the admin listener and ``--workers`` supervision live in ``admin`` and 
 """
 
 __version__ = "0.1.0"
+
+
+def data_plane_build() -> str:
+    """``"compiled"`` when the hot-path modules are mypyc extensions (setup.py,
+    ``SPLITPROXY_COMPILE=1``), else ``"interpreted"``. Logged at start-up, shown by
+    ``splitproxy --version`` and recorded by the benchmark."""
+    from . import forwarder
+
+    return "interpreted" if forwarder.__file__ is None or forwarder.__file__.endswith(".py") else "compiled"

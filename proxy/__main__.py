@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import __version__, data_plane_build
 from .client import (
     ADMIN_ENV,
     DEFAULT_ADMIN,
@@ -404,6 +405,12 @@ def _add_client_commands(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitproxy", description=DESCRIPTION)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"splitproxy {__version__} (data plane: {data_plane_build()})",
+        help="print the version and whether the data plane is compiled (mypyc) or interpreted",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy (data listener + admin listener)")

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from . import tasks
+from . import data_plane_build, tasks
 from .checker import HealthChecker, targets_from_config
 from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
@@ -148,13 +148,14 @@ class Server:
         self._shadow_task = tasks.spawn(self._shadow_loop(), "shadow-report")
         self.ready = True
         log.info(
-            "listening: proxy on %s:%d, admin on %s:%d (%d worker%s)",
+            "listening: proxy on %s:%d, admin on %s:%d (%d worker%s); data plane: %s",
             config.listen.host,
             self.data_port,
             config.admin.listen.host,
             self.admin_port,
             self.workers,
             "" if self.workers == 1 else "s",
+            data_plane_build(),
         )
 
     async def _shadow_loop(self) -> None:

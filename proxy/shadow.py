@@ -168,7 +168,7 @@ class ShadowLeg:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.bind(self, self)  # type: ignore[arg-type]  # a leg is its own client and exchange
+        conn.bind(self, self)  # a leg is its own client and exchange
         conn.transport.write(self.head + self.mirror.request_body())
 
     def check_deadline(self, now: float) -> None:

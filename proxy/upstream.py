@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -19,7 +19,48 @@ from .errors import UpstreamConnectError, UpstreamError, UpstreamReset, Upstream
 from .headers import RESPONSE_OWNED
 
 if TYPE_CHECKING:
-    from .forwarder import ClientConnection, Exchange
+    from .runtime import Runtime
+
+
+# What this module uses of the side it serves: a forwarder.ClientConnection with its
+# Exchange, or a shadow.ShadowLeg standing in for both. Protocols, not those classes: in
+# the compiled build (setup.py) a class annotation is checked at run time, and a ShadowLeg
+# would be refused where a ClientConnection is named. Keep them Protocols.
+
+
+class Exchangeish(Protocol):
+    """What this module reads of its exchange."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def resp_started(self) -> bool: ...
+    @property
+    def resp_mode(self) -> int: ...
+    @property
+    def UNTIL_CLOSE(self) -> int: ...  # the class constant of both
+
+
+class Client(Protocol):
+    """What this module calls on its client."""
+
+    last_io: float
+    upstream_full: bool
+
+    @property
+    def rt(self) -> Runtime: ...
+    @property
+    def transport(self) -> Any: ...
+    def flush(self) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def update_reading(self) -> None: ...
+    def response_head(
+        self, ex: Any, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
+    ) -> None: ...
+    def response_body(self, ex: Any, body: bytes) -> None: ...
+    def response_complete(self, ex: Any, conn: UpstreamConnection, reusable: bool) -> None: ...
+    def upstream_failed(self, ex: Any, err: UpstreamError, *, retryable: bool, sent: bool = True) -> None: ...
+
 
 log = logging.getLogger("splitproxy")
 
@@ -82,8 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.ex: Exchange | None = None
+        self.client: Client | None = None
+        self.ex: Exchangeish | None = None
         self.lines: list[bytes] = []
         self.hdict: dict[bytes, bytes] = {}
         self.closed = False
@@ -97,7 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding ----------------------------------------------------------------------------
 
-    def bind(self, client: ClientConnection, ex: Exchange) -> None:
+    def bind(self, client: Client, ex: Exchangeish) -> None:
         # ClientConnection._attach does the same inline (once per request).
         self.client = client
         self.ex = ex

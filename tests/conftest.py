@@ -2,20 +2,37 @@
 
 Nothing sleeps to wait for a server: ``start`` returns once the listener is bound and
 the port read back (STYLE.md, tier 2).
+
+``SPLITPROXY_TEST_INSTALLED=1`` tests the *installed* package instead of the source tree:
+``make test`` runs the suite a second time that way in ``.venv-compiled``, against the
+mypyc-compiled data plane that ``make bench`` measures and the Dockerfile ships.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if os.environ.get("SPLITPROXY_TEST_INSTALLED") == "1":
+    # pytest put the project root on sys.path (tests/ is a package), and `python -m`
+    # the working directory: drop both so that `import proxy` finds site-packages.
+    _root = Path(__file__).resolve().parent.parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]
+    import proxy
+
+    assert Path(proxy.__file__ or "").resolve().parent.parent != _root, "still testing the source tree"
+    if proxy.data_plane_build() != "compiled":
+        raise SystemExit(f"SPLITPROXY_TEST_INSTALLED=1 but {proxy.__file__} is not the compiled build")
 
 import asyncio
 import hashlib
 import json
 import re
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
