@@ -4,7 +4,9 @@ Builds realistic JSON answer pairs (a list of products with ids, prices and time
 a ``meta`` block, a handful of differences between live and shadow) of about 1, 8 and
 64 KiB, and prints the median µs per ``compare()`` over repeated batches, next to the
 floor set by ``json.loads`` of both bodies, a few harder variants, ``RouteStats.record``
-and ``endpoint_template``. The run is bounded (``--seconds``, default 5 in all).
+and ``endpoint_template``; then the whole comparison of one finished mirror
+(``DiffRecorder``, proxy/shadow.py) as the proxy benchmark's 100 % GET shadowing produces
+it. The run is bounded (``--seconds``, default 5 in all).
 
     .venv/bin/python bench/bench_diff.py [--seconds 5]
 """
@@ -12,6 +14,7 @@ and ``endpoint_template``. The run is bounded (``--seconds``, default 5 in all).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import random
@@ -24,8 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.config import ShadowNoise
+from proxy.config import ShadowNoise, parse_text
 from proxy.diffing import Captured, RouteStats, compare, endpoint_template
+from proxy.runtime import Runtime
+from proxy.shadow import COMPARED, Capture, Mirror, ShadowLeg
 
 HEADERS = (
     ("content-type", "application/json"),
@@ -87,6 +92,72 @@ def captured(doc: Any) -> Captured:
     return Captured(200, HEADERS, json.dumps(doc).encode())
 
 
+RECORDER_CONFIG = """
+listen: "127.0.0.1:0"
+access_log: "off"
+routes:
+  - name: bench
+    backends:
+      stable: {upstreams: ["http://127.0.0.1:9"], weight: 100}
+      candidate: {upstreams: ["http://127.0.0.1:10"], weight: 0}
+    shadow: {backend: candidate, percent: 100, noise: {percent: 0}}
+"""
+
+
+class Request:
+    """The fields of a forwarder ``Exchange`` that a ``Mirror`` reads."""
+
+    method = b"GET"
+    url = b"/products/1"
+    req_chunked = False
+    content_length = None
+    t0 = 0.0
+
+
+def nginx_answer(t0: float) -> Capture:
+    """A capture of nginx's fixed answer (bench/upstream), filled as the proxy fills one: head
+    lines and body are new objects each time, as they are for every response."""
+    capture = Capture(1 << 20, t0)
+    lines = [
+        b"%s: %s\r\n" % (b"Server", b"nginx/1.24.0"),
+        b"%s: %s\r\n" % (b"Date", b"Mon, 23 Nov 2026 16:00:00 GMT"),
+        b"%s: %s\r\n" % (b"Content-Type", b"text/plain"),
+    ]
+    capture.head(200, lines, [b"content-length: " + b"100" + b"\r\n"])
+    capture.take(bytes(bytearray(b"x" * 100)))
+    capture.t_end = t0 + 0.001
+    return capture
+
+
+def recorder_cases() -> tuple[list[tuple[str, str, Callable[[], object]]], Callable[[], None]]:
+    """``DiffRecorder.__call__`` (comparison and recording, not the I/O) on a finished mirror of
+    a GET whose live and shadow answers are nginx's 100-byte text answer; and the cost of
+    building that mirror alone, which the first figure includes."""
+    loop = asyncio.new_event_loop()
+    rt = Runtime(parse_text(RECORDER_CONFIG, "<bench>"), loop)
+    plan = rt.table.plans["bench"]
+    pool = next(iter(rt.pools.values()))
+    mirror = Mirror(rt.shadow, Request(), plan)  # type: ignore[arg-type]  # the fields it reads
+    leg = ShadowLeg(mirror, "shadow", pool, b"")
+    leg.outcome = COMPARED
+    mirror.legs = [leg]
+
+    def finished() -> Mirror:
+        mirror.live = nginx_answer(1.0)
+        leg.capture = nginx_answer(1.0)
+        return mirror
+
+    def close() -> None:
+        rt.close()
+        loop.close()
+
+    cases = [
+        ("DiffRecorder, identical 100-byte text answers", "100 B", lambda: rt.diffs(finished())),
+        ("  building the mirror only", "100 B", finished),
+    ]
+    return cases, close
+
+
 def median_us(fn: Callable[[], object], budget: float) -> tuple[float, int]:
     """Median µs per call over batches of >= 2 ms, within ``budget`` seconds."""
     t0 = time.perf_counter()
@@ -146,8 +217,24 @@ def main() -> None:
     for label, (live, shadow) in pairs.items():
         cases.append((f"compare, handful of diffs ({len(live.body)} B)", label, comparing(live, shadow)))
         cases.append(("  json.loads of both bodies (stdlib)", label, parsing(live, shadow)))
+
+    def fresh_twins() -> tuple[Captured, Captured]:
+        # Bytes as they come off the wire: a new object per answer, so its hash is not cached.
+        twin = Captured(200, HEADERS, bytes(bytearray(big_live.body)))
+        return twin, twin
+
+    # 100 distinct equal pairs, more than the remembered equal bodies hold: never seen before.
+    unseen = [captured({**big_doc, "meta": {**big_doc["meta"], "request_id": f"r-{i}"}}) for i in range(100)]
+    unseen_next = iter(range(10**9))
+
+    def compare_unseen() -> object:
+        c = unseen[next(unseen_next) % len(unseen)]
+        return compare(c, c)
+
     cases += [
         ("compare, identical bodies", "64 KiB", lambda: compare(big_live, big_live)),
+        ("compare, identical bodies, fresh bytes", "64 KiB", lambda: compare(*fresh_twins())),
+        ("compare, identical bodies, never seen", "64 KiB", compare_unseen),
         ("compare, every element differs", "64 KiB", lambda: compare(big_live, all_differ)),
         (
             "compare, every element differs, ignored",
@@ -162,6 +249,8 @@ def main() -> None:
             lambda: endpoint_template("GET", "/orgs/acme/repos/web?tab=1", TEMPLATES),
         ),
     ]
+    recording, close = recorder_cases()
+    cases += recording
 
     budget = args.seconds / len(cases)
     c = compare(big_live, big_shadow)
@@ -170,6 +259,7 @@ def main() -> None:
     for name, label, fn in cases:
         us, calls = median_us(fn, budget)
         print(f"{name:<46} {label:>7} {us:>10.1f} {calls:>8}")
+    close()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ optional field that appears only in later, identical elements is not counted as 
 for that response (a differing field always is); and since ``True == 1`` in Python, a
 ``1`` -> ``true`` change is caught in the exemplar (so a change made by a serialiser,
 which hits every element, is caught) but not in a later element of the same shape.
+Arrays of 8 or more elements find the elements to visit (differing ones, and the first of
+each new key tuple) with C-level passes rather than a Python loop over every element; the
+visits and their order are the same. Comparing an answer with an equal one (the common
+outcome) is remembered: small equal answers map to their ``Comparison``, equal JSON bodies
+to their field keys. Both memos are exact (keyed by the bytes themselves) and bounded by the
+bytes they hold; a repeat then costs a hash of the body instead of a parse and a walk.
 """
 
 from __future__ import annotations
@@ -42,11 +48,13 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Final, Literal, TypeAlias
+from itertools import compress
+from operator import eq, ne, not_
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import unquote_plus
 
 import orjson
@@ -329,6 +337,7 @@ class Comparison:
 
 
 _ABSENT: Final = object()
+_NOTHING: Final[frozenset[str]] = frozenset()
 
 
 def _clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -504,6 +513,30 @@ def _same_json_type(ta: type, tb: type) -> bool:
     return ta is tb or ((ta is int or ta is float) and (tb is int or tb is float))
 
 
+# Arrays at least this long are scanned with C-level passes (map, compress) that pick the
+# few elements the walk must visit; shorter ones are cheaper to loop over.
+_BULK_MIN: Final = 8
+
+
+def _first_new_shapes(
+    tuples: list[tuple[str, ...]], equal: list[Any], after: Iterable[int], key: str, shapes: set[Any]
+) -> list[int]:
+    """Of objects with these key tuples, the indexes the walk visits as exemplars: for each
+    key tuple not yet in ``shapes``, the first element that is ``equal`` to its counterpart,
+    as the element-by-element loop picks them; ``after``: the indexes that are not. ``shapes``
+    is not updated: the caller adds each one as it visits (nothing else adds one under ``key``
+    meanwhile, as recursion only adds longer keys)."""
+    # The first equal element of a key tuple starts the array, starts a run of that tuple,
+    # or follows an element that is not equal: only those are looked at, found in C.
+    candidates = {0, *compress(range(1, len(tuples)), map(ne, tuples[1:], tuples)), *(i + 1 for i in after)}
+    first: dict[tuple[str, ...], int] = {}
+    for j in sorted(candidates):
+        if j < len(tuples) and equal[j]:
+            first.setdefault(tuples[j], j)
+    first.pop((), None)  # empty objects hold no keys: never visited
+    return sorted(i for s, i in first.items() if (key, s) not in shapes)
+
+
 def _diff_values(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path: positional arguments make the cheapest calls
     ta, tb = type(a), type(b)
     if (ta is dict and tb is dict) or (ta is list and tb is list):
@@ -522,6 +555,7 @@ def _diff_values(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> 
 def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
     fields_add = acc.fields.add
     shapes = acc.shapes
+    differing = acc.differing
     kids = _CHILDREN.get(key) or {}
     matched = 0
     for k, va in a.items():
@@ -533,18 +567,31 @@ def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth
             continue
         matched += 1
         if va == vb:
-            tva, tvb = type(va), type(vb)
-            if tva is dict or tva is list:
+            # _shape() and the bool check, inlined: this runs for every member of every
+            # element of a differing array.
+            tva = type(va)
+            if tva is dict:
                 if va:
-                    shape = _shape(ck, va)
-                    if shape is None or shape not in shapes:
+                    shape = (ck, tuple(va))
+                    if shape not in shapes:
                         shapes.add(shape)
                         _same(va, vb, path + exact, ck, depth + 1, acc)
-            elif tva is not tvb and (tva is bool or tvb is bool):  # True == 1 in Python, not in JSON
+            elif tva is list:
+                if va:
+                    first = type(va[0])
+                    list_shape = None if first is dict or first is list else (ck, "scalars")
+                    if list_shape is None or list_shape not in shapes:
+                        shapes.add(list_shape)
+                        _same(va, vb, path + exact, ck, depth + 1, acc)
+            elif tva is not type(vb) and (tva is bool or type(vb) is bool):  # True == 1 in Python, not in JSON
                 acc.found_values(path + exact, ck, "type", va, vb)
             continue
         if type(va) is dict and type(vb) is dict and depth + 1 < MAX_JSON_DEPTH:
             _diff_dicts(va, vb, path + exact, ck, depth + 1, acc)
+        elif ck in differing and type(va) is type(vb) and type(va) is not dict and type(va) is not list:
+            # Two different scalars of one type under a key already found: nothing to add
+            # (_diff_values would only find "changed" again, which keeps the first).
+            continue
         else:
             _diff_values(va, vb, path + exact, ck, depth + 1, acc)
     if matched != len(b):
@@ -561,6 +608,22 @@ def _diff_lists(a: list[Any], b: list[Any], path: str, key: str, depth: int, acc
         return
     ck = key + "[*]"
     acc.fields.add(ck)
+    n = min(len(a), len(b))
+    if n >= _BULK_MIN:
+        if len(a) != n:
+            a = a[:n]
+        elif len(b) != n:
+            b = b[:n]
+        types = set(map(type, a))
+        if types == {dict}:
+            _diff_list_of_dicts(a, b, path, ck, depth, acc)
+            return
+        if dict not in types and list not in types and list(map(type, a)) == list(map(type, b)):
+            # Scalars of the same types pairwise: equal ones hide no bool-vs-int change, so
+            # only the differing ones are visited.
+            for i in compress(range(n), map(not_, map(eq, a, b))):
+                _diff_values(a[i], b[i], f"{path}[{i}]", ck, depth + 1, acc)
+            return
     shapes = acc.shapes
     for i, (x, y) in enumerate(zip(a, b, strict=False)):  # the common prefix; "length" said the rest
         if x == y:
@@ -580,6 +643,76 @@ def _diff_lists(a: list[Any], b: list[Any], path: str, key: str, depth: int, acc
             _diff_values(x, y, f"{path}[{i}]", ck, depth + 1, acc)
 
 
+def _diff_list_of_dicts(a: list[dict[str, Any]], b: list[Any], path: str, ck: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
+    """``_diff_lists`` for equally long arrays of objects: the same visits in the same order,
+    picked with C-level passes. An equal element pair is visited only as the first of its
+    key tuple (see ``_same``), a differing one always."""
+    n = len(a)
+    eqs = list(map(eq, a, b))
+    tuples = list(map(tuple, a))
+    visit = list(compress(range(n), map(not_, eqs)))
+    if len(visit) < n:
+        visit += _first_new_shapes(tuples, eqs, visit, ck, acc.shapes)
+        visit.sort()
+    shapes = acc.shapes
+    deeper = depth + 1 < MAX_JSON_DEPTH
+    keys: tuple[str, ...] = ()
+    children: list[tuple[str, str]] = []
+    for i in visit:
+        x, y = a[i], b[i]
+        if eqs[i]:
+            shapes.add((ck, tuples[i]))
+            _same(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+        elif not deeper or type(y) is not dict:
+            _diff_values(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+        elif tuples[i] == tuple(y):
+            # The usual differing element: the same keys in the same order on both sides.
+            # Its member keys are resolved and counted once per run of one key tuple.
+            if tuples[i] != keys:
+                keys = tuples[i]
+                children = [_CHILDREN.get(ck, {}).get(k) or _child(ck, k) for k in keys]
+                acc.fields.update([c for _, c in children])
+            _diff_members(x, y, children, path, i, depth + 1, acc)
+        else:
+            _diff_dicts(x, y, f"{path}[{i}]", ck, depth + 1, acc)
+
+
+def _diff_members(  # noqa: PLR0917  # hot path
+    a: dict[str, Any], b: dict[str, Any], children: list[tuple[str, str]], path: str, index: int, depth: int, acc: _Acc
+) -> None:
+    """``_diff_dicts`` for elements ``index`` of two arrays at ``path``: objects with the same
+    keys in the same order, whose members' (exact path segment, field key) pairs are
+    ``children`` and already counted as fields. Paths are built only for what is reported or
+    descended into: most members of most elements are neither."""
+    shapes = acc.shapes
+    differing = acc.differing
+    for (exact, ck), va, vb in zip(children, a.values(), b.values(), strict=True):
+        if va == vb:
+            tva = type(va)
+            if tva is dict:
+                if va:
+                    shape = (ck, tuple(va))
+                    if shape not in shapes:
+                        shapes.add(shape)
+                        _same(va, vb, f"{path}[{index}]{exact}", ck, depth + 1, acc)
+            elif tva is list:
+                if va:
+                    first = type(va[0])
+                    list_shape = None if first is dict or first is list else (ck, "scalars")
+                    if list_shape is None or list_shape not in shapes:
+                        shapes.add(list_shape)
+                        _same(va, vb, f"{path}[{index}]{exact}", ck, depth + 1, acc)
+            elif tva is not type(vb) and (tva is bool or type(vb) is bool):
+                acc.found_values(f"{path}[{index}]{exact}", ck, "type", va, vb)
+            continue
+        if type(va) is dict and type(vb) is dict and depth + 1 < MAX_JSON_DEPTH:
+            _diff_dicts(va, vb, f"{path}[{index}]{exact}", ck, depth + 1, acc)
+        elif ck in differing and type(va) is type(vb) and type(va) is not dict and type(va) is not list:
+            continue
+        else:
+            _diff_values(va, vb, f"{path}[{index}]{exact}", ck, depth + 1, acc)
+
+
 def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917  # recursive hot path
     """Two sub-trees that Python calls equal: add their field keys, and look for what Python's
     ``==`` hides, ``true`` vs ``1`` (bool is an int). Arrays are visited through one element
@@ -594,19 +727,37 @@ def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  
         for k, va in a.items():
             exact, ck = kids.get(k) or _child(key, k)
             fields_add(ck)
-            vb = b[k]
-            tva, tvb = type(va), type(vb)
-            if tva is dict or tva is list:
+            tva = type(va)
+            if tva is dict:
                 if va:
-                    shape = _shape(ck, va)
-                    if shape is None or shape not in shapes:
-                        shapes.add(shape)
-                        _same(va, vb, path + exact, ck, depth + 1, acc)
-            elif tva is not tvb and (tva is bool or tvb is bool):
-                acc.found_values(path + exact, ck, "type", va, vb)
+                    keys_shape = (ck, tuple(va))
+                    if keys_shape not in shapes:
+                        shapes.add(keys_shape)
+                        _same(va, b[k], path + exact, ck, depth + 1, acc)
+            elif tva is list:
+                if va:
+                    first = type(va[0])
+                    list_shape = None if first is dict or first is list else (ck, "scalars")
+                    if list_shape is None or list_shape not in shapes:
+                        shapes.add(list_shape)
+                        _same(va, b[k], path + exact, ck, depth + 1, acc)
+            elif a is not b:
+                tvb = type(b[k])
+                if tva is not tvb and (tva is bool or tvb is bool):
+                    acc.found_values(path + exact, ck, "type", va, b[k])
         return
     ck = key + "[*]"
     acc.fields.add(ck)
+    if len(a) >= _BULK_MIN:
+        types = set(map(type, a))
+        if types == {dict}:
+            tuples = list(map(tuple, a))
+            for i in _first_new_shapes(tuples, [True] * len(a), (), ck, shapes):
+                shapes.add((ck, tuples[i]))
+                _same(a[i], b[i], f"{path}[{i}]", ck, depth + 1, acc)
+            return
+        if dict not in types and list not in types and (a is b or list(map(type, a)) == list(map(type, b))):
+            return  # equal scalars of the same types: nothing hidden
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         tx, ty = type(x), type(y)
         if tx is dict or tx is list:
@@ -706,18 +857,49 @@ def _bytes_summary(body: bytes) -> str:
 # ---- compare -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Media:
+    """What one Content-Type value says about how to compare a body."""
+
+    type: str  # lower-case media type, "" when absent
+    charset: str | None  # lower-case, as given
+    is_json: bool
+    is_text: bool
+
+    @property
+    def text_charset(self) -> str | None:
+        """The charset a body is decoded with: the declared one only for a text type."""
+        return self.charset if self.is_text else None
+
+
+# Content-Type value -> parsed. A memo of a pure function: a service sends a handful of
+# distinct values, and header strings repeat (see shadow.parse_lines). Bounded by clearing.
+_MEDIA: dict[str | None, _Media] = {}
+_MEDIA_MAX: Final = 256
+
+
+def _parse_media(value: str | None) -> _Media:
+    got = _MEDIA.get(value)
+    if got is None:
+        if value is None:
+            mt, charset = "", None
+        else:
+            head, _, params = value.partition(";")
+            mt, charset = head.strip().lower(), None
+            for p in params.split(";"):
+                name, _, v = p.partition("=")
+                if name.strip().lower() == "charset":
+                    charset = v.strip().strip('"').lower() or None
+        if len(_MEDIA) >= _MEDIA_MAX:
+            _MEDIA.clear()
+        _MEDIA[value] = got = _Media(mt, charset, _is_json_type(mt), _is_text_type(mt))
+    return got
+
+
 def _media(c: Captured) -> tuple[str, str | None]:
     """(media type, charset) from Content-Type, lower-case."""
-    value = c.header("content-type")
-    if value is None:
-        return "", None
-    mt, _, params = value.partition(";")
-    charset = None
-    for p in params.split(";"):
-        name, _, v = p.partition("=")
-        if name.strip().lower() == "charset":
-            charset = v.strip().strip('"').lower() or None
-    return mt.strip().lower(), charset
+    m = _parse_media(c.header("content-type"))
+    return m.type, m.charset
 
 
 def _is_json_type(mt: str) -> bool:
@@ -734,21 +916,27 @@ def _is_text_type(mt: str) -> bool:
 
 def _decoded_body(c: Captured) -> tuple[bytes, bool, bool]:
     """(body, truncated, opaque) after undoing gzip/deflate; opaque: an encoding we cannot undo."""
-    encoding = (c.header("content-encoding") or "").strip().lower()
+    return _decode(c.body, c.truncated, c.header("content-encoding"))
+
+
+def _decode(body: bytes, truncated: bool, content_encoding: str | None) -> tuple[bytes, bool, bool]:
+    if content_encoding is None:
+        return body, truncated, False
+    encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
-        return c.body, c.truncated, False
-    if c.truncated:
-        return c.body, True, False
+        return body, truncated, False
+    if truncated:
+        return body, True, False
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        return c.body, False, True
+        return body, False, True
     for wbits in (47, -15):  # 47: zlib or gzip header (auto); -15: raw deflate, as some servers send
         d = zlib.decompressobj(wbits=wbits)
         try:
-            out = d.decompress(c.body, MAX_DECODED_BODY)
+            out = d.decompress(body, MAX_DECODED_BODY)
         except zlib.error:
             continue
         return out, bool(d.unconsumed_tail), False
-    return c.body, False, True
+    return body, False, True
 
 
 def _text(body: bytes, charset: str | None) -> str | None:
@@ -760,16 +948,56 @@ def _text(body: bytes, charset: str | None) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def _ignored_headers(ignore_headers: frozenset[str]) -> frozenset[str]:
-    return frozenset(h.lower() for h in ignore_headers) | HOP_BY_HOP_HEADERS
+def _ignored_headers(ignore_headers: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """The header names not compared: (when the bodies are compared, when one is truncated).
+
+    "" stands for an empty ``Connection`` token, never a header worth a field."""
+    ignored = frozenset(h.lower() for h in ignore_headers) | HOP_BY_HOP_HEADERS | {""}
+    return ignored | {"content-length"}, ignored
 
 
 def _header_map(c: Captured) -> dict[str, str]:
-    out: dict[str, str] = {}
+    out = dict(c.headers)
+    if len(out) == len(c.headers):  # no repeated name: the common case, built in C
+        return out
+    out = {}
     for name, value in c.headers:
         prev = out.get(name)
         out[name] = value if prev is None else prev + ", " + value
     return out
+
+
+def _diff_headers(lh: dict[str, str], sh: dict[str, str], ignored: frozenset[str], acc: _Acc) -> None:
+    if "connection" in lh or "connection" in sh:  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too
+        tokens = {t.strip().lower() for c in (lh.get("connection"), sh.get("connection")) if c for t in c.split(",")}
+        ignored = ignored | tokens
+    if lh is sh:
+        acc.fields.update(["header." + name for name in lh if name not in ignored])
+        return
+    # A plain loop: with a handful of names it beats building sets of names.
+    fields_add = acc.fields.add
+    differing = []
+    for name, lv in lh.items():
+        if name not in ignored:
+            fields_add("header." + name)
+            if sh.get(name) != lv:
+                differing.append(name)
+    if len(sh) != len(lh) or sh.keys() != lh.keys():
+        for name in sh.keys() - lh.keys() - ignored:
+            fields_add("header." + name)
+            differing.append(name)
+    differing.sort()  # the order the FieldDiffs are listed in
+    for name in differing:
+        key = "header." + name
+        live_value, shadow_value = lh.get(name), sh.get(name)
+        kind: DiffKind = "missing" if shadow_value is None else "extra" if live_value is None else "changed"
+        acc.found(
+            key,
+            key,
+            kind,
+            None if live_value is None else _clip(live_value),
+            None if shadow_value is None else _clip(shadow_value),
+        )
 
 
 def compare(
@@ -798,30 +1026,36 @@ def compare(
     index, ``.*`` any key. At most ``max_fields`` keys are kept: every differing key first,
     then status, body, headers, JSON keys by depth.
     """
+    if len(live.body) <= _EQUAL_ANSWERS.max_entry and live == shadow:
+        # The same answer on both sides is the common outcome, and it repeats (a static or
+        # cached answer, until its Date changes); comparing an answer with itself is a
+        # function of the answer.
+        key = (live, ignore_headers, ignore_fields, max_fields)
+        got = _EQUAL_ANSWERS.entries.get(key)
+        if got is None:
+            got = _compare(live, shadow, ignore_headers, ignore_fields, max_fields)
+            _EQUAL_ANSWERS.put(key, got, len(live.body) + _ANSWER_OVERHEAD)
+        return got
+    return _compare(live, shadow, ignore_headers, ignore_fields, max_fields)
+
+
+def _compare(
+    live: Captured, shadow: Captured, ignore_headers: frozenset[str], ignore_fields: tuple[str, ...], max_fields: int
+) -> Comparison:
     acc = _Acc()
     fields = acc.fields
     fields.add("status")
     if live.status != shadow.status:
         acc.found("status", "status", "changed", str(live.status), str(shadow.status))
 
-    live_body, live_cut, live_opaque = _decoded_body(live)
-    shadow_body, shadow_cut, shadow_opaque = _decoded_body(shadow)
+    lh = _header_map(live)
+    # Both sides sending the very same header lines is common (one server software, one
+    # second): one map then, and no value to compare.
+    sh = lh if shadow.headers == live.headers else _header_map(shadow)
+    live_body, live_cut, live_opaque = _decode(live.body, live.truncated, lh.get("content-encoding"))
+    shadow_body, shadow_cut, shadow_opaque = _decode(shadow.body, shadow.truncated, sh.get("content-encoding"))
     truncated = live_cut or shadow_cut
-
-    lh, sh = _header_map(live), _header_map(shadow)
-    ignored = _ignored_headers(ignore_headers)
-    extra_ignored = {t.strip().lower() for c in (lh, sh) for t in c.get("connection", "").split(",")}
-    if not truncated:
-        extra_ignored.add("content-length")
-    for name in sorted(lh.keys() | sh.keys()):
-        if name in ignored or name in extra_ignored:
-            continue
-        key = "header." + name
-        fields.add(key)
-        lv, sv = lh.get(name), sh.get(name)
-        if lv != sv:
-            kind: DiffKind = "missing" if sv is None else "extra" if lv is None else "changed"
-            acc.found(key, key, kind, None if lv is None else _clip(lv), None if sv is None else _clip(sv))
+    _diff_headers(lh, sh, _ignored_headers(ignore_headers)[truncated], acc)
 
     mode: BodyMode
     if truncated:
@@ -831,13 +1065,13 @@ def compare(
         fields.add("body")
     else:
         mode = _diff_body(
-            live=live,
-            shadow=shadow,
-            live_body=live_body,
-            shadow_body=shadow_body,
-            opaque=live_opaque or shadow_opaque,
-            ignore_fields=ignore_fields,
-            acc=acc,
+            _parse_media(lh.get("content-type")),
+            _parse_media(sh.get("content-type")),
+            live_body,
+            shadow_body,
+            live_opaque or shadow_opaque,
+            ignore_fields,
+            acc,
         )
 
     differing = acc.differing
@@ -848,46 +1082,131 @@ def compare(
         fields = set(keep)
         differing = differing & fields
         diffs = [d for d in diffs if d.field_key in fields]
+    if not differing:
+        return Comparison(frozenset(fields), _NOTHING, (), mode)
     return Comparison(frozenset(fields), frozenset(differing), tuple(diffs), mode)
 
 
-def _diff_body(
-    *,
-    live: Captured,
-    shadow: Captured,
+def _diff_body(  # noqa: PLR0917  # private, one caller
+    live_media: _Media,
+    shadow_media: _Media,
     live_body: bytes,
     shadow_body: bytes,
     opaque: bool,
     ignore_fields: tuple[str, ...],
     acc: _Acc,
 ) -> BodyMode:
-    (live_mt, live_cs), (shadow_mt, shadow_cs) = _media(live), _media(shadow)
-    if not opaque and _is_json_type(live_mt) and _is_json_type(shadow_mt):
-        try:
-            a = _parse_json(live_body)
-            # Equal bytes are common (cached or static answers): parse once, walk for keys only.
-            b = a if live_body == shadow_body else _parse_json(shadow_body)
-        except (ValueError, RecursionError):
-            pass  # not JSON after all: compare as text or bytes
-        else:
-            root = _compile_paths(ignore_fields)
-            if root is not None:
-                if root.terminal:  # "$" ignores the whole body
-                    return "json"
-                a = _strip(a, (root,), None)
-                b = a if b is a else _strip(b, (root,), None)
-            _diff_json(a, b, acc)
-            return "json"
+    same = live_body == shadow_body
+    if (
+        not opaque
+        and live_media.is_json
+        and shadow_media.is_json
+        and _diff_json_body(live_body, shadow_body, same, ignore_fields, acc)
+    ):
+        return "json"
     if not opaque:
-        ta = _text(live_body, live_cs if _is_text_type(live_mt) else None)
-        tb = _text(shadow_body, shadow_cs if _is_text_type(shadow_mt) else None)
-        if ta is not None and tb is not None:
-            _diff_text(ta, tb, acc)
-            return "text"
+        live_cs, shadow_cs = live_media.text_charset, shadow_media.text_charset
+        if same and live_cs == shadow_cs:
+            # Equal bytes decoded alike are equal text: decode once, no line diff.
+            if _text(live_body, live_cs) is not None:
+                acc.fields.add("body")
+                return "text"
+        else:
+            ta = _text(live_body, live_cs)
+            tb = _text(shadow_body, shadow_cs)
+            if ta is not None and tb is not None:
+                _diff_text(ta, tb, acc)
+                return "text"
     acc.fields.add("body")
-    if live_body != shadow_body:
+    if not same:
         acc.found("body", "body", "bytes", _bytes_summary(live_body), _bytes_summary(shadow_body))
     return "bytes"
+
+
+def _diff_json_body(
+    live_body: bytes, shadow_body: bytes, same: bool, ignore_fields: tuple[str, ...], acc: _Acc
+) -> bool:
+    """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse."""
+    if same:
+        return _equal_json_body(live_body, ignore_fields, acc)
+    try:
+        a = _parse_json(live_body)
+        b = _parse_json(shadow_body)
+    except (ValueError, RecursionError):
+        return False  # not JSON after all: compare as text or bytes
+    root = _compile_paths(ignore_fields)
+    if root is not None:
+        if root.terminal:  # "$" ignores the whole body
+            return True
+        a = _strip(a, (root,), None)
+        b = _strip(b, (root,), None)
+    _diff_json(a, b, acc)
+    return True
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc) -> bool:
+    """``_diff_json_body`` of a body against an equal one: parsed once and walked against
+    itself, which finds field keys and never a difference. The keys are a function of the
+    bytes and ``ignore_fields``, and the same answer tends to come again (a static or cached
+    one), so they are remembered: a repeat costs a hash of the body, a few % of its parse."""
+    key = (body, ignore_fields)
+    remember = len(body) <= _EQUAL_JSON.max_entry
+    fields = _EQUAL_JSON.entries.get(key) if remember else None
+    if fields is None:
+        own = _Acc()
+        try:
+            a = _parse_json(body)
+        except (ValueError, RecursionError):
+            return False  # not JSON after all: compare as text or bytes
+        root = _compile_paths(ignore_fields)
+        if root is not None:
+            if root.terminal:  # "$" ignores the whole body
+                return True
+            a = _strip(a, (root,), None)
+        _diff_json(a, a, own)
+        if own.differing:  # pragma: no cover - one parsed value against itself differs nowhere
+            raise AssertionError(f"a JSON body differs from itself: {sorted(own.differing)}")
+        fields = frozenset(own.fields)
+        if remember:
+            _EQUAL_JSON.put(key, fields, len(body))
+    acc.fields |= fields
+    return True
+
+
+class _Memo(Generic[_K, _V]):
+    """Results of a pure function for arguments that hold response bodies, kept for repeats.
+
+    Exact: a key holds the arguments themselves, so a hit costs their hash and an equality
+    check (a memcmp for a body). Bounded by the bytes the keys hold, as ``put`` counts them;
+    cleared when full, which keeps it simple and costs only misses.
+    """
+
+    __slots__ = ("entries", "max_bytes", "max_entry", "size")
+
+    def __init__(self, max_bytes: int, max_entry: int) -> None:
+        self.entries: dict[_K, _V] = {}
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry  # callers skip (and do not even hash) larger arguments
+        self.size = 0
+
+    def put(self, key: _K, value: _V, size: int) -> None:
+        if self.size + size > self.max_bytes:
+            self.entries.clear()
+            self.size = 0
+        self.entries[key] = value
+        self.size += size
+
+
+# Equal JSON bodies -> their field keys (_equal_json_body).
+_EQUAL_JSON: Final = _Memo[tuple[bytes, tuple[str, ...]], frozenset[str]](4 << 20, 256 << 10)
+# Equal answers -> their comparison (compare). Small ones only: for a large body the hash
+# would cost more than the fixed part of a comparison it saves.
+_EQUAL_ANSWERS: Final = _Memo[tuple[Captured, frozenset[str], tuple[str, ...], int], Comparison](1 << 20, 4 << 10)
+_ANSWER_OVERHEAD: Final = 256  # bytes counted per remembered answer beyond its body
 
 
 def diff(

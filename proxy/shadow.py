@@ -31,6 +31,7 @@ from .diffing import Captured, EndpointCap, RouteStats, compare, endpoint_templa
 from .errors import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
+    from .config import ShadowDiff
     from .forwarder import Exchange
     from .routing import RoutePlan
     from .runtime import Runtime
@@ -56,17 +57,39 @@ TIMEOUT: Final = "timeout"
 ERROR: Final = "error"
 
 
-def parse_lines(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
-    """Pre-formatted ``Name: value`` lines back into (lower-case name, value) pairs."""
-    # One decode for the whole head, then str operations: several times cheaper than
-    # decoding every name and value on its own.
-    text = b"".join(lines).decode("latin-1")
+# Joined header block -> its (name, value) pairs. Heads repeat from response to response
+# (the same Server, Content-Type...; Date changes once a second), so most are parsed once and
+# their strings are then the same objects, hashes already computed for the diff's dicts.
+# Bounded by clearing: at most _HEADS_MAX heads of at most _HEAD_MAX bytes (~4 MiB); a head
+# with a unique header (X-Request-Id) is parsed each time, as before.
+_HEADS: dict[bytes, tuple[tuple[str, str], ...]] = {}
+_HEADS_MAX: Final = 4096
+_HEAD_MAX: Final = 1024
+
+
+def _parse_text(text: str) -> tuple[tuple[str, str], ...]:
     out = []
     for line in text.split("\r\n"):
         if line:
             name, _, value = line.partition(":")
             out.append((name.strip().lower(), value.strip()))
     return tuple(out)
+
+
+def parse_lines(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Header parts or lines (anything that joins to ``Name: value\\r\\n`` lines, as
+    ``UpstreamConnection`` hands them on) back into (lower-case name, value) pairs."""
+    head = b"".join(lines)
+    pairs = _HEADS.get(head)
+    if pairs is None:
+        # One decode for the whole head, then str operations: several times cheaper than
+        # decoding every name and value on its own.
+        pairs = _parse_text(head.decode("latin-1"))
+        if len(head) <= _HEAD_MAX:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[head] = pairs
+    return pairs
 
 
 class Capture:
@@ -467,8 +490,10 @@ class DiffRecorder:
         self.batch: dict[str, RouteStats] = {}
         self.seen: dict[str, RouteStats] = {}
         self.caps: dict[str, EndpointCap] = {}
-        # (route, method, url) -> endpoint: the same URLs come again and again.
-        self._endpoints: dict[tuple[str, str, str], str] = {}
+        # (route, method, url) -> (endpoint, request line): the same URLs come again and again.
+        self._endpoints: dict[tuple[str, bytes, bytes], tuple[str, str]] = {}
+        # route -> (its diff config, ignore_headers as a set), rebuilt when a reload swaps it.
+        self._options: dict[str, tuple[ShadowDiff, frozenset[str]]] = {}
 
     def __call__(self, mirror: Mirror) -> None:
         plan = mirror.plan
@@ -476,21 +501,15 @@ class DiffRecorder:
         if shadow is None:  # the route lost its shadow in a reload meanwhile
             return
         route = plan.name
-        method = mirror.method.decode("latin-1")
-        url = mirror.url.decode("latin-1")
-        cap = self.caps.get(route)
-        if cap is None:
-            cap = self.caps[route] = EndpointCap()
-        endpoint = self._endpoints.get((route, method, url))
-        if endpoint is None:
-            endpoint = cap.admit(endpoint_template(method, url, shadow.diff.endpoints))
-            if len(self._endpoints) >= ENDPOINT_CACHE:
-                self._endpoints.clear()
-            self._endpoints[(route, method, url)] = endpoint
-        options = {
-            "ignore_headers": frozenset(shadow.diff.ignore_headers),
-            "ignore_fields": shadow.diff.ignore_fields,
-        }
+        known = self._endpoints.get((route, mirror.method, mirror.url))
+        if known is None:
+            known = self._endpoint(route, mirror.method, mirror.url, shadow.diff.endpoints)
+        endpoint, request = known
+        options = self._options.get(route)
+        if options is None or options[0] is not shadow.diff:  # first time, or a reload
+            options = self._options[route] = (shadow.diff, frozenset(shadow.diff.ignore_headers))
+        diff_config, ignore_headers = options
+        ignore_fields = diff_config.ignore_fields
         live = mirror.live.captured()
         batch = self.batch.get(route)
         if batch is None:
@@ -498,24 +517,38 @@ class DiffRecorder:
         for leg in mirror.legs[1:]:
             if leg.role == "replay" and leg.outcome == COMPARED:
                 # Two answers of the same version: what differs here is noise.
-                batch.record_noise(endpoint, compare(live, leg.capture.captured(), **options))  # type: ignore[arg-type]
+                replay = compare(
+                    live, leg.capture.captured(), ignore_headers=ignore_headers, ignore_fields=ignore_fields
+                )
+                batch.record_noise(endpoint, replay)
         leg = mirror.legs[0]
         shadow_answer = leg.capture.captured()
         kind = batch.record(
             endpoint,
-            compare(live, shadow_answer, **options),  # type: ignore[arg-type]
+            compare(live, shadow_answer, ignore_headers=ignore_headers, ignore_fields=ignore_fields),
             live=live,
             shadow=shadow_answer,
-            request=f"{method} {url}",
+            request=request,
             live_seconds=mirror.live.t_end - mirror.live.t_start,
             shadow_seconds=leg.capture.t_end - leg.capture.t_start,
             point=self.rt.random(),
             noise=shadow.noise,
-            redact_fields=shadow.diff.redact_fields,
+            redact_fields=diff_config.redact_fields,
             prior=self.seen.get(route),
         )
         if kind != "none":
             self.rt.counts.count("splitproxy_shadow_diffs", (route, endpoint, kind))
+
+    def _endpoint(self, route: str, bmethod: bytes, burl: bytes, templates: tuple[str, ...]) -> tuple[str, str]:
+        method, url = bmethod.decode("latin-1"), burl.decode("latin-1")
+        cap = self.caps.get(route)
+        if cap is None:
+            cap = self.caps[route] = EndpointCap()
+        endpoint = cap.admit(endpoint_template(method, url, templates))
+        if len(self._endpoints) >= ENDPOINT_CACHE:
+            self._endpoints.clear()
+        got = self._endpoints[(route, bmethod, burl)] = (endpoint, f"{method} {url}")
+        return got
 
     def drain(self) -> dict[str, dict[str, object]]:
         """The batches as plain data (for the supervisor), folded into ``seen``."""
@@ -529,6 +562,7 @@ class DiffRecorder:
 
     def clear(self, route: str | None) -> None:
         self._endpoints.clear()
+        self._options.clear()
         for table in (self.batch, self.seen, self.caps):
             if route is None:
                 table.clear()
