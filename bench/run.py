@@ -900,6 +900,8 @@ def describe_machine(tools: Tools) -> dict[str, Any]:
         "nginx": _version(tools.nginx, "-v"),
         "wrk": _version(tools.wrk, "--version"),  # wrk prints it atop its usage
         "locust": _version(tools.locust, "--version"),
+        # "splitproxy 0.1.0 (data plane: compiled)": which build was measured (setup.py)
+        "splitproxy": tools.splitproxy and _command_output([tools.splitproxy, "--version"]),
     }
 
 
@@ -944,7 +946,7 @@ def write_results(
         f"- command: `{command}`",
         f"- commit: {machine['git_commit'] or 'none'}; {machine['cpus']} CPUs"
         f" ({machine['cpu_model']}), Linux {machine['kernel']}, Python {machine['python']}",
-        f"- {machine['nginx']}; {machine['wrk']}; {machine['locust']}",
+        f"- {machine['nginx']}; {machine['wrk']}; {machine['locust']}; {machine['splitproxy']}",
         f"- wrk: {args.rounds} interleaved rounds of {args.duration:g} s at -c{args.connections}"
         f" and {args.latency_duration:g} s at -c1, medians; Locust: {args.locust_users} users,"
         f" {args.locust_rate:g} req/s offered, {args.locust_duration:g} s, once",
