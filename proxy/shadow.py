@@ -332,6 +332,14 @@ class Mirror:
 Observer = Callable[[Mirror], None]
 
 
+def _unlink(mirror: Mirror) -> None:
+    """Drop a finished mirror's legs. A leg and its mirror refer to each other; unlinked,
+    both are freed at once by reference counting. Left as a cycle, every mirror waited for
+    the cycle collector, whose young generation ``serve()`` lets grow to 50,000 objects: at
+    100 % shadowing, a pass over them every ~2 s took ~40 ms, the p99 of every request."""
+    mirror.legs = []
+
+
 class ShadowManager:
     """Decides which requests are mirrored, launches their legs, and hands finished mirrors
     to ``on_complete`` (the comparison) — with per-route bounds and counted outcomes."""
@@ -444,6 +452,7 @@ class ShadowManager:
             if not leg.done:
                 leg._abort_conn()
                 leg.done = True
+        _unlink(mirror)
         self._count(mirror.plan.name, outcome)
 
     def completed(self, mirror: Mirror) -> None:
@@ -453,6 +462,7 @@ class ShadowManager:
         flying.discard(mirror)
         shadow_leg = mirror.legs[0]
         if shadow_leg.outcome != COMPARED:
+            _unlink(mirror)
             self._count(mirror.plan.name, shadow_leg.outcome)
             return
         route = mirror.plan.name
@@ -462,7 +472,16 @@ class ShadowManager:
         counts.shadow_duration(route, "shadow", shadow_leg.capture.t_end - shadow_leg.capture.t_start)
         if self.on_complete is not None:
             # Compared in a callback of its own: never inside the live request's callbacks.
-            self.rt.loop.call_soon(self.on_complete, mirror)
+            self.rt.loop.call_soon(self._compare, mirror)
+        else:
+            _unlink(mirror)
+
+    def _compare(self, mirror: Mirror) -> None:
+        try:
+            if self.on_complete is not None:
+                self.on_complete(mirror)
+        finally:
+            _unlink(mirror)
 
     def tick(self, now: float) -> None:
         for flying in self.in_flight.values():
