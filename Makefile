@@ -36,8 +36,9 @@ demo: $(STAMP)
 
 ## test: the whole test suite (pure, in-process, black-box), on the source tree and then
 ## on the compiled build
-test: $(STAMP) $(CSTAMP)
+test: $(STAMP)
 	bash scripts/install-test-deps.sh
+	$(MAKE) --no-print-directory compiled
 	$(BIN)/python -m pytest -q
 	SPLITPROXY_TEST_INSTALLED=1 $(CBIN)/python -m pytest -q -p no:cacheprovider
 

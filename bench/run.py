@@ -525,7 +525,10 @@ class Tools:
             nginx=shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None),
             wrk=shutil.which("wrk"),
             locust=venv_or_path("locust"),
-            splitproxy=splitproxy or venv_or_path("splitproxy"),
+            # A path is made absolute: the servers run with the temp dir as their cwd.
+            splitproxy=(str(Path(splitproxy).absolute()) if "/" in splitproxy else splitproxy)
+            if splitproxy
+            else venv_or_path("splitproxy"),
         )
 
 
