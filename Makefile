@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 ## compiled: .venv-compiled with the mypyc-compiled data plane (what bench and Docker run)
 compiled: $(CSTAMP)
 
-$(CSTAMP): pyproject.toml setup.py $(wildcard proxy/*.py)
+$(CSTAMP): pyproject.toml setup.py $(wildcard proxy/*.py proxy/templates/* proxy/static/*)
 	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
 	$(CBIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	# The dependencies first (a plain build): mypyc type-checks against them.
