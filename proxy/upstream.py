@@ -122,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: Any = httptools.HttpResponseParser(self)  # None once lost (connection_lost)
         self.client: Client | None = None
         self.ex: Exchangeish | None = None
         self.lines: list[bytes] = []
@@ -208,6 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        self.parser = None  # a reference cycle through our bound methods (ClientConnection)
         client, ex = self.client, self.ex
         if client is None or ex is None:
             return

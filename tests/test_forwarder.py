@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import socket
 
 import aiohttp
 import pytest
+
+from proxy.forwarder import ClientConnection
 
 from .conftest import StartProxy, StartUpstream, raw_exchange, read_response, route
 
@@ -389,3 +392,35 @@ async def test_keep_alive_race_is_retried(start_proxy: StartProxy) -> None:
     finally:
         server.close()
     assert hits == 5
+
+
+async def test_closed_connections_are_freed_without_the_cycle_collector(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A protocol and its httptools parser refer to each other; the proxy drops the parser
+    when the connection is lost, so reference counting frees the connection at once. Left
+    to the cycle collector (whose young generation serve() makes large), clients that open
+    a connection per request made ~40 ms collector passes, the p99 of every request."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    runtime = px.server.runtime
+    # One request first: connecting to the upstream runs a coroutine, which (compiled by
+    # mypyc) keeps its frame in a cycle; the requests below reuse that pooled connection.
+    [resp] = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == 200
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await read_response(reader)).status == 200
+            assert await reader.read() == b""  # the proxy closed its side
+            writer.close()
+        # Lost connections are gone; one the proxy has closed but not yet been told about
+        # (connection_lost runs in a later callback) is still in runtime.connections.
+        assert len(runtime.connections) < 10
+        lost = [o for o in gc.get_objects() if isinstance(o, ClientConnection) and o.closed]
+    finally:
+        gc.enable()
+    assert lost == []
