@@ -138,7 +138,6 @@ class ClientConnection(asyncio.Protocol):
         "closing",
         "draining",
         "ip",
-        "ip_text",
         "last_io",
         "out",
         "parser",
@@ -158,7 +157,6 @@ class ClientConnection(asyncio.Protocol):
         # Any: set to None when the connection is lost (see connection_lost)
         self.parser: Any = httptools.HttpRequestParser(self)
         self.ip = b""
-        self.ip_text = ""
         self.parsing: Exchange | None = None  # the request httptools is filling in
         self.active: Exchange | None = None  # the request whose response is in progress
         self.queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
@@ -177,8 +175,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.ip_text = str(peer[0]) if peer else "unix"
-        self.ip = self.ip_text.encode()
+        self.ip = (str(peer[0]) if peer else "unix").encode()
         self.rt.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -353,7 +350,6 @@ class ClientConnection(asyncio.Protocol):
         ex.backend = backend
         pool = next(rt.balancer.cycles[id(backend)])  # rt.next_pool, inlined
         ex.pool = pool
-        # rt.new_request_id(), inlined
         ex.request_id = hdict.get(b"x-request-id") or rt.rid_prefix + b"%x" % next(rt.rid_counter)
         if ex.upgrade:
             framing = b""

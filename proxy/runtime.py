@@ -58,7 +58,8 @@ class Runtime:
         self.shadow.on_complete = self.diffs
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self.connections: set[ClientConnection] = set()
-        # Request ids: a random per-process prefix and a counter (see new_request_id).
+        # Request ids (made in forwarder._start): a random per-process prefix and a
+        # counter, unique without a syscall per request.
         self.rid_prefix = os.urandom(6).hex().encode() + b"-"
         self.rid_counter = itertools.count(1)
         self.balancer = Balancer(self.now, self.counts.count)
@@ -96,10 +97,6 @@ class Runtime:
     def next_pool(self, backend: BackendPlan) -> UpstreamPool:
         """Round-robin over the backend's instances that take traffic (see ``balancer``)."""
         return next(self.balancer.cycles[id(backend)])
-
-    def new_request_id(self) -> bytes:
-        # A random per-process prefix and a counter: unique without a syscall per request.
-        return self.rid_prefix + b"%x" % next(self.rid_counter)
 
     @staticmethod
     def new_sticky_key() -> bytes:
