@@ -22,14 +22,15 @@
 # `docker stop` kills after 10s. Give it longer (docker stop --time 35, Compose
 # stop_grace_period: 35s) or pass a shorter --grace.
 
-# Build stage: the wheel with the data plane compiled by mypyc (setup.py). The compiler and
-# headers stay here; the runtime image gets the wheel only.
+# Build stage: the wheel with the data plane compiled by mypyc and the C JSON walk
+# (setup.py, native/). The compiler and headers stay here; the runtime image gets the wheel.
 FROM python:3.11-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY native ./native
 COPY proxy ./proxy
 # The dependencies and mypy first: mypyc type-checks the modules against them.
 RUN pip install --no-cache-dir setuptools wheel "mypy>=1.10,<2" types-PyYAML . \

@@ -11,7 +11,10 @@ CSTAMP := $(CVENV)/.installed
 
 .PHONY: demo test check lint format typecheck bench compiled clean
 
-$(STAMP): pyproject.toml
+# native/: the C JSON walk (proxy._jsondiff), built into both venvs by setup.py.
+NATIVE := $(wildcard native/*.c native/yyjson/*.c native/yyjson/*.h)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml
 ## compiled: .venv-compiled with the mypyc-compiled data plane (what bench and Docker run)
 compiled: $(CSTAMP)
 
-$(CSTAMP): pyproject.toml setup.py $(wildcard proxy/*.py proxy/templates/* proxy/static/*)
+$(CSTAMP): pyproject.toml setup.py $(NATIVE) $(wildcard proxy/*.py proxy/*.pyi proxy/templates/* proxy/static/*)
 	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
 	$(CBIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	# The dependencies first (a plain build): mypyc type-checks against them.
@@ -36,9 +39,10 @@ demo: $(STAMP)
 
 ## test: the whole test suite (pure, in-process, black-box), on the source tree and then
 ## on the compiled build
-test: $(STAMP)
+test:
+	# Debian packages first: gcc builds the C JSON walk into .venv too.
 	bash scripts/install-test-deps.sh
-	$(MAKE) --no-print-directory compiled
+	$(MAKE) --no-print-directory $(STAMP) compiled
 	$(BIN)/python -m pytest -q
 	SPLITPROXY_TEST_INSTALLED=1 $(CBIN)/python -m pytest -q -p no:cacheprovider
 

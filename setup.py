@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # Every module a proxied request runs through, and the shadow path a mirrored one adds
 # (mirrors, legs, the comparison). The admin API, store, workers and CLI stay interpreted:
@@ -37,10 +37,22 @@ HOT_PATH = [
     "proxy/diffing.py",
 ]
 
-ext_modules = []
+# The shadow diff's JSON walk in C on yyjson (native/README.md), in every build, editable
+# ones included: it is not a copy of a .py file that could go stale, and proxy/diffing.py
+# falls back to its Python walk when the module is missing. ``optional``: an install on a
+# machine without a C compiler still succeeds, with the Python walk.
+JSONDIFF = Extension(
+    "proxy._jsondiff",
+    sources=["native/jsondiff.c", "native/yyjson/yyjson.c"],
+    include_dirs=["native/yyjson"],
+    extra_compile_args=["-O3"],
+    optional=True,
+)
+
+ext_modules = [JSONDIFF]
 if os.environ.get("SPLITPROXY_COMPILE") == "1":
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(HOT_PATH, opt_level="3")
+    ext_modules += mypycify(HOT_PATH, opt_level="3")
 
 setup(ext_modules=ext_modules)

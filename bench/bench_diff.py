@@ -11,7 +11,9 @@ it. The run is bounded (``--seconds``, default 5 in all).
     .venv/bin/python bench/bench_diff.py [--seconds 5]
     .venv-compiled/bin/python bench/bench_diff.py     # the mypyc build (make compiled)
 
-It measures the ``proxy`` package the running interpreter has installed, and says which.
+It measures the ``proxy`` package the running interpreter has installed, and says which
+build and which JSON walk (the C one in ``proxy._jsondiff``, or the Python one without it);
+"the Python walk" rows switch the C one off for comparison.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxy import data_plane_build
+import orjson
+
+from proxy import data_plane_build, diffing
 from proxy.config import ShadowNoise, parse_text
 from proxy.diffing import Captured, RouteStats, compare, endpoint_template
 from proxy.forwarder import Exchange
@@ -212,10 +216,26 @@ def main() -> None:
     def parsing(live: Captured, shadow: Captured) -> Callable[[], object]:
         return lambda: (json.loads(live.body), json.loads(shadow.body))
 
+    def python_walk(fn: Callable[[], object]) -> Callable[[], object]:
+        """``fn`` with the C walk switched off: the Python walk, as without a C compiler."""
+
+        def run() -> object:
+            native, diffing._native = diffing._native, None
+            try:
+                return fn()
+            finally:
+                diffing._native = native
+
+        return run
+
     cases: list[tuple[str, str, Callable[[], object]]] = []
+    a, b = big_live.body, big_shadow.body
     for label, (live, shadow) in pairs.items():
         cases.append((f"compare, handful of diffs ({len(live.body)} B)", label, comparing(live, shadow)))
         cases.append(("  json.loads of both bodies (stdlib)", label, parsing(live, shadow)))
+        if label == "64 KiB":
+            cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
+            cases.append(("  orjson.loads of both bodies", label, lambda: (orjson.loads(a), orjson.loads(b))))
 
     def fresh_twins() -> tuple[Captured, Captured]:
         # Bytes as they come off the wire: a new object per answer, so its hash is not cached.
@@ -235,6 +255,7 @@ def main() -> None:
         ("compare, identical bodies, fresh bytes", "64 KiB", lambda: compare(*fresh_twins())),
         ("compare, identical bodies, never seen", "64 KiB", compare_unseen),
         ("compare, every element differs", "64 KiB", lambda: compare(big_live, all_differ)),
+        ("  the Python walk (orjson)", "64 KiB", python_walk(lambda: compare(big_live, all_differ))),
         (
             "compare, every element differs, ignored",
             "64 KiB",
@@ -254,6 +275,7 @@ def main() -> None:
     budget = args.seconds / len(cases)
     c = compare(big_live, big_shadow)
     print(f"data plane: {data_plane_build()}")
+    print(f"JSON walk: {'C (proxy._jsondiff)' if diffing._native is not None else 'Python (no proxy._jsondiff)'}")
     print(f"64 KiB pair: {len(c.fields)} fields compared, differing: {sorted(c.differing)}")
     print(f"{'case':<46} {'body':>7} {'µs/call':>10} {'calls':>8}")
     for name, label, fn in cases:

@@ -8,7 +8,8 @@ need=()
 # chromium: tests/test_ui.py loads the report viewer (/ui/) in a real headless browser,
 # driven by playwright pointed at this binary (playwright's own browser download cannot run here).
 [ -x /usr/bin/chromium ] || need+=(chromium)
-# gcc: `make test` also builds and tests the mypyc-compiled data plane (setup.py).
+# gcc: `make test` also builds and tests the mypyc-compiled data plane and the C JSON walk
+# of the shadow diff (setup.py, native/); tests/test_jsondiff_native.py fails without it.
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,1404 @@
+/* proxy._jsondiff: the JSON walk of proxy/diffing.py, in C, on documents parsed by yyjson.
+ *
+ * Why: diffing two 64 KiB JSON bodies in Python costs ~0.5 ms, most of it building Python
+ * objects for both documents (orjson) before the walk even starts. Here both documents are
+ * parsed by yyjson into flat arrays and compared in place; Python objects are made only for
+ * what is reported (field keys, and the values of each new difference).
+ *
+ * What: ``diff()`` does exactly what ``_diff_json_body`` does after parsing: the same visits
+ * in the same order (``_diff_dicts``, ``_diff_lists``, ``_diff_values``, ``_same``, the
+ * one-exemplar-per-shape rule, the depth cap), on Python's notion of equality (``1 == 1.0``,
+ * ``True == 1``), after applying the ``ignore_fields`` trie as ``_strip`` would. Each
+ * function below names the Python function it mirrors; tests/test_jsondiff_native.py checks
+ * the two against each other on tables and generated documents.
+ *
+ * Returns None, and leaves the body to the Python walk, for anything it does not mirror
+ * exactly: text yyjson does not parse (not JSON, or NaN/Infinity, lone surrogates, a BOM,
+ * which the Python parsers handle their own way), integers beyond 64 bits and floats beyond
+ * double (Python's are exact), objects with a repeated key (Python keeps the last one),
+ * nesting deeper than MAX_NEST, more ignore states than MAX_STATES.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "yyjson.h"
+
+typedef yyjson_val V;
+
+#define MAX_NEST 500   /* deeper documents go to the Python walk (its parsers' limits) */
+#define MAX_PATH 256   /* segments on the path stack; the walk stops at max_depth <= 200 */
+#define MAX_NODES 8192 /* field-key nodes kept between calls, then cleared */
+#define MAX_STATES 64  /* ignore-trie states at one point of the document */
+#define READ_FLAGS YYJSON_READ_BIGNUM_AS_RAW
+/* Both documents are parsed into one pool kept between calls: a fresh malloc per parse costs
+ * as much as the parse (new pages, faulted in), ~30 us of ~60 us for a 64 KiB body here.
+ * Kept up to POOL_KEEP bytes (yyjson needs up to ~13x the text: two ~300 KiB bodies);
+ * larger pairs use yyjson's own allocator. */
+#define POOL_KEEP ((size_t)8 << 20)
+
+/* Python's type of a parsed value (T_IGN: an element replaced by _IGNORED). */
+enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
+
+/* Marks set by the ignore pass, one byte per value of a document. */
+#define M_REMOVED 1 /* an object member deleted by an ignore pattern */
+#define M_IGNORED 2 /* an array element replaced by _IGNORED */
+
+/* ---- field keys and member names -----------------------------------------------------------
+ * Kept across calls, so a member's field key is found with one hash of its name, and Python
+ * strings are made once per key, not per member.
+ * - a Key is one field key string ("$.items[*].price", "$.users.{id}"): what is counted as
+ *   compared or differing. `field_gen` / `diff_gen` / `scalars_gen` equal to the call's
+ *   generation mean: counted as a field / found differing / its "list of scalars" shape seen.
+ * - a Node is one member name under one key (what _child() is called with): its exact path
+ *   segment and its Key. Several names can share a Key (ids fold to ".{id}"); shapes are
+ *   tuples of names, so they are made of Node ids. */
+typedef struct {
+    PyObject *ck; /* the field key */
+    int star;     /* the key + "[*]", -1 until made */
+    uint32_t field_gen, diff_gen, scalars_gen, last_gen;
+    V *last; /* in call `last_gen`: the last object whose shape under this key was looked up */
+} Key;
+
+typedef struct {
+    PyObject *exact; /* ".name", '["a b"]' */
+    int key;
+} Node;
+
+typedef struct {
+    uint64_t h;
+    char *name; /* NULL: empty slot */
+    size_t len;
+    int parent, node;
+} Slot;
+
+static Node *g_nodes;
+static int g_n_nodes, g_cap_nodes;
+static Key *g_keys;
+static int g_n_keys, g_cap_keys;
+static PyObject *g_key_ids; /* field key string -> Key id */
+static Slot *g_slots;
+static size_t g_cap_slots, g_used_slots;
+static uint32_t g_gen;
+
+static PyObject *K_CHANGED, *K_TYPE, *K_MISSING, *K_EXTRA, *K_LENGTH, *S_ROOT, *S_STAR;
+
+static uint64_t hash_name(int parent, const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)(uint32_t)parent;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int grow(void **arr, int *cap, size_t size) {
+    int n = *cap ? 2 * *cap : 256;
+    void *p = realloc(*arr, (size_t)n * size);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *arr = p;
+    *cap = n;
+    return 0;
+}
+
+/* the Key of field key `ck` (steals it), made on first sight */
+static int key_of(PyObject *ck) {
+    PyObject *got = PyDict_GetItemWithError(g_key_ids, ck);
+    if (got) {
+        Py_DECREF(ck);
+        return (int)PyLong_AsLong(got);
+    }
+    if (PyErr_Occurred() || (g_n_keys == g_cap_keys && grow((void **)&g_keys, &g_cap_keys, sizeof(Key)) < 0)) {
+        Py_DECREF(ck);
+        return -1;
+    }
+    PyObject *id = PyLong_FromLong(g_n_keys);
+    if (!id || PyDict_SetItem(g_key_ids, ck, id) < 0) {
+        Py_XDECREF(id);
+        Py_DECREF(ck);
+        return -1;
+    }
+    Py_DECREF(id);
+    g_keys[g_n_keys] = (Key){ck, -1, 0, 0, 0, 0, NULL};
+    return g_n_keys++;
+}
+
+static int node_new(PyObject *exact, int key) { /* steals exact */
+    if (g_n_nodes == g_cap_nodes && grow((void **)&g_nodes, &g_cap_nodes, sizeof(Node)) < 0) {
+        Py_DECREF(exact);
+        return -1;
+    }
+    g_nodes[g_n_nodes] = (Node){exact, key};
+    return g_n_nodes++;
+}
+
+static int nodes_reset(void) {
+    for (int i = 0; i < g_n_nodes; i++)
+        Py_DECREF(g_nodes[i].exact);
+    for (int i = 0; i < g_n_keys; i++)
+        Py_DECREF(g_keys[i].ck);
+    g_n_nodes = g_n_keys = 0;
+    Py_XDECREF(g_key_ids);
+    if (!(g_key_ids = PyDict_New()))
+        return -1;
+    for (size_t i = 0; i < g_cap_slots; i++)
+        free(g_slots[i].name);
+    free(g_slots);
+    g_slots = calloc(1024, sizeof(Slot));
+    if (!g_slots) {
+        g_cap_slots = 0;
+        PyErr_NoMemory();
+        return -1;
+    }
+    g_cap_slots = 1024;
+    g_used_slots = 0;
+    return key_of(Py_NewRef(S_ROOT)); /* Key 0: "$" */
+}
+
+static int slots_grow(void) {
+    size_t cap = 2 * g_cap_slots;
+    Slot *tab = calloc(cap, sizeof(Slot));
+    if (!tab) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < g_cap_slots; i++) {
+        if (!g_slots[i].name)
+            continue;
+        size_t j = g_slots[i].h & (cap - 1);
+        while (tab[j].name)
+            j = (j + 1) & (cap - 1);
+        tab[j] = g_slots[i];
+    }
+    free(g_slots);
+    g_slots = tab;
+    g_cap_slots = cap;
+    return 0;
+}
+
+/* ---- one call ------------------------------------------------------------------------------ */
+
+typedef struct TNode TNode;
+typedef struct {
+    char *name;
+    size_t len;
+    TNode *child;
+} TKey;
+typedef struct {
+    Py_ssize_t index;
+    TNode *child;
+} TIdx;
+struct TNode { /* proxy.diffing._Node */
+    TKey *keys;
+    Py_ssize_t nkeys;
+    TIdx *idx;
+    Py_ssize_t nidx;
+    TNode *any_key, *any_index, *id_key;
+    int terminal;
+};
+
+typedef struct {
+    int node;         /* >= 0: an object member, its key's node; -1: an array element */
+    Py_ssize_t index; /* the element's index */
+} Seg;
+
+typedef struct {
+    uint64_t h;
+    size_t off, len; /* in the shape arena; len 0: empty slot */
+} ShapeSlot;
+
+typedef struct {
+    PyObject *child_fn, *absent, *ignored;
+    PyObject *events; /* [(path, key, kind, live, shadow)], first difference per key */
+    int *field_ids;   /* nodes counted as fields, in order */
+    size_t n_fields, cap_fields;
+    Py_ssize_t room; /* differences whose values are still made (the rest get `absent`) */
+    int max_depth;
+    uint32_t gen;
+    /* ignore marks: per document, or NULL when no pattern applies */
+    V *base_a, *base_b;
+    size_t count_a, count_b;
+    uint8_t *mask_a, *mask_b;
+    int masked;
+    Seg path[MAX_PATH];
+    int plen;
+    /* shapes seen: (key node, member key nodes...) of objects visited as exemplars */
+    int *arena;
+    size_t arena_len, arena_cap;
+    ShapeSlot *shapes;
+    size_t shapes_cap, shapes_used;
+} Ctx;
+
+static inline uint8_t mark_of(const Ctx *c, V *v) {
+    if (!c->masked)
+        return 0;
+    if (c->mask_a && v >= c->base_a && v < c->base_a + c->count_a)
+        return c->mask_a[v - c->base_a];
+    if (c->mask_b && v >= c->base_b && v < c->base_b + c->count_b)
+        return c->mask_b[v - c->base_b];
+    return 0;
+}
+
+static inline int ptype(const Ctx *c, V *v) {
+    if (c->masked && (mark_of(c, v) & M_IGNORED))
+        return T_IGN;
+    switch (unsafe_yyjson_get_type(v)) {
+    case YYJSON_TYPE_NULL:
+        return T_NULL;
+    case YYJSON_TYPE_BOOL:
+        return T_BOOL;
+    case YYJSON_TYPE_NUM:
+        return unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_REAL ? T_FLOAT : T_INT;
+    case YYJSON_TYPE_STR:
+        return T_STR;
+    case YYJSON_TYPE_ARR:
+        return T_LIST;
+    case YYJSON_TYPE_OBJ:
+        return T_DICT;
+    default:
+        return T_NULL; /* raw: excluded by check_doc */
+    }
+}
+
+static inline int removed(const Ctx *c, V *v) { return c->masked && (mark_of(c, v) & M_REMOVED); }
+static inline int is_num(int t) { return t == T_BOOL || t == T_INT || t == T_FLOAT; }
+static inline int is_scalar(int t) { return t != T_LIST && t != T_DICT; }
+static inline int same_json_type(int ta, int tb) { /* _same_json_type */
+    return ta == tb || ((ta == T_INT || ta == T_FLOAT) && (tb == T_INT || tb == T_FLOAT));
+}
+
+/* len(dict) after the ignore pass */
+static size_t dict_len(const Ctx *c, V *o) {
+    size_t n = unsafe_yyjson_get_len(o);
+    if (!c->masked)
+        return n;
+    size_t live = 0;
+    V *k = unsafe_yyjson_get_first(o);
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1))
+        live += !removed(c, k + 1);
+    return live;
+}
+
+/* memcmp(a, b, n) == 0 for the short strings keys are, without a call */
+static inline int bytes_eq(const char *a, const char *b, size_t n) {
+    while (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return 0;
+        a += 8;
+        b += 8;
+        n -= 8;
+    }
+    while (n--)
+        if (*a++ != *b++)
+            return 0;
+    return 1;
+}
+
+static inline int key_eq(V *k, const char *s, size_t n) {
+    return unsafe_yyjson_get_len(k) == n && bytes_eq(unsafe_yyjson_get_str(k), s, n);
+}
+
+/* the same member names in the same order (ignore marks aside: callers compare within one
+ * document or where both are unmarked) */
+static int same_names(V *a, V *b) {
+    size_t n = unsafe_yyjson_get_len(a);
+    if (n != unsafe_yyjson_get_len(b))
+        return 0;
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x + 1), y = unsafe_yyjson_get_next(y + 1))
+        if (!key_eq(x, unsafe_yyjson_get_str(y), unsafe_yyjson_get_len(y)))
+            return 0;
+    return 1;
+}
+
+/* o.get(name): `hint` is o's key at the caller's position (same key order is the usual case) */
+static V *dict_get(const Ctx *c, V *o, V *name, V *hint) {
+    const char *s = unsafe_yyjson_get_str(name);
+    size_t n = unsafe_yyjson_get_len(name);
+    if (hint && key_eq(hint, s, n))
+        return removed(c, hint + 1) ? NULL : hint + 1;
+    size_t len = unsafe_yyjson_get_len(o);
+    V *k = unsafe_yyjson_get_first(o);
+    for (size_t i = 0; i < len; i++, k = unsafe_yyjson_get_next(k + 1))
+        if (key_eq(k, s, n))
+            return removed(c, k + 1) ? NULL : k + 1; /* keys are unique (check_doc) */
+    return NULL;
+}
+
+static void int_of(V *v, int *neg, uint64_t *mag) {
+    if (unsafe_yyjson_get_type(v) == YYJSON_TYPE_BOOL) {
+        *neg = 0;
+        *mag = unsafe_yyjson_get_bool(v);
+    } else if (unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_UINT) {
+        *neg = 0;
+        *mag = unsafe_yyjson_get_uint(v);
+    } else {
+        int64_t s = unsafe_yyjson_get_sint(v);
+        *neg = s < 0;
+        *mag = s < 0 ? (uint64_t)(-(s + 1)) + 1 : (uint64_t)s;
+    }
+}
+
+/* Python's == between bools, ints and floats: exact, as Python compares int with float */
+static int num_eq(int ta, V *a, int tb, V *b) {
+    if (ta == T_FLOAT && tb == T_FLOAT)
+        return unsafe_yyjson_get_real(a) == unsafe_yyjson_get_real(b);
+    if (ta != T_FLOAT && tb != T_FLOAT) {
+        int na, nb;
+        uint64_t ma, mb;
+        int_of(a, &na, &ma);
+        int_of(b, &nb, &mb);
+        return ma == mb && (na == nb || ma == 0);
+    }
+    double d = unsafe_yyjson_get_real(ta == T_FLOAT ? a : b);
+    int neg;
+    uint64_t mag;
+    int_of(ta == T_FLOAT ? b : a, &neg, &mag);
+    if (!isfinite(d) || d != floor(d))
+        return 0;
+    if (!neg)
+        return d >= 0 && d < 18446744073709551616.0 && (uint64_t)d == mag;
+    return d < 0 && d >= -9223372036854775808.0 && (uint64_t)(-d) == mag;
+}
+
+/* a == b, as Python compares the parsed (and stripped) values */
+static int py_eq(const Ctx *c, V *a, V *b) {
+    if (a == b)
+        return 1;
+    if (a->tag == b->tag && !c->masked) { /* same type, subtype and length: the common case */
+        switch (unsafe_yyjson_get_type(a)) {
+        case YYJSON_TYPE_NUM:
+            if (a->uni.u64 == b->uni.u64)
+                return 1; /* the same bits: the same number (NaN excluded by the parser) */
+            break;        /* 0.0 and -0.0 are equal: below */
+        case YYJSON_TYPE_STR:
+            return bytes_eq(a->uni.str, b->uni.str, unsafe_yyjson_get_len(a));
+        case YYJSON_TYPE_BOOL:
+        case YYJSON_TYPE_NULL:
+            return 1; /* the subtype is the value */
+        default:
+            break;
+        }
+    }
+    int ta = ptype(c, a), tb = ptype(c, b);
+    if (is_num(ta) && is_num(tb))
+        return num_eq(ta, a, tb, b);
+    if (ta != tb)
+        return 0;
+    switch (ta) {
+    case T_NULL:
+    case T_IGN:
+        return 1;
+    case T_STR:
+        return unsafe_yyjson_get_len(a) == unsafe_yyjson_get_len(b) &&
+               memcmp(unsafe_yyjson_get_str(a), unsafe_yyjson_get_str(b), unsafe_yyjson_get_len(a)) == 0;
+    case T_LIST: {
+        size_t n = unsafe_yyjson_get_len(a);
+        if (n != unsafe_yyjson_get_len(b))
+            return 0;
+        V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y))
+            if (!py_eq(c, x, y))
+                return 0;
+        return 1;
+    }
+    case T_DICT: {
+        size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b);
+        if (!c->masked) {
+            if (n != nb)
+                return 0;
+        } else if (dict_len(c, a) != dict_len(c, b)) {
+            return 0;
+        }
+        V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+            V *hint = i < nb ? h : NULL;
+            if (i < nb)
+                h = unsafe_yyjson_get_next(h + 1);
+            if (removed(c, k + 1))
+                continue;
+            V *vb = dict_get(c, b, k, hint);
+            if (!vb || !py_eq(c, k + 1, vb))
+                return 0;
+        }
+        return 1;
+    }
+    }
+    return 0;
+}
+
+/* ---- nodes for keys -------------------------------------------------------------------------- */
+
+/* _child(key, name): the Node of member `name` under Key `parent` */
+static int child_of(Ctx *c, int parent, V *name) {
+    const char *s = unsafe_yyjson_get_str(name);
+    size_t n = unsafe_yyjson_get_len(name);
+    uint64_t h = hash_name(parent, s, n);
+    size_t j = h & (g_cap_slots - 1);
+    for (; g_slots[j].name; j = (j + 1) & (g_cap_slots - 1)) {
+        Slot *sl = &g_slots[j];
+        if (sl->h == h && sl->parent == parent && sl->len == n && bytes_eq(sl->name, s, n))
+            return sl->node;
+    }
+    PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
+    if (!pname)
+        return -1;
+    PyObject *got = PyObject_CallFunctionObjArgs(c->child_fn, g_keys[parent].ck, pname, NULL);
+    Py_DECREF(pname);
+    if (!got)
+        return -1;
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2) {
+        Py_DECREF(got);
+        PyErr_SetString(PyExc_TypeError, "child() must return (exact, key)");
+        return -1;
+    }
+    PyObject *exact = Py_NewRef(PyTuple_GET_ITEM(got, 0)), *ck = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+    Py_DECREF(got);
+    char *copy = malloc(n ? n : 1);
+    if (!copy) {
+        Py_DECREF(exact);
+        Py_DECREF(ck);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, s, n);
+    int key = key_of(ck);
+    int id = key < 0 ? -1 : node_new(exact, key);
+    if (key < 0)
+        Py_DECREF(exact);
+    if (id < 0) {
+        free(copy);
+        return -1;
+    }
+    if (2 * (g_used_slots + 1) > g_cap_slots && slots_grow() < 0) {
+        free(copy);
+        return -1; /* the node stays, unreachable until the next reset: harmless */
+    }
+    j = h & (g_cap_slots - 1);
+    while (g_slots[j].name)
+        j = (j + 1) & (g_cap_slots - 1);
+    g_slots[j] = (Slot){h, copy, n, parent, id};
+    g_used_slots++;
+    return id;
+}
+
+/* key + "[*]" */
+static int star_of(int parent) {
+    if (g_keys[parent].star >= 0)
+        return g_keys[parent].star;
+    PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, S_STAR);
+    if (!ck)
+        return -1;
+    int id = key_of(ck);
+    if (id >= 0)
+        g_keys[parent].star = id;
+    return id;
+}
+
+static int mark_field(Ctx *c, int node) {
+    if (g_keys[node].field_gen == c->gen)
+        return 0;
+    g_keys[node].field_gen = c->gen;
+    if (c->n_fields == c->cap_fields) {
+        size_t cap = c->cap_fields ? 2 * c->cap_fields : 64;
+        int *p = realloc(c->field_ids, cap * sizeof(int));
+        if (!p) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->field_ids = p;
+        c->cap_fields = cap;
+    }
+    c->field_ids[c->n_fields++] = node;
+    return 0;
+}
+
+/* ---- reporting -------------------------------------------------------------------------------- */
+
+static PyObject *to_py(const Ctx *c, V *v) {
+    switch (ptype(c, v)) {
+    case T_IGN:
+        return Py_NewRef(c->ignored);
+    case T_NULL:
+        Py_RETURN_NONE;
+    case T_BOOL:
+        return PyBool_FromLong(unsafe_yyjson_get_bool(v));
+    case T_INT:
+        if (unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_UINT)
+            return PyLong_FromUnsignedLongLong(unsafe_yyjson_get_uint(v));
+        return PyLong_FromLongLong(unsafe_yyjson_get_sint(v));
+    case T_FLOAT:
+        return PyFloat_FromDouble(unsafe_yyjson_get_real(v));
+    case T_STR:
+        return PyUnicode_DecodeUTF8(unsafe_yyjson_get_str(v), (Py_ssize_t)unsafe_yyjson_get_len(v), "strict");
+    case T_LIST: {
+        size_t n = unsafe_yyjson_get_len(v);
+        PyObject *out = PyList_New((Py_ssize_t)n);
+        if (!out)
+            return NULL;
+        V *x = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) {
+            PyObject *item = to_py(c, x);
+            if (!item) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+        }
+        return out;
+    }
+    case T_DICT: {
+        PyObject *out = PyDict_New();
+        if (!out)
+            return NULL;
+        size_t n = unsafe_yyjson_get_len(v);
+        V *k = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+            if (removed(c, k + 1))
+                continue;
+            PyObject *key = PyUnicode_DecodeUTF8(unsafe_yyjson_get_str(k), (Py_ssize_t)unsafe_yyjson_get_len(k),
+                                                 "strict");
+            PyObject *val = key ? to_py(c, k + 1) : NULL;
+            if (!val || PyDict_SetItem(out, key, val) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(val);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(key);
+            Py_DECREF(val);
+        }
+        return out;
+    }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *path_str(const Ctx *c) {
+    PyObject *parts = PyList_New(0);
+    if (!parts || PyList_Append(parts, S_ROOT) < 0)
+        goto fail;
+    for (int i = 0; i < c->plen; i++) {
+        if (c->path[i].node >= 0) {
+            if (PyList_Append(parts, g_nodes[c->path[i].node].exact) < 0)
+                goto fail;
+        } else {
+            PyObject *seg = PyUnicode_FromFormat("[%zd]", c->path[i].index);
+            if (!seg || PyList_Append(parts, seg) < 0) {
+                Py_XDECREF(seg);
+                goto fail;
+            }
+            Py_DECREF(seg);
+        }
+    }
+    PyObject *empty = PyUnicode_FromStringAndSize("", 0);
+    PyObject *out = empty ? PyUnicode_Join(empty, parts) : NULL;
+    Py_XDECREF(empty);
+    Py_DECREF(parts);
+    return out;
+fail:
+    Py_XDECREF(parts);
+    return NULL;
+}
+
+static int emit(Ctx *c, int node, PyObject *kind, PyObject *live, PyObject *shadow) { /* steals */
+    PyObject *path = (live && shadow) ? path_str(c) : NULL;
+    PyObject *ev = path ? PyTuple_Pack(5, path, g_keys[node].ck, kind, live, shadow) : NULL;
+    Py_XDECREF(path);
+    Py_XDECREF(live);
+    Py_XDECREF(shadow);
+    if (!ev)
+        return -1;
+    int rc = PyList_Append(c->events, ev);
+    Py_DECREF(ev);
+    return rc;
+}
+
+/* _Acc.found_values: a or b NULL where absent */
+static int found_values(Ctx *c, int node, PyObject *kind, V *a, V *b) {
+    if (mark_field(c, node) < 0)
+        return -1;
+    if (g_keys[node].diff_gen == c->gen)
+        return 0;
+    g_keys[node].diff_gen = c->gen;
+    PyObject *live, *shadow;
+    if (c->room > 0) {
+        c->room--;
+        live = a ? to_py(c, a) : Py_NewRef(c->absent);
+        shadow = b ? to_py(c, b) : Py_NewRef(c->absent);
+    } else {
+        live = Py_NewRef(c->absent);
+        shadow = Py_NewRef(c->absent);
+    }
+    return emit(c, node, kind, live, shadow);
+}
+
+/* _Acc.found(path, key, "length", str(len(a)), str(len(b))) */
+static int found_length(Ctx *c, int node, size_t na, size_t nb) {
+    if (mark_field(c, node) < 0)
+        return -1;
+    if (g_keys[node].diff_gen == c->gen)
+        return 0;
+    g_keys[node].diff_gen = c->gen;
+    if (c->room > 0)
+        c->room--;
+    return emit(c, node, K_LENGTH, PyUnicode_FromFormat("%zu", na), PyUnicode_FromFormat("%zu", nb));
+}
+
+static inline int push(Ctx *c, int node, Py_ssize_t index) {
+    if (c->plen >= MAX_PATH) {
+        PyErr_SetString(PyExc_RecursionError, "JSON diff path too deep");
+        return -1;
+    }
+    c->path[c->plen++] = (Seg){node, index};
+    return 0;
+}
+
+/* ---- shapes (one exemplar per key tuple) ------------------------------------------------------- */
+
+static int arena_reserve(Ctx *c, size_t more) {
+    if (c->arena_len + more <= c->arena_cap)
+        return 0;
+    size_t cap = c->arena_cap ? c->arena_cap : 1024;
+    while (cap < c->arena_len + more)
+        cap *= 2;
+    int *p = realloc(c->arena, cap * sizeof(int));
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->arena = p;
+    c->arena_cap = cap;
+    return 0;
+}
+
+static int shapes_grow(Ctx *c) {
+    size_t cap = c->shapes_cap ? 2 * c->shapes_cap : 256;
+    ShapeSlot *tab = calloc(cap, sizeof(ShapeSlot));
+    if (!tab) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < c->shapes_cap; i++) {
+        if (!c->shapes[i].len)
+            continue;
+        size_t j = c->shapes[i].h & (cap - 1);
+        while (tab[j].len)
+            j = (j + 1) & (cap - 1);
+        tab[j] = c->shapes[i];
+    }
+    free(c->shapes);
+    c->shapes = tab;
+    c->shapes_cap = cap;
+    return 0;
+}
+
+/* (ck, tuple(o)) not in shapes: add it, 1; already there: 0; error: -1 */
+static int dict_shape_new(Ctx *c, int ck, V *o) {
+    Key *key = &g_keys[ck];
+    /* Arrays of records: the previous object looked up under this key usually has the same
+     * names, so the shape is known (added or found then) without hashing a name. */
+    if (key->last_gen == c->gen && !c->masked && same_names(key->last, o))
+        return 0;
+    key->last_gen = c->gen;
+    key->last = o;
+    size_t n = unsafe_yyjson_get_len(o);
+    if (arena_reserve(c, n + 1) < 0)
+        return -1;
+    size_t off = c->arena_len, len = 0;
+    c->arena[off + len++] = ck;
+    V *k = unsafe_yyjson_get_first(o);
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+        if (removed(c, k + 1))
+            continue;
+        int id = child_of(c, ck, k);
+        if (id < 0)
+            return -1;
+        c->arena[off + len++] = id;
+    }
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint32_t)c->arena[off + i];
+        h *= 1099511628211ULL;
+    }
+    if (2 * (c->shapes_used + 1) > c->shapes_cap && shapes_grow(c) < 0)
+        return -1;
+    size_t j = h & (c->shapes_cap - 1);
+    for (; c->shapes[j].len; j = (j + 1) & (c->shapes_cap - 1)) {
+        ShapeSlot *s = &c->shapes[j];
+        if (s->h == h && s->len == len && memcmp(c->arena + s->off, c->arena + off, len * sizeof(int)) == 0)
+            return 0;
+    }
+    c->shapes[j] = (ShapeSlot){h, off, len};
+    c->shapes_used++;
+    c->arena_len += len;
+    return 1;
+}
+
+/* _shape() of a non-empty list: None (always visit) or (ck, "scalars") */
+static int list_shape_new(Ctx *c, int ck, V *list) {
+    int first = ptype(c, unsafe_yyjson_get_first(list));
+    if (first == T_DICT || first == T_LIST)
+        return 1;
+    if (g_keys[ck].scalars_gen == c->gen)
+        return 0;
+    g_keys[ck].scalars_gen = c->gen;
+    return 1;
+}
+
+static inline int nonempty(const Ctx *c, int t, V *v) {
+    return t == T_DICT ? dict_len(c, v) > 0 : unsafe_yyjson_get_len(v) > 0;
+}
+
+static inline int shape_new(Ctx *c, int ck, int t, V *v) {
+    return t == T_DICT ? dict_shape_new(c, ck, v) : list_shape_new(c, ck, v);
+}
+
+/* ---- the walk ---------------------------------------------------------------------------------- */
+
+static int diff_values(Ctx *c, V *a, V *b, int key, int depth);
+static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth);
+
+/* _same */
+static int same(Ctx *c, V *a, V *b, int key, int depth) {
+    if (depth >= c->max_depth)
+        return 0;
+    if (ptype(c, a) == T_DICT) {
+        size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b);
+        V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+            V *hint = i < nb ? h : NULL;
+            if (i < nb)
+                h = unsafe_yyjson_get_next(h + 1);
+            V *va = k + 1;
+            if (removed(c, va))
+                continue;
+            int nm = child_of(c, key, k);
+            if (nm < 0)
+                return -1;
+            int ck = g_nodes[nm].key;
+            if (mark_field(c, ck) < 0)
+                return -1;
+            int tva = ptype(c, va);
+            if (tva == T_DICT || tva == T_LIST) {
+                if (!nonempty(c, tva, va))
+                    continue;
+                int fresh = shape_new(c, ck, tva, va);
+                if (fresh < 0)
+                    return -1;
+                if (fresh) {
+                    V *vb = a == b ? va : dict_get(c, b, k, hint);
+                    if (push(c, nm, 0) < 0 || same(c, va, vb, ck, depth + 1) < 0)
+                        return -1;
+                    c->plen--;
+                }
+            } else if (a != b) {
+                V *vb = dict_get(c, b, k, hint);
+                int tvb = ptype(c, vb);
+                if (tva != tvb && (tva == T_BOOL || tvb == T_BOOL)) {
+                    if (push(c, nm, 0) < 0 || found_values(c, ck, K_TYPE, va, vb) < 0)
+                        return -1;
+                    c->plen--;
+                }
+            }
+        }
+        return 0;
+    }
+    int ck = star_of(key);
+    if (ck < 0 || mark_field(c, ck) < 0)
+        return -1;
+    size_t n = unsafe_yyjson_get_len(a);
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
+        int tx = ptype(c, x), ty = ptype(c, y);
+        if (tx == T_DICT || tx == T_LIST) {
+            if (!nonempty(c, tx, x))
+                continue;
+            int fresh = shape_new(c, ck, tx, x);
+            if (fresh < 0)
+                return -1;
+            if (fresh) {
+                if (push(c, -1, (Py_ssize_t)i) < 0 || same(c, x, y, ck, depth + 1) < 0)
+                    return -1;
+                c->plen--;
+            }
+        } else if (tx != ty && (tx == T_BOOL || ty == T_BOOL)) {
+            if (push(c, -1, (Py_ssize_t)i) < 0 || found_values(c, ck, K_TYPE, x, y) < 0)
+                return -1;
+            c->plen--;
+        }
+    }
+    return 0;
+}
+
+/* an equal pair met in _diff_dicts / _diff_lists: visit it as an exemplar, or find true vs 1 */
+static int equal_pair(Ctx *c, V *x, V *y, int ck, int depth) {
+    int tx = ptype(c, x), ty = ptype(c, y);
+    if (tx == T_DICT || tx == T_LIST) {
+        if (!nonempty(c, tx, x))
+            return 0;
+        int fresh = shape_new(c, ck, tx, x);
+        if (fresh <= 0)
+            return fresh;
+        return same(c, x, y, ck, depth + 1);
+    }
+    if (tx != ty && (tx == T_BOOL || ty == T_BOOL))
+        return found_values(c, ck, K_TYPE, x, y);
+    return 0;
+}
+
+/* _diff_lists */
+static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
+    size_t na = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b);
+    if (na != nb && found_length(c, key, na, nb) < 0)
+        return -1;
+    if (!na && !nb)
+        return 0;
+    int ck = star_of(key);
+    if (ck < 0 || mark_field(c, ck) < 0)
+        return -1;
+    size_t n = na < nb ? na : nb;
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
+        if (push(c, -1, (Py_ssize_t)i) < 0)
+            return -1;
+        int rc;
+        if (py_eq(c, x, y))
+            rc = equal_pair(c, x, y, ck, depth);
+        else if (ptype(c, x) == T_DICT && ptype(c, y) == T_DICT && depth + 1 < c->max_depth)
+            rc = diff_dicts(c, x, y, ck, depth + 1);
+        else
+            rc = diff_values(c, x, y, ck, depth + 1);
+        if (rc < 0)
+            return -1;
+        c->plen--;
+    }
+    return 0;
+}
+
+/* _diff_dicts */
+static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
+    size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b), matched = 0;
+    V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+        V *hint = i < nb ? h : NULL;
+        if (i < nb)
+            h = unsafe_yyjson_get_next(h + 1);
+        V *va = k + 1;
+        if (removed(c, va))
+            continue;
+        int nm = child_of(c, key, k);
+        if (nm < 0)
+            return -1;
+        int ck = g_nodes[nm].key;
+        if (mark_field(c, ck) < 0 || push(c, nm, 0) < 0)
+            return -1;
+        V *vb = dict_get(c, b, k, hint);
+        int rc;
+        if (!vb) {
+            rc = found_values(c, ck, K_MISSING, va, NULL);
+        } else {
+            matched++;
+            int tva, tvb;
+            if (py_eq(c, va, vb))
+                rc = equal_pair(c, va, vb, ck, depth);
+            else if ((tva = ptype(c, va)) == T_DICT && (tvb = ptype(c, vb)) == T_DICT && depth + 1 < c->max_depth)
+                rc = diff_dicts(c, va, vb, ck, depth + 1);
+            else if (g_keys[ck].diff_gen == c->gen && is_scalar(tva) && is_scalar(ptype(c, vb)))
+                rc = 0; /* a scalar change under a key already found: nothing to add */
+            else
+                rc = diff_values(c, va, vb, ck, depth + 1);
+        }
+        if (rc < 0)
+            return -1;
+        c->plen--;
+    }
+    if (matched != dict_len(c, b)) {
+        k = unsafe_yyjson_get_first(b);
+        for (size_t i = 0; i < nb; i++, k = unsafe_yyjson_get_next(k + 1)) {
+            if (removed(c, k + 1) || dict_get(c, a, k, NULL))
+                continue;
+            int nm = child_of(c, key, k);
+            if (nm < 0 || push(c, nm, 0) < 0 || found_values(c, g_nodes[nm].key, K_EXTRA, NULL, k + 1) < 0)
+                return -1;
+            c->plen--;
+        }
+    }
+    return 0;
+}
+
+/* _diff_values: a != b */
+static int diff_values(Ctx *c, V *a, V *b, int key, int depth) {
+    int ta = ptype(c, a), tb = ptype(c, b);
+    if ((ta == T_DICT && tb == T_DICT) || (ta == T_LIST && tb == T_LIST)) {
+        if (depth >= c->max_depth)
+            return found_values(c, key, K_CHANGED, a, b);
+        return ta == T_DICT ? diff_dicts(c, a, b, key, depth) : diff_lists(c, a, b, key, depth);
+    }
+    if (!same_json_type(ta, tb))
+        return found_values(c, key, K_TYPE, a, b);
+    if (!py_eq(c, a, b))
+        return found_values(c, key, K_CHANGED, a, b);
+    return 0;
+}
+
+/* _diff_json */
+static int diff_json(Ctx *c, V *a, V *b) {
+    if (mark_field(c, 0) < 0)
+        return -1;
+    if (py_eq(c, a, b)) {
+        int ta = ptype(c, a), tb = ptype(c, b);
+        if (ta == T_DICT || ta == T_LIST) {
+            if (nonempty(c, ta, a))
+                return same(c, a, b, 0, 0);
+            return 0;
+        }
+        if (ta != tb && (ta == T_BOOL || tb == T_BOOL))
+            return found_values(c, 0, K_TYPE, a, b);
+        return 0;
+    }
+    return diff_values(c, a, b, 0, 0);
+}
+
+/* ---- what the Python walk handles instead ------------------------------------------------------ */
+
+typedef struct {
+    const char *s;
+    size_t n;
+} Name;
+
+static int name_cmp(const void *x, const void *y) {
+    const Name *a = x, *b = y;
+    if (a->n != b->n)
+        return a->n < b->n ? -1 : 1;
+    return memcmp(a->s, b->s, a->n);
+}
+
+/* Whether an object's names may repeat: a 128-bit filter on (length, first and last byte);
+ * 0 proves they do not, 1 asks for the exact check. */
+static int maybe_repeated(V *k, size_t n) {
+    uint64_t seen[2] = {0, 0};
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+        size_t len = unsafe_yyjson_get_len(k);
+        const unsigned char *s = (const unsigned char *)unsafe_yyjson_get_str(k);
+        unsigned h = len ? (unsigned)(len * 31u + s[0] * 7u + s[len - 1]) : 0u;
+        h = (h ^ (h >> 7)) & 127u;
+        uint64_t bit = (uint64_t)1 << (h & 63u);
+        if (seen[h >> 6] & bit)
+            return 1;
+        seen[h >> 6] |= bit;
+    }
+    return 0;
+}
+
+/* 0: the document is one the C walk mirrors exactly; 1: leave it to Python; -1: error.
+ * `checked`: an object already found free of repeated keys (the previous array element). */
+static int check_doc(V *v, int depth, V *checked) {
+    if (depth > MAX_NEST)
+        return 1;
+    switch (unsafe_yyjson_get_type(v)) {
+    case YYJSON_TYPE_RAW:
+        return 1; /* a number beyond int64/uint64/double */
+    case YYJSON_TYPE_ARR: {
+        size_t n = unsafe_yyjson_get_len(v);
+        V *x = unsafe_yyjson_get_first(v);
+        V *prev = NULL;
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) {
+            int rc = check_doc(x, depth + 1, prev);
+            if (rc)
+                return rc;
+            prev = unsafe_yyjson_get_type(x) == YYJSON_TYPE_OBJ ? x : NULL;
+        }
+        return 0;
+    }
+    case YYJSON_TYPE_OBJ: {
+        size_t n = unsafe_yyjson_get_len(v);
+        V *k = unsafe_yyjson_get_first(v);
+        if (n > 1 && maybe_repeated(k, n) && !(checked && same_names(checked, v))) {
+            if (n <= 16) {
+                V *p = k;
+                for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1)) {
+                    V *q = unsafe_yyjson_get_next(p + 1);
+                    for (size_t j = i + 1; j < n; j++, q = unsafe_yyjson_get_next(q + 1))
+                        if (key_eq(q, unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)))
+                            return 1; /* a repeated key */
+                }
+            } else {
+                Name *names = malloc(n * sizeof(Name));
+                if (!names) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                V *p = k;
+                for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1))
+                    names[i] = (Name){unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)};
+                qsort(names, n, sizeof(Name), name_cmp);
+                int dup = 0;
+                for (size_t i = 1; i < n && !dup; i++)
+                    dup = name_cmp(&names[i - 1], &names[i]) == 0;
+                free(names);
+                if (dup)
+                    return 1;
+            }
+        }
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+            int rc = check_doc(k + 1, depth + 1, NULL);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* ---- ignore_fields: proxy.diffing._Node tries, applied as _strip applies them ------------------ */
+
+static void trie_free(TNode *t) {
+    if (!t)
+        return;
+    for (Py_ssize_t i = 0; i < t->nkeys; i++) {
+        free(t->keys[i].name);
+        trie_free(t->keys[i].child);
+    }
+    for (Py_ssize_t i = 0; i < t->nidx; i++)
+        trie_free(t->idx[i].child);
+    free(t->keys);
+    free(t->idx);
+    trie_free(t->any_key);
+    trie_free(t->any_index);
+    trie_free(t->id_key);
+    free(t);
+}
+
+static TNode *trie_from(PyObject *node);
+
+static int trie_opt(PyObject *node, const char *attr, TNode **out) {
+    PyObject *v = PyObject_GetAttrString(node, attr);
+    if (!v)
+        return -1;
+    *out = NULL;
+    if (v != Py_None && !(*out = trie_from(v))) {
+        Py_DECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    return 0;
+}
+
+static TNode *trie_from(PyObject *node) {
+    TNode *t = calloc(1, sizeof(TNode));
+    PyObject *keys = NULL, *idx = NULL, *term = NULL;
+    if (!t) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (!(keys = PyObject_GetAttrString(node, "keys")) || !PyDict_Check(keys) ||
+        !(idx = PyObject_GetAttrString(node, "indexes")) || !PyDict_Check(idx) ||
+        !(term = PyObject_GetAttrString(node, "terminal")))
+        goto fail;
+    t->terminal = PyObject_IsTrue(term);
+    if (t->terminal < 0)
+        goto fail;
+    t->keys = calloc((size_t)PyDict_GET_SIZE(keys) + 1, sizeof(TKey));
+    t->idx = calloc((size_t)PyDict_GET_SIZE(idx) + 1, sizeof(TIdx));
+    if (!t->keys || !t->idx) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(keys, &pos, &k, &v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+        if (!s)
+            goto fail;
+        TKey *tk = &t->keys[t->nkeys++];
+        tk->name = malloc((size_t)n + 1);
+        if (!tk->name) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(tk->name, s, (size_t)n);
+        tk->len = (size_t)n;
+        if (!(tk->child = trie_from(v)))
+            goto fail;
+    }
+    pos = 0;
+    while (PyDict_Next(idx, &pos, &k, &v)) {
+        TIdx *ti = &t->idx[t->nidx++];
+        ti->index = PyLong_AsSsize_t(k);
+        if (ti->index == -1 && PyErr_Occurred())
+            goto fail;
+        if (!(ti->child = trie_from(v)))
+            goto fail;
+    }
+    if (trie_opt(node, "any_key", &t->any_key) < 0 || trie_opt(node, "any_index", &t->any_index) < 0 ||
+        trie_opt(node, "id_key", &t->id_key) < 0)
+        goto fail;
+    Py_DECREF(keys);
+    Py_DECREF(idx);
+    Py_DECREF(term);
+    return t;
+fail:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "ignore trie: unexpected node");
+    Py_XDECREF(keys);
+    Py_XDECREF(idx);
+    Py_XDECREF(term);
+    trie_free(t);
+    return NULL;
+}
+
+static int hexdig(char ch) {
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* proxy.diffing.is_id: digits, a UUID, or >= 16 hex digits */
+static int is_id(const char *s, size_t n) {
+    if (!n)
+        return 0;
+    size_t digits = 0, hex = 0;
+    for (size_t i = 0; i < n; i++) {
+        digits += s[i] >= '0' && s[i] <= '9';
+        hex += hexdig(s[i]);
+    }
+    if (digits == n || (hex == n && n >= 16))
+        return 1;
+    if (n != 36)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !hexdig(s[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* _strip over a yyjson document: marks instead of deletions. 0 ok, 1 leave to Python */
+static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask) {
+    int t = unsafe_yyjson_get_type(v);
+    TNode *nxt[MAX_STATES];
+    if (t == YYJSON_TYPE_OBJ) {
+        size_t n = unsafe_yyjson_get_len(v);
+        V *k = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) { /* _step_key */
+            const char *s = unsafe_yyjson_get_str(k);
+            size_t len = unsafe_yyjson_get_len(k);
+            int nn = 0, hit = 0, id = -1;
+            for (int j = 0; j < ns && !hit; j++) {
+                TNode *cand[3] = {NULL, states[j]->any_key, NULL};
+                for (Py_ssize_t q = 0; q < states[j]->nkeys; q++)
+                    if (states[j]->keys[q].len == len && memcmp(states[j]->keys[q].name, s, len) == 0)
+                        cand[0] = states[j]->keys[q].child;
+                if (states[j]->id_key) {
+                    if (id < 0)
+                        id = is_id(s, len);
+                    if (id)
+                        cand[2] = states[j]->id_key;
+                }
+                for (int q = 0; q < 3 && !hit; q++) {
+                    if (!cand[q])
+                        continue;
+                    if (cand[q]->terminal)
+                        hit = 1;
+                    else if (nn == MAX_STATES)
+                        return 1;
+                    else
+                        nxt[nn++] = cand[q];
+                }
+            }
+            if (hit)
+                mask[(k + 1) - base] |= M_REMOVED;
+            else if (nn && strip(k + 1, nxt, nn, base, mask))
+                return 1;
+        }
+    } else if (t == YYJSON_TYPE_ARR) {
+        size_t n = unsafe_yyjson_get_len(v);
+        V *x = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) { /* _step_index */
+            int nn = 0, hit = 0;
+            for (int j = 0; j < ns && !hit; j++) {
+                TNode *cand[2] = {NULL, states[j]->any_index};
+                for (Py_ssize_t q = 0; q < states[j]->nidx; q++)
+                    if (states[j]->idx[q].index == (Py_ssize_t)i)
+                        cand[0] = states[j]->idx[q].child;
+                for (int q = 0; q < 2 && !hit; q++) {
+                    if (!cand[q])
+                        continue;
+                    if (cand[q]->terminal)
+                        hit = 1;
+                    else if (nn == MAX_STATES)
+                        return 1;
+                    else
+                        nxt[nn++] = cand[q];
+                }
+            }
+            if (hit)
+                mask[x - base] |= M_IGNORED;
+            else if (nn && strip(x, nxt, nn, base, mask))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- entry point -------------------------------------------------------------------------------- */
+
+static char *g_pool;
+static size_t g_pool_size;
+/* The tables above are shared: a call that starts while another runs (another thread, while
+ * the first one calls back into Python's _child) leaves its bodies to the Python walk. */
+static int g_busy;
+
+static yyjson_doc *parse(PyObject *body, const yyjson_alc *alc) {
+    return yyjson_read_opts(PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body), READ_FLAGS, alc, NULL);
+}
+
+/* The kept pool for both documents, or NULL: yyjson's own allocator (malloc and realloc as
+ * it goes), for pairs whose worst case exceeds POOL_KEEP; a pool sized for the worst case
+ * of a 1 MiB body would be ~13 MiB. */
+static const yyjson_alc *pool_for(PyObject *live, PyObject *shadow, yyjson_alc *alc) {
+    size_t need = yyjson_read_max_memory_usage((size_t)PyBytes_GET_SIZE(live), READ_FLAGS) + 256;
+    if (shadow != Py_None)
+        need += yyjson_read_max_memory_usage((size_t)PyBytes_GET_SIZE(shadow), READ_FLAGS) + 256;
+    if (need > POOL_KEEP)
+        return NULL;
+    if (need > g_pool_size) {
+        char *grown = malloc(need);
+        if (!grown)
+            return NULL;
+        free(g_pool);
+        g_pool = grown;
+        g_pool_size = need;
+    }
+    return yyjson_alc_pool_init(alc, g_pool, g_pool_size) ? alc : NULL;
+}
+
+static int prepare(Ctx *c, yyjson_doc *doc, TNode *trie, V **base, size_t *count, uint8_t **mask) {
+    *base = yyjson_doc_get_root(doc);
+    *count = yyjson_doc_get_val_count(doc);
+    int rc = check_doc(*base, 0, NULL);
+    if (rc || !trie)
+        return rc;
+    *mask = calloc(*count ? *count : 1, 1);
+    if (!*mask) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->masked = 1;
+    TNode *states[1] = {trie};
+    return strip(*base, states, 1, *base, *mask);
+}
+
+PyDoc_STRVAR(diff_doc,
+             "diff(live, shadow, child, absent, ignored, trie, max_depth, room)\n--\n\n"
+             "The JSON walk of proxy.diffing on two bodies (shadow None: live against itself).\n"
+             "Returns (field keys, [(path, key, kind, live, shadow)]) with the first difference\n"
+             "per key in walk order, values made for the first `room` of them (`absent` after;\n"
+             "'length' ones carry str lengths); or None when the Python walk must do it.");
+
+static PyObject *jd_diff(PyObject *self, PyObject *args) {
+    PyObject *live, *shadow, *child_fn, *absent, *ignored, *trie_obj;
+    int max_depth;
+    Py_ssize_t room;
+    if (!PyArg_ParseTuple(args, "SOOOOOin:diff", &live, &shadow, &child_fn, &absent, &ignored, &trie_obj,
+                          &max_depth, &room))
+        return NULL;
+    if (shadow != Py_None && !PyBytes_Check(shadow)) {
+        PyErr_SetString(PyExc_TypeError, "shadow must be bytes or None");
+        return NULL;
+    }
+    if (max_depth < 0 || max_depth > 200) {
+        PyErr_SetString(PyExc_ValueError, "max_depth must be in 0..200");
+        return NULL;
+    }
+    if (g_busy)
+        Py_RETURN_NONE;
+    g_busy = 1;
+    PyObject *result = NULL;
+    yyjson_doc *da = NULL, *db = NULL;
+    yyjson_alc pool;
+    TNode *trie = NULL;
+    Ctx *c = calloc(1, sizeof(Ctx));
+    if (!c) {
+        g_busy = 0;
+        return PyErr_NoMemory();
+    }
+    if (!g_key_ids || g_n_nodes > MAX_NODES || g_n_keys > MAX_NODES) {
+        if (nodes_reset() < 0)
+            goto done;
+    }
+    if (++g_gen == 0) { /* wrapped: forget every mark */
+        for (int i = 0; i < g_n_keys; i++)
+            g_keys[i].field_gen = g_keys[i].diff_gen = g_keys[i].scalars_gen = g_keys[i].last_gen = 0;
+        g_gen = 1;
+    }
+    *c = (Ctx){.child_fn = child_fn, .absent = absent, .ignored = ignored, .room = room, .max_depth = max_depth,
+               .gen = g_gen};
+    if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
+        goto done;
+    const yyjson_alc *alc = pool_for(live, shadow, &pool);
+    if (!(da = parse(live, alc)) || (shadow != Py_None && !(db = parse(shadow, alc)))) {
+        if (!PyErr_Occurred())
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int rc = prepare(c, da, trie, &c->base_a, &c->count_a, &c->mask_a);
+    if (!rc && db)
+        rc = prepare(c, db, trie, &c->base_b, &c->count_b, &c->mask_b);
+    if (rc) {
+        if (rc > 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (!(c->events = PyList_New(0)))
+        goto done;
+    V *ra = yyjson_doc_get_root(da), *rb = db ? yyjson_doc_get_root(db) : ra;
+    if (diff_json(c, ra, rb) < 0)
+        goto done;
+    PyObject *fields = PyList_New((Py_ssize_t)c->n_fields);
+    if (!fields)
+        goto done;
+    for (size_t i = 0; i < c->n_fields; i++)
+        PyList_SET_ITEM(fields, (Py_ssize_t)i, Py_NewRef(g_keys[c->field_ids[i]].ck));
+    result = PyTuple_Pack(2, fields, c->events);
+    Py_DECREF(fields);
+done:
+    Py_XDECREF(c->events);
+    free(c->field_ids);
+    free(c->mask_a);
+    free(c->mask_b);
+    free(c->arena);
+    free(c->shapes);
+    free(c);
+    trie_free(trie);
+    yyjson_doc_free(da);
+    yyjson_doc_free(db);
+    g_busy = 0;
+    return result;
+}
+
+static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc}, {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "proxy._jsondiff",
+                                    "The shadow diff's JSON walk in C (native/jsondiff.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__jsondiff(void) {
+    if (!(K_CHANGED = PyUnicode_InternFromString("changed")) || !(K_TYPE = PyUnicode_InternFromString("type")) ||
+        !(K_MISSING = PyUnicode_InternFromString("missing")) || !(K_EXTRA = PyUnicode_InternFromString("extra")) ||
+        !(K_LENGTH = PyUnicode_InternFromString("length")) || !(S_ROOT = PyUnicode_InternFromString("$")) ||
+        !(S_STAR = PyUnicode_InternFromString("[*]")))
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,357 @@
+"""Tier 1: the JSON walk in C (native/jsondiff.c, ``proxy._jsondiff``) and the Python walk
+it stands in for agree, and the C walk hands back what it does not mirror exactly.
+
+``compare()`` uses the C walk whenever it is built; tests/test_diffing_fastpaths.py checks
+``compare()`` against the frozen reference on its tables and generated pairs. Here:
+
+- the C walk is built and actually takes ordinary bodies (a silent fallback would pass
+  every agreement test while measuring the slow path);
+- generated pairs made of values the C walk takes (64-bit edges, -0.0, int vs float, bool
+  vs int, escapes, non-ASCII and id-like keys) agree with the reference, with and without
+  ``ignore_fields``;
+- what it leaves to Python (NaN, integers beyond 64 bits, repeated keys, lone surrogates,
+  a BOM, deep nesting, not JSON) is left, and still compared right;
+- the Python walk, now only a fallback, still agrees with the reference on its own;
+- errors propagate, and repeated calls keep no references and no memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import diffing
+from proxy.diffing import (
+    _ABSENT,
+    _IGNORED,
+    MAX_DIFFS,
+    MAX_JSON_DEPTH,
+    Captured,
+    _child,
+    _compile_paths,
+    compare,
+)
+
+from .test_diffing_fastpaths import JSON, JSON_PAIRS, LONG, j, reference_compare, rows
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def native(live: bytes, shadow: bytes | None, ignore: tuple[str, ...] = ()) -> Any:
+    assert diffing._native is not None
+    root = _compile_paths(ignore)
+    return diffing._native.diff(live, shadow, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, MAX_DIFFS)
+
+
+def agree(live: Captured, shadow: Captured, **kw: Any) -> None:
+    expected = reference_compare(live, shadow, **kw)
+    assert compare(live, shadow, **kw) == expected
+    assert compare(shadow, live, **kw) == reference_compare(shadow, live, **kw)
+
+
+@pytest.fixture(autouse=True)
+def forget_equal_answers() -> None:
+    for memo in (diffing._EQUAL_ANSWERS, diffing._EQUAL_JSON):
+        memo.entries.clear()
+        memo.size = 0
+
+
+class _Refuses:
+    def diff(self, *args: object) -> object:
+        raise AssertionError("the C walk was called")
+
+
+@pytest.fixture
+def python_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compare`` with the C walk switched off, as it runs where no C compiler built it."""
+    # The switch must reach the (possibly mypyc-compiled) module: prove it does first.
+    monkeypatch.setattr(diffing, "_native", _Refuses())
+    with pytest.raises(AssertionError, match="the C walk was called"):
+        compare(j({"a": 1}), j({"a": 2}))
+    monkeypatch.setattr(diffing, "_native", None)
+
+
+# ---- built and used -----------------------------------------------------------------------------
+
+
+def test_the_c_walk_is_built() -> None:
+    # make test installs gcc (scripts/install-test-deps.sh): a missing module is a build failure
+    # here, not a machine without a compiler.
+    assert diffing._native is not None, "proxy._jsondiff did not build: see the pip install output"
+
+
+@pytest.mark.parametrize(("live", "shadow"), JSON_PAIRS)
+def test_the_c_walk_takes_ordinary_bodies(live: Any, shadow: Any) -> None:
+    a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+    if b"NaN" in a + b:
+        assert native(a, b) is None  # NaN: Python's parsers decide what it is
+        return
+    got = native(a, b)
+    assert got is not None
+    fields, events = got
+    assert "$" in fields
+    assert all(key in fields for _, key, _, _, _ in events)
+    assert native(a, None) is not None
+
+
+def test_what_the_c_walk_reports() -> None:
+    live = {"meta": {"at": 1}, "items": [{"id": 1, "on": True, "p": 1.5}, {"id": 2, "on": True, "p": 2}]}
+    shadow = {"meta": {"at": 2, "new": [1]}, "items": [{"id": 1, "on": 1, "p": 1.5}, {"id": 2, "on": True, "p": 2.0}]}
+    fields, events = native(json.dumps(live).encode(), json.dumps(shadow).encode())
+    assert set(fields) == {"$", "$.meta", "$.meta.at", "$.meta.new", "$.items", "$.items[*]"} | {
+        f"$.items[*].{k}" for k in ("id", "on", "p")
+    }
+    assert events == [
+        ("$.meta.at", "$.meta.at", "changed", 1, 2),
+        ("$.meta.new", "$.meta.new", "extra", _ABSENT, [1]),
+        ("$.items[0].on", "$.items[*].on", "type", True, 1),  # True == 1 in Python, not in JSON
+    ]  # 2 and 2.0 are one JSON number
+
+
+# ---- generated pairs of what the C walk takes ---------------------------------------------------
+
+NATIVE_KEYS = st.sampled_from(["a", "b", "id", "x y", "é", 'q"uote', "123", "0123456789abcdef0", ""])
+NATIVE_SCALARS = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        True,
+        False,
+        None,
+        1.0,
+        -0.0,
+        0.0,
+        2.5,
+        1e300,
+        2**53,
+        2**53 + 1,
+        float(2**53),
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        -(2**63),
+        18446744073709551615.0,
+        "a",
+        "",
+        "123",
+        "é\u2028",
+        "\x00",
+        "line\nbreak",
+    ]
+)
+NATIVE_VALUES = st.recursive(
+    NATIVE_SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=10),
+        st.dictionaries(NATIVE_KEYS, children, max_size=4),
+        st.lists(st.fixed_dictionaries({"id": children, "on": st.booleans()}), min_size=8, max_size=12),
+    ),
+    max_leaves=30,
+)
+
+
+@st.composite
+def changed(draw: st.DrawFn, value: Any) -> Any:
+    """``value`` with a few changes, most parts kept: see test_diffing_fastpaths.mutated."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(NATIVE_VALUES)
+    if type(value) is dict:
+        items = list(value.items())
+        if choice == 1:
+            items.reverse()
+        out = {k: (draw(changed(v)) if draw(st.integers(0, 3)) == 0 else v) for k, v in items}
+        if choice == 2 and out:
+            out.pop(next(iter(out)))
+        if choice == 3:
+            out[draw(NATIVE_KEYS)] = draw(NATIVE_SCALARS)
+        return out
+    if type(value) is list:
+        out_list = [draw(changed(v)) if draw(st.integers(0, 4)) == 0 else v for v in value]
+        if choice == 1:
+            out_list.append(draw(NATIVE_SCALARS))
+        if choice == 2 and out_list:
+            out_list.pop()
+        return out_list
+    if choice < 4 and type(value) is bool:
+        return int(value)
+    if choice < 4 and type(value) in (int, float) and value in (0, 1):
+        return bool(value)
+    if choice == 4 and type(value) is int:
+        return float(value)
+    return value
+
+
+IGNORES = [(), ("$.a",), ("$[*].id", "$.b"), ("$.*.id",), ("$.{id}",), ("$[1]",), ("$[*]",)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_generated_pairs_agree_and_are_taken(data: st.DataObject) -> None:
+    live = data.draw(NATIVE_VALUES)
+    shadow = data.draw(changed(live))
+    ignore = data.draw(st.sampled_from(IGNORES))
+    a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+    assert native(a, b, ignore) is not None
+    assert native(a, None, ignore) is not None
+    agree(j(live), j(shadow), ignore_fields=ignore)
+    agree(j(live), j(live), ignore_fields=ignore)
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        pytest.param(1, 1.0, id="int-float-equal"),
+        pytest.param(2**53 + 1, float(2**53), id="int-float-beyond-2-53"),
+        pytest.param(2**64 - 1, 18446744073709551615.0, id="u64-max-vs-float"),
+        pytest.param(-(2**63), -9223372036854775808.0, id="i64-min-vs-float"),
+        pytest.param(-0.0, 0, id="minus-zero"),
+        pytest.param([True] * LONG, [1] * LONG, id="bools-vs-ints"),
+        pytest.param({"a": [{}], "b": {}}, {"a": [{}], "b": []}, id="empty-containers"),
+        pytest.param({"é": 1, "x y": 2}, {"é": 2, "x y": 3}, id="quoted-keys"),
+        pytest.param({"s": "a\\u00e9"}, {"s": "aé"}, id="escapes"),
+        pytest.param({"items": rows(LONG)}, {"items": rows(LONG - 3)}, id="length"),
+        pytest.param({"u": {"123": 1, "456": 2}}, {"u": {"123": 1, "456": 3, "789": 4}}, id="id-keys"),
+    ],
+)
+def test_edge_values_agree(live: Any, shadow: Any) -> None:
+    a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+    assert native(a, b) is not None
+    agree(j(live), j(shadow))
+
+
+def test_the_depth_limit_agrees() -> None:
+    def nest(leaf: Any, depth: int) -> Any:
+        for _ in range(depth):
+            leaf = {"a": leaf, "b": [1, {"c": True}]}
+        return leaf
+
+    for depth in (MAX_JSON_DEPTH - 2, MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 2):
+        live, shadow = nest([1], depth), nest([2], depth)
+        assert native(json.dumps(live).encode(), json.dumps(shadow).encode()) is not None
+        agree(j(live), j(shadow))
+
+
+# ---- what the C walk leaves to Python -----------------------------------------------------------
+
+LEFT_TO_PYTHON = [
+    pytest.param(b'{"a": NaN}', b'{"a": 1}', id="nan"),
+    pytest.param(b'{"a": Infinity}', b'{"a": 1}', id="infinity"),
+    pytest.param(b'{"a": 100000000000000000000}', b'{"a": 1}', id="integer-beyond-64-bits"),
+    pytest.param(b'{"a": -9223372036854775809}', b'{"a": 1}', id="integer-below-int64"),
+    pytest.param(b'{"a": 1e400}', b'{"a": 1}', id="float-beyond-double"),
+    pytest.param(b'{"a": 1, "a": 2}', b'{"a": 2}', id="repeated-key"),
+    pytest.param(
+        b"{" + b", ".join(b'"k%d": %d' % (i, i) for i in range(20)) + b', "k3": 0}',
+        b'{"k3": 3}',
+        id="repeated-key-wide",
+    ),
+    pytest.param(b'{"a": "\\ud800"}', b'{"a": "x"}', id="lone-surrogate"),
+    pytest.param(b'\xef\xbb\xbf{"a": 1}', b'{"a": 2}', id="bom"),
+    pytest.param(b"[" * 600 + b"]" * 600, b"[]", id="deeper-than-500"),
+    pytest.param(b'{"a": "\xff"}', b'{"a": "x"}', id="not-utf-8"),
+    pytest.param(b"<html>", b"{}", id="not-json"),
+    pytest.param(b"", b"{}", id="empty"),
+]
+
+
+@pytest.mark.parametrize(("live", "shadow"), LEFT_TO_PYTHON)
+def test_what_the_c_walk_leaves_to_python(live: bytes, shadow: bytes) -> None:
+    assert native(live, shadow) is None
+    assert native(shadow, live) is None
+    assert native(live, None) is None
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow))
+
+
+def test_repeated_keys_in_later_elements_are_found() -> None:
+    # Elements after the first are checked too, also when their names start alike.
+    body = json.dumps([{"a": 1, "b": 2}] * 3)[:-1] + ', {"a": 1, "a": 2}]'
+    assert native(body.encode(), b"[]") is None
+
+
+# ---- the Python walk, now the fallback ----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("python_walk")
+@pytest.mark.parametrize(("live", "shadow"), JSON_PAIRS)
+def test_the_python_walk_still_agrees(live: Any, shadow: Any) -> None:
+    agree(j(live), j(shadow))
+    agree(j(live), j(live), ignore_fields=("$.items[*].on",))
+
+
+# ---- errors, references, memory -----------------------------------------------------------------
+
+
+def test_errors_propagate() -> None:
+    def broken(key: str, name: str) -> tuple[str, str]:
+        raise RuntimeError(f"child({key!r}, {name!r})")
+
+    assert diffing._native is not None
+    with pytest.raises(RuntimeError, match="child"):
+        diffing._native.diff(b'{"zz_new_key": 1}', b"{}", broken, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    with pytest.raises(TypeError):
+        diffing._native.diff("text", None, _child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_depth"):
+        diffing._native.diff(b"{}", None, _child, _ABSENT, _IGNORED, None, 1000, 10)
+    # and the next call is unharmed
+    missing = ("$.zz_new_key", "$.zz_new_key", "missing", 1, _ABSENT)
+    assert native(b'{"zz_new_key": 1}', b"{}") == (["$", "$.zz_new_key"], [missing])
+
+
+def test_a_call_made_during_a_call_is_left_to_python() -> None:
+    assert diffing._native is not None
+    inner: list[object] = []
+
+    def child(key: str, name: str) -> tuple[str, str]:
+        # Python code running inside a call (here: the callback; in general, another thread)
+        inner.append(native(b'{"a": 1}', b'{"a": 2}'))
+        return _child(key, name)
+
+    got = diffing._native.diff(b'{"reentry_key": 1}', None, child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    assert got == (["$", "$.reentry_key"], [])
+    assert inner == [None]
+    assert native(b'{"a": 1}', b'{"a": 2}') is not None  # and free again after
+
+
+def test_many_distinct_keys_reset_the_key_table_between_calls() -> None:
+    live = {f"k{i}": {"v": i} for i in range(9000)}  # beyond the 8192 kept between calls
+    shadow = {**live, "k1": {"v": -1}}
+    for _ in range(2):
+        assert native(json.dumps(live).encode(), json.dumps(shadow).encode()) is not None
+        agree(j(live), j(shadow))
+
+
+def test_large_bodies_get_a_pool_of_their_own() -> None:
+    live = {"items": [{"id": i, "name": "x" * 100, "n": i / 3} for i in range(8000)]}  # ~1.2 MB
+    shadow = {"items": [*live["items"][:-1], {"id": -1, "name": "y", "n": 0}]}
+    assert native(json.dumps(live).encode(), json.dumps(shadow).encode()) is not None
+    agree(j(live), j(shadow))
+
+
+def test_repeated_calls_keep_no_references_and_no_memory() -> None:
+    a = json.dumps({"items": rows(LONG), "gone": {"x": [1, 2]}, "t": 1}).encode()
+    b = json.dumps({"items": rows(LONG - 1, on=1), "new": [3], "t": 2.5}).encode()
+    for _ in range(50):
+        native(a, b)  # warm: key strings made once and kept
+    absent, ignored = sys.getrefcount(_ABSENT), sys.getrefcount(_IGNORED)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(500):
+            native(a, b)
+            native(a, None, ("$.items[1]",))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
+    assert grown < 64 * 1024, f"{grown} bytes kept after 1000 calls"
+    assert (sys.getrefcount(_ABSENT), sys.getrefcount(_IGNORED)) == (absent, ignored)
+    assert math.isfinite(grown)
