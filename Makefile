@@ -39,8 +39,8 @@ demo: $(STAMP)
 
 ## test: the whole test suite (pure, in-process, black-box), on the source tree and then
 ## on the compiled build
+# Debian packages first: gcc builds the C JSON walk into .venv too.
 test:
-	# Debian packages first: gcc builds the C JSON walk into .venv too.
 	bash scripts/install-test-deps.sh
 	$(MAKE) --no-print-directory $(STAMP) compiled
 	$(BIN)/python -m pytest -q

@@ -334,6 +334,34 @@ static V *dict_get(const Ctx *c, V *o, V *name, V *hint) {
     return NULL;
 }
 
+/* The members of object `a` that the ignore pass kept, each with the member of `b` at the same
+ * position as the hint for finding its counterpart:
+ *     for (Members m = members(a, b); next_member(c, &m);) ... m.key, m.val, m.hint */
+typedef struct {
+    V *key, *val, *hint; /* the current member of a; b's key at its position, or NULL */
+    V *k, *h;            /* the next ones */
+    size_t i, n, nb;
+} Members;
+
+static inline Members members(V *a, V *b) {
+    return (Members){NULL, NULL, NULL, unsafe_yyjson_get_first(a), unsafe_yyjson_get_first(b), 0,
+                     unsafe_yyjson_get_len(a), unsafe_yyjson_get_len(b)};
+}
+
+static inline int next_member(const Ctx *c, Members *m) {
+    while (m->i < m->n) {
+        m->key = m->k;
+        m->val = m->k + 1;
+        m->hint = m->i < m->nb ? m->h : NULL;
+        m->k = unsafe_yyjson_get_next(m->val);
+        if (m->i++ < m->nb)
+            m->h = unsafe_yyjson_get_next(m->h + 1);
+        if (!removed(c, m->val))
+            return 1;
+    }
+    return 0;
+}
+
 static void int_of(V *v, int *neg, uint64_t *mag) {
     if (unsafe_yyjson_get_type(v) == YYJSON_TYPE_BOOL) {
         *neg = 0;
@@ -419,15 +447,9 @@ static int py_eq(const Ctx *c, V *a, V *b) {
         } else if (dict_len(c, a) != dict_len(c, b)) {
             return 0;
         }
-        V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
-        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-            V *hint = i < nb ? h : NULL;
-            if (i < nb)
-                h = unsafe_yyjson_get_next(h + 1);
-            if (removed(c, k + 1))
-                continue;
-            V *vb = dict_get(c, b, k, hint);
-            if (!vb || !py_eq(c, k + 1, vb))
+        for (Members m = members(a, b); next_member(c, &m);) {
+            V *vb = dict_get(c, b, m.key, m.hint);
+            if (!vb || !py_eq(c, m.val, vb))
                 return 0;
         }
         return 1;
@@ -520,6 +542,14 @@ static int mark_field(Ctx *c, int node) {
     }
     c->field_ids[c->n_fields++] = node;
     return 0;
+}
+
+/* the Key of member name `k` under Key `key`, counted as a field; its Node in *nm */
+static int member_key(Ctx *c, int key, V *k, int *nm) {
+    if ((*nm = child_of(c, key, k)) < 0)
+        return -1;
+    int ck = g_nodes[*nm].key;
+    return mark_field(c, ck) < 0 ? -1 : ck;
 }
 
 /* ---- reporting -------------------------------------------------------------------------------- */
@@ -773,20 +803,10 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
     if (depth >= c->max_depth)
         return 0;
     if (ptype(c, a) == T_DICT) {
-        size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b);
-        V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
-        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-            V *hint = i < nb ? h : NULL;
-            if (i < nb)
-                h = unsafe_yyjson_get_next(h + 1);
-            V *va = k + 1;
-            if (removed(c, va))
-                continue;
-            int nm = child_of(c, key, k);
-            if (nm < 0)
-                return -1;
-            int ck = g_nodes[nm].key;
-            if (mark_field(c, ck) < 0)
+        for (Members m = members(a, b); next_member(c, &m);) {
+            V *k = m.key, *va = m.val, *hint = m.hint;
+            int nm, ck = member_key(c, key, k, &nm);
+            if (ck < 0)
                 return -1;
             int tva = ptype(c, va);
             if (tva == T_DICT || tva == T_LIST) {
@@ -887,22 +907,13 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
 
 /* _diff_dicts */
 static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
-    size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b), matched = 0;
-    V *k = unsafe_yyjson_get_first(a), *h = unsafe_yyjson_get_first(b);
-    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-        V *hint = i < nb ? h : NULL;
-        if (i < nb)
-            h = unsafe_yyjson_get_next(h + 1);
-        V *va = k + 1;
-        if (removed(c, va))
-            continue;
-        int nm = child_of(c, key, k);
-        if (nm < 0)
+    size_t nb = unsafe_yyjson_get_len(b), matched = 0;
+    for (Members m = members(a, b); next_member(c, &m);) {
+        V *va = m.val;
+        int nm, ck = member_key(c, key, m.key, &nm);
+        if (ck < 0 || push(c, nm, 0) < 0)
             return -1;
-        int ck = g_nodes[nm].key;
-        if (mark_field(c, ck) < 0 || push(c, nm, 0) < 0)
-            return -1;
-        V *vb = dict_get(c, b, k, hint);
+        V *vb = dict_get(c, b, m.key, m.hint);
         int rc;
         if (!vb) {
             rc = found_values(c, ck, K_MISSING, va, NULL);
@@ -923,7 +934,7 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
         c->plen--;
     }
     if (matched != dict_len(c, b)) {
-        k = unsafe_yyjson_get_first(b);
+        V *k = unsafe_yyjson_get_first(b);
         for (size_t i = 0; i < nb; i++, k = unsafe_yyjson_get_next(k + 1)) {
             if (removed(c, k + 1) || dict_get(c, a, k, NULL))
                 continue;

@@ -613,33 +613,42 @@ JSON_VALUES = st.recursive(
 
 
 @st.composite
-def mutated(draw: st.DrawFn, value: Any) -> Any:
-    """``value`` with a few changes: replaced parts, dropped or added members, reordered keys,
-    bool and int swapped, arrays made longer or shorter. Most parts stay equal."""
+def mutated(
+    draw: st.DrawFn,
+    value: Any,
+    values: st.SearchStrategy[Any] = JSON_VALUES,
+    scalars: st.SearchStrategy[Any] = SCALARS,
+    keys: st.SearchStrategy[str] = KEYS,
+) -> Any:
+    """``value`` with a few changes: replaced parts (drawn from ``values``), dropped or added
+    members, reordered keys, bool and int swapped, ints made floats, arrays made longer or
+    shorter. Most parts stay equal."""
     choice = draw(st.integers(0, 9))
     if choice == 0:
-        return draw(JSON_VALUES)
+        return draw(values)
     if type(value) is dict:
         items = list(value.items())
         if choice == 1:
             items.reverse()
-        out = {k: (draw(mutated(v)) if draw(st.integers(0, 3)) == 0 else v) for k, v in items}
+        out = {k: (draw(mutated(v, values, scalars, keys)) if draw(st.integers(0, 3)) == 0 else v) for k, v in items}
         if choice == 2 and out:
             out.pop(next(iter(out)))
         if choice == 3:
-            out[draw(KEYS)] = draw(SCALARS)
+            out[draw(keys)] = draw(scalars)
         return out
     if type(value) is list:
-        out_list = [draw(mutated(v)) if draw(st.integers(0, 4)) == 0 else v for v in value]
+        out_list = [draw(mutated(v, values, scalars, keys)) if draw(st.integers(0, 4)) == 0 else v for v in value]
         if choice == 1:
-            out_list.append(draw(SCALARS))
+            out_list.append(draw(scalars))
         if choice == 2 and out_list:
             out_list.pop()
         return out_list
     if choice < 4 and type(value) is bool:
         return int(value)
-    if choice < 4 and type(value) is int and value in (0, 1):
+    if choice < 4 and type(value) in (int, float) and value in (0, 1):
         return bool(value)
+    if choice == 4 and type(value) is int:
+        return float(value)
     return value
 
 

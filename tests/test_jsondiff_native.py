@@ -39,7 +39,7 @@ from proxy.diffing import (
     compare,
 )
 
-from .test_diffing_fastpaths import JSON, JSON_PAIRS, LONG, j, reference_compare, rows
+from .test_diffing_fastpaths import JSON, JSON_PAIRS, LONG, j, mutated, reference_compare, rows
 
 # ---- helpers ------------------------------------------------------------------------------------
 
@@ -158,38 +158,6 @@ NATIVE_VALUES = st.recursive(
 )
 
 
-@st.composite
-def changed(draw: st.DrawFn, value: Any) -> Any:
-    """``value`` with a few changes, most parts kept: see test_diffing_fastpaths.mutated."""
-    choice = draw(st.integers(0, 9))
-    if choice == 0:
-        return draw(NATIVE_VALUES)
-    if type(value) is dict:
-        items = list(value.items())
-        if choice == 1:
-            items.reverse()
-        out = {k: (draw(changed(v)) if draw(st.integers(0, 3)) == 0 else v) for k, v in items}
-        if choice == 2 and out:
-            out.pop(next(iter(out)))
-        if choice == 3:
-            out[draw(NATIVE_KEYS)] = draw(NATIVE_SCALARS)
-        return out
-    if type(value) is list:
-        out_list = [draw(changed(v)) if draw(st.integers(0, 4)) == 0 else v for v in value]
-        if choice == 1:
-            out_list.append(draw(NATIVE_SCALARS))
-        if choice == 2 and out_list:
-            out_list.pop()
-        return out_list
-    if choice < 4 and type(value) is bool:
-        return int(value)
-    if choice < 4 and type(value) in (int, float) and value in (0, 1):
-        return bool(value)
-    if choice == 4 and type(value) is int:
-        return float(value)
-    return value
-
-
 IGNORES = [(), ("$.a",), ("$[*].id", "$.b"), ("$.*.id",), ("$.{id}",), ("$[1]",), ("$[*]",)]
 
 
@@ -197,7 +165,7 @@ IGNORES = [(), ("$.a",), ("$[*].id", "$.b"), ("$.*.id",), ("$.{id}",), ("$[1]",)
 @given(st.data())
 def test_generated_pairs_agree_and_are_taken(data: st.DataObject) -> None:
     live = data.draw(NATIVE_VALUES)
-    shadow = data.draw(changed(live))
+    shadow = data.draw(mutated(live, NATIVE_VALUES, NATIVE_SCALARS, NATIVE_KEYS))
     ignore = data.draw(st.sampled_from(IGNORES))
     a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
     assert native(a, b, ignore) is not None
