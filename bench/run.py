@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import http.client
 import json
 import os
@@ -87,6 +88,8 @@ class Scenario:
     # True: during throughput runs the proxy has one CPU to itself and wrk and the upstream
     # share the other. False (multi-worker scenarios): everything may run on every CPU.
     pinned: bool = True
+    # What wrk requests: "/" is the upstream's 100-byte answer; JSON_PATH its 64 KiB JSON one.
+    path: str = "/"
 
 
 def _block(text: str, indent: int) -> str:
@@ -147,6 +150,29 @@ def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[
     return make
 
 
+# The upstream's JSON answer (bench/upstream/nginx.conf): bench_diff's 64 KiB document to
+# live requests; to mirrored ones (X-Shadow-Request: 1) the same with a handful of changes
+# (two timestamps/ids, two prices, a field gone, one added), so every mirror is diffed.
+JSON_PATH = "/bench.json"
+
+
+def json_answers(directory: Path) -> int:
+    """Write the upstream's live.json and shadow.json; the size of live.json."""
+    from bench_diff import document, handful_of_differences  # bench/ is sys.path[0]
+
+    doc = document(64 << 10)
+    directory.mkdir()
+    live = json.dumps(doc).encode()
+    (directory / "live.json").write_bytes(live)
+    (directory / "shadow.json").write_bytes(json.dumps(handful_of_differences(doc)).encode())
+    return len(live)
+
+
+def on_json(make: Callable[[Env], Scenario]) -> Callable[[Env], Scenario]:
+    """The scenario `make`, measured with requests for the 64 KiB JSON answer."""
+    return lambda env: dataclasses.replace(make(env), path=JSON_PATH)
+
+
 SCENARIOS: dict[str, Callable[[Env], Scenario]] = {
     "routing": routing,
     "sticky": sticky,
@@ -159,6 +185,10 @@ SCENARIOS: dict[str, Callable[[Env], Scenario]] = {
     # ... or to a candidate that never answers, or is down: the live latency must not move.
     "shadow-hang": shadow_to("blackhole", timeout="1s"),
     "shadow-dead": shadow_to("dead"),
+    # The same with 64 KiB JSON answers that differ: what comparing them costs. Compare the
+    # two with each other (the ratios to nginx are for the 100-byte answer).
+    "json": on_json(routing),
+    "shadow100-json": on_json(shadow_to("upstream")),
     # Active health checks on every instance (every 1 s) and outlier detection: the hot
     # path must not pay for them.
     "health": lambda env: Scenario(
@@ -367,6 +397,7 @@ class Target:
     proc: subprocess.Popen[bytes]
     log: Path
     pinned: bool = True
+    path: str = "/"
     scenario: str | None = None
     args: tuple[str, ...] = ()
     failed: str | None = None  # why it stopped being measured, if it did
@@ -399,21 +430,20 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline_s: float) -
         time.sleep(0.02)  # the poll interval; readiness itself is the accepted connect
 
 
-def check_get(port: int) -> None:
-    """One `GET /` must answer 200 with the upstream's 100-byte body."""
+def check_get(port: int, path: str = "/", size: int = UPSTREAM_BODY_SIZE) -> None:
+    """One `GET path` must answer 200 with the upstream's body of that size."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path)
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as exc:
-        raise StartError(f"GET / failed: {exc!r}") from None
+        raise StartError(f"GET {path} failed: {exc!r}") from None
     finally:
         conn.close()
-    if response.status != 200 or len(body) != UPSTREAM_BODY_SIZE:
+    if response.status != 200 or len(body) != size:
         raise StartError(
-            f"GET / answered {response.status} with {len(body)} bytes "
-            f"(want 200 with {UPSTREAM_BODY_SIZE}): {body[:200]!r}"
+            f"GET {path} answered {response.status} with {len(body)} bytes (want 200 with {size}): {body[:200]!r}"
         )
 
 
@@ -464,7 +494,9 @@ def blackhole_port() -> int:
     return int(_BLACKHOLE[0].getsockname()[1])
 
 
-def start_splitproxy(children: Children, command: str | None, name: str, tmp: Path, upstream_port: int) -> Target:
+def start_splitproxy(  # noqa: PLR0917  # one call site
+    children: Children, command: str | None, name: str, tmp: Path, upstream_port: int, json_size: int
+) -> Target:
     """Start one splitproxy for scenario `name`; StartError if it does not come up."""
     if command is None:
         raise StartError("no `splitproxy` command (install the project into the venv)")
@@ -491,12 +523,13 @@ def start_splitproxy(children: Children, command: str | None, name: str, tmp: Pa
         proc=proc,
         log=log,
         pinned=scenario.pinned,
+        path=scenario.path,
         scenario=name,
         args=scenario.args,
     )
     try:
         wait_for_port(port, proc, deadline_s=15)
-        check_get(port)
+        check_get(port, scenario.path, json_size if scenario.path == JSON_PATH else UPSTREAM_BODY_SIZE)
     except StartError as exc:
         children.stop(proc)
         raise StartError(f"{exc}; config {config}; last lines of its log:\n{tail(log)}") from None
@@ -541,6 +574,7 @@ def run_wrk(
     duration: float,
     cpus: set[int] | None,
     log: Path,
+    path: str = "/",
 ) -> dict[str, Any]:
     argv = [
         *Cpus.prefix(cpus),
@@ -551,7 +585,7 @@ def run_wrk(
         "--latency",
         "-s",
         str(BENCH / "wrk_report.lua"),
-        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}{path}",
     ]
     log.write_text("")
     status = children.run(argv, log, timeout=duration + 30)
@@ -660,6 +694,7 @@ class Run:
                 duration=duration,
                 cpus=placement.load,
                 log=self.tmp / "wrk.log",
+                path=target.path,
             )
         except StartError as exc:
             self.fail(target, str(exc))
@@ -682,7 +717,9 @@ class Run:
             self.notes.append("locust not found in the venv or on PATH: no Locust figures")
             return
         for target in self.targets:
-            if target.kind != "direct" and self.alive(target):
+            if target.path != "/":
+                self.notes.append(f"{target.name}: no Locust figures (bench/locustfile.py requests /)")
+            elif target.kind != "direct" and self.alive(target):
                 self.measure_locust(target)
 
     def measure_wrk(self) -> None:
@@ -1036,6 +1073,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
     assert tools.nginx is not None
     with Children() as children:
         upstream_port, nginx_port, nginx_routing_port = free_ports(3)
+        json_size = json_answers(tmp / "json")
         upstream = start_nginx(
             children,
             tools.nginx,
@@ -1082,7 +1120,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
         skipped = []
         for name in args.scenario:
             try:
-                target = start_splitproxy(children, tools.splitproxy, name, tmp, upstream_port)
+                target = start_splitproxy(children, tools.splitproxy, name, tmp, upstream_port, json_size)
             except StartError as exc:
                 message = f"splitproxy ({name}): skipped: {exc}"
                 skipped.append(message)
