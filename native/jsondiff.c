@@ -226,6 +226,7 @@ typedef struct {
     size_t count_a, count_b;
     uint8_t *mask_a, *mask_b;
     int masked;
+    uint8_t *eq_a; /* per value of the live document: equal to its counterpart (fuse) */
     Seg path[MAX_PATH];
     int plen;
     /* shapes seen: (key node, member key nodes...) of objects visited as exemplars */
@@ -398,28 +399,14 @@ static int num_eq(int ta, V *a, int tb, V *b) {
     return d < 0 && d >= -9223372036854775808.0 && (uint64_t)(-d) == mag;
 }
 
-/* a == b, as Python compares the parsed (and stripped) values */
-static int py_eq(const Ctx *c, V *a, V *b) {
-    if (a == b)
-        return 1;
-    if (a->tag == b->tag && !c->masked) { /* same type, subtype and length: the common case */
-        switch (unsafe_yyjson_get_type(a)) {
-        case YYJSON_TYPE_NUM:
-            if (a->uni.u64 == b->uni.u64)
-                return 1; /* the same bits: the same number (NaN excluded by the parser) */
-            break;        /* 0.0 and -0.0 are equal: below */
-        case YYJSON_TYPE_STR:
-            return bytes_eq(a->uni.str, b->uni.str, unsafe_yyjson_get_len(a));
-        case YYJSON_TYPE_BOOL:
-        case YYJSON_TYPE_NULL:
-            return 1; /* the subtype is the value */
-        default:
-            break;
-        }
-    }
-    int ta = ptype(c, a), tb = ptype(c, b);
-    if (is_num(ta) && is_num(tb))
+/* a == b for two values of which at most one is a container (then: 0), as Python compares
+ * the parsed (and stripped) values */
+static inline int scalar_eq(int ta, V *a, int tb, V *b) {
+    if (is_num(ta) && is_num(tb)) {
+        if (a->tag == b->tag && a->uni.u64 == b->uni.u64)
+            return 1; /* the same type and bits: the same number (the parser refuses NaN) */
         return num_eq(ta, a, tb, b);
+    }
     if (ta != tb)
         return 0;
     switch (ta) {
@@ -428,35 +415,16 @@ static int py_eq(const Ctx *c, V *a, V *b) {
         return 1;
     case T_STR:
         return unsafe_yyjson_get_len(a) == unsafe_yyjson_get_len(b) &&
-               memcmp(unsafe_yyjson_get_str(a), unsafe_yyjson_get_str(b), unsafe_yyjson_get_len(a)) == 0;
-    case T_LIST: {
-        size_t n = unsafe_yyjson_get_len(a);
-        if (n != unsafe_yyjson_get_len(b))
-            return 0;
-        V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
-        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y))
-            if (!py_eq(c, x, y))
-                return 0;
-        return 1;
+               bytes_eq(unsafe_yyjson_get_str(a), unsafe_yyjson_get_str(b), unsafe_yyjson_get_len(a));
+    default:
+        return 0;
     }
-    case T_DICT: {
-        size_t n = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b);
-        if (!c->masked) {
-            if (n != nb)
-                return 0;
-        } else if (dict_len(c, a) != dict_len(c, b)) {
-            return 0;
-        }
-        for (Members m = members(a, b); next_member(c, &m);) {
-            V *vb = dict_get(c, b, m.key, m.hint);
-            if (!vb || !py_eq(c, m.val, vb))
-                return 0;
-        }
-        return 1;
-    }
-    }
-    return 0;
 }
+
+/* x == y for a value x of the live document and its counterpart y (the value the walk pairs
+ * it with): looked up in the bits `fuse` recorded. In the walk of a body against itself,
+ * x is y. */
+static inline int eqbit(const Ctx *c, V *x, V *y) { return x == y || c->eq_a[x - c->base_a]; }
 
 /* ---- nodes for keys -------------------------------------------------------------------------- */
 
@@ -892,7 +860,7 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
         if (push(c, -1, (Py_ssize_t)i) < 0)
             return -1;
         int rc;
-        if (py_eq(c, x, y))
+        if (eqbit(c, x, y))
             rc = equal_pair(c, x, y, ck, depth);
         else if (ptype(c, x) == T_DICT && ptype(c, y) == T_DICT && depth + 1 < c->max_depth)
             rc = diff_dicts(c, x, y, ck, depth + 1);
@@ -920,7 +888,7 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
         } else {
             matched++;
             int tva, tvb;
-            if (py_eq(c, va, vb))
+            if (eqbit(c, va, vb))
                 rc = equal_pair(c, va, vb, ck, depth);
             else if ((tva = ptype(c, va)) == T_DICT && (tvb = ptype(c, vb)) == T_DICT && depth + 1 < c->max_depth)
                 rc = diff_dicts(c, va, vb, ck, depth + 1);
@@ -957,7 +925,7 @@ static int diff_values(Ctx *c, V *a, V *b, int key, int depth) {
     }
     if (!same_json_type(ta, tb))
         return found_values(c, key, K_TYPE, a, b);
-    if (!py_eq(c, a, b))
+    if (!eqbit(c, a, b))
         return found_values(c, key, K_CHANGED, a, b);
     return 0;
 }
@@ -966,7 +934,7 @@ static int diff_values(Ctx *c, V *a, V *b, int key, int depth) {
 static int diff_json(Ctx *c, V *a, V *b) {
     if (mark_field(c, 0) < 0)
         return -1;
-    if (py_eq(c, a, b)) {
+    if (eqbit(c, a, b)) {
         int ta = ptype(c, a), tb = ptype(c, b);
         if (ta == T_DICT || ta == T_LIST) {
             if (nonempty(c, ta, a))
@@ -996,19 +964,55 @@ static int name_cmp(const void *x, const void *y) {
 
 /* Whether an object's names may repeat: a 128-bit filter on (length, first and last byte);
  * 0 proves they do not, 1 asks for the exact check. */
+static inline int seen_before(uint64_t seen[2], V *k) {
+    size_t len = unsafe_yyjson_get_len(k);
+    const unsigned char *s = (const unsigned char *)unsafe_yyjson_get_str(k);
+    unsigned h = len ? (unsigned)(len * 31u + s[0] * 7u + s[len - 1]) : 0u;
+    h = (h ^ (h >> 7)) & 127u;
+    uint64_t bit = (uint64_t)1 << (h & 63u), had = seen[h >> 6] & bit;
+    seen[h >> 6] |= bit;
+    return had != 0;
+}
+
 static int maybe_repeated(V *k, size_t n) {
     uint64_t seen[2] = {0, 0};
-    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-        size_t len = unsafe_yyjson_get_len(k);
-        const unsigned char *s = (const unsigned char *)unsafe_yyjson_get_str(k);
-        unsigned h = len ? (unsigned)(len * 31u + s[0] * 7u + s[len - 1]) : 0u;
-        h = (h ^ (h >> 7)) & 127u;
-        uint64_t bit = (uint64_t)1 << (h & 63u);
-        if (seen[h >> 6] & bit)
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1))
+        if (seen_before(seen, k))
             return 1;
-        seen[h >> 6] |= bit;
-    }
     return 0;
+}
+
+/* 1: the object repeats a name (Python keeps the last value, at the first one's place);
+ * 0: it does not; -1: error */
+static int repeated_names(V *obj) {
+    size_t n = unsafe_yyjson_get_len(obj);
+    V *k = unsafe_yyjson_get_first(obj);
+    if (n < 2 || !maybe_repeated(k, n))
+        return 0;
+    if (n <= 16) {
+        V *p = k;
+        for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1)) {
+            V *q = unsafe_yyjson_get_next(p + 1);
+            for (size_t j = i + 1; j < n; j++, q = unsafe_yyjson_get_next(q + 1))
+                if (key_eq(q, unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)))
+                    return 1;
+        }
+        return 0;
+    }
+    Name *names = malloc(n * sizeof(Name));
+    if (!names) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    V *p = k;
+    for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1))
+        names[i] = (Name){unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)};
+    qsort(names, n, sizeof(Name), name_cmp);
+    int dup = 0;
+    for (size_t i = 1; i < n && !dup; i++)
+        dup = name_cmp(&names[i - 1], &names[i]) == 0;
+    free(names);
+    return dup;
 }
 
 /* 0: the document is one the C walk mirrors exactly; 1: leave it to Python; -1: error.
@@ -1034,32 +1038,10 @@ static int check_doc(V *v, int depth, V *checked) {
     case YYJSON_TYPE_OBJ: {
         size_t n = unsafe_yyjson_get_len(v);
         V *k = unsafe_yyjson_get_first(v);
-        if (n > 1 && maybe_repeated(k, n) && !(checked && same_names(checked, v))) {
-            if (n <= 16) {
-                V *p = k;
-                for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1)) {
-                    V *q = unsafe_yyjson_get_next(p + 1);
-                    for (size_t j = i + 1; j < n; j++, q = unsafe_yyjson_get_next(q + 1))
-                        if (key_eq(q, unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)))
-                            return 1; /* a repeated key */
-                }
-            } else {
-                Name *names = malloc(n * sizeof(Name));
-                if (!names) {
-                    PyErr_NoMemory();
-                    return -1;
-                }
-                V *p = k;
-                for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1))
-                    names[i] = (Name){unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)};
-                qsort(names, n, sizeof(Name), name_cmp);
-                int dup = 0;
-                for (size_t i = 1; i < n && !dup; i++)
-                    dup = name_cmp(&names[i - 1], &names[i]) == 0;
-                free(names);
-                if (dup)
-                    return 1;
-            }
+        if (!(checked && same_names(checked, v))) {
+            int rc = repeated_names(v);
+            if (rc)
+                return rc < 0 ? -1 : 1;
         }
         for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
             int rc = check_doc(k + 1, depth + 1, NULL);
@@ -1071,6 +1053,114 @@ static int check_doc(V *v, int depth, V *checked) {
     default:
         return 0;
     }
+}
+
+#define LEAVE 2 /* fuse: leave the bodies to Python */
+
+static inline int checked_subtree(V *v, int depth) {
+    int rc = check_doc(v, depth, NULL);
+    return rc < 0 ? -1 : rc ? LEAVE : 0;
+}
+
+/* One pass over the two documents, pair by pair as the walk pairs them (object members by
+ * name, array elements by index): checks what check_doc checks, on both, and records in
+ * eq_a, for every value of the live document, whether it equals its counterpart. The walk
+ * then reads those bits instead of comparing sub-trees again. 0 / 1: a == b; LEAVE; -1. */
+static int fuse(Ctx *c, V *a, V *b, int depth);
+
+/* fuse() for a pair of scalars with the same tag (type, subtype and length) and no ignore
+ * marks, the bulk of any document, without the call: 0 / 1; -2: not such a pair. */
+static inline int fuse_scalars(Ctx *c, V *a, V *b) {
+    if (c->masked || a->tag != b->tag)
+        return -2;
+    int eq;
+    switch (unsafe_yyjson_get_type(a)) {
+    case YYJSON_TYPE_NUM:
+        eq = a->uni.u64 == b->uni.u64 || num_eq(ptype(c, a), a, ptype(c, b), b);
+        break;
+    case YYJSON_TYPE_STR:
+        eq = bytes_eq(a->uni.str, b->uni.str, unsafe_yyjson_get_len(a));
+        break;
+    case YYJSON_TYPE_BOOL:
+    case YYJSON_TYPE_NULL:
+        eq = 1; /* the subtype is the value */
+        break;
+    default:
+        return -2;
+    }
+    c->eq_a[a - c->base_a] = (uint8_t)eq;
+    return eq;
+}
+
+static int fuse(Ctx *c, V *a, V *b, int depth) {
+    if (depth > MAX_NEST || unsafe_yyjson_get_type(a) == YYJSON_TYPE_RAW ||
+        unsafe_yyjson_get_type(b) == YYJSON_TYPE_RAW)
+        return LEAVE;
+    int ta = ptype(c, a), tb = ptype(c, b), eq, rc;
+    if (ta == T_DICT && tb == T_DICT) {
+        /* Repeated names in a: with ignore marks, looked for first (the loop skips removed
+         * members); else filtered in the loop, which reads every name anyway. */
+        int maybe = c->masked;
+        uint64_t seen[2] = {0, 0};
+        if (c->masked && (rc = repeated_names(a)))
+            return rc < 0 ? -1 : LEAVE;
+        /* b's names are a's, in a's order: then b repeats none either */
+        int all = 1, aligned = !c->masked && unsafe_yyjson_get_len(a) == unsafe_yyjson_get_len(b);
+        for (Members m = members(a, b); next_member(c, &m);) {
+            V *vb;
+            if (!maybe)
+                maybe = seen_before(seen, m.key);
+            if (m.hint && key_eq(m.hint, unsafe_yyjson_get_str(m.key), unsafe_yyjson_get_len(m.key))) {
+                vb = removed(c, m.hint + 1) ? NULL : m.hint + 1; /* = dict_get(c, b, m.key, m.hint) */
+            } else {
+                aligned = 0;
+                vb = dict_get(c, b, m.key, NULL);
+            }
+            if (!vb || (rc = fuse_scalars(c, m.val, vb)) == -2)
+                rc = vb ? fuse(c, m.val, vb, depth + 1) : checked_subtree(m.val, depth + 1);
+            if (rc < 0 || rc == LEAVE)
+                return rc;
+            all &= vb && rc;
+        }
+        if (!c->masked && maybe && (rc = repeated_names(a)))
+            return rc < 0 ? -1 : LEAVE;
+        if (!aligned) {
+            if ((rc = repeated_names(b)))
+                return rc < 0 ? -1 : LEAVE;
+            size_t nb = unsafe_yyjson_get_len(b);
+            V *k = unsafe_yyjson_get_first(b);
+            for (size_t i = 0; i < nb; i++, k = unsafe_yyjson_get_next(k + 1)) /* members only b has */
+                if (!removed(c, k + 1) && !dict_get(c, a, k, NULL) && (rc = checked_subtree(k + 1, depth + 1)))
+                    return rc;
+        }
+        eq = all && dict_len(c, a) == dict_len(c, b);
+    } else if (ta == T_LIST && tb == T_LIST) {
+        size_t na = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b), n = na < nb ? na : nb;
+        V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+        int all = 1;
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
+            if ((rc = fuse_scalars(c, x, y)) == -2 && ((rc = fuse(c, x, y, depth + 1)) < 0 || rc == LEAVE))
+                return rc;
+            all &= rc;
+        }
+        for (size_t i = n; i < na; i++, x = unsafe_yyjson_get_next(x)) /* the longer one's tail */
+            if ((rc = checked_subtree(x, depth + 1)))
+                return rc;
+        for (size_t i = n; i < nb; i++, y = unsafe_yyjson_get_next(y))
+            if ((rc = checked_subtree(y, depth + 1)))
+                return rc;
+        eq = all && na == nb;
+    } else {
+        /* A container against something else is checked alone. An element the ignore pass
+         * replaced (T_IGN) is never looked into, by Python either. */
+        if ((ta == T_DICT || ta == T_LIST) && (rc = checked_subtree(a, depth)))
+            return rc;
+        if ((tb == T_DICT || tb == T_LIST) && (rc = checked_subtree(b, depth)))
+            return rc;
+        eq = scalar_eq(ta, a, tb, b);
+    }
+    c->eq_a[a - c->base_a] = (uint8_t)eq;
+    return eq;
 }
 
 /* ---- ignore_fields: proxy.diffing._Node tries, applied as _strip applies them ------------------ */
@@ -1296,12 +1386,12 @@ static const yyjson_alc *pool_for(PyObject *live, PyObject *shadow, yyjson_alc *
     return yyjson_alc_pool_init(alc, g_pool, g_pool_size) ? alc : NULL;
 }
 
+/* the document's values, and the ignore pass over them */
 static int prepare(Ctx *c, yyjson_doc *doc, TNode *trie, V **base, size_t *count, uint8_t **mask) {
     *base = yyjson_doc_get_root(doc);
     *count = yyjson_doc_get_val_count(doc);
-    int rc = check_doc(*base, 0, NULL);
-    if (rc || !trie)
-        return rc;
+    if (!trie)
+        return 0;
     *mask = calloc(*count ? *count : 1, 1);
     if (!*mask) {
         PyErr_NoMemory();
@@ -1368,6 +1458,16 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     int rc = prepare(c, da, trie, &c->base_a, &c->count_a, &c->mask_a);
     if (!rc && db)
         rc = prepare(c, db, trie, &c->base_b, &c->count_b, &c->mask_b);
+    if (!rc && db) { /* validation and equality in one pass */
+        if (!(c->eq_a = calloc(c->count_a ? c->count_a : 1, 1))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        rc = fuse(c, c->base_a, c->base_b, 0);
+        rc = rc == LEAVE ? 1 : rc < 0 ? -1 : 0;
+    } else if (!rc) { /* the body against itself: validation only */
+        rc = check_doc(c->base_a, 0, NULL);
+    }
     if (rc) {
         if (rc > 0)
             result = Py_NewRef(Py_None);
@@ -1390,6 +1490,7 @@ done:
     free(c->field_ids);
     free(c->mask_a);
     free(c->mask_b);
+    free(c->eq_a);
     free(c->arena);
     free(c->shapes);
     free(c);

@@ -271,10 +271,30 @@ def test_damaged_bodies_are_compared_like_python_does(data: st.DataObject) -> No
     agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
 
 
-def test_repeated_keys_in_later_elements_are_found() -> None:
-    # Elements after the first are checked too, also when their names start alike.
-    body = json.dumps([{"a": 1, "b": 2}] * 3)[:-1] + ', {"a": 1, "a": 2}]'
-    assert native(body.encode(), b"[]") is None
+REPEATED = b'[{"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1, "a": 2}]'
+ROWS = b'[{"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1, "b": 2}]'
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        pytest.param(REPEATED, b"[]", id="in-a-later-element-alone"),
+        pytest.param(REPEATED, ROWS, id="live-side-paired"),
+        pytest.param(ROWS, REPEATED, id="shadow-side-paired"),
+        pytest.param(REPEATED, REPEATED, id="both-sides-alike"),
+        pytest.param(b'{"x": {"b": 1, "a": 2, "a": 3}}', b'{"x": {"a": 3, "b": 1}}', id="shadow-reordered"),
+        pytest.param(b'{"x": [1], "y": {"a": 1, "a": 2}}', b'{"x": [2]}', id="in-a-member-only-one-side-has"),
+        pytest.param(b'{"x": [1, {"a": 1, "a": 2}]}', b'{"x": [1]}', id="in-an-array-tail"),
+        pytest.param(b'{"x": 1, "y": {"a": 1, "a": 2}}', b'{"x": 1, "y": 2}', id="against-a-scalar"),
+    ],
+)
+@pytest.mark.parametrize("ignore", [(), ("$[*].b", "$.z")])
+def test_repeated_keys_anywhere_are_left_to_python(live: bytes, shadow: bytes, ignore: tuple[str, ...]) -> None:
+    # Python keeps a repeated name's last value at its first place; the C walk does not mirror
+    # that, so the pair goes to the Python walk, wherever in either body the name repeats.
+    assert native(live, shadow, ignore) is None
+    assert native(shadow, live, ignore) is None
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
 
 
 # ---- the Python walk, now the fallback ----------------------------------------------------------
