@@ -12,6 +12,11 @@
  * function below names the Python function it mirrors; tests/test_jsondiff_native.py checks
  * the two against each other on tables and generated documents.
  *
+ * Three passes: yyjson parses both bodies (into a pool kept between calls); `fuse` goes over
+ * the two documents once, pair by pair as the walk pairs values, checking what must be left
+ * to Python and recording which values of the live document equal their counterparts; the
+ * walk then visits what Python's walk visits, reading those bits instead of comparing.
+ *
  * Returns None, and leaves the body to the Python walk, for anything it does not mirror
  * exactly: text yyjson does not parse (not JSON, or NaN/Infinity, lone surrogates, a BOM,
  * which the Python parsers handle their own way), integers beyond 64 bits and floats beyond
@@ -46,6 +51,7 @@ enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
 /* Marks set by the ignore pass, one byte per value of a document. */
 #define M_REMOVED 1 /* an object member deleted by an ignore pattern */
 #define M_IGNORED 2 /* an array element replaced by _IGNORED */
+#define M_HOLEY 4   /* an object with a member removed: the others need no member marks read */
 
 /* ---- field keys and member names -----------------------------------------------------------
  * Kept across calls, so a member's field key is found with one hash of its name, and Python
@@ -225,7 +231,8 @@ typedef struct {
     V *base_a, *base_b;
     size_t count_a, count_b;
     uint8_t *mask_a, *mask_b;
-    int masked;
+    int masked;       /* an ignore pattern applies: marks exist */
+    int any_ignored;  /* some array element is M_IGNORED (else ptype reads no marks) */
     uint8_t *eq_a; /* per value of the live document: equal to its counterpart (fuse) */
     Seg path[MAX_PATH];
     int plen;
@@ -247,7 +254,7 @@ static inline uint8_t mark_of(const Ctx *c, V *v) {
 }
 
 static inline int ptype(const Ctx *c, V *v) {
-    if (c->masked && (mark_of(c, v) & M_IGNORED))
+    if (c->any_ignored && (mark_of(c, v) & M_IGNORED))
         return T_IGN;
     switch (unsafe_yyjson_get_type(v)) {
     case YYJSON_TYPE_NULL:
@@ -268,6 +275,8 @@ static inline int ptype(const Ctx *c, V *v) {
 }
 
 static inline int removed(const Ctx *c, V *v) { return c->masked && (mark_of(c, v) & M_REMOVED); }
+static inline int holey(const Ctx *c, V *o) { return c->masked && (mark_of(c, o) & M_HOLEY); }
+
 static inline int is_num(int t) { return t == T_BOOL || t == T_INT || t == T_FLOAT; }
 static inline int is_scalar(int t) { return t != T_LIST && t != T_DICT; }
 static inline int same_json_type(int ta, int tb) { /* _same_json_type */
@@ -277,7 +286,7 @@ static inline int same_json_type(int ta, int tb) { /* _same_json_type */
 /* len(dict) after the ignore pass */
 static size_t dict_len(const Ctx *c, V *o) {
     size_t n = unsafe_yyjson_get_len(o);
-    if (!c->masked)
+    if (!holey(c, o))
         return n;
     size_t live = 0;
     V *k = unsafe_yyjson_get_first(o);
@@ -308,8 +317,7 @@ static inline int key_eq(V *k, const char *s, size_t n) {
     return unsafe_yyjson_get_len(k) == n && bytes_eq(unsafe_yyjson_get_str(k), s, n);
 }
 
-/* the same member names in the same order (ignore marks aside: callers compare within one
- * document or where both are unmarked) */
+/* the same member names in the same order (ignore marks aside) */
 static int same_names(V *a, V *b) {
     size_t n = unsafe_yyjson_get_len(a);
     if (n != unsafe_yyjson_get_len(b))
@@ -321,32 +329,50 @@ static int same_names(V *a, V *b) {
     return 1;
 }
 
+/* the same member names in the same order, the same ones removed by the ignore pass */
+static int same_marked_names(const Ctx *c, V *a, V *b) {
+    if (!holey(c, a) && !holey(c, b))
+        return same_names(a, b);
+    size_t n = unsafe_yyjson_get_len(a);
+    if (n != unsafe_yyjson_get_len(b))
+        return 0;
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x + 1), y = unsafe_yyjson_get_next(y + 1))
+        if (unsafe_yyjson_get_len(x) != unsafe_yyjson_get_len(y) ||
+            !bytes_eq(unsafe_yyjson_get_str(x), unsafe_yyjson_get_str(y), unsafe_yyjson_get_len(x)) ||
+            removed(c, x + 1) != removed(c, y + 1))
+            return 0;
+    return 1;
+}
+
 /* o.get(name): `hint` is o's key at the caller's position (same key order is the usual case) */
 static V *dict_get(const Ctx *c, V *o, V *name, V *hint) {
     const char *s = unsafe_yyjson_get_str(name);
     size_t n = unsafe_yyjson_get_len(name);
+    int h = holey(c, o);
     if (hint && key_eq(hint, s, n))
-        return removed(c, hint + 1) ? NULL : hint + 1;
+        return h && removed(c, hint + 1) ? NULL : hint + 1;
     size_t len = unsafe_yyjson_get_len(o);
     V *k = unsafe_yyjson_get_first(o);
     for (size_t i = 0; i < len; i++, k = unsafe_yyjson_get_next(k + 1))
         if (key_eq(k, s, n))
-            return removed(c, k + 1) ? NULL : k + 1; /* keys are unique (check_doc) */
+            return h && removed(c, k + 1) ? NULL : k + 1; /* keys are unique (check_doc) */
     return NULL;
 }
 
 /* The members of object `a` that the ignore pass kept, each with the member of `b` at the same
  * position as the hint for finding its counterpart:
- *     for (Members m = members(a, b); next_member(c, &m);) ... m.key, m.val, m.hint */
+ *     for (Members m = members(c, a, b); next_member(c, &m);) ... m.key, m.val, m.hint */
 typedef struct {
     V *key, *val, *hint; /* the current member of a; b's key at its position, or NULL */
     V *k, *h;            /* the next ones */
     size_t i, n, nb;
+    int holey; /* a has members the ignore pass removed */
 } Members;
 
-static inline Members members(V *a, V *b) {
+static inline Members members(const Ctx *c, V *a, V *b) {
     return (Members){NULL, NULL, NULL, unsafe_yyjson_get_first(a), unsafe_yyjson_get_first(b), 0,
-                     unsafe_yyjson_get_len(a), unsafe_yyjson_get_len(b)};
+                     unsafe_yyjson_get_len(a), unsafe_yyjson_get_len(b), holey(c, a)};
 }
 
 static inline int next_member(const Ctx *c, Members *m) {
@@ -357,7 +383,7 @@ static inline int next_member(const Ctx *c, Members *m) {
         m->k = unsafe_yyjson_get_next(m->val);
         if (m->i++ < m->nb)
             m->h = unsafe_yyjson_get_next(m->h + 1);
-        if (!removed(c, m->val))
+        if (!m->holey || !removed(c, m->val))
             return 1;
     }
     return 0;
@@ -705,7 +731,7 @@ static int dict_shape_new(Ctx *c, int ck, V *o) {
     Key *key = &g_keys[ck];
     /* Arrays of records: the previous object looked up under this key usually has the same
      * names, so the shape is known (added or found then) without hashing a name. */
-    if (key->last_gen == c->gen && !c->masked && same_names(key->last, o))
+    if (key->last_gen == c->gen && same_marked_names(c, key->last, o))
         return 0;
     key->last_gen = c->gen;
     key->last = o;
@@ -771,7 +797,7 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
     if (depth >= c->max_depth)
         return 0;
     if (ptype(c, a) == T_DICT) {
-        for (Members m = members(a, b); next_member(c, &m);) {
+        for (Members m = members(c, a, b); next_member(c, &m);) {
             V *k = m.key, *va = m.val, *hint = m.hint;
             int nm, ck = member_key(c, key, k, &nm);
             if (ck < 0)
@@ -876,7 +902,7 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
 /* _diff_dicts */
 static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
     size_t nb = unsafe_yyjson_get_len(b), matched = 0;
-    for (Members m = members(a, b); next_member(c, &m);) {
+    for (Members m = members(c, a, b); next_member(c, &m);) {
         V *va = m.val;
         int nm, ck = member_key(c, key, m.key, &nm);
         if (ck < 0 || push(c, nm, 0) < 0)
@@ -1069,9 +1095,10 @@ static inline int checked_subtree(V *v, int depth) {
 static int fuse(Ctx *c, V *a, V *b, int depth);
 
 /* fuse() for a pair of scalars with the same tag (type, subtype and length) and no ignore
- * marks, the bulk of any document, without the call: 0 / 1; -2: not such a pair. */
+ * marks, the bulk of any document, without the call: 0 / 1; -2: not such a pair. (Marks
+ * on scalars: only M_IGNORED, on array elements; a removed member is never paired.) */
 static inline int fuse_scalars(Ctx *c, V *a, V *b) {
-    if (c->masked || a->tag != b->tag)
+    if (a->tag != b->tag || (c->any_ignored && ((mark_of(c, a) | mark_of(c, b)) & M_IGNORED)))
         return -2;
     int eq;
     switch (unsafe_yyjson_get_type(a)) {
@@ -1098,15 +1125,15 @@ static int fuse(Ctx *c, V *a, V *b, int depth) {
         return LEAVE;
     int ta = ptype(c, a), tb = ptype(c, b), eq, rc;
     if (ta == T_DICT && tb == T_DICT) {
-        /* Repeated names in a: with ignore marks, looked for first (the loop skips removed
-         * members); else filtered in the loop, which reads every name anyway. */
-        int maybe = c->masked;
+        /* Repeated names in a: where a member was removed, looked for first (the loop skips
+         * removed members); else filtered in the loop, which reads every name anyway. */
+        int marked = holey(c, a) || holey(c, b), maybe = marked;
         uint64_t seen[2] = {0, 0};
-        if (c->masked && (rc = repeated_names(a)))
+        if (marked && (rc = repeated_names(a)))
             return rc < 0 ? -1 : LEAVE;
         /* b's names are a's, in a's order: then b repeats none either */
-        int all = 1, aligned = !c->masked && unsafe_yyjson_get_len(a) == unsafe_yyjson_get_len(b);
-        for (Members m = members(a, b); next_member(c, &m);) {
+        int all = 1, aligned = !marked && unsafe_yyjson_get_len(a) == unsafe_yyjson_get_len(b);
+        for (Members m = members(c, a, b); next_member(c, &m);) {
             V *vb;
             if (!maybe)
                 maybe = seen_before(seen, m.key);
@@ -1122,8 +1149,12 @@ static int fuse(Ctx *c, V *a, V *b, int depth) {
                 return rc;
             all &= vb && rc;
         }
-        if (!c->masked && maybe && (rc = repeated_names(a)))
+        if (!marked && maybe && (rc = repeated_names(a)))
             return rc < 0 ? -1 : LEAVE;
+        /* The loop saw only the members kept: compare all names. (Paired objects share their
+         * path, so the ignore pass removed the same names from both.) */
+        if (marked)
+            aligned = same_names(a, b);
         if (!aligned) {
             if ((rc = repeated_names(b)))
                 return rc < 0 ? -1 : LEAVE;
@@ -1133,7 +1164,7 @@ static int fuse(Ctx *c, V *a, V *b, int depth) {
                 if (!removed(c, k + 1) && !dict_get(c, a, k, NULL) && (rc = checked_subtree(k + 1, depth + 1)))
                     return rc;
         }
-        eq = all && dict_len(c, a) == dict_len(c, b);
+        eq = all && (aligned || dict_len(c, a) == dict_len(c, b));
     } else if (ta == T_LIST && tb == T_LIST) {
         size_t na = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b), n = na < nb ? na : nb;
         V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
@@ -1287,7 +1318,7 @@ static int is_id(const char *s, size_t n) {
 }
 
 /* _strip over a yyjson document: marks instead of deletions. 0 ok, 1 leave to Python */
-static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask) {
+static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_ignored) {
     int t = unsafe_yyjson_get_type(v);
     TNode *nxt[MAX_STATES];
     if (t == YYJSON_TYPE_OBJ) {
@@ -1319,9 +1350,11 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask) {
                         nxt[nn++] = cand[q];
                 }
             }
-            if (hit)
+            if (hit) {
                 mask[(k + 1) - base] |= M_REMOVED;
-            else if (nn && strip(k + 1, nxt, nn, base, mask))
+                mask[v - base] |= M_HOLEY;
+            }
+            else if (nn && strip(k + 1, nxt, nn, base, mask, any_ignored))
                 return 1;
         }
     } else if (t == YYJSON_TYPE_ARR) {
@@ -1345,10 +1378,12 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask) {
                         nxt[nn++] = cand[q];
                 }
             }
-            if (hit)
+            if (hit) {
                 mask[x - base] |= M_IGNORED;
-            else if (nn && strip(x, nxt, nn, base, mask))
+                *any_ignored = 1;
+            } else if (nn && strip(x, nxt, nn, base, mask, any_ignored)) {
                 return 1;
+            }
         }
     }
     return 0;
@@ -1399,7 +1434,7 @@ static int prepare(Ctx *c, yyjson_doc *doc, TNode *trie, V **base, size_t *count
     }
     c->masked = 1;
     TNode *states[1] = {trie};
-    return strip(*base, states, 1, *base, *mask);
+    return strip(*base, states, 1, *base, *mask, &c->any_ignored);
 }
 
 PyDoc_STRVAR(diff_doc,
