@@ -1317,6 +1317,22 @@ static int is_id(const char *s, size_t n) {
     return 1;
 }
 
+/* The end of _step_key / _step_index, given a state's candidate children: 1 if one is
+ * terminal (the value is ignored), else 0 with the others added to nxt; -1: more than
+ * MAX_STATES states. */
+static int step(TNode *const *cand, int ncand, TNode **nxt, int *nn) {
+    for (int q = 0; q < ncand; q++) {
+        if (!cand[q])
+            continue;
+        if (cand[q]->terminal)
+            return 1;
+        if (*nn == MAX_STATES)
+            return -1;
+        nxt[(*nn)++] = cand[q];
+    }
+    return 0;
+}
+
 /* _strip over a yyjson document: marks instead of deletions. 0 ok, 1 leave to Python */
 static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_ignored) {
     int t = unsafe_yyjson_get_type(v);
@@ -1339,23 +1355,15 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
                     if (id)
                         cand[2] = states[j]->id_key;
                 }
-                for (int q = 0; q < 3 && !hit; q++) {
-                    if (!cand[q])
-                        continue;
-                    if (cand[q]->terminal)
-                        hit = 1;
-                    else if (nn == MAX_STATES)
-                        return 1;
-                    else
-                        nxt[nn++] = cand[q];
-                }
+                if ((hit = step(cand, 3, nxt, &nn)) < 0)
+                    return 1;
             }
             if (hit) {
                 mask[(k + 1) - base] |= M_REMOVED;
                 mask[v - base] |= M_HOLEY;
-            }
-            else if (nn && strip(k + 1, nxt, nn, base, mask, any_ignored))
+            } else if (nn && strip(k + 1, nxt, nn, base, mask, any_ignored)) {
                 return 1;
+            }
         }
     } else if (t == YYJSON_TYPE_ARR) {
         size_t n = unsafe_yyjson_get_len(v);
@@ -1367,16 +1375,8 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
                 for (Py_ssize_t q = 0; q < states[j]->nidx; q++)
                     if (states[j]->idx[q].index == (Py_ssize_t)i)
                         cand[0] = states[j]->idx[q].child;
-                for (int q = 0; q < 2 && !hit; q++) {
-                    if (!cand[q])
-                        continue;
-                    if (cand[q]->terminal)
-                        hit = 1;
-                    else if (nn == MAX_STATES)
-                        return 1;
-                    else
-                        nxt[nn++] = cand[q];
-                }
+                if ((hit = step(cand, 2, nxt, &nn)) < 0)
+                    return 1;
             }
             if (hit) {
                 mask[x - base] |= M_IGNORED;
