@@ -1144,18 +1144,16 @@ def _diff_json_body(
     """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse."""
     if same:
         return _equal_json_body(live_body, ignore_fields, acc)
-    root = _compile_paths(ignore_fields)
-    if _native is not None and (root is None or not root.terminal):
-        room = MAX_DIFFS - len(acc.diffs)
-        got = _native.diff(live_body, shadow_body, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, room)
-        if got is not None:
-            _absorb(got, acc)
-            return True
+    got = _native_walk(live_body, shadow_body, ignore_fields, MAX_DIFFS - len(acc.diffs))
+    if got is not None:
+        _absorb(got, acc)
+        return True
     try:
         a = _parse_json(live_body)
         b = _parse_json(shadow_body)
     except (ValueError, RecursionError):
         return False  # not JSON after all: compare as text or bytes
+    root = _compile_paths(ignore_fields)
     if root is not None:
         if root.terminal:  # "$" ignores the whole body
             return True
@@ -1165,7 +1163,23 @@ def _diff_json_body(
     return True
 
 
-def _absorb(got: tuple[list[str], list[tuple[str, str, str, Any, Any]]], acc: _Acc) -> None:
+_Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str, Any, Any]]]
+
+
+def _native_walk(live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int) -> _Walked | None:
+    """The C walk of two bodies (``shadow`` None: ``live`` against itself): field keys and the
+    first difference per key. None where the Python walk must run instead: no C module, the
+    whole body ignored (``$``), or a body the C walk leaves to Python."""
+    if _native is None:
+        return None
+    root = _compile_paths(ignore_fields)
+    if root is not None and root.terminal:
+        return None
+    got: _Walked | None = _native.diff(live, shadow, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, room)
+    return got
+
+
+def _absorb(got: _Walked, acc: _Acc) -> None:
     """Add what ``_native.diff`` found: the same calls the Python walk makes, in its order
     (one per key: the C walk skips later occurrences, as ``found`` would)."""
     fields, events = got
@@ -1189,16 +1203,13 @@ def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc) -> 
     key = (body, ignore_fields)
     remember = len(body) <= _EQUAL_JSON.max_entry
     fields = _EQUAL_JSON.entries.get(key) if remember else None
-    if fields is None and _native is not None:
-        root = _compile_paths(ignore_fields)
-        if root is None or not root.terminal:
-            got = _native.diff(body, None, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, 0)
-            if got is not None:
-                if got[1]:  # pragma: no cover - one document against itself differs nowhere
-                    raise AssertionError(f"a JSON body differs from itself: {got[1]}")
-                fields = frozenset(got[0])
-                if remember:
-                    _EQUAL_JSON.put(key, fields, len(body))
+    got = _native_walk(body, None, ignore_fields, 0) if fields is None else None
+    if got is not None:
+        if got[1]:  # pragma: no cover - one document against itself differs nowhere
+            raise AssertionError(f"a JSON body differs from itself: {got[1]}")
+        fields = frozenset(got[0])
+        if remember:
+            _EQUAL_JSON.put(key, fields, len(body))
     if fields is None:
         own = _Acc()
         try:
