@@ -270,7 +270,7 @@ static inline int ptype(const Ctx *c, V *v) {
     case YYJSON_TYPE_OBJ:
         return T_DICT;
     default:
-        return T_NULL; /* raw: excluded by check_doc */
+        return T_NULL; /* raw: left to Python by fuse / check_doc before any walk */
     }
 }
 
@@ -356,7 +356,7 @@ static V *dict_get(const Ctx *c, V *o, V *name, V *hint) {
     V *k = unsafe_yyjson_get_first(o);
     for (size_t i = 0; i < len; i++, k = unsafe_yyjson_get_next(k + 1))
         if (key_eq(k, s, n))
-            return h && removed(c, k + 1) ? NULL : k + 1; /* keys are unique (check_doc) */
+            return h && removed(c, k + 1) ? NULL : k + 1; /* names are unique (fuse, check_doc) */
     return NULL;
 }
 
