@@ -1203,32 +1203,38 @@ def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc) -> 
     key = (body, ignore_fields)
     remember = len(body) <= _EQUAL_JSON.max_entry
     fields = _EQUAL_JSON.entries.get(key) if remember else None
-    got = _native_walk(body, None, ignore_fields, 0) if fields is None else None
-    if got is not None:
-        if got[1]:  # pragma: no cover - one document against itself differs nowhere
-            raise AssertionError(f"a JSON body differs from itself: {got[1]}")
-        fields = frozenset(got[0])
-        if remember:
-            _EQUAL_JSON.put(key, fields, len(body))
     if fields is None:
-        own = _Acc()
-        try:
-            a = _parse_json(body)
-        except (ValueError, RecursionError):
+        fields = _own_fields(body, ignore_fields)
+        if fields is None:
             return False  # not JSON after all: compare as text or bytes
-        root = _compile_paths(ignore_fields)
-        if root is not None:
-            if root.terminal:  # "$" ignores the whole body
-                return True
-            a = _strip(a, (root,), None)
-        _diff_json(a, a, own)
-        if own.differing:  # pragma: no cover - one parsed value against itself differs nowhere
-            raise AssertionError(f"a JSON body differs from itself: {sorted(own.differing)}")
-        fields = frozenset(own.fields)
         if remember:
             _EQUAL_JSON.put(key, fields, len(body))
     acc.fields |= fields
     return True
+
+
+def _own_fields(body: bytes, ignore_fields: tuple[str, ...]) -> frozenset[str] | None:
+    """The field keys of a JSON body walked against itself (C walk or Python walk); None when
+    it is not JSON."""
+    got = _native_walk(body, None, ignore_fields, 0)
+    if got is not None:
+        fields, differing = set(got[0]), {d[1] for d in got[1]}
+    else:
+        try:
+            a = _parse_json(body)
+        except (ValueError, RecursionError):
+            return None
+        root = _compile_paths(ignore_fields)
+        if root is not None:
+            if root.terminal:  # "$" ignores the whole body
+                return frozenset()
+            a = _strip(a, (root,), None)
+        own = _Acc()
+        _diff_json(a, a, own)
+        fields, differing = own.fields, own.differing
+    if differing:  # pragma: no cover - one parsed value against itself differs nowhere
+        raise AssertionError(f"a JSON body differs from itself: {sorted(differing)}")
+    return frozenset(fields)
 
 
 class _Memo(Generic[_K, _V]):
