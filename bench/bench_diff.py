@@ -13,7 +13,9 @@ it. The run is bounded (``--seconds``, default 5 in all).
 
 It measures the ``proxy`` package the running interpreter has installed, and says which
 build and which JSON walk (the C one in ``proxy._jsondiff``, or the Python one without it);
-"the Python walk" rows switch the C one off for comparison.
+"the Python walk" rows switch the C one off for comparison, and "the shadow parsed whole"
+rows keep the C walk but have it parse the shadow body whole rather than build its document
+on the live one's text.
 """
 
 from __future__ import annotations
@@ -228,11 +230,29 @@ def main() -> None:
 
         return run
 
+    def parsed_whole(fn: Callable[[], object]) -> Callable[[], object]:
+        """``fn`` with the C walk parsing the shadow body whole, as before it built the shadow
+        document on the live one's text."""
+        native = diffing._native
+        if native is None:
+            return fn
+
+        def run() -> object:
+            was = native.build_on_live(1 << 62)
+            try:
+                return fn()
+            finally:
+                native.build_on_live(*was)
+
+        return run
+
     cases: list[tuple[str, str, Callable[[], object]]] = []
     a, b = big_live.body, big_shadow.body
     for label, (live, shadow) in pairs.items():
         cases.append((f"compare, handful of diffs ({len(live.body)} B)", label, comparing(live, shadow)))
         cases.append(("  json.loads of both bodies (stdlib)", label, parsing(live, shadow)))
+        if label in {"8 KiB", "64 KiB"} and diffing._native is not None:
+            cases.append(("  the shadow parsed whole", label, parsed_whole(comparing(live, shadow))))
         if label == "64 KiB":
             cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
             cases.append(("  orjson.loads of both bodies", label, lambda: (orjson.loads(a), orjson.loads(b))))
@@ -255,6 +275,7 @@ def main() -> None:
         ("compare, identical bodies, fresh bytes", "64 KiB", lambda: compare(*fresh_twins())),
         ("compare, identical bodies, never seen", "64 KiB", compare_unseen),
         ("compare, every element differs", "64 KiB", lambda: compare(big_live, all_differ)),
+        ("  the shadow parsed whole", "64 KiB", parsed_whole(lambda: compare(big_live, all_differ))),
         ("  the Python walk (orjson)", "64 KiB", python_walk(lambda: compare(big_live, all_differ))),
         (
             "compare, every element differs, ignored",

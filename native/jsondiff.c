@@ -12,7 +12,9 @@
  * function below names the Python function it mirrors; tests/test_jsondiff_native.py checks
  * the two against each other on tables and generated documents.
  *
- * Three passes: yyjson parses both bodies (into a pool kept between calls); `fuse` goes over
+ * Three passes: yyjson parses the live body (into a pool kept between calls), and the shadow's
+ * document is built on the live one's text (align_doc: copied where the texts agree, parsed
+ * by yyjson where they do not; parsed whole where they do not line up); `fuse` goes over
  * the two documents once, pair by pair as the walk pairs values, checking what must be left
  * to Python and recording which values of the live document equal their counterparts; the
  * walk then visits what Python's walk visits, reading those bits instead of comparing.
@@ -44,6 +46,7 @@ typedef yyjson_val V;
  * Kept up to POOL_KEEP bytes (yyjson needs up to ~13x the text: two ~300 KiB bodies);
  * larger pairs use yyjson's own allocator. */
 #define POOL_KEEP ((size_t)8 << 20)
+#define OUT_KEEP ((size_t)1 << 18) /* values of a built shadow document kept between calls */
 
 /* Python's type of a parsed value (T_IGN: an element replaced by _IGNORED). */
 enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
@@ -234,6 +237,9 @@ typedef struct {
     int masked;       /* an ignore pattern applies: marks exist */
     int any_ignored;  /* some array element is M_IGNORED (else ptype reads no marks) */
     uint8_t *eq_a; /* per value of the live document: equal to its counterpart (fuse) */
+    /* per value of the shadow document: 1 + the index of the live value whose text it copies,
+     * a whole sub-tree (see align_doc); 0 for the rest. NULL: the shadow was parsed whole. */
+    const uint32_t *src_b;
     Seg path[MAX_PATH];
     int plen;
     /* shapes seen: (key node, member key nodes...) of objects visited as exemplars */
@@ -1043,6 +1049,16 @@ static int repeated_names(V *obj) {
 
 /* 0: the document is one the C walk mirrors exactly; 1: leave it to Python; -1: error.
  * `checked`: an object already found free of repeated keys (the previous array element). */
+static int check_doc(V *v, int depth, V *checked);
+
+/* check_doc of a value inside a container at `depth`, without the call for a scalar */
+static inline int check_inner(V *v, int depth, V *checked) {
+    uint8_t t = unsafe_yyjson_get_type(v);
+    if (depth < MAX_NEST && t != YYJSON_TYPE_ARR && t != YYJSON_TYPE_OBJ && t != YYJSON_TYPE_RAW)
+        return 0;
+    return check_doc(v, depth + 1, checked);
+}
+
 static int check_doc(V *v, int depth, V *checked) {
     if (depth > MAX_NEST)
         return 1;
@@ -1054,7 +1070,7 @@ static int check_doc(V *v, int depth, V *checked) {
         V *x = unsafe_yyjson_get_first(v);
         V *prev = NULL;
         for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) {
-            int rc = check_doc(x, depth + 1, prev);
+            int rc = check_inner(x, depth, prev);
             if (rc)
                 return rc;
             prev = unsafe_yyjson_get_type(x) == YYJSON_TYPE_OBJ ? x : NULL;
@@ -1070,7 +1086,7 @@ static int check_doc(V *v, int depth, V *checked) {
                 return rc < 0 ? -1 : 1;
         }
         for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-            int rc = check_doc(k + 1, depth + 1, NULL);
+            int rc = check_inner(k + 1, depth, NULL);
             if (rc)
                 return rc;
         }
@@ -1120,6 +1136,15 @@ static inline int fuse_scalars(Ctx *c, V *a, V *b) {
 }
 
 static int fuse(Ctx *c, V *a, V *b, int depth) {
+    if (c->src_b && c->src_b[b - c->base_b] == (uint32_t)(a - c->base_a) + 1) {
+        /* b is a's own text: equal, down to every value (the ignore pass marked both alike,
+         * as it goes by path); what check_doc checks, checked on a alone */
+        int rc = checked_subtree(a, depth);
+        if (rc)
+            return rc;
+        memset(c->eq_a + (a - c->base_a), 1, (size_t)(unsafe_yyjson_get_next(a) - a));
+        return 1;
+    }
     if (depth > MAX_NEST || unsafe_yyjson_get_type(a) == YYJSON_TYPE_RAW ||
         unsafe_yyjson_get_type(b) == YYJSON_TYPE_RAW)
         return LEAVE;
@@ -1389,13 +1414,382 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
     return 0;
 }
 
+/* ---- the shadow document, built on the live one's text ---------------------------------------
+ * Two answers to one request mostly share their text: the same records, a few values apart.
+ * Parsing the shadow's whole text again costs as much as the live one (~half of a diff), so
+ * the shadow document is built instead by following the live document over both texts: a
+ * live value whose text the shadow repeats at the same place is copied (its parsed values,
+ * and a note in src_b that fuse reads as "equal, checked on the live side"); a container
+ * whose text differs is followed member by member, element by element; anything else (a
+ * value that differs, members that do not line up) is parsed from the shadow's text by
+ * yyjson, one value at a time. The result is the document yyjson would have made of the
+ * shadow's whole text: every byte of it is either the live text at the same grammatical
+ * place (valid there, so valid here, and the same values), or parsed by yyjson, or a
+ * separator checked here. Where following would cost more than parsing (many values apart),
+ * it gives up and the shadow is parsed whole. */
+
+#define AL_OK 0
+#define AL_NOT_JSON 1 /* the shadow's text is not one JSON value: yyjson would refuse it too */
+#define AL_GIVE_UP 2  /* parse the shadow whole instead */
+#define AL_RESTART 3  /* this container's text does not follow the live one's: parse it whole */
+#define AL_ERR (-1)
+#define NO_POS ((size_t)-1)
+/* a value parsed on its own costs about this many bytes of text more than its length */
+#define PIECE_COST 64
+/* Containers shorter than this whose text differs are parsed whole (cheaper than following
+ * their members); where at least LINE_UP_MIN members or elements have been followed and most
+ * of them differed, the texts do not line up well enough to gain: the shadow is parsed whole. */
+#define DESCEND_MIN 128
+#define ALIGN_MIN 4096 /* shorter shadow texts are parsed whole: following them gains nothing */
+#define LINE_UP_MIN 16
+
+/* after the members or elements `seen` so far, `copied` of them copies of the live text */
+static inline int lines_up(size_t seen, size_t copied) { return seen < LINE_UP_MIN || copied * 2 >= seen; }
+
+typedef struct {
+    const char *ta, *tb; /* live and shadow texts */
+    size_t na, nb;
+    const char *pool_a; /* yyjson's copy of the live text: string offsets */
+    V *base_a;
+    const yyjson_alc *alc;
+    V *out; /* the shadow document's values */
+    uint32_t *src;
+    size_t n_out, cap_out;
+    yyjson_doc **pieces; /* values parsed from the shadow text: kept until the walk ends */
+    size_t n_pieces, cap_pieces;
+    size_t spent, budget; /* bytes parsed or scanned, and where a whole parse is cheaper */
+    Py_ssize_t descend_min;
+} Align;
+
+static inline int is_ws(char ch) { return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t'; }
+static inline int is_delim(char ch) { return is_ws(ch) || ch == ',' || ch == ']' || ch == '}'; }
+
+static inline size_t skip_ws(const char *t, size_t n, size_t i) {
+    while (i < n && is_ws(t[i]))
+        i++;
+    return i;
+}
+
+/* after the closing quote of the string whose opening quote is at t[i]; 0: unterminated */
+static size_t str_end(const char *t, size_t n, size_t i) {
+    for (size_t j = i + 1; j < n; j++) {
+        if (t[j] == '\\')
+            j++;
+        else if (t[j] == '"')
+            return j + 1;
+    }
+    return 0;
+}
+
+/* a number or literal: up to the next delimiter */
+static inline size_t scalar_end(const char *t, size_t n, size_t i) {
+    while (i < n && !is_delim(t[i]))
+        i++;
+    return i;
+}
+
+/* Where a live string's text begins (its opening quote) and ends (after its closing one).
+ * yyjson unescapes in its copy of the text, in place: the string starts where it did. */
+static inline size_t a_str_start(const Align *al, V *s) {
+    return (size_t)(unsafe_yyjson_get_str(s) - al->pool_a) - 1;
+}
+
+static size_t a_str_end(const Align *al, V *s) {
+    size_t off = a_str_start(al, s) + 1, len = unsafe_yyjson_get_len(s);
+    /* Unescaping never lengthens: the text runs at least len bytes, and a quote right there
+     * that no backslash precedes is the closing one. */
+    if (off + len < al->na && al->ta[off + len] == '"' && (len == 0 || al->ta[off + len - 1] != '\\'))
+        return off + len + 1;
+    return str_end(al->ta, al->na, off - 1);
+}
+
+/* where a live value's text begins, when its own parsed values tell (a string, an object
+ * with members); NO_POS when only the text before it does */
+static size_t a_start(const Align *al, V *v) {
+    if (unsafe_yyjson_is_str(v))
+        return a_str_start(al, v);
+    if (unsafe_yyjson_is_obj(v) && unsafe_yyjson_get_len(v)) {
+        size_t i = a_str_start(al, unsafe_yyjson_get_first(v));
+        while (i && is_ws(al->ta[i - 1]))
+            i--;
+        return i && al->ta[i - 1] == '{' ? i - 1 : NO_POS;
+    }
+    return NO_POS;
+}
+
+/* where the value after a member's key begins: the key's end, ws, ':', ws */
+static inline size_t a_value_start(const Align *al, V *key) {
+    size_t i = skip_ws(al->ta, al->na, a_str_end(al, key));
+    return skip_ws(al->ta, al->na, i + 1);
+}
+
+/* after the text of the live value v that begins at ta[start] (NO_POS: not found) */
+static size_t a_end(Align *al, V *v, size_t start) {
+    const char *t = al->ta;
+    size_t n = al->na;
+    switch (unsafe_yyjson_get_type(v)) {
+    case YYJSON_TYPE_STR:
+        return a_str_end(al, v);
+    case YYJSON_TYPE_OBJ:
+    case YYJSON_TYPE_ARR: {
+        size_t len = unsafe_yyjson_get_len(v), i;
+        V *last = unsafe_yyjson_get_first(v);
+        if (!len) {
+            i = skip_ws(t, n, start + 1);
+        } else if (unsafe_yyjson_is_obj(v)) { /* the last member's value */
+            for (size_t k = 1; k < len; k++)
+                last = unsafe_yyjson_get_next(last + 1);
+            i = a_end(al, last + 1, a_value_start(al, last));
+        } else { /* the last element: where it tells its start, else every element in turn */
+            for (size_t k = 1; k < len; k++)
+                last = unsafe_yyjson_get_next(last);
+            size_t s = a_start(al, last);
+            if (s == NO_POS) {
+                V *x = unsafe_yyjson_get_first(v);
+                s = skip_ws(t, n, start + 1);
+                for (size_t k = 1; k < len && s != NO_POS; k++, x = unsafe_yyjson_get_next(x)) {
+                    size_t e = a_end(al, x, s);
+                    s = e == NO_POS ? NO_POS : skip_ws(t, n, skip_ws(t, n, e) + 1);
+                }
+                al->spent += s == NO_POS ? 0 : s - start;
+            }
+            i = s == NO_POS ? NO_POS : a_end(al, last, s);
+        }
+        if (i == NO_POS || (i = skip_ws(t, n, i)) >= n)
+            return NO_POS;
+        return i + 1; /* ']' or '}' */
+    }
+    case YYJSON_TYPE_NULL:
+    case YYJSON_TYPE_BOOL:
+    case YYJSON_TYPE_NUM:
+    case YYJSON_TYPE_RAW:
+        return scalar_end(t, n, start);
+    default:
+        return NO_POS;
+    }
+}
+
+/* after the text of the shadow value that begins at tb[i], as far as brackets and quotes
+ * tell; 0: none. yyjson checks the rest when it parses that text. */
+static size_t b_end(const char *t, size_t n, size_t i) {
+    if (i >= n)
+        return 0;
+    if (t[i] == '"')
+        return str_end(t, n, i);
+    if (t[i] != '{' && t[i] != '[') {
+        size_t e = scalar_end(t, n, i);
+        return e > i ? e : 0;
+    }
+    size_t depth = 0;
+    for (size_t j = i; j < n; j++) {
+        char ch = t[j];
+        if (ch == '"') {
+            if (!(j = str_end(t, n, j)))
+                return 0;
+            j--;
+        } else if (ch == '{' || ch == '[') {
+            depth++;
+        } else if ((ch == '}' || ch == ']') && --depth == 0) {
+            return j + 1;
+        }
+    }
+    return 0;
+}
+
+static int out_reserve(Align *al, size_t more) {
+    if (al->n_out + more <= al->cap_out)
+        return 0;
+    size_t cap = al->cap_out * 2 > al->n_out + more ? al->cap_out * 2 : al->n_out + more + 64;
+    V *out = realloc(al->out, cap * sizeof(V));
+    if (!out)
+        return PyErr_NoMemory(), -1;
+    al->out = out;
+    uint32_t *src = realloc(al->src, cap * sizeof(uint32_t));
+    if (!src)
+        return PyErr_NoMemory(), -1;
+    al->src = src;
+    al->cap_out = cap;
+    return 0;
+}
+
+/* append n values; the first one copies live value `from` (0: none) */
+static int out_put(Align *al, V *v, size_t n, uint32_t from) {
+    if (out_reserve(al, n) < 0)
+        return AL_ERR;
+    memcpy(al->out + al->n_out, v, n * sizeof(V));
+    al->src[al->n_out] = from;
+    memset(al->src + al->n_out + 1, 0, (n - 1) * sizeof(uint32_t));
+    al->n_out += n;
+    return AL_OK;
+}
+
+/* parse the shadow value at tb[sb] on its own */
+static int piece(Align *al, size_t sb, size_t *eb) {
+    size_t e = b_end(al->tb, al->nb, sb);
+    if (!e)
+        return AL_NOT_JSON;
+    al->spent += e - sb + PIECE_COST;
+    if (al->n_pieces == al->cap_pieces) {
+        size_t cap = al->cap_pieces ? al->cap_pieces * 2 : 16;
+        yyjson_doc **grown = realloc(al->pieces, cap * sizeof(yyjson_doc *));
+        if (!grown)
+            return PyErr_NoMemory(), AL_ERR;
+        al->pieces = grown;
+        al->cap_pieces = cap;
+    }
+    yyjson_read_err err;
+    yyjson_doc *d = yyjson_read_opts((char *)al->tb + sb, e - sb, READ_FLAGS, al->alc, &err);
+    if (!d)
+        return err.code == YYJSON_READ_ERROR_MEMORY_ALLOCATION ? AL_GIVE_UP : AL_NOT_JSON;
+    al->pieces[al->n_pieces++] = d;
+    *eb = e;
+    return out_put(al, yyjson_doc_get_root(d), yyjson_doc_get_val_count(d), 0);
+}
+
+static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb);
+
+/* the members of live object a (text from ta[sa]) against the shadow object at tb[sb] */
+static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb) {
+    size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, h = al->n_out;
+    int rc;
+    if ((rc = out_put(al, a, 1, 0)))
+        return rc;
+    V *k = unsafe_yyjson_get_first(a);
+    size_t copied = 0;
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+        if (!lines_up(i, copied))
+            return AL_GIVE_UP;
+        ib = skip_ws(al->tb, al->nb, ib);
+        if (i) {
+            if (ib >= al->nb || al->tb[ib] != ',')
+                return AL_RESTART;
+            ib = skip_ws(al->tb, al->nb, ib + 1);
+        }
+        size_t ks = a_str_start(al, k), ke = a_str_end(al, k), ea;
+        if (!ke)
+            return AL_GIVE_UP;
+        if (ib + (ke - ks) > al->nb || memcmp(al->ta + ks, al->tb + ib, ke - ks))
+            return AL_RESTART; /* another name here: the members do not line up */
+        ib = skip_ws(al->tb, al->nb, ib + (ke - ks));
+        if (ib >= al->nb || al->tb[ib] != ':')
+            return AL_RESTART;
+        ib = skip_ws(al->tb, al->nb, ib + 1);
+        if ((rc = out_put(al, k, 1, 0)))
+            return rc;
+        size_t at = al->n_out;
+        if ((rc = align_value(al, k + 1, a_value_start(al, k), ib, depth + 1, &ea, &ib)))
+            return rc;
+        copied += al->src[at] != 0;
+    }
+    ib = skip_ws(al->tb, al->nb, ib);
+    if (ib >= al->nb || al->tb[ib] != '}')
+        return AL_RESTART; /* more members, or not JSON: parsed whole, yyjson tells */
+    al->out[h].uni.ofs = (al->n_out - h) * sizeof(V);
+    *eb = ib + 1;
+    return AL_OK;
+}
+
+/* the elements of live array a (text from ta[sa]) against the shadow array at tb[sb] */
+static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb) {
+    size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
+    int rc;
+    if ((rc = out_put(al, a, 1, 0)))
+        return rc;
+    V *x = unsafe_yyjson_get_first(a);
+    size_t copied = 0;
+    for (; count < n; count++, x = unsafe_yyjson_get_next(x)) {
+        if (!lines_up(count, copied))
+            return AL_GIVE_UP;
+        ib = skip_ws(al->tb, al->nb, ib);
+        if (ib < al->nb && al->tb[ib] == ']')
+            break; /* the shadow's array is shorter */
+        if (count) {
+            if (ib >= al->nb || al->tb[ib] != ',')
+                return AL_RESTART;
+            ib = skip_ws(al->tb, al->nb, ib + 1);
+            ia = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, ia) + 1); /* past the live ',' */
+        }
+        size_t at = al->n_out;
+        if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib)))
+            return rc;
+        copied += al->src[at] != 0;
+    }
+    for (;; count++) { /* the shadow's array is longer: its other elements */
+        ib = skip_ws(al->tb, al->nb, ib);
+        if (ib < al->nb && al->tb[ib] == ']')
+            break;
+        if (ib >= al->nb || al->tb[ib] != ',')
+            return AL_RESTART;
+        if ((rc = piece(al, skip_ws(al->tb, al->nb, ib + 1), &ib)))
+            return rc;
+    }
+    al->out[h].tag = ((uint64_t)count << YYJSON_TAG_BIT) | (a->tag & YYJSON_TAG_MASK);
+    al->out[h].uni.ofs = (al->n_out - h) * sizeof(V);
+    *eb = ib + 1;
+    return AL_OK;
+}
+
+/* the live value a, whose text is ta[sa..*ea), against the shadow text at tb[sb] */
+static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb) {
+    if (al->spent > al->budget || depth > MAX_NEST)
+        return AL_GIVE_UP;
+    size_t end = a_end(al, a, sa);
+    if (end == NO_POS || end <= sa)
+        return AL_GIVE_UP;
+    *ea = end;
+    size_t len = end - sa;
+    int type = unsafe_yyjson_get_type(a);
+    int scalar = type != YYJSON_TYPE_STR && type != YYJSON_TYPE_ARR && type != YYJSON_TYPE_OBJ;
+    if (sb + len <= al->nb && !memcmp(al->ta + sa, al->tb + sb, len) &&
+        !(scalar && sb + len < al->nb && !is_delim(al->tb[sb + len]))) {
+        *eb = sb + len;
+        return out_put(al, a, (size_t)(unsafe_yyjson_get_next(a) - a), (uint32_t)(a - al->base_a) + 1);
+    }
+    if ((Py_ssize_t)len >= al->descend_min && sb < al->nb &&
+        ((type == YYJSON_TYPE_OBJ && al->tb[sb] == '{') || (type == YYJSON_TYPE_ARR && al->tb[sb] == '['))) {
+        size_t mark = al->n_out;
+        int rc = type == YYJSON_TYPE_OBJ ? align_object(al, a, sa, sb, depth, eb) : align_array(al, a, sa, sb, depth, eb);
+        if (rc != AL_RESTART)
+            return rc;
+        al->n_out = mark; /* what was put for it goes: the whole text is parsed instead */
+    }
+    return piece(al, sb, eb);
+}
+
+/* The shadow document, built on the live one (see above): AL_OK with al->out[0..n_out). */
+static int align_doc(Align *al, yyjson_doc *da) {
+    V *root = yyjson_doc_get_root(da);
+    size_t sa = skip_ws(al->ta, al->na, 0), sb = skip_ws(al->tb, al->nb, 0), ea, eb;
+    if (sb >= al->nb)
+        return AL_NOT_JSON;
+    int rc = align_value(al, root, sa, sb, 0, &ea, &eb);
+    if (!rc && skip_ws(al->tb, al->nb, eb) != al->nb)
+        rc = AL_NOT_JSON; /* something after the value */
+    return rc;
+}
+
+static void align_free(Align *al) {
+    for (size_t i = 0; i < al->n_pieces; i++)
+        yyjson_doc_free(al->pieces[i]);
+    free(al->pieces);
+    al->pieces = NULL;
+    al->n_pieces = al->cap_pieces = 0;
+}
+
 /* ---- entry point -------------------------------------------------------------------------------- */
 
 static char *g_pool;
 static size_t g_pool_size;
+/* the shadow document's values when built on the live one (align_doc), kept like the pool */
+static V *g_out;
+static uint32_t *g_src;
+static size_t g_cap_out;
 /* The tables above are shared: a call that starts while another runs (another thread, while
  * the first one calls back into Python's _child) leaves its bodies to the Python walk. */
 static int g_busy;
+/* shadow texts from this size on are built on the live one (align_doc); and how many were */
+static Py_ssize_t g_align_min = ALIGN_MIN, g_descend_min = DESCEND_MIN;
+static unsigned long long g_n_built, g_n_parsed;
 
 static yyjson_doc *parse(PyObject *body, const yyjson_alc *alc) {
     return yyjson_read_opts(PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body), READ_FLAGS, alc, NULL);
@@ -1421,10 +1815,10 @@ static const yyjson_alc *pool_for(PyObject *live, PyObject *shadow, yyjson_alc *
     return yyjson_alc_pool_init(alc, g_pool, g_pool_size) ? alc : NULL;
 }
 
-/* the document's values, and the ignore pass over them */
-static int prepare(Ctx *c, yyjson_doc *doc, TNode *trie, V **base, size_t *count, uint8_t **mask) {
-    *base = yyjson_doc_get_root(doc);
-    *count = yyjson_doc_get_val_count(doc);
+/* a document's values, and the ignore pass over them */
+static int prepare(Ctx *c, V *root, size_t n, TNode *trie, V **base, size_t *count, uint8_t **mask) {
+    *base = root;
+    *count = n;
     if (!trie)
         return 0;
     *mask = calloc(*count ? *count : 1, 1);
@@ -1465,6 +1859,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     yyjson_doc *da = NULL, *db = NULL;
     yyjson_alc pool;
+    Align al = {0};
     TNode *trie = NULL;
     Ctx *c = calloc(1, sizeof(Ctx));
     if (!c) {
@@ -1485,15 +1880,38 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
         goto done;
     const yyjson_alc *alc = pool_for(live, shadow, &pool);
-    if (!(da = parse(live, alc)) || (shadow != Py_None && !(db = parse(shadow, alc)))) {
-        if (!PyErr_Occurred())
-            result = Py_NewRef(Py_None);
-        goto done;
+    if (!(da = parse(live, alc)))
+        goto not_json;
+    V *rb = NULL;
+    size_t nb = 0;
+    if (shadow != Py_None) { /* the shadow document: built on the live one, else parsed whole */
+        al = (Align){.ta = PyBytes_AS_STRING(live), .na = (size_t)PyBytes_GET_SIZE(live),
+                     .tb = PyBytes_AS_STRING(shadow), .nb = (size_t)PyBytes_GET_SIZE(shadow),
+                     .pool_a = da->str_pool, .base_a = yyjson_doc_get_root(da), .alc = alc,
+                     .out = g_out, .src = g_src, .cap_out = g_cap_out};
+        al.budget = al.nb / 2 + 1024, al.descend_min = g_descend_min;
+        int arc = da->str_pool && PyBytes_GET_SIZE(shadow) >= g_align_min ? align_doc(&al, da) : AL_GIVE_UP;
+        g_out = al.out, g_src = al.src, g_cap_out = al.cap_out;
+        if (arc == AL_OK) {
+            g_n_built++;
+            rb = al.out, nb = al.n_out, c->src_b = al.src;
+        } else if (arc == AL_NOT_JSON) {
+            goto not_json;
+        } else if (arc == AL_ERR) {
+            goto done;
+        } else { /* AL_GIVE_UP */
+            align_free(&al);
+            if (!(db = parse(shadow, alc)))
+                goto not_json;
+            g_n_parsed++;
+            rb = yyjson_doc_get_root(db), nb = yyjson_doc_get_val_count(db);
+        }
     }
-    int rc = prepare(c, da, trie, &c->base_a, &c->count_a, &c->mask_a);
-    if (!rc && db)
-        rc = prepare(c, db, trie, &c->base_b, &c->count_b, &c->mask_b);
-    if (!rc && db) { /* validation and equality in one pass */
+    int rc = prepare(c, yyjson_doc_get_root(da), yyjson_doc_get_val_count(da), trie, &c->base_a, &c->count_a,
+                     &c->mask_a);
+    if (!rc && rb)
+        rc = prepare(c, rb, nb, trie, &c->base_b, &c->count_b, &c->mask_b);
+    if (!rc && rb) { /* validation and equality in one pass */
         if (!(c->eq_a = calloc(c->count_a ? c->count_a : 1, 1))) {
             PyErr_NoMemory();
             goto done;
@@ -1510,8 +1928,8 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     }
     if (!(c->events = PyList_New(0)))
         goto done;
-    V *ra = yyjson_doc_get_root(da), *rb = db ? yyjson_doc_get_root(db) : ra;
-    if (diff_json(c, ra, rb) < 0)
+    V *ra = yyjson_doc_get_root(da);
+    if (diff_json(c, ra, rb ? rb : ra) < 0)
         goto done;
     PyObject *fields = PyList_New((Py_ssize_t)c->n_fields);
     if (!fields)
@@ -1520,7 +1938,16 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(fields, (Py_ssize_t)i, Py_NewRef(g_keys[c->field_ids[i]].ck));
     result = PyTuple_Pack(2, fields, c->events);
     Py_DECREF(fields);
+    goto done;
+not_json:
+    if (!PyErr_Occurred())
+        result = Py_NewRef(Py_None);
 done:
+    align_free(&al);
+    if (g_cap_out > OUT_KEEP) {
+        free(g_out), free(g_src);
+        g_out = NULL, g_src = NULL, g_cap_out = 0;
+    }
     Py_XDECREF(c->events);
     free(c->field_ids);
     free(c->mask_a);
@@ -1536,7 +1963,35 @@ done:
     return result;
 }
 
-static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc}, {NULL, NULL, 0, NULL}};
+PyDoc_STRVAR(build_doc, "build_on_live(min_size, descend_min=128)\n--\n\n"
+                        "From which shadow body size diff() builds the shadow document on the live\n"
+                        "one's text rather than parsing it whole (default 4096; 0: always; a size no\n"
+                        "body reaches: never), and from which size a differing container is followed\n"
+                        "member by member rather than parsed whole. Returns the previous settings.\n"
+                        "For benchmarks and tests.");
+
+static PyObject *jd_build_on_live(PyObject *self, PyObject *args) {
+    Py_ssize_t size, descend = DESCEND_MIN;
+    if (!PyArg_ParseTuple(args, "n|n:build_on_live", &size, &descend))
+        return NULL;
+    PyObject *was = Py_BuildValue("(nn)", g_align_min, g_descend_min);
+    if (was)
+        g_align_min = size, g_descend_min = descend;
+    return was;
+}
+
+PyDoc_STRVAR(counts_doc, "counts()\n--\n\n"
+                         "(built, parsed): how many shadow documents diff() built on the live one's text,\n"
+                         "and how many it parsed whole, since the module was loaded.");
+
+static PyObject *jd_counts(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("(KK)", g_n_built, g_n_parsed);
+}
+
+static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc},
+                                {"build_on_live", jd_build_on_live, METH_VARARGS, build_doc},
+                                {"counts", jd_counts, METH_NOARGS, counts_doc},
+                                {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "proxy._jsondiff",
                                     "The shadow diff's JSON walk in C (native/jsondiff.c).", -1, methods};

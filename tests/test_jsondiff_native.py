@@ -11,6 +11,10 @@ it stands in for agree, and the C walk hands back what it does not mirror exactl
   ``ignore_fields``;
 - what it leaves to Python (NaN, integers beyond 64 bits, repeated keys, lone surrogates,
   a BOM, deep nesting, not JSON) is left, and still compared right;
+- every test of the C walk runs twice: with the shadow document built on the live one's
+  text (align_doc; here for every size, following every differing container) and with the
+  shadow parsed whole; and the build is what large bodies that mostly agree get, with
+  damage both bodies share, other formatting, and shorter or longer arrays agreeing too;
 - the Python walk, now only a fallback, still agrees with the reference on its own;
 - errors propagate, and repeated calls keep no references and no memory.
 """
@@ -21,7 +25,8 @@ import json
 import math
 import sys
 import tracemalloc
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Final
 
 import pytest
 from hypothesis import given, settings
@@ -54,6 +59,24 @@ def agree(live: Captured, shadow: Captured, **kw: Any) -> None:
     expected = reference_compare(live, shadow, **kw)
     assert compare(live, shadow, **kw) == expected
     assert compare(shadow, live, **kw) == reference_compare(shadow, live, **kw)
+
+
+NEVER: Final = 1 << 62
+
+
+@pytest.fixture(autouse=True, params=["built", "parsed"])
+def shadow_document(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test with the shadow document built on the live one's text wherever it can be
+    (any size, every differing container followed), and with it parsed whole."""
+    assert diffing._native is not None
+    if request.param == "defaults":  # as shipped (each test puts back what it changed)
+        yield request.param
+        return
+    was = diffing._native.build_on_live(0, 0) if request.param == "built" else diffing._native.build_on_live(NEVER)
+    try:
+        yield request.param
+    finally:
+        diffing._native.build_on_live(*was)
 
 
 @pytest.fixture(autouse=True)
@@ -297,6 +320,81 @@ def test_repeated_keys_anywhere_are_left_to_python(live: bytes, shadow: bytes, i
     agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
 
 
+# ---- the shadow document built on the live one's text ------------------------------------------
+
+
+def big_pair(shadow_edit: Any) -> tuple[bytes, bytes]:
+    live = {"meta": {"at": "2026-12-03T08:00:00Z", "n": 300}, "items": rows(300)}
+    shadow = json.loads(json.dumps(live))
+    shadow_edit(shadow)
+    return json.dumps(live).encode(), json.dumps(shadow).encode()
+
+
+def _few(doc: Any) -> None:
+    doc["meta"]["at"] = "2026-12-03T08:00:01Z"
+    doc["items"][150]["on"] = not doc["items"][150]["on"]
+    doc["items"][299]["extra"] = [1, 2]
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+def test_large_bodies_that_mostly_agree_are_built_on_the_live_text() -> None:
+    assert diffing._native is not None
+    a, b = big_pair(_few)
+    built, parsed = diffing._native.counts()
+    assert native(a, b) is not None
+    assert diffing._native.counts() == (built + 1, parsed)
+    agree(Captured(200, JSON, a), Captured(200, JSON, b))
+    # texts that do not line up (other formatting throughout): parsed whole, same answer
+    reformatted = json.dumps(json.loads(b), indent=1).encode()
+    built, parsed = diffing._native.counts()
+    assert native(a, reformatted) is not None
+    assert diffing._native.counts() == (built, parsed + 1)
+    agree(Captured(200, JSON, a), Captured(200, JSON, reformatted))
+
+
+def _edits(doc: Any) -> None:
+    doc["items"][0] = 7  # an object becomes a number
+    del doc["items"][10]["on"]  # members no longer line up
+    doc["items"][20]["zz"] = None
+    doc["items"].append({"new": True})  # the shadow's array is longer
+    doc["meta"] = {"n": 300, "at": "2026-12-03T08:00:00Z"}  # same members, other order
+
+
+def _shorter(doc: Any) -> None:
+    del doc["items"][-5:]
+    doc["items"][3]["id"] = 3.0  # equal to 3 in Python: other text, the same value
+
+
+@pytest.mark.parametrize("edit", [_few, _edits, _shorter])
+def test_built_shadow_documents_agree(edit: Any) -> None:
+    a, b = big_pair(edit)
+    assert native(a, b) is not None
+    agree(Captured(200, JSON, a), Captured(200, JSON, b))
+    agree(Captured(200, JSON, a), Captured(200, JSON, b), ignore_fields=("$.items[*].on", "$.meta"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_damage_both_bodies_share_is_found(data: st.DataObject) -> None:
+    # The build copies what the live text says where the shadow's repeats it: text that is not
+    # JSON in both bodies alike must still make both "not JSON", as parsing each would.
+    live = data.draw(damaged(json.dumps(data.draw(NATIVE_VALUES)).encode()))
+    shadow = data.draw(damaged(live))
+    native(live, shadow)
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_other_formatting_agrees(data: st.DataObject) -> None:
+    live = data.draw(NATIVE_VALUES)
+    shadow = data.draw(mutated(live, NATIVE_VALUES, NATIVE_SCALARS, NATIVE_KEYS))
+    style = data.draw(st.sampled_from([{"indent": 1}, {"separators": (",", ":")}, {"indent": "\t"}]))
+    a, b = json.dumps(live).encode(), json.dumps(shadow, **style).encode()
+    assert native(a, b) is not None
+    agree(Captured(200, JSON, a), Captured(200, JSON, b))
+
+
 # ---- the Python walk, now the fallback ----------------------------------------------------------
 
 
@@ -310,23 +408,26 @@ def test_the_python_walk_still_agrees(live: Any, shadow: Any) -> None:
 # ---- errors, references, memory -----------------------------------------------------------------
 
 
-def test_errors_propagate() -> None:
+def test_errors_propagate(shadow_document: str) -> None:
+    new = f"zz_new_key_{shadow_document}".encode()  # a key no call has met (keys are kept)
+
     def broken(key: str, name: str) -> tuple[str, str]:
         raise RuntimeError(f"child({key!r}, {name!r})")
 
     assert diffing._native is not None
     with pytest.raises(RuntimeError, match="child"):
-        diffing._native.diff(b'{"zz_new_key": 1}', b"{}", broken, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+        diffing._native.diff(b'{"%s": 1}' % new, b"{}", broken, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
     with pytest.raises(TypeError):
         diffing._native.diff("text", None, _child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_depth"):
         diffing._native.diff(b"{}", None, _child, _ABSENT, _IGNORED, None, 1000, 10)
     # and the next call is unharmed
-    missing = ("$.zz_new_key", "$.zz_new_key", "missing", 1, _ABSENT)
-    assert native(b'{"zz_new_key": 1}', b"{}") == (["$", "$.zz_new_key"], [missing])
+    key = "$." + new.decode()
+    assert native(b'{"%s": 1}' % new, b"{}") == (["$", key], [(key, key, "missing", 1, _ABSENT)])
 
 
-def test_a_call_made_during_a_call_is_left_to_python() -> None:
+def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> None:
+    key = f"reentry_key_{shadow_document}"  # a key no call has met: the callback runs
     assert diffing._native is not None
     inner: list[object] = []
 
@@ -335,8 +436,8 @@ def test_a_call_made_during_a_call_is_left_to_python() -> None:
         inner.append(native(b'{"a": 1}', b'{"a": 2}'))
         return _child(key, name)
 
-    got = diffing._native.diff(b'{"reentry_key": 1}', None, child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
-    assert got == (["$", "$.reentry_key"], [])
+    got = diffing._native.diff(b'{"%s": 1}' % key.encode(), None, child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    assert got == (["$", "$." + key], [])
     assert inner == [None]
     assert native(b'{"a": 1}', b'{"a": 2}') is not None  # and free again after
 
