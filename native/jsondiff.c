@@ -1718,9 +1718,12 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         ib = skip_ws(al->tb, al->nb, ib);
         if (ib < al->nb && al->tb[ib] == ']')
             break;
-        if (ib >= al->nb || al->tb[ib] != ',')
-            return AL_RESTART;
-        if ((rc = piece(al, skip_ws(al->tb, al->nb, ib + 1), &ib)))
+        if (count) { /* a comma after the elements before; none before the first */
+            if (ib >= al->nb || al->tb[ib] != ',')
+                return AL_RESTART;
+            ib = skip_ws(al->tb, al->nb, ib + 1);
+        }
+        if ((rc = piece(al, ib, &ib)))
             return rc;
     }
     al->out[h].tag = ((uint64_t)count << YYJSON_TAG_BIT) | (a->tag & YYJSON_TAG_MASK);

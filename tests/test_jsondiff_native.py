@@ -373,6 +373,24 @@ def test_built_shadow_documents_agree(edit: Any) -> None:
     agree(Captured(200, JSON, a), Captured(200, JSON, b), ignore_fields=("$.items[*].on", "$.meta"))
 
 
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        (b"[]", b"[,0]"),  # found by the test below: no comma before a first extra element
+        (b"[]", b"[0]"),
+        (b"[1]", b"[1,]"),
+        (b"[1]", b"[,1]"),
+        (b"{}", b'{,"a": 1}'),
+        (b'{"a": 1}', b'{"a": 1,}'),
+        (b'{"a": 1}', b'{"a": 1} x'),
+        (b'{"a": 12}', b'{"a": 123}'),
+        (b'{"a": true}', b'{"a": truex}'),
+    ],
+)
+def test_separators_the_build_checks(live: bytes, shadow: bytes) -> None:
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_damage_both_bodies_share_is_found(data: st.DataObject) -> None:
