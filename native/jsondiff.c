@@ -1425,8 +1425,8 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
  * yyjson, one value at a time. The result is the document yyjson would have made of the
  * shadow's whole text: every byte of it is either the live text at the same grammatical
  * place (valid there, so valid here, and the same values), or parsed by yyjson, or a
- * separator checked here. Where following would cost more than parsing (many values apart),
- * it gives up and the shadow is parsed whole. */
+ * separator checked here. A container whose members mostly differ is parsed whole; where
+ * the parsing adds up to more than half the shadow's text, the shadow is parsed whole. */
 
 #define AL_OK 0
 #define AL_NOT_JSON 1 /* the shadow's text is not one JSON value: yyjson would refuse it too */
@@ -1437,8 +1437,8 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
 /* a value parsed on its own costs about this many bytes of text more than its length */
 #define PIECE_COST 64
 /* Containers shorter than this whose text differs are parsed whole (cheaper than following
- * their members); where at least LINE_UP_MIN members or elements have been followed and most
- * of them differed, the texts do not line up well enough to gain: the shadow is parsed whole. */
+ * their members); so is one where at least LINE_UP_MIN members or elements have been followed
+ * and most of them differed: its texts do not line up well enough to gain. */
 #define DESCEND_MIN 128
 #define ALIGN_MIN 4096 /* shorter shadow texts are parsed whole: following them gains nothing */
 #define LINE_UP_MIN 16
@@ -1658,7 +1658,7 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
     size_t copied = 0;
     for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
         if (!lines_up(i, copied))
-            return AL_GIVE_UP;
+            return AL_RESTART;
         ib = skip_ws(al->tb, al->nb, ib);
         if (i) {
             if (ib >= al->nb || al->tb[ib] != ',')
@@ -1699,7 +1699,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
     size_t copied = 0;
     for (; count < n; count++, x = unsafe_yyjson_get_next(x)) {
         if (!lines_up(count, copied))
-            return AL_GIVE_UP;
+            return AL_RESTART;
         ib = skip_ws(al->tb, al->nb, ib);
         if (ib < al->nb && al->tb[ib] == ']')
             break; /* the shadow's array is shorter */
@@ -1755,6 +1755,8 @@ static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         if (rc != AL_RESTART)
             return rc;
         al->n_out = mark; /* what was put for it goes: the whole text is parsed instead */
+        if (al->spent + len > al->budget)
+            return AL_GIVE_UP; /* most of the shadow, by the live text's length: parse it all */
     }
     return piece(al, sb, eb);
 }

@@ -352,6 +352,20 @@ def test_large_bodies_that_mostly_agree_are_built_on_the_live_text() -> None:
     agree(Captured(200, JSON, a), Captured(200, JSON, reformatted))
 
 
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+def test_a_nested_array_that_changed_throughout_is_parsed_alone() -> None:
+    # Its elements mostly differ: that array is parsed whole, the rest of the shadow still
+    # built on the live text (not the whole shadow parsed).
+    assert diffing._native is not None
+    live = {"items": rows(300), "stamps": list(range(1000, 1040)), "tail": rows(20)}
+    shadow = {**live, "stamps": [n + 1 for n in live["stamps"]]}
+    a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+    built, parsed = diffing._native.counts()
+    assert native(a, b) is not None
+    assert diffing._native.counts() == (built + 1, parsed)
+    agree(Captured(200, JSON, a), Captured(200, JSON, b))
+
+
 def _edits(doc: Any) -> None:
     doc["items"][0] = 7  # an object becomes a number
     del doc["items"][10]["on"]  # members no longer line up
