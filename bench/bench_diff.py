@@ -15,7 +15,8 @@ It measures the ``proxy`` package the running interpreter has installed, and say
 build and which JSON walk (the C one in ``proxy._jsondiff``, or the Python one without it);
 "the Python walk" rows switch the C one off for comparison, and "the shadow parsed whole"
 rows keep the C walk but have it parse the shadow body whole rather than build its document
-on the live one's text.
+on the live one's text; the last rows give the ratio of the two, run in alternating batches
+(this machine's speed drifts between rows).
 """
 
 from __future__ import annotations
@@ -179,6 +180,23 @@ def median_us(fn: Callable[[], object], budget: float) -> tuple[float, int]:
     return statistics.median(samples), len(samples) * batch
 
 
+def interleaved_ratio(fn: Callable[[], object], base: Callable[[], object], budget: float) -> float:
+    """Median over rounds of (µs per call of ``fn``) / (µs per call of ``base``), the two run in
+    alternating batches of >= 2 ms: robust to a machine whose speed drifts between rows."""
+    batch = max(1, int(0.002 / max(median_us(base, 0.0)[0] * 1e-6, 1e-7)))
+    ratios: list[float] = []
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(ratios) < 5:
+        times = []
+        for f in (fn, base):
+            start = time.perf_counter()
+            for _ in range(batch):
+                f()
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="total time budget (default 5)")
@@ -303,6 +321,16 @@ def main() -> None:
         us, calls = median_us(fn, budget)
         print(f"{name:<46} {label:>7} {us:>10.1f} {calls:>8}")
     close()
+    if diffing._native is not None:
+        print("built on the live text / the shadow parsed whole, interleaved (median ratio):")
+        for name, label, (live, shadow) in (
+            ("compare, handful of diffs", "8 KiB", pairs["8 KiB"]),
+            ("compare, handful of diffs", "64 KiB", pairs["64 KiB"]),
+            ("compare, every element differs", "64 KiB", (big_live, all_differ)),
+        ):
+            fn = comparing(live, shadow)
+            ratio = interleaved_ratio(fn, parsed_whole(fn), max(budget, 1.0))
+            print(f"{name:<46} {label:>7} {ratio:>10.2f}")
 
 
 if __name__ == "__main__":
