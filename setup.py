@@ -45,6 +45,10 @@ JSONDIFF = Extension(
     "proxy._jsondiff",
     sources=["native/jsondiff.c", "native/yyjson/yyjson.c"],
     include_dirs=["native/yyjson"],
+    # yyjson without its non-standard reading modes (comments, NaN, trailing commas, invalid
+    # UTF-8), which jsondiff.c never asks for: its reader is ~17 % faster without the checks
+    # for them (61 -> 50 us for the 64 KiB benchmark body, measured in bench/README.md).
+    define_macros=[("YYJSON_DISABLE_NON_STANDARD", "1")],
     extra_compile_args=["-O3"],
     optional=True,
 )
