@@ -1135,16 +1135,24 @@ static inline int fuse_scalars(Ctx *c, V *a, V *b) {
     return eq;
 }
 
+/* b is a's own text (built on the live text): equal, down to every value */
+static inline int copied(const Ctx *c, V *a, V *b) {
+    return c->src_b && c->src_b[b - c->base_b] == (uint32_t)(a - c->base_a) + 1;
+}
+
+/* fuse() of a pair that is copied(): equal throughout (the ignore pass marked both alike, as
+ * it goes by path); what check_doc checks, checked on a alone. `checked`: as check_doc's. */
+static int fuse_copy(Ctx *c, V *a, int depth, V *checked) {
+    int rc = check_doc(a, depth, checked);
+    if (rc)
+        return rc < 0 ? -1 : LEAVE;
+    memset(c->eq_a + (a - c->base_a), 1, (size_t)(unsafe_yyjson_get_next(a) - a));
+    return 1;
+}
+
 static int fuse(Ctx *c, V *a, V *b, int depth) {
-    if (c->src_b && c->src_b[b - c->base_b] == (uint32_t)(a - c->base_a) + 1) {
-        /* b is a's own text: equal, down to every value (the ignore pass marked both alike,
-         * as it goes by path); what check_doc checks, checked on a alone */
-        int rc = checked_subtree(a, depth);
-        if (rc)
-            return rc;
-        memset(c->eq_a + (a - c->base_a), 1, (size_t)(unsafe_yyjson_get_next(a) - a));
-        return 1;
-    }
+    if (copied(c, a, b))
+        return fuse_copy(c, a, depth, NULL);
     if (depth > MAX_NEST || unsafe_yyjson_get_type(a) == YYJSON_TYPE_RAW ||
         unsafe_yyjson_get_type(b) == YYJSON_TYPE_RAW)
         return LEAVE;
@@ -1193,10 +1201,21 @@ static int fuse(Ctx *c, V *a, V *b, int depth) {
     } else if (ta == T_LIST && tb == T_LIST) {
         size_t na = unsafe_yyjson_get_len(a), nb = unsafe_yyjson_get_len(b), n = na < nb ? na : nb;
         V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
+        V *prev = NULL; /* the previous element: copied, an object, checked */
         int all = 1;
         for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
-            if ((rc = fuse_scalars(c, x, y)) == -2 && ((rc = fuse(c, x, y, depth + 1)) < 0 || rc == LEAVE))
-                return rc;
+            if ((rc = fuse_scalars(c, x, y)) == -2) {
+                /* A run of copied records (most of a large array that differs in a few) is
+                 * checked as check_doc checks an array: an element with its predecessor's
+                 * names needs no look for repeated ones. */
+                int copy = copied(c, x, y);
+                rc = copy ? fuse_copy(c, x, depth + 1, prev) : fuse(c, x, y, depth + 1);
+                if (rc < 0 || rc == LEAVE)
+                    return rc;
+                prev = copy && unsafe_yyjson_get_type(x) == YYJSON_TYPE_OBJ ? x : NULL;
+            } else {
+                prev = NULL;
+            }
             all &= rc;
         }
         for (size_t i = n; i < na; i++, x = unsafe_yyjson_get_next(x)) /* the longer one's tail */

@@ -305,6 +305,9 @@ ROWS = b'[{"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1, "b": 2}]'
         pytest.param(REPEATED, ROWS, id="live-side-paired"),
         pytest.param(ROWS, REPEATED, id="shadow-side-paired"),
         pytest.param(REPEATED, REPEATED, id="both-sides-alike"),
+        # built: the elements after the first are copied, the last one checked after its
+        # predecessor (whose names it does not share)
+        pytest.param(b"[0, " + REPEATED[1:], b"[1, " + REPEATED[1:], id="in-a-copied-run"),
         pytest.param(b'{"x": {"b": 1, "a": 2, "a": 3}}', b'{"x": {"a": 3, "b": 1}}', id="shadow-reordered"),
         pytest.param(b'{"x": [1], "y": {"a": 1, "a": 2}}', b'{"x": [2]}', id="in-a-member-only-one-side-has"),
         pytest.param(b'{"x": [1, {"a": 1, "a": 2}]}', b'{"x": [1]}', id="in-an-array-tail"),
