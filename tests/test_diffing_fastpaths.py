@@ -699,6 +699,37 @@ def test_equal_json_bodies_are_remembered_and_bounded() -> None:
         assert memo.size <= memo.max_bytes
 
 
+# ---- rendering a differing value ----------------------------------------------------------------
+
+RENDERED = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=1000),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+    max_leaves=6,
+)
+
+
+def _encoded(value: Any) -> str:
+    shown = value[: 4 * diffing.MAX_VALUE_CHARS] if isinstance(value, str) else value
+    return _clip(json.dumps(shown, ensure_ascii=False, separators=(",", ":")))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, False, 0, -1, 10**300, 0.1, -0.0, 1e300, 5e-324, math.nan, math.inf, -math.inf, 'é\n"', [1.5, True]],
+    ids=repr,
+)
+def test_rendered_scalars_are_what_the_json_encoder_writes(value: Any) -> None:
+    """``_render``'s shortcuts for numbers and constants give the encoder's own text, clipped
+    (10**300 is longer than a sample shows; NaN and the infinities go to the encoder)."""
+    assert diffing._render(value) == _encoded(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(RENDERED)
+def test_rendered_values_are_what_the_json_encoder_writes(value: Any) -> None:
+    assert diffing._render(value) == _encoded(value)
+
+
 # ---- shadow.parse_lines -------------------------------------------------------------------------
 
 
