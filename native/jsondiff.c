@@ -319,6 +319,26 @@ static inline int bytes_eq(const char *a, const char *b, size_t n) {
     return 1;
 }
 
+/* Two member names of parsed documents, equal: bytes_eq without its byte loop for names of up
+ * to 8 bytes, the common ones, compared in one masked load. 8 bytes are readable from the
+ * start of any member name yyjson parsed: its text is followed by at least a quote, a colon,
+ * a value and a closing brace, and yyjson's copy of the text by YYJSON_PADDING_SIZE (4) more
+ * (names it unescaped are shorter than their text). Not for strings from elsewhere. */
+static inline int names_eq(V *x, V *y) {
+    size_t n = unsafe_yyjson_get_len(x);
+    if (n != unsafe_yyjson_get_len(y))
+        return 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && YYJSON_PADDING_SIZE >= 4
+    if (n <= 8) {
+        uint64_t a, b;
+        memcpy(&a, unsafe_yyjson_get_str(x), 8);
+        memcpy(&b, unsafe_yyjson_get_str(y), 8);
+        return ((a ^ b) & (n == 8 ? ~(uint64_t)0 : ((uint64_t)1 << (8 * n)) - 1)) == 0;
+    }
+#endif
+    return bytes_eq(unsafe_yyjson_get_str(x), unsafe_yyjson_get_str(y), n);
+}
+
 static inline int key_eq(V *k, const char *s, size_t n) {
     return unsafe_yyjson_get_len(k) == n && bytes_eq(unsafe_yyjson_get_str(k), s, n);
 }
@@ -330,7 +350,7 @@ static int same_names(V *a, V *b) {
         return 0;
     V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
     for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x + 1), y = unsafe_yyjson_get_next(y + 1))
-        if (!key_eq(x, unsafe_yyjson_get_str(y), unsafe_yyjson_get_len(y)))
+        if (!names_eq(x, y))
             return 0;
     return 1;
 }
@@ -344,9 +364,7 @@ static int same_marked_names(const Ctx *c, V *a, V *b) {
         return 0;
     V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
     for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x + 1), y = unsafe_yyjson_get_next(y + 1))
-        if (unsafe_yyjson_get_len(x) != unsafe_yyjson_get_len(y) ||
-            !bytes_eq(unsafe_yyjson_get_str(x), unsafe_yyjson_get_str(y), unsafe_yyjson_get_len(x)) ||
-            removed(c, x + 1) != removed(c, y + 1))
+        if (!names_eq(x, y) || removed(c, x + 1) != removed(c, y + 1))
             return 0;
     return 1;
 }
