@@ -200,7 +200,19 @@ def interleaved_ratio(fn: Callable[[], object], base: Callable[[], object], budg
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="total time budget (default 5)")
+    parser.add_argument(
+        "--pair-cost",
+        action="store_true",
+        help="only time compare() of the 64 KiB pair with a handful of differences (bench/run.py's"
+        ' JSON answers) for --seconds, and print {"us": median µs per call} as JSON',
+    )
     args = parser.parse_args()
+    if args.pair_cost:
+        doc = document(64 << 10)
+        live, shadow = captured(doc), captured(handful_of_differences(doc))
+        us, calls = median_us(lambda: compare(live, shadow), args.seconds)
+        print(json.dumps({"us": round(us, 1), "calls": calls, "body_bytes": len(live.body)}))
+        return
 
     pairs = {}
     for label, size in (("1 KiB", 1 << 10), ("8 KiB", 8 << 10), ("64 KiB", 64 << 10)):

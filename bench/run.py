@@ -19,7 +19,10 @@ method and every column. Stdlib only.
    to round, so that the drift of this noisy shared VM hits every target alike.
    - throughput: `wrk -t1 -c50 --latency`: req/s, p50, p99, and the CPU time of the server's
      process tree (utime+stime from /proc) over the run divided by the requests it served;
-   - latency at one connection: `wrk -t1 -c1 --latency` p50, reported as added over direct.
+   - latency at one connection: `wrk -t1 -c1 --latency` p50, reported as added over direct;
+   - with a JSON scenario (`json`, `shadow100-json`), the cost of diffing their 64 KiB answer
+     pair (`bench_diff.py --pair-cost`, placed like the -c1 runs), printed against the `json`
+     scenario's proxied request for the live answer, round by round.
 3. Run Locust (bench/locustfile.py) once per proxy at a fixed, moderate, paced load.
 4. Print one table of medians over rounds; write it to bench/results/<UTC time>-<scenario>.md
    with the raw per-round figures in a .json beside it.
@@ -664,6 +667,8 @@ class Run:
     upstream: subprocess.Popen[bytes]
     targets: list[Target]
     notes: list[str] = field(default_factory=list)
+    # bench_diff.py --pair-cost per round, beside the 1-connection runs of a JSON scenario
+    diff_cost: list[dict[str, Any]] = field(default_factory=list)
 
     def alive(self, target: Target) -> bool:
         if target.failed is None and target.proc.poll() is not None:
@@ -750,6 +755,37 @@ class Run:
                     target.latency.append(sample)
                     p50 = sample["latency_us"]["p50"]
                     progress(f"{where}  {target.name:<20} 1 connection: p50 {p50} µs")
+            if any(t.path == JSON_PATH for t in targets):
+                self.diff_sample(round_, where)
+
+    def diff_sample(self, round_: int, where: str) -> None:
+        """What diffing the JSON scenarios' answer pair costs, measured in the same round as
+        the 1-connection runs and placed like them (all on CPU A): ``compare()`` of the
+        same two bodies by bench_diff.py, in this interpreter (the build being measured)."""
+        log = self.tmp / "bench_diff.log"
+        argv = [
+            *Cpus.prefix(self.cpus.a if self.cpus.enabled else None),
+            sys.executable,
+            str(BENCH / "bench_diff.py"),
+            "--pair-cost",
+            "--seconds",
+            f"{self.args.latency_duration:g}",
+        ]
+        log.write_text("")
+        try:
+            status = self.children.run(argv, log, timeout=self.args.latency_duration + 60)
+        except StartError as exc:
+            status, output = -1, str(exc)
+        else:
+            output = log.read_text(errors="replace")
+        lines = output.strip().splitlines()
+        if status != 0 or not lines or not lines[-1].startswith("{"):
+            self.notes.append(f"bench_diff.py --pair-cost failed ({status}):\n{output[-2000:]}")
+            return
+        sample: dict[str, Any] = json.loads(lines[-1])
+        sample["round"] = round_
+        self.diff_cost.append(sample)
+        progress(f"{where}  diffing the 64 KiB JSON pair: {sample['us']} µs a compare()")
 
     def measure_locust(self, target: Target) -> None:
         assert self.tools.locust is not None
@@ -797,6 +833,26 @@ def _paired(
     """Median over rounds of combine(target's sample, base's sample of the same round)."""
     by_round = {sample["round"]: sample for sample in base}
     return _median([combine(s, by_round[s["round"]]) for s in target if s["round"] in by_round])
+
+
+def diff_cost_note(targets: list[Target], diff_cost: list[dict[str, Any]]) -> str | None:
+    """The cost of diffing the JSON pair against the time of a proxied request for its live
+    answer (p50 at one connection, scenario `json`), paired by round."""
+    proxied = next((t for t in targets if t.scenario == "json" and t.latency), None)
+    if not diff_cost:
+        return None
+    us = _median([s["us"] for s in diff_cost])
+    text = f"diffing the 64 KiB JSON pair (compare(), bench_diff.py --pair-cost, placed like -c1): {us:.1f} µs"
+    if proxied is None:
+        return text + " (no `json` scenario measured at one connection to compare it with)"
+    by_round = {s["round"]: s["us"] for s in diff_cost}
+    ratios = [by_round[s["round"]] / s["latency_us"]["p50"] for s in proxied.latency if s["round"] in by_round]
+    p50 = _median([s["latency_us"]["p50"] for s in proxied.latency])
+    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+    return (
+        f"{text}; a proxied request for the live answer ({proxied.name}, p50 at 1 connection):"
+        f" {p50:.0f} µs; diff / proxied request, paired by round: median {_median(ratios):.2f} ({per_round})"
+    )
 
 
 def summarize(targets: list[Target]) -> list[dict[str, Any]]:
@@ -1023,6 +1079,7 @@ def write_results(
         "settings": settings,
         "summary": rows,
         "targets": targets,
+        "diff_cost": run.diff_cost,
         "notes": notes,
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -1130,6 +1187,8 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
         run = Run(args, tools, children, Cpus(not args.no_pin), tmp, upstream, targets)
         progress(f"measuring {', '.join(t.name for t in targets)}; CPU placement: {run.cpus.describe()}")
         run.measure()
+        if note := diff_cost_note(targets, run.diff_cost):
+            run.notes.append(note)
     rows = summarize(targets)
     path = write_results(run, rows, skipped, started, argv)
     print(table(rows))
