@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import tasks
+from . import process, tasks
 from .config import Config, parse_text
 from .control import config_weights, with_route_weights
 from .diffing import RouteStats
@@ -303,9 +302,7 @@ async def worker_main(fd: int) -> None:
                     config = _in_force(parsed, msg["weights"], port)
                     if op == "start":
                         await plane.start(config)
-                        gc.collect()
-                        gc.freeze()
-                        gc.set_threshold(50_000, 20, 20)
+                        process.settle()
                     else:
                         await plane.install(config)
                     answer(seq, ok=True, port=plane.port)

@@ -72,6 +72,23 @@ async def test_two_workers_agree_on_sticky_users_and_follow_weight_changes(
     assert total == 2 * len(KEYS) + 100
 
 
+async def test_every_serving_process_keeps_freed_memory(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    # proxy/process.py's allocator setting (what it does: test_process.py) is made by the
+    # supervising process and by each worker, which is a process of its own.
+    stable = await start_upstream("stable")
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [route(stable=stable)]))
+    px = await proxy_process(cfg, "--workers", "2")
+    lines: list[str] = []
+    while len(lines) < 3:
+        after = px.lines.index(lines[-1]) + 1 if lines else 0
+        lines.append(await px.wait_for("allocator: glibc keeps up to 32 MiB", after=after))
+    workers = {line.split("[worker ", 1)[1].split("]", 1)[0] for line in lines if "[worker " in line}
+    assert len(workers) == 2, lines
+
+
 async def test_both_workers_serve(tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess) -> None:
     up = await start_upstream()
     cfg = tmp_path / "splitproxy.yaml"
