@@ -381,11 +381,6 @@ class ProxyProcess:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
-    def minor_faults(self) -> int:
-        """Page faults the process took without I/O so far (/proc/PID/stat, field 10)."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[7])
-
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
