@@ -21,6 +21,7 @@ imports neither asyncio nor aiohttp and is tested without sockets. The shell aro
 - ``runtime``: the one mutable reference the data plane reads (``Runtime.table``), swapped
   whole by a reload or an admin change; connection pools; housekeeping ``tick``;
 - ``server``: listeners, SIGHUP reload, SIGTERM drain; ``admin``: the aiohttp admin app;
+  ``process``: what a serving process sets for itself (the cycle collector, glibc's allocator);
 - ``errors``: upstream failures carrying the status they map to (502, 504);
 - ``tasks``: the one way to start background work; ``demo``: the embedded default;
 - ``__main__``: the command line, and the only place that exits.
