@@ -848,11 +848,11 @@ def diff_cost_note(targets: list[Target], diff_cost: list[dict[str, Any]]) -> st
     by_round = {s["round"]: s["us"] for s in diff_cost}
     ratios = [by_round[s["round"]] / s["latency_us"]["p50"] for s in proxied.latency if s["round"] in by_round]
     p50 = _median([s["latency_us"]["p50"] for s in proxied.latency])
+    text += f"; a proxied request for the live answer ({proxied.name}, p50 at 1 connection): {p50:.0f} µs"
+    if not ratios:
+        return text + " (no round with both)"
     per_round = ", ".join(f"{r:.2f}" for r in ratios)
-    return (
-        f"{text}; a proxied request for the live answer ({proxied.name}, p50 at 1 connection):"
-        f" {p50:.0f} µs; diff / proxied request, paired by round: median {_median(ratios):.2f} ({per_round})"
-    )
+    return f"{text}; diff / proxied request, paired by round: median {_median(ratios):.2f} ({per_round})"
 
 
 def summarize(targets: list[Target]) -> list[dict[str, Any]]:
