@@ -45,7 +45,7 @@ def keep_freed_memory() -> bool:
     free, and serves blocks of 128 KiB or more from mappings of their own, unmapped on free.
     A proxy that captures bodies for the shadow diff makes and drops a few 64 KiB blocks a
     request (the live and shadow captures, the parser's copies), so its heap grew and shrank
-    by them every request: ~30 page faults a request, each a zeroed page charged to the
+    by them every request: ~25 page faults a request, each a zeroed page charged to the
     cgroup, ~16 % of the CPU of a mirrored 64 KiB JSON request (bench/README.md). Up to
     TRIM_THRESHOLD of free memory is kept instead (RSS does not grow by it: only what was in
     use at a peak is kept), and blocks below MMAP_THRESHOLD come from the heap.
