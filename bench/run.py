@@ -838,9 +838,9 @@ def _paired(
 def diff_cost_note(targets: list[Target], diff_cost: list[dict[str, Any]]) -> str | None:
     """The cost of diffing the JSON pair against the time of a proxied request for its live
     answer (p50 at one connection, scenario `json`), paired by round."""
-    proxied = next((t for t in targets if t.scenario == "json" and t.latency), None)
     if not diff_cost:
         return None
+    proxied = next((t for t in targets if t.scenario == "json" and t.latency), None)
     us = _median([s["us"] for s in diff_cost])
     text = f"diffing the 64 KiB JSON pair (compare(), bench_diff.py --pair-cost, placed like -c1): {us:.1f} µs"
     if proxied is None:
