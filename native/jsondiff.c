@@ -56,6 +56,10 @@ enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
 #define M_IGNORED 2 /* an array element replaced by _IGNORED */
 #define M_HOLEY 4   /* an object with a member removed: the others need no member marks read */
 
+/* Bits set by fuse, one byte per value of the live document (Ctx.eq_a). */
+#define EQ 1        /* equal to its counterpart in the shadow document */
+#define SAME_PREV 2 /* an object with its previous sibling's names, in order (no ignore marks) */
+
 /* ---- field keys and member names -----------------------------------------------------------
  * Kept across calls, so a member's field key is found with one hash of its name, and Python
  * strings are made once per key, not per member.
@@ -236,7 +240,7 @@ typedef struct {
     uint8_t *mask_a, *mask_b;
     int masked;       /* an ignore pattern applies: marks exist */
     int any_ignored;  /* some array element is M_IGNORED (else ptype reads no marks) */
-    uint8_t *eq_a; /* per value of the live document: equal to its counterpart (fuse) */
+    uint8_t *eq_a; /* per value of the live document: EQ, SAME_PREV (fuse) */
     /* per value of the shadow document: 1 + the index of the live value whose text it copies,
      * a whole sub-tree (see align_doc); 0 for the rest. NULL: the shadow was parsed whole. */
     const uint32_t *src_b;
@@ -474,7 +478,7 @@ static inline int scalar_eq(int ta, V *a, int tb, V *b) {
 /* x == y for a value x of the live document and its counterpart y (the value the walk pairs
  * it with): looked up in the bits `fuse` recorded. In the walk of a body against itself,
  * x is y. */
-static inline int eqbit(const Ctx *c, V *x, V *y) { return x == y || c->eq_a[x - c->base_a]; }
+static inline int eqbit(const Ctx *c, V *x, V *y) { return x == y || (c->eq_a[x - c->base_a] & EQ); }
 
 /* ---- nodes for keys -------------------------------------------------------------------------- */
 
@@ -750,13 +754,19 @@ static int shapes_grow(Ctx *c) {
     return 0;
 }
 
-/* (ck, tuple(o)) not in shapes: add it, 1; already there: 0; error: -1 */
-static int dict_shape_new(Ctx *c, int ck, V *o) {
+/* (ck, tuple(o)) not in shapes: add it, 1; already there: 0; error: -1.
+ * `px`: o's previous sibling in its array, or NULL. */
+static int dict_shape_new(Ctx *c, int ck, V *o, V *px) {
     Key *key = &g_keys[ck];
     /* Arrays of records: the previous object looked up under this key usually has the same
-     * names, so the shape is known (added or found then) without hashing a name. */
-    if (key->last_gen == c->gen && same_marked_names(c, key->last, o))
+     * names, so the shape is known (added or found then) without hashing a name; when that
+     * object is o's previous sibling, fuse has already compared their names (SAME_PREV). */
+    if (key->last_gen == c->gen &&
+        ((px && key->last == px && c->eq_a && (c->eq_a[o - c->base_a] & SAME_PREV)) ||
+         same_marked_names(c, key->last, o))) {
+        key->last = o; /* the same names (and marks): o's next sibling finds its own predecessor */
         return 0;
+    }
     key->last_gen = c->gen;
     key->last = o;
     size_t n = unsafe_yyjson_get_len(o);
@@ -807,8 +817,8 @@ static inline int nonempty(const Ctx *c, int t, V *v) {
     return t == T_DICT ? dict_len(c, v) > 0 : unsafe_yyjson_get_len(v) > 0;
 }
 
-static inline int shape_new(Ctx *c, int ck, int t, V *v) {
-    return t == T_DICT ? dict_shape_new(c, ck, v) : list_shape_new(c, ck, v);
+static inline int shape_new(Ctx *c, int ck, int t, V *v, V *px) {
+    return t == T_DICT ? dict_shape_new(c, ck, v, px) : list_shape_new(c, ck, v);
 }
 
 /* ---- the walk ---------------------------------------------------------------------------------- */
@@ -830,7 +840,7 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
             if (tva == T_DICT || tva == T_LIST) {
                 if (!nonempty(c, tva, va))
                     continue;
-                int fresh = shape_new(c, ck, tva, va);
+                int fresh = shape_new(c, ck, tva, va, NULL);
                 if (fresh < 0)
                     return -1;
                 if (fresh) {
@@ -855,13 +865,13 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
     if (ck < 0 || mark_field(c, ck) < 0)
         return -1;
     size_t n = unsafe_yyjson_get_len(a);
-    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
-    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b), *px = NULL;
+    for (size_t i = 0; i < n; i++, px = x, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
         int tx = ptype(c, x), ty = ptype(c, y);
         if (tx == T_DICT || tx == T_LIST) {
             if (!nonempty(c, tx, x))
                 continue;
-            int fresh = shape_new(c, ck, tx, x);
+            int fresh = shape_new(c, ck, tx, x, px);
             if (fresh < 0)
                 return -1;
             if (fresh) {
@@ -878,13 +888,14 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
     return 0;
 }
 
-/* an equal pair met in _diff_dicts / _diff_lists: visit it as an exemplar, or find true vs 1 */
-static int equal_pair(Ctx *c, V *x, V *y, int ck, int depth) {
+/* an equal pair met in _diff_dicts / _diff_lists: visit it as an exemplar, or find true vs 1.
+ * `px`: x's previous sibling in its array, or NULL. */
+static int equal_pair(Ctx *c, V *x, V *y, int ck, int depth, V *px) {
     int tx = ptype(c, x), ty = ptype(c, y);
     if (tx == T_DICT || tx == T_LIST) {
         if (!nonempty(c, tx, x))
             return 0;
-        int fresh = shape_new(c, ck, tx, x);
+        int fresh = shape_new(c, ck, tx, x, px);
         if (fresh <= 0)
             return fresh;
         return same(c, x, y, ck, depth + 1);
@@ -905,13 +916,13 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
     if (ck < 0 || mark_field(c, ck) < 0)
         return -1;
     size_t n = na < nb ? na : nb;
-    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b);
-    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
+    V *x = unsafe_yyjson_get_first(a), *y = unsafe_yyjson_get_first(b), *px = NULL;
+    for (size_t i = 0; i < n; i++, px = x, x = unsafe_yyjson_get_next(x), y = unsafe_yyjson_get_next(y)) {
         if (push(c, -1, (Py_ssize_t)i) < 0)
             return -1;
         int rc;
         if (eqbit(c, x, y))
-            rc = equal_pair(c, x, y, ck, depth);
+            rc = equal_pair(c, x, y, ck, depth, px);
         else if (ptype(c, x) == T_DICT && ptype(c, y) == T_DICT && depth + 1 < c->max_depth)
             rc = diff_dicts(c, x, y, ck, depth + 1);
         else
@@ -939,7 +950,7 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
             matched++;
             int tva, tvb;
             if (eqbit(c, va, vb))
-                rc = equal_pair(c, va, vb, ck, depth);
+                rc = equal_pair(c, va, vb, ck, depth, NULL);
             else if ((tva = ptype(c, va)) == T_DICT && (tvb = ptype(c, vb)) == T_DICT && depth + 1 < c->max_depth)
                 rc = diff_dicts(c, va, vb, ck, depth + 1);
             else if (g_keys[ck].diff_gen == c->gen && is_scalar(tva) && is_scalar(ptype(c, vb)))
@@ -1077,6 +1088,25 @@ static inline int check_inner(V *v, int depth, V *checked) {
     return check_doc(v, depth + 1, checked);
 }
 
+/* check_doc of an object; `names_ok`: its names are known not to repeat */
+static int check_members(V *v, int depth, int names_ok) {
+    if (depth > MAX_NEST)
+        return 1;
+    if (!names_ok) {
+        int rc = repeated_names(v);
+        if (rc)
+            return rc < 0 ? -1 : 1;
+    }
+    size_t n = unsafe_yyjson_get_len(v);
+    V *k = unsafe_yyjson_get_first(v);
+    for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
+        int rc = check_inner(k + 1, depth, NULL);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int check_doc(V *v, int depth, V *checked) {
     if (depth > MAX_NEST)
         return 1;
@@ -1095,21 +1125,8 @@ static int check_doc(V *v, int depth, V *checked) {
         }
         return 0;
     }
-    case YYJSON_TYPE_OBJ: {
-        size_t n = unsafe_yyjson_get_len(v);
-        V *k = unsafe_yyjson_get_first(v);
-        if (!(checked && same_names(checked, v))) {
-            int rc = repeated_names(v);
-            if (rc)
-                return rc < 0 ? -1 : 1;
-        }
-        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
-            int rc = check_inner(k + 1, depth, NULL);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
+    case YYJSON_TYPE_OBJ:
+        return check_members(v, depth, checked && same_names(checked, v));
     default:
         return 0;
     }
@@ -1159,12 +1176,16 @@ static inline int copied(const Ctx *c, V *a, V *b) {
 }
 
 /* fuse() of a pair that is copied(): equal throughout (the ignore pass marked both alike, as
- * it goes by path); what check_doc checks, checked on a alone. `checked`: as check_doc's. */
+ * it goes by path); what check_doc checks, checked on a alone. `checked`: a's previous
+ * sibling, an object already checked, or NULL; a with its names is marked SAME_PREV. */
 static int fuse_copy(Ctx *c, V *a, int depth, V *checked) {
-    int rc = check_doc(a, depth, checked);
+    int same = checked && unsafe_yyjson_get_type(a) == YYJSON_TYPE_OBJ && same_names(checked, a);
+    int rc = same ? check_members(a, depth, 1) : check_doc(a, depth, NULL);
     if (rc)
         return rc < 0 ? -1 : LEAVE;
-    memset(c->eq_a + (a - c->base_a), 1, (size_t)(unsafe_yyjson_get_next(a) - a));
+    memset(c->eq_a + (a - c->base_a), EQ, (size_t)(unsafe_yyjson_get_next(a) - a));
+    if (same && !c->masked)
+        c->eq_a[a - c->base_a] |= SAME_PREV;
     return 1;
 }
 

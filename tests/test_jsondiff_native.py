@@ -382,6 +382,18 @@ def _shorter(doc: Any) -> None:
     doc["items"][3]["id"] = 3.0  # equal to 3 in Python: other text, the same value
 
 
+@pytest.mark.parametrize("ignore", [(), ("$[*].c",)])
+def test_each_new_shape_in_a_copied_run_is_visited(ignore: tuple[str, ...]) -> None:
+    # The elements after the first are copied: the walk meets them as equal pairs, each with
+    # its predecessor's names or not (SAME_PREV); a run of another shape still adds its keys.
+    run = b'{"a": 1}, {"a": 1}, {"b": 1}, {"b": 1, "c": 2}, {"b": 1, "c": 3}, {"a": 1}, {"d": [1]}, {"d": [2]}'
+    live, shadow = b"[0, " + run + b"]", b"[1, " + run + b"]"
+    fields, _ = native(live, shadow, ignore)
+    assert {"$[*].a", "$[*].b", "$[*].d", "$[*].d[*]"} <= set(fields)
+    assert ("$[*].c" in fields) == (not ignore)
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
+
+
 @pytest.mark.parametrize("edit", [_few, _edits, _shorter])
 def test_built_shadow_documents_agree(edit: Any) -> None:
     a, b = big_pair(edit)
