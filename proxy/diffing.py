@@ -61,7 +61,7 @@ from fractions import Fraction
 from functools import lru_cache
 from itertools import compress
 from operator import eq, ne, not_
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, cast
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 from urllib.parse import unquote_plus
 
 import orjson
@@ -326,9 +326,12 @@ class Captured:
         return ", ".join(values) if values else None
 
 
-@dataclass(frozen=True, slots=True)
-class FieldDiff:
-    """One difference. ``live`` / ``shadow`` are short renderings, ``None`` where absent."""
+class FieldDiff(NamedTuple):
+    """One difference. ``live`` / ``shadow`` are short renderings, ``None`` where absent.
+
+    A named tuple rather than a frozen dataclass: one is made per difference found, and a
+    frozen dataclass's ``__init__`` (five ``object.__setattr__`` calls) costs ~0.9 us under
+    mypyc, a named tuple ~0.3: ~3 of the ~120 us a 64 KiB pair with five differences took."""
 
     path: str  # exact: "$.items[3].price", "header.etag", "status", "body.line[12]", "body"
     kind: DiffKind
