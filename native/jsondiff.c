@@ -1704,7 +1704,7 @@ static int piece(Align *al, size_t sb, size_t *eb) {
     return out_put(al, yyjson_doc_get_root(d), yyjson_doc_get_val_count(d), 0);
 }
 
-static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb);
+static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb, size_t end);
 
 /* the members of live object a (text from ta[sa]) against the shadow object at tb[sb] */
 static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb) {
@@ -1735,7 +1735,7 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
         if ((rc = out_put(al, k, 1, 0)))
             return rc;
         size_t at = al->n_out;
-        if ((rc = align_value(al, k + 1, a_value_start(al, k), ib, depth + 1, &ea, &ib)))
+        if ((rc = align_value(al, k + 1, a_value_start(al, k), ib, depth + 1, &ea, &ib, NO_POS)))
             return rc;
         copied += al->src[at] != 0;
     }
@@ -1767,8 +1767,20 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
             ib = skip_ws(al->tb, al->nb, ib + 1);
             ia = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, ia) + 1); /* past the live ',' */
         }
+        /* Where x's text ends, from where the next element's begins when that tells (records,
+         * strings): the text between is whitespace, a comma, whitespace (yyjson parsed it).
+         * Cheaper than a_end, which goes through x's members to the last one. */
+        size_t end = NO_POS, next = count + 1 < n ? a_start(al, unsafe_yyjson_get_next(x)) : NO_POS;
+        if (next != NO_POS) {
+            while (next > ia && is_ws(al->ta[next - 1]))
+                next--;
+            if (next > ia && al->ta[next - 1] == ',') {
+                for (end = next - 1; end > ia && is_ws(al->ta[end - 1]);)
+                    end--;
+            }
+        }
         size_t at = al->n_out;
-        if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib)))
+        if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib, end)))
             return rc;
         copied += al->src[at] != 0;
     }
@@ -1790,11 +1802,13 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
     return AL_OK;
 }
 
-/* the live value a, whose text is ta[sa..*ea), against the shadow text at tb[sb] */
-static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb) {
+/* the live value a, whose text is ta[sa..*ea), against the shadow text at tb[sb]; `end`: where
+ * a's text ends when the caller knows, else NO_POS */
+static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb, size_t end) {
     if (al->spent > al->budget || depth > MAX_NEST)
         return AL_GIVE_UP;
-    size_t end = a_end(al, a, sa);
+    if (end == NO_POS)
+        end = a_end(al, a, sa);
     if (end == NO_POS || end <= sa)
         return AL_GIVE_UP;
     *ea = end;
@@ -1825,7 +1839,7 @@ static int align_doc(Align *al, yyjson_doc *da) {
     size_t sa = skip_ws(al->ta, al->na, 0), sb = skip_ws(al->tb, al->nb, 0), ea, eb;
     if (sb >= al->nb)
         return AL_NOT_JSON;
-    int rc = align_value(al, root, sa, sb, 0, &ea, &eb);
+    int rc = align_value(al, root, sa, sb, 0, &ea, &eb, NO_POS);
     if (!rc && skip_ws(al->tb, al->nb, eb) != al->nb)
         rc = AL_NOT_JSON; /* something after the value */
     return rc;
