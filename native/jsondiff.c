@@ -97,7 +97,8 @@ static Slot *g_slots;
 static size_t g_cap_slots, g_used_slots;
 static uint32_t g_gen;
 
-static PyObject *K_CHANGED, *K_TYPE, *K_MISSING, *K_EXTRA, *K_LENGTH, *S_ROOT, *S_STAR;
+static PyObject *K_CHANGED, *K_TYPE, *K_MISSING, *K_EXTRA, *K_LENGTH, *S_ROOT, *S_STAR, *S_NULL, *S_TRUE, *S_FALSE;
+#define MAX_VALUE_CHARS 200 /* proxy.diffing.MAX_VALUE_CHARS: _clip()'s limit */
 
 static uint64_t hash_name(int parent, const char *s, size_t n) {
     uint64_t h = 1469598103934665603ULL ^ (uint64_t)(uint32_t)parent;
@@ -227,11 +228,11 @@ typedef struct {
 } ShapeSlot;
 
 typedef struct {
-    PyObject *child_fn, *absent, *ignored;
+    PyObject *child_fn, *render_fn, *ignored;
     PyObject *events; /* [(path, key, kind, live, shadow)], first difference per key */
     int *field_ids;   /* nodes counted as fields, in order */
     size_t n_fields, cap_fields;
-    Py_ssize_t room; /* differences whose values are still made (the rest get `absent`) */
+    Py_ssize_t room; /* differences whose values are still rendered (the rest get None) */
     int max_depth;
     uint32_t gen;
     /* ignore marks: per document, or NULL when no pattern applies */
@@ -662,9 +663,64 @@ fail:
     return NULL;
 }
 
+/* _render(to_py(c, v)): the renderings _render makes without the JSON encoder (numbers and
+ * constants: their repr / literal), and strings with nothing to escape and short enough that
+ * _clip leaves them whole, made here; anything else by _render itself. */
+static PyObject *render(const Ctx *c, V *v) {
+    switch (ptype(c, v)) {
+    case T_NULL:
+        return Py_NewRef(S_NULL);
+    case T_BOOL:
+        return Py_NewRef(unsafe_yyjson_get_bool(v) ? S_TRUE : S_FALSE);
+    case T_INT:
+        if (unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_UINT)
+            return PyUnicode_FromFormat("%llu", (unsigned long long)unsafe_yyjson_get_uint(v));
+        return PyUnicode_FromFormat("%lld", (long long)unsafe_yyjson_get_sint(v));
+    case T_FLOAT: {
+        double d = unsafe_yyjson_get_real(v);
+        if (!isfinite(d))
+            break;
+        char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL); /* float.__repr__ */
+        if (!text)
+            return NULL;
+        PyObject *out = PyUnicode_FromString(text);
+        PyMem_Free(text);
+        return out;
+    }
+    case T_STR: {
+        /* quotes, with the text between: what the encoder writes for a string that has no
+         * quote, backslash or control character (ensure_ascii=False: the rest as is); at most
+         * MAX_VALUE_CHARS - 2 bytes, so at most MAX_VALUE_CHARS characters with its quotes */
+        size_t n = unsafe_yyjson_get_len(v);
+        const unsigned char *t = (const unsigned char *)unsafe_yyjson_get_str(v);
+        if (n > MAX_VALUE_CHARS - 2)
+            break;
+        char buf[MAX_VALUE_CHARS];
+        buf[0] = '"';
+        for (size_t i = 0; i < n; i++) {
+            if (t[i] < 0x20 || t[i] == '"' || t[i] == '\\')
+                goto python;
+            buf[i + 1] = (char)t[i];
+        }
+        buf[n + 1] = '"';
+        return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n + 2, "strict");
+    }
+    default:
+        break;
+    }
+python:;
+    PyObject *value = to_py(c, v);
+    if (!value)
+        return NULL;
+    PyObject *out = PyObject_CallOneArg(c->render_fn, value);
+    Py_DECREF(value);
+    return out;
+}
+
+/* one FieldDiff's fields: (path, kind, live, shadow, key) */
 static int emit(Ctx *c, int node, PyObject *kind, PyObject *live, PyObject *shadow) { /* steals */
     PyObject *path = (live && shadow) ? path_str(c) : NULL;
-    PyObject *ev = path ? PyTuple_Pack(5, path, g_keys[node].ck, kind, live, shadow) : NULL;
+    PyObject *ev = path ? PyTuple_Pack(5, path, kind, live, shadow, g_keys[node].ck) : NULL;
     Py_XDECREF(path);
     Py_XDECREF(live);
     Py_XDECREF(shadow);
@@ -685,11 +741,11 @@ static int found_values(Ctx *c, int node, PyObject *kind, V *a, V *b) {
     PyObject *live, *shadow;
     if (c->room > 0) {
         c->room--;
-        live = a ? to_py(c, a) : Py_NewRef(c->absent);
-        shadow = b ? to_py(c, b) : Py_NewRef(c->absent);
+        live = a ? render(c, a) : Py_NewRef(Py_None);
+        shadow = b ? render(c, b) : Py_NewRef(Py_None);
     } else {
-        live = Py_NewRef(c->absent);
-        shadow = Py_NewRef(c->absent);
+        live = Py_NewRef(Py_None);
+        shadow = Py_NewRef(Py_None);
     }
     return emit(c, node, kind, live, shadow);
 }
@@ -1909,17 +1965,18 @@ static int prepare(Ctx *c, V *root, size_t n, TNode *trie, V **base, size_t *cou
 }
 
 PyDoc_STRVAR(diff_doc,
-             "diff(live, shadow, child, absent, ignored, trie, max_depth, room)\n--\n\n"
+             "diff(live, shadow, child, render, ignored, trie, max_depth, room)\n--\n\n"
              "The JSON walk of proxy.diffing on two bodies (shadow None: live against itself).\n"
-             "Returns (field keys, [(path, key, kind, live, shadow)]) with the first difference\n"
-             "per key in walk order, values made for the first `room` of them (`absent` after;\n"
-             "'length' ones carry str lengths); or None when the Python walk must do it.");
+             "Returns (field keys, [(path, kind, live, shadow, key)]) with the first difference\n"
+             "per key in walk order, as FieldDiff's fields: the values rendered as render() does\n"
+             "(None where absent, and for all but the first `room` differences; 'length' ones\n"
+             "carry str lengths); or None when the Python walk must do it.");
 
 static PyObject *jd_diff(PyObject *self, PyObject *args) {
-    PyObject *live, *shadow, *child_fn, *absent, *ignored, *trie_obj;
+    PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj;
     int max_depth;
     Py_ssize_t room;
-    if (!PyArg_ParseTuple(args, "SOOOOOin:diff", &live, &shadow, &child_fn, &absent, &ignored, &trie_obj,
+    if (!PyArg_ParseTuple(args, "SOOOOOin:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
                           &max_depth, &room))
         return NULL;
     if (shadow != Py_None && !PyBytes_Check(shadow)) {
@@ -1952,7 +2009,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
             g_keys[i].field_gen = g_keys[i].diff_gen = g_keys[i].scalars_gen = g_keys[i].last_gen = 0;
         g_gen = 1;
     }
-    *c = (Ctx){.child_fn = child_fn, .absent = absent, .ignored = ignored, .room = room, .max_depth = max_depth,
+    *c = (Ctx){.child_fn = child_fn, .render_fn = render_fn, .ignored = ignored, .room = room, .max_depth = max_depth,
                .gen = g_gen};
     if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
         goto done;
@@ -2077,7 +2134,8 @@ PyMODINIT_FUNC PyInit__jsondiff(void) {
     if (!(K_CHANGED = PyUnicode_InternFromString("changed")) || !(K_TYPE = PyUnicode_InternFromString("type")) ||
         !(K_MISSING = PyUnicode_InternFromString("missing")) || !(K_EXTRA = PyUnicode_InternFromString("extra")) ||
         !(K_LENGTH = PyUnicode_InternFromString("length")) || !(S_ROOT = PyUnicode_InternFromString("$")) ||
-        !(S_STAR = PyUnicode_InternFromString("[*]")))
+        !(S_STAR = PyUnicode_InternFromString("[*]")) || !(S_NULL = PyUnicode_InternFromString("null")) ||
+        !(S_TRUE = PyUnicode_InternFromString("true")) || !(S_FALSE = PyUnicode_InternFromString("false")))
         return NULL;
     return PyModule_Create(&module);
 }

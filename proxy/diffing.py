@@ -1179,7 +1179,8 @@ def _diff_json_body(
     return True
 
 
-_Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str, Any, Any]]]
+# (field keys, [FieldDiff's fields: (path, kind, live, shadow, key), values rendered])
+_Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str | None, str | None, str]]]
 
 
 def _native_walk(live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int) -> _Walked | None:
@@ -1191,20 +1192,18 @@ def _native_walk(live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ..
     root = _compile_paths(ignore_fields)
     if root is not None and root.terminal:
         return None
-    got: _Walked | None = _native.diff(live, shadow, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, room)
+    got: _Walked | None = _native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room)
     return got
 
 
 def _absorb(got: _Walked, acc: _Acc) -> None:
     """Add what ``_native.diff`` found: the same calls the Python walk makes, in its order
-    (one per key: the C walk skips later occurrences, as ``found`` would)."""
+    (one per key: the C walk skips later occurrences, as ``found_values`` would, and renders
+    the values as ``found_values`` would, calling ``_render`` for what it does not render)."""
     fields, events = got
     acc.fields.update(fields)
-    for path, key, kind, live, shadow in events:
-        if kind == "length":
-            acc.found(path, key, "length", live, shadow)
-        else:
-            acc.found_values(path, key, cast(DiffKind, kind), live, shadow)
+    for path, kind, live, shadow, key in events:
+        acc.found(path, key, cast(DiffKind, kind), live, shadow)
 
 
 _K = TypeVar("_K", bound=Hashable)
@@ -1234,7 +1233,7 @@ def _own_fields(body: bytes, ignore_fields: tuple[str, ...]) -> frozenset[str] |
     it is not JSON."""
     got = _native_walk(body, None, ignore_fields, 0)
     if got is not None:
-        fields, differing = set(got[0]), {d[1] for d in got[1]}
+        fields, differing = set(got[0]), {d[4] for d in got[1]}
     else:
         try:
             a = _parse_json(body)

@@ -34,13 +34,13 @@ from hypothesis import strategies as st
 
 from proxy import diffing
 from proxy.diffing import (
-    _ABSENT,
     _IGNORED,
     MAX_DIFFS,
     MAX_JSON_DEPTH,
     Captured,
     _child,
     _compile_paths,
+    _render,
     compare,
 )
 
@@ -52,7 +52,7 @@ from .test_diffing_fastpaths import JSON, JSON_PAIRS, LONG, j, mutated, referenc
 def native(live: bytes, shadow: bytes | None, ignore: tuple[str, ...] = ()) -> Any:
     assert diffing._native is not None
     root = _compile_paths(ignore)
-    return diffing._native.diff(live, shadow, _child, _ABSENT, _IGNORED, root, MAX_JSON_DEPTH, MAX_DIFFS)
+    return diffing._native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, MAX_DIFFS)
 
 
 def agree(live: Captured, shadow: Captured, **kw: Any) -> None:
@@ -120,7 +120,7 @@ def test_the_c_walk_takes_ordinary_bodies(live: Any, shadow: Any) -> None:
     assert got is not None
     fields, events = got
     assert "$" in fields
-    assert all(key in fields for _, key, _, _, _ in events)
+    assert all(key in fields for *_, key in events)
     assert native(a, None) is not None
 
 
@@ -131,45 +131,52 @@ def test_what_the_c_walk_reports() -> None:
     assert set(fields) == {"$", "$.meta", "$.meta.at", "$.meta.new", "$.items", "$.items[*]"} | {
         f"$.items[*].{k}" for k in ("id", "on", "p")
     }
-    assert events == [
-        ("$.meta.at", "$.meta.at", "changed", 1, 2),
-        ("$.meta.new", "$.meta.new", "extra", _ABSENT, [1]),
-        ("$.items[0].on", "$.items[*].on", "type", True, 1),  # True == 1 in Python, not in JSON
+    assert events == [  # FieldDiff's fields, the values rendered
+        ("$.meta.at", "changed", "1", "2", "$.meta.at"),
+        ("$.meta.new", "extra", None, "[1]", "$.meta.new"),
+        ("$.items[0].on", "type", "true", "1", "$.items[*].on"),  # True == 1 in Python, not in JSON
     ]  # 2 and 2.0 are one JSON number
 
 
 # ---- generated pairs of what the C walk takes ---------------------------------------------------
 
 NATIVE_KEYS = st.sampled_from(["a", "b", "id", "x y", "é", 'q"uote', "123", "0123456789abcdef0", ""])
-NATIVE_SCALARS = st.sampled_from(
-    [
-        0,
-        1,
-        -1,
-        True,
-        False,
-        None,
-        1.0,
-        -0.0,
-        0.0,
-        2.5,
-        1e300,
-        2**53,
-        2**53 + 1,
-        float(2**53),
-        2**63 - 1,
-        2**63,
-        2**64 - 1,
-        -(2**63),
-        18446744073709551615.0,
-        "a",
-        "",
-        "123",
-        "é\u2028",
-        "\x00",
-        "line\nbreak",
-    ]
-)
+SCALARS = [
+    0,
+    1,
+    -1,
+    True,
+    False,
+    None,
+    1.0,
+    -0.0,
+    0.0,
+    2.5,
+    1e300,
+    2**53,
+    2**53 + 1,
+    float(2**53),
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    -(2**63),
+    18446744073709551615.0,
+    "a",
+    "",
+    "123",
+    "é\u2028",
+    "\x00",
+    "line\nbreak",
+    'q"uote',
+    "back\\slash",
+    "\x7f",
+    "x" * 198,  # the longest string the C walk renders itself
+    "x" * 199,
+    0.1,
+    1e-7,
+    1e16,
+]
+NATIVE_SCALARS = st.sampled_from(SCALARS)
 NATIVE_VALUES = st.recursive(
     NATIVE_SCALARS,
     lambda children: st.one_of(
@@ -179,6 +186,40 @@ NATIVE_VALUES = st.recursive(
     ),
     max_leaves=30,
 )
+
+
+RENDERED = [
+    *SCALARS,
+    "x" * 197,
+    "é" * 98,  # 196 bytes, 98 characters
+    "é" * 99,  # 198 bytes
+    "é" * 150,  # 300 bytes, 150 characters: the encoder's, not clipped
+    "x" * 1000,  # clipped
+    "a/b",
+    "\t",
+    123456789.123,
+    -2.5e-300,
+    [1, "two", {"3": None}],
+    {},
+]
+
+
+@pytest.mark.parametrize("value", RENDERED, ids=lambda v: repr(v)[:24])
+def test_values_are_rendered_as_python_renders_them(value: Any) -> None:
+    # The C walk renders numbers, constants and plain short strings itself, and calls
+    # _render for the rest: either way what _render makes of the value it parsed.
+    body, other = json.dumps({"a": value}).encode(), b'{"a": "other"}'
+    parsed = _render(json.loads(body)["a"])  # of the value as parsed back
+    for live, shadow, expected in (
+        (body, other, (parsed, '"other"')),
+        (other, body, ('"other"', parsed)),
+        (body, b"{}", (parsed, None)),
+        (b"{}", body, (None, parsed)),
+    ):
+        _, events = native(live, shadow)
+        [(path, _, rendered_live, rendered_shadow, key)] = events
+        assert (path, key) == ("$.a", "$.a")
+        assert (rendered_live, rendered_shadow) == expected
 
 
 IGNORES = [(), ("$.a",), ("$[*].id", "$.b"), ("$.*.id",), ("$.{id}",), ("$[1]",), ("$[*]",)]
@@ -463,14 +504,22 @@ def test_errors_propagate(shadow_document: str) -> None:
 
     assert diffing._native is not None
     with pytest.raises(RuntimeError, match="child"):
-        diffing._native.diff(b'{"%s": 1}' % new, b"{}", broken, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+        diffing._native.diff(b'{"%s": 1}' % new, b"{}", broken, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)
+
+    def unrenderable(value: object) -> str:
+        raise RuntimeError(f"render({value!r})")
+
+    # what the C walk renders itself (a number) never calls render; a list does
+    assert diffing._native.diff(b'{"a": 1}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    with pytest.raises(RuntimeError, match=r"render\(\[1\]\)"):
+        diffing._native.diff(b'{"a": [1]}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
     with pytest.raises(TypeError):
-        diffing._native.diff("text", None, _child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)  # type: ignore[arg-type]
+        diffing._native.diff("text", None, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_depth"):
-        diffing._native.diff(b"{}", None, _child, _ABSENT, _IGNORED, None, 1000, 10)
+        diffing._native.diff(b"{}", None, _child, _render, _IGNORED, None, 1000, 10)
     # and the next call is unharmed
     key = "$." + new.decode()
-    assert native(b'{"%s": 1}' % new, b"{}") == (["$", key], [(key, key, "missing", 1, _ABSENT)])
+    assert native(b'{"%s": 1}' % new, b"{}") == (["$", key], [(key, "missing", "1", None, key)])
 
 
 def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> None:
@@ -483,7 +532,7 @@ def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> No
         inner.append(native(b'{"a": 1}', b'{"a": 2}'))
         return _child(key, name)
 
-    got = diffing._native.diff(b'{"%s": 1}' % key.encode(), None, child, _ABSENT, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    got = diffing._native.diff(b'{"%s": 1}' % key.encode(), None, child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)
     assert got == (["$", "$." + key], [])
     assert inner == [None]
     assert native(b'{"a": 1}', b'{"a": 2}') is not None  # and free again after
@@ -510,7 +559,7 @@ def test_repeated_calls_keep_no_references_and_no_memory() -> None:
     b = json.dumps({"items": rows(LONG - 1, on=1), "new": [3], "t": 2.5}).encode()
     for _ in range(50):
         native(a, b)  # warm: key strings made once and kept
-    absent, ignored = sys.getrefcount(_ABSENT), sys.getrefcount(_IGNORED)
+    render, ignored = sys.getrefcount(_render), sys.getrefcount(_IGNORED)
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -522,5 +571,5 @@ def test_repeated_calls_keep_no_references_and_no_memory() -> None:
         tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
     assert grown < 64 * 1024, f"{grown} bytes kept after 1000 calls"
-    assert (sys.getrefcount(_ABSENT), sys.getrefcount(_IGNORED)) == (absent, ignored)
+    assert (sys.getrefcount(_render), sys.getrefcount(_IGNORED)) == (render, ignored)
     assert math.isfinite(grown)
