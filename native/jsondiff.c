@@ -3,7 +3,9 @@
  * Why: diffing two 64 KiB JSON bodies in Python costs ~0.5 ms, most of it building Python
  * objects for both documents (orjson) before the walk even starts. Here both documents are
  * parsed by yyjson into flat arrays and compared in place; Python objects are made only for
- * what is reported (field keys, and the values of each new difference).
+ * what is reported (field keys, and the renderings of each new difference's values, as
+ * ``_render`` makes them: here for numbers, constants and plain strings, by ``_render`` for
+ * the rest).
  *
  * What: ``diff()`` does exactly what ``_diff_json_body`` does after parsing: the same visits
  * in the same order (``_diff_dicts``, ``_diff_lists``, ``_diff_values``, ``_same``, the
@@ -229,7 +231,7 @@ typedef struct {
 
 typedef struct {
     PyObject *child_fn, *render_fn, *ignored;
-    PyObject *events; /* [(path, key, kind, live, shadow)], first difference per key */
+    PyObject *events; /* [(path, kind, live, shadow, key)], first difference per key */
     int *field_ids;   /* nodes counted as fields, in order */
     size_t n_fields, cap_fields;
     Py_ssize_t room; /* differences whose values are still rendered (the rest get None) */
