@@ -74,8 +74,10 @@ enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
 typedef struct {
     PyObject *ck; /* the field key */
     int star;     /* the key + "[*]", -1 until made */
-    uint32_t field_gen, diff_gen, scalars_gen, last_gen;
+    uint32_t field_gen, diff_gen, scalars_gen, last_gen, run_gen;
     V *last; /* in call `last_gen`: the last object whose shape under this key was looked up */
+    V *run;  /* in call `run_gen`: the last object diff_dicts met under this key, whose */
+    size_t run_off; /* members' Nodes are at Ctx.arena[run_off...] */
 } Key;
 
 typedef struct {
@@ -141,7 +143,7 @@ static int key_of(PyObject *ck) {
         return -1;
     }
     Py_DECREF(id);
-    g_keys[g_n_keys] = (Key){ck, -1, 0, 0, 0, 0, NULL};
+    g_keys[g_n_keys] = (Key){.ck = ck, .star = -1};
     return g_n_keys++;
 }
 
@@ -992,12 +994,46 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
     return 0;
 }
 
+/* The Nodes of the members of object a (no member removed) under `key`, counted as fields, at
+ * Ctx.arena[*off...]: looked up for the first of a run of objects with the same names that
+ * diff_dicts meets under one key (the differing records of an array), then kept for the
+ * others, as _diff_list_of_dicts resolves them once per run of one key tuple. */
+static int member_run(Ctx *c, int key, V *a, size_t *off) {
+    Key *k = &g_keys[key];
+    if (k->run_gen == c->gen && same_names(k->run, a)) {
+        *off = k->run_off;
+        return 0;
+    }
+    size_t n = unsafe_yyjson_get_len(a);
+    if (arena_reserve(c, n) < 0)
+        return -1;
+    *off = c->arena_len;
+    c->arena_len += n;
+    V *name = unsafe_yyjson_get_first(a);
+    for (size_t i = 0; i < n; i++, name = unsafe_yyjson_get_next(name + 1)) {
+        int nm;
+        if (member_key(c, key, name, &nm) < 0)
+            return -1;
+        c->arena[*off + i] = nm;
+    }
+    k = &g_keys[key]; /* member_key can grow g_keys */
+    k->run_gen = c->gen, k->run = a, k->run_off = *off;
+    return 0;
+}
+
 /* _diff_dicts */
 static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
-    size_t nb = unsafe_yyjson_get_len(b), matched = 0;
-    for (Members m = members(c, a, b); next_member(c, &m);) {
+    size_t nb = unsafe_yyjson_get_len(b), matched = 0, off = 0, i = 0;
+    int run = !holey(c, a); /* every member of a is visited: its Nodes can be looked up once */
+    if (run && member_run(c, key, a, &off) < 0)
+        return -1;
+    for (Members m = members(c, a, b); next_member(c, &m); i++) {
         V *va = m.val;
-        int nm, ck = member_key(c, key, m.key, &nm);
+        int nm, ck;
+        if (run)
+            nm = c->arena[off + i], ck = g_nodes[nm].key;
+        else
+            ck = member_key(c, key, m.key, &nm);
         if (ck < 0 || push(c, nm, 0) < 0)
             return -1;
         V *vb = dict_get(c, b, m.key, m.hint);
@@ -2008,7 +2044,8 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     }
     if (++g_gen == 0) { /* wrapped: forget every mark */
         for (int i = 0; i < g_n_keys; i++)
-            g_keys[i].field_gen = g_keys[i].diff_gen = g_keys[i].scalars_gen = g_keys[i].last_gen = 0;
+            g_keys[i].field_gen = g_keys[i].diff_gen = g_keys[i].scalars_gen = g_keys[i].last_gen =
+                g_keys[i].run_gen = 0;
         g_gen = 1;
     }
     *c = (Ctx){.child_fn = child_fn, .render_fn = render_fn, .ignored = ignored, .room = room, .max_depth = max_depth,

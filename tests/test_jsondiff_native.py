@@ -435,6 +435,22 @@ def test_each_new_shape_in_a_copied_run_is_visited(ignore: tuple[str, ...]) -> N
     agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
 
 
+@pytest.mark.parametrize("ignore", [(), ("$[1].b",)])
+def test_differing_records_resolve_their_own_member_keys(ignore: tuple[str, ...]) -> None:
+    # Consecutive differing records share their member keys while their names agree (looked
+    # up once for the run); a record with as many names, other ones, starts a new run.
+    live = b'[{"a": 1, "b": 1}, {"a": 1, "b": 1}, {"c": 1, "d": 1}, {"a": 1, "b": 1}]'
+    shadow = b'[{"a": 2, "b": 1}, {"a": 2, "b": 1}, {"c": 2, "d": 1}, {"a": 1, "b": 2}]'
+    fields, events = native(live, shadow, ignore)
+    assert {"$[*].a", "$[*].b", "$[*].c", "$[*].d"} <= set(fields)
+    assert [(path, key) for path, *_, key in events] == [
+        ("$[0].a", "$[*].a"),
+        ("$[2].c", "$[*].c"),
+        ("$[3].b", "$[*].b"),
+    ]
+    agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
+
+
 @pytest.mark.parametrize("edit", [_few, _edits, _shorter])
 def test_built_shadow_documents_agree(edit: Any) -> None:
     a, b = big_pair(edit)
