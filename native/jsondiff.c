@@ -348,10 +348,6 @@ static inline int names_eq(V *x, V *y) {
     return bytes_eq(unsafe_yyjson_get_str(x), unsafe_yyjson_get_str(y), n);
 }
 
-static inline int key_eq(V *k, const char *s, size_t n) {
-    return unsafe_yyjson_get_len(k) == n && bytes_eq(unsafe_yyjson_get_str(k), s, n);
-}
-
 /* the same member names in the same order (ignore marks aside) */
 static int same_names(V *a, V *b) {
     size_t n = unsafe_yyjson_get_len(a);
@@ -380,15 +376,13 @@ static int same_marked_names(const Ctx *c, V *a, V *b) {
 
 /* o.get(name): `hint` is o's key at the caller's position (same key order is the usual case) */
 static V *dict_get(const Ctx *c, V *o, V *name, V *hint) {
-    const char *s = unsafe_yyjson_get_str(name);
-    size_t n = unsafe_yyjson_get_len(name);
     int h = holey(c, o);
-    if (hint && key_eq(hint, s, n))
+    if (hint && names_eq(hint, name))
         return h && removed(c, hint + 1) ? NULL : hint + 1;
     size_t len = unsafe_yyjson_get_len(o);
     V *k = unsafe_yyjson_get_first(o);
     for (size_t i = 0; i < len; i++, k = unsafe_yyjson_get_next(k + 1))
-        if (key_eq(k, s, n))
+        if (names_eq(k, name))
             return h && removed(c, k + 1) ? NULL : k + 1; /* names are unique (fuse, check_doc) */
     return NULL;
 }
@@ -1149,7 +1143,7 @@ static int repeated_names(V *obj) {
         for (size_t i = 0; i < n; i++, p = unsafe_yyjson_get_next(p + 1)) {
             V *q = unsafe_yyjson_get_next(p + 1);
             for (size_t j = i + 1; j < n; j++, q = unsafe_yyjson_get_next(q + 1))
-                if (key_eq(q, unsafe_yyjson_get_str(p), unsafe_yyjson_get_len(p)))
+                if (names_eq(q, p))
                     return 1;
         }
         return 0;
@@ -1303,7 +1297,7 @@ static int fuse(Ctx *c, V *a, V *b, int depth) {
             V *vb;
             if (!maybe)
                 maybe = seen_before(seen, m.key);
-            if (m.hint && key_eq(m.hint, unsafe_yyjson_get_str(m.key), unsafe_yyjson_get_len(m.key))) {
+            if (m.hint && names_eq(m.hint, m.key)) {
                 vb = removed(c, m.hint + 1) ? NULL : m.hint + 1; /* = dict_get(c, b, m.key, m.hint) */
             } else {
                 aligned = 0;
