@@ -89,6 +89,33 @@ def handful_of_differences(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def answers(doc: dict[str, Any], n: int = 8) -> list[dict[str, Any]]:
+    """``n`` answers of the endpoint ``doc`` answers, as it gives them over time: the same records,
+    each answer with its own ``generated_at`` and ``request_id`` and three records' stock
+    changed (the kept-answer build has different live text to follow on every call)."""
+    out = []
+    for i in range(n):
+        rng = random.Random(1000 + i)
+        answer = copy.deepcopy(doc)
+        answer["meta"]["generated_at"] = f"2026-11-23T16:00:{i:02d}.{rng.randrange(1000):03d}Z"
+        answer["meta"]["request_id"] = f"r-{rng.randrange(10**6)}"
+        for item in rng.sample(answer["items"], 3):
+            item["stock"] = rng.randrange(100)
+        out.append(answer)
+    return out
+
+
+def in_turn(pairs: list[tuple[Captured, Captured]], reuse: str | None) -> Callable[[], object]:
+    """``compare()`` of each pair in turn, each one's live answer kept under ``reuse``."""
+    turn = iter(range(10**12))
+
+    def run() -> object:
+        live, shadow = pairs[next(turn) % len(pairs)]
+        return compare(live, shadow, reuse=reuse)
+
+    return run
+
+
 def every_element_differs(doc: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(doc)
     for item in out["items"]:
@@ -204,14 +231,18 @@ def main() -> None:
         "--pair-cost",
         action="store_true",
         help="only time compare() of the 64 KiB pair with a handful of differences (bench/run.py's"
-        ' JSON answers) for --seconds, and print {"us": median µs per call} as JSON',
+        " JSON answers) for --seconds: on its own (us), and as the endpoint's 8 answers in turn,"
+        ' each built on the one kept before (kept_us); print {"us": ..., "kept_us": ...} as JSON',
     )
     args = parser.parse_args()
     if args.pair_cost:
         doc = document(64 << 10)
         live, shadow = captured(doc), captured(handful_of_differences(doc))
-        us, calls = median_us(lambda: compare(live, shadow), args.seconds)
-        print(json.dumps({"us": round(us, 1), "calls": calls, "body_bytes": len(live.body)}))
+        us, calls = median_us(lambda: compare(live, shadow), args.seconds / 2)
+        turns = [(captured(a), captured(handful_of_differences(a))) for a in answers(doc)]
+        kept_us, kept_calls = median_us(in_turn(turns, "GET /bench.json"), args.seconds / 2)
+        out = {"us": round(us, 1), "calls": calls, "kept_us": round(kept_us, 1), "kept_calls": kept_calls}
+        print(json.dumps({**out, "body_bytes": len(live.body)}))
         return
 
     pairs = {}
@@ -284,6 +315,9 @@ def main() -> None:
         if label in {"8 KiB", "64 KiB"} and diffing._native is not None:
             cases.append(("  the shadow parsed whole", label, parsed_whole(comparing(live, shadow))))
         if label == "64 KiB":
+            turns = [(captured(x), captured(handful_of_differences(x))) for x in answers(big_doc)]
+            cases.append(("  8 answers in turn, no key", label, in_turn(turns, None)))
+            cases.append(("  8 answers in turn, built on the kept one", label, in_turn(turns, "GET /p")))
             cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
             cases.append(("  orjson.loads of both bodies", label, lambda: (orjson.loads(a), orjson.loads(b))))
 
@@ -305,6 +339,11 @@ def main() -> None:
         ("compare, identical bodies, fresh bytes", "64 KiB", lambda: compare(*fresh_twins())),
         ("compare, identical bodies, never seen", "64 KiB", compare_unseen),
         ("compare, every element differs", "64 KiB", lambda: compare(big_live, all_differ)),
+        (
+            "  8 answers in turn, built on the kept one",
+            "64 KiB",
+            in_turn([(captured(x), captured(every_element_differs(x))) for x in answers(big_doc)], "GET /q"),
+        ),
         ("  the shadow parsed whole", "64 KiB", parsed_whole(lambda: compare(big_live, all_differ))),
         ("  the Python walk (orjson)", "64 KiB", python_walk(lambda: compare(big_live, all_differ))),
         (

@@ -247,8 +247,13 @@ typedef struct {
     int any_ignored;  /* some array element is M_IGNORED (else ptype reads no marks) */
     uint8_t *eq_a; /* per value of the live document: EQ, SAME_PREV (fuse) */
     /* per value of the shadow document: 1 + the index of the live value whose text it copies,
-     * a whole sub-tree (see align_doc); 0 for the rest. NULL: the shadow was parsed whole. */
-    const uint32_t *src_b;
+     * a whole sub-tree (see align_doc); 0 for the rest. NULL: the shadow was parsed whole.
+     * When both documents were built on a kept answer (see "kept answers"), src_a says the
+     * same of the live document, and both index the kept answer's values. */
+    const uint32_t *src_a, *src_b;
+    /* with src_a: per value of the kept answer, whether it is an object with its previous
+     * sibling's names (SAME_PREV as fuse_copy finds it) */
+    const uint8_t *kept_same;
     Seg path[MAX_PATH];
     int plen;
     /* shapes seen: (key node, member key nodes...) of objects visited as exemplars */
@@ -1258,15 +1263,29 @@ static inline int fuse_scalars(Ctx *c, V *a, V *b) {
     return eq;
 }
 
-/* b is a's own text (built on the live text): equal, down to every value */
+/* b is a's own text (built on the live text), or both copy one value of a kept answer:
+ * equal, down to every value */
 static inline int copied(const Ctx *c, V *a, V *b) {
-    return c->src_b && c->src_b[b - c->base_b] == (uint32_t)(a - c->base_a) + 1;
+    if (!c->src_b)
+        return 0;
+    uint32_t from = c->src_b[b - c->base_b];
+    return c->src_a ? from && from == c->src_a[a - c->base_a] : from == (uint32_t)(a - c->base_a) + 1;
 }
 
 /* fuse() of a pair that is copied(): equal throughout (the ignore pass marked both alike, as
  * it goes by path); what check_doc checks, checked on a alone. `checked`: a's previous
  * sibling, an object already checked, or NULL; a with its names is marked SAME_PREV. */
 static int fuse_copy(Ctx *c, V *a, int depth, V *checked) {
+    if (c->kept_same) { /* a copy of a kept answer's value: checked whole when it was kept */
+        size_t n = (size_t)(unsafe_yyjson_get_next(a) - a), at = (size_t)(a - c->base_a);
+        memset(c->eq_a + at, EQ, n);
+        if (checked && !c->masked) { /* its names known when the kept one's predecessor is `checked` */
+            uint32_t q = c->src_a[at], p = c->src_a[checked - c->base_a];
+            if (p + (uint32_t)(unsafe_yyjson_get_next(checked) - checked) == q && c->kept_same[q - 1])
+                c->eq_a[at] |= SAME_PREV;
+        }
+        return 1;
+    }
     int same = checked && unsafe_yyjson_get_type(a) == YYJSON_TYPE_OBJ && same_names(checked, a);
     int rc = same ? check_members(a, depth, 1) : check_doc(a, depth, NULL);
     if (rc)
@@ -1922,8 +1941,7 @@ static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
 }
 
 /* The shadow document, built on the live one (see above): AL_OK with al->out[0..n_out). */
-static int align_doc(Align *al, yyjson_doc *da) {
-    V *root = yyjson_doc_get_root(da);
+static int align_doc(Align *al, V *root) {
     size_t sa = skip_ws(al->ta, al->na, 0), sb = skip_ws(al->tb, al->nb, 0), ea, eb;
     if (sb >= al->nb)
         return AL_NOT_JSON;
@@ -1941,6 +1959,110 @@ static void align_free(Align *al) {
     al->n_pieces = al->cap_pieces = 0;
 }
 
+/* ---- kept answers ------------------------------------------------------------------------------
+ * The answers of one endpoint mostly share their text from one request to the next (the same
+ * records; a timestamp, an id, a few values apart), yet each call parses the live one whole:
+ * about half of a diff. Given a `reuse` key (proxy.shadow passes route and endpoint), diff()
+ * keeps the live answer's parse under it, and the next call with that key builds both of its
+ * documents on the kept answer's text, as align_doc builds the shadow's on the live one's:
+ * neither body is parsed whole. fuse reads two copies of one kept value as an equal pair,
+ * checked as a copied pair is (fuse_copy). A live answer that does not line up with the kept
+ * one is parsed whole, as without a key, and kept in its place; after two such answers in a
+ * row the key is left alone for BASE_SKIP calls (answers that never line up pay one failed
+ * build, at most half a parse, in BASE_SKIP + 2 calls). At most MAX_BASES answers of at
+ * most BASE_MAX_BODY bytes and BASES_BYTES in all are kept; the least recently used goes. */
+#define MAX_BASES 64
+#define BASE_MAX_BODY ((Py_ssize_t)1 << 20)
+#define BASES_BYTES ((size_t)64 << 20)
+#define BASE_SKIP 32
+
+typedef struct {
+    PyObject *key;  /* str */
+    PyObject *text; /* the answer's bytes: what the next answers' texts are compared with */
+    char *block;    /* its values, yyjson's copy of its text (strings point into it), same */
+    V *root;
+    const char *pool;
+    uint8_t *same; /* per value: an object with its previous sibling's names */
+    size_t bytes; /* the block and the text */
+    unsigned misses, skip; /* answers in a row that did not line up; calls left alone */
+    uint64_t used;
+} Base;
+
+static Base g_bases[MAX_BASES];
+static int g_n_bases;
+static size_t g_bases_bytes;
+static uint64_t g_tick;
+static unsigned long long g_n_warm, g_n_missed, g_n_kept;
+
+static Base *base_find(PyObject *key) {
+    for (int i = 0; i < g_n_bases; i++)
+        if (g_bases[i].key == key || PyUnicode_Compare(g_bases[i].key, key) == 0)
+            return &g_bases[i];
+    return NULL;
+}
+
+static void base_drop(Base *b) {
+    free(b->block);
+    Py_DECREF(b->key);
+    Py_DECREF(b->text);
+    g_bases_bytes -= b->bytes;
+    *b = g_bases[--g_n_bases];
+}
+
+/* Keep the parse of `text` (document d, read with READ_FLAGS, not in place) under key, in
+ * place of what the key had. Nothing kept (and no error) when memory is short. */
+static void base_keep(PyObject *key, PyObject *text, yyjson_doc *d) {
+    size_t n = yyjson_doc_get_val_count(d), len = (size_t)PyBytes_GET_SIZE(text) + YYJSON_PADDING_SIZE;
+    size_t block_size = n * sizeof(V) + len + n, bytes = block_size + (size_t)PyBytes_GET_SIZE(text);
+    Base *old = base_find(key);
+    unsigned misses = old ? old->misses : 0; /* what the answer it replaces had missed */
+    if (old)
+        base_drop(old);
+    /* Checked whole, whatever the ignore pass removed in this call: copies of it need no check. */
+    int rc = d->str_pool && bytes <= BASES_BYTES ? check_doc(yyjson_doc_get_root(d), 0, NULL) : 1;
+    if (rc) {
+        if (rc < 0)
+            PyErr_Clear(); /* out of memory: then nothing is kept */
+        return;
+    }
+    while (g_n_bases && (g_n_bases == MAX_BASES || g_bases_bytes + bytes > BASES_BYTES)) {
+        Base *lru = &g_bases[0];
+        for (int i = 1; i < g_n_bases; i++)
+            if (g_bases[i].used < lru->used)
+                lru = &g_bases[i];
+        base_drop(lru);
+    }
+    char *block = malloc(block_size);
+    if (!block)
+        return;
+    V *vals = (V *)block;
+    char *pool = block + n * sizeof(V);
+    uint8_t *same = (uint8_t *)pool + len;
+    memcpy(vals, yyjson_doc_get_root(d), n * sizeof(V));
+    memcpy(pool, d->str_pool, len);
+    memset(same, 0, n);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t t = unsafe_yyjson_get_type(&vals[i]);
+        if (t == YYJSON_TYPE_STR || t == YYJSON_TYPE_RAW) { /* strings (names too) point into the copied text */
+            vals[i].uni.str = pool + (vals[i].uni.str - d->str_pool);
+        } else if (t == YYJSON_TYPE_ARR) {
+            size_t m = unsafe_yyjson_get_len(&vals[i]);
+            V *x = unsafe_yyjson_get_first(&vals[i]), *prev = NULL;
+            for (size_t k = 0; k < m; k++, x = unsafe_yyjson_get_next(x)) {
+                int obj = unsafe_yyjson_get_type(x) == YYJSON_TYPE_OBJ;
+                /* names not moved yet from here on: same_names reads the text in the pool */
+                if (obj && prev)
+                    same[x - vals] = (uint8_t)same_names(prev, x);
+                prev = obj ? x : NULL;
+            }
+        }
+    }
+    g_bases[g_n_bases++] = (Base){.key = Py_NewRef(key), .text = Py_NewRef(text), .block = block, .root = vals,
+                                  .pool = pool, .same = same, .bytes = bytes, .misses = misses, .used = ++g_tick};
+    g_bases_bytes += bytes;
+    g_n_kept++;
+}
+
 /* ---- entry point -------------------------------------------------------------------------------- */
 
 static char *g_pool;
@@ -1949,6 +2071,10 @@ static size_t g_pool_size;
 static V *g_out;
 static uint32_t *g_src;
 static size_t g_cap_out;
+/* the live document's, when built on a kept answer */
+static V *g_out_l;
+static uint32_t *g_src_l;
+static size_t g_cap_out_l;
 /* The tables above are shared: a call that starts while another runs (another thread, while
  * the first one calls back into Python's _child) leaves its bodies to the Python walk. */
 static int g_busy;
@@ -1997,22 +2123,28 @@ static int prepare(Ctx *c, V *root, size_t n, TNode *trie, V **base, size_t *cou
 }
 
 PyDoc_STRVAR(diff_doc,
-             "diff(live, shadow, child, render, ignored, trie, max_depth, room)\n--\n\n"
+             "diff(live, shadow, child, render, ignored, trie, max_depth, room, reuse=None)\n--\n\n"
              "The JSON walk of proxy.diffing on two bodies (shadow None: live against itself).\n"
              "Returns (field keys, [(path, kind, live, shadow, key)]) with the first difference\n"
              "per key in walk order, as FieldDiff's fields: the values rendered as render() does\n"
              "(None where absent, and for all but the first `room` differences; 'length' ones\n"
-             "carry str lengths); or None when the Python walk must do it.");
+             "carry str lengths); or None when the Python walk must do it. `reuse`: a str key\n"
+             "under which the live answer's parse is kept for the next call with that key to\n"
+             "build its documents on (the same result either way).");
 
 static PyObject *jd_diff(PyObject *self, PyObject *args) {
-    PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj;
+    PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj, *reuse = Py_None;
     int max_depth;
     Py_ssize_t room;
-    if (!PyArg_ParseTuple(args, "SOOOOOin:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
-                          &max_depth, &room))
+    if (!PyArg_ParseTuple(args, "SOOOOOin|O:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
+                          &max_depth, &room, &reuse))
         return NULL;
     if (shadow != Py_None && !PyBytes_Check(shadow)) {
         PyErr_SetString(PyExc_TypeError, "shadow must be bytes or None");
+        return NULL;
+    }
+    if (reuse != Py_None && !PyUnicode_Check(reuse)) {
+        PyErr_SetString(PyExc_TypeError, "reuse must be a str or None");
         return NULL;
     }
     if (max_depth < 0 || max_depth > 200) {
@@ -2025,7 +2157,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     yyjson_doc *da = NULL, *db = NULL;
     yyjson_alc pool;
-    Align al = {0};
+    Align al = {0}, al_l = {0};
     TNode *trie = NULL;
     Ctx *c = calloc(1, sizeof(Ctx));
     if (!c) {
@@ -2047,21 +2179,60 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
         goto done;
     const yyjson_alc *alc = pool_for(live, shadow, &pool);
-    if (!(da = parse(live, alc)))
+    Py_ssize_t n_live = PyBytes_GET_SIZE(live);
+    Base *kept = NULL;
+    int keep = 0; /* keep the live answer's parse under `reuse` when done */
+    if (reuse != Py_None && shadow != Py_None && n_live >= g_align_min && n_live <= BASE_MAX_BODY &&
+        PyBytes_GET_SIZE(shadow) >= g_align_min) {
+        kept = base_find(reuse);
+        keep = !kept;
+        if (kept && kept->skip) {
+            keep = --kept->skip == 0; /* then start again from this answer */
+            kept = NULL;
+        } else if (kept) { /* the live document, built on the kept answer */
+            kept->used = ++g_tick;
+            al_l = (Align){.ta = PyBytes_AS_STRING(kept->text), .na = (size_t)PyBytes_GET_SIZE(kept->text),
+                           .tb = PyBytes_AS_STRING(live), .nb = (size_t)n_live, .pool_a = kept->pool,
+                           .base_a = kept->root, .alc = alc, .out = g_out_l, .src = g_src_l, .cap_out = g_cap_out_l};
+            al_l.budget = al_l.nb / 2 + 1024, al_l.descend_min = g_descend_min;
+            int arc = align_doc(&al_l, kept->root);
+            g_out_l = al_l.out, g_src_l = al_l.src, g_cap_out_l = al_l.cap_out;
+            if (arc == AL_NOT_JSON) {
+                goto not_json;
+            } else if (arc == AL_ERR) {
+                goto done;
+            } else if (arc != AL_OK) { /* it does not line up: parsed whole, and kept instead */
+                align_free(&al_l);
+                g_n_missed++;
+                keep = 1;
+                if (++kept->misses >= 2) {
+                    kept->misses = 0, kept->skip = BASE_SKIP, keep = 0;
+                }
+                kept = NULL;
+            } else {
+                kept->misses = 0;
+                g_n_warm++;
+            }
+        }
+    }
+    if (!kept && !(da = parse(live, alc)))
         goto not_json;
-    V *rb = NULL;
-    size_t nb = 0;
-    if (shadow != Py_None) { /* the shadow document: built on the live one, else parsed whole */
-        al = (Align){.ta = PyBytes_AS_STRING(live), .na = (size_t)PyBytes_GET_SIZE(live),
+    V *ra = kept ? al_l.out : yyjson_doc_get_root(da), *rb = NULL;
+    size_t na = kept ? al_l.n_out : yyjson_doc_get_val_count(da), nb = 0;
+    if (shadow != Py_None) { /* the shadow document: built on the live one (or the kept one), else parsed whole */
+        al = (Align){.ta = kept ? PyBytes_AS_STRING(kept->text) : PyBytes_AS_STRING(live),
+                     .na = kept ? (size_t)PyBytes_GET_SIZE(kept->text) : (size_t)n_live,
                      .tb = PyBytes_AS_STRING(shadow), .nb = (size_t)PyBytes_GET_SIZE(shadow),
-                     .pool_a = da->str_pool, .base_a = yyjson_doc_get_root(da), .alc = alc,
+                     .pool_a = kept ? kept->pool : da->str_pool, .base_a = kept ? kept->root : ra, .alc = alc,
                      .out = g_out, .src = g_src, .cap_out = g_cap_out};
         al.budget = al.nb / 2 + 1024, al.descend_min = g_descend_min;
-        int arc = da->str_pool && PyBytes_GET_SIZE(shadow) >= g_align_min ? align_doc(&al, da) : AL_GIVE_UP;
+        int arc = al.pool_a && PyBytes_GET_SIZE(shadow) >= g_align_min ? align_doc(&al, al.base_a) : AL_GIVE_UP;
         g_out = al.out, g_src = al.src, g_cap_out = al.cap_out;
         if (arc == AL_OK) {
             g_n_built++;
             rb = al.out, nb = al.n_out, c->src_b = al.src;
+            if (kept)
+                c->src_a = al_l.src, c->kept_same = kept->same;
         } else if (arc == AL_NOT_JSON) {
             goto not_json;
         } else if (arc == AL_ERR) {
@@ -2074,8 +2245,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
             rb = yyjson_doc_get_root(db), nb = yyjson_doc_get_val_count(db);
         }
     }
-    int rc = prepare(c, yyjson_doc_get_root(da), yyjson_doc_get_val_count(da), trie, &c->base_a, &c->count_a,
-                     &c->mask_a);
+    int rc = prepare(c, ra, na, trie, &c->base_a, &c->count_a, &c->mask_a);
     if (!rc && rb)
         rc = prepare(c, rb, nb, trie, &c->base_b, &c->count_b, &c->mask_b);
     if (!rc && rb) { /* validation and equality in one pass */
@@ -2095,7 +2265,6 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     }
     if (!(c->events = PyList_New(0)))
         goto done;
-    V *ra = yyjson_doc_get_root(da);
     if (diff_json(c, ra, rb ? rb : ra) < 0)
         goto done;
     PyObject *fields = PyList_New((Py_ssize_t)c->n_fields);
@@ -2105,15 +2274,22 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(fields, (Py_ssize_t)i, Py_NewRef(g_keys[c->field_ids[i]].ck));
     result = PyTuple_Pack(2, fields, c->events);
     Py_DECREF(fields);
+    if (result && keep && da)
+        base_keep(reuse, live, da);
     goto done;
 not_json:
     if (!PyErr_Occurred())
         result = Py_NewRef(Py_None);
 done:
     align_free(&al);
+    align_free(&al_l);
     if (g_cap_out > OUT_KEEP) {
         free(g_out), free(g_src);
         g_out = NULL, g_src = NULL, g_cap_out = 0;
+    }
+    if (g_cap_out_l > OUT_KEEP) {
+        free(g_out_l), free(g_src_l);
+        g_out_l = NULL, g_src_l = NULL, g_cap_out_l = 0;
     }
     Py_XDECREF(c->events);
     free(c->field_ids);
@@ -2155,9 +2331,33 @@ static PyObject *jd_counts(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(KK)", g_n_built, g_n_parsed);
 }
 
+PyDoc_STRVAR(kept_doc, "kept()\n--\n\n"
+                       "(warm, missed, kept, answers, bytes): calls whose documents were built on a kept\n"
+                       "answer, calls whose live answer did not line up with the kept one, answers kept,\n"
+                       "since the module was loaded; and the answers and bytes kept now.");
+
+static PyObject *jd_kept(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("(KKKin)", g_n_warm, g_n_missed, g_n_kept, g_n_bases, (Py_ssize_t)g_bases_bytes);
+}
+
+PyDoc_STRVAR(forget_doc, "forget()\n--\n\n"
+                         "Drop every kept answer (see diff's `reuse`). For tests and benchmarks.");
+
+static PyObject *jd_forget(PyObject *self, PyObject *unused) {
+    if (g_busy) {
+        PyErr_SetString(PyExc_RuntimeError, "forget() during diff()");
+        return NULL;
+    }
+    while (g_n_bases)
+        base_drop(&g_bases[g_n_bases - 1]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc},
                                 {"build_on_live", jd_build_on_live, METH_VARARGS, build_doc},
                                 {"counts", jd_counts, METH_NOARGS, counts_doc},
+                                {"kept", jd_kept, METH_NOARGS, kept_doc},
+                                {"forget", jd_forget, METH_NOARGS, forget_doc},
                                 {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "proxy._jsondiff",

@@ -1038,6 +1038,7 @@ def compare(
     ignore_headers: frozenset[str] = DEFAULT_IGNORE_HEADERS,
     ignore_fields: tuple[str, ...] = (),
     max_fields: int = MAX_FIELDS,
+    reuse: str | None = None,
 ) -> Comparison:
     """Compare two responses field by field.
 
@@ -1056,6 +1057,10 @@ def compare(
     ``ignore_fields`` are path prefixes (``$.meta`` skips ``$.meta.x``); ``[*]`` matches any
     index, ``.*`` any key. At most ``max_fields`` keys are kept: every differing key first,
     then status, body, headers, JSON keys by depth.
+
+    ``reuse`` names the endpoint the answers come from (any str): the C walk keeps the live
+    JSON body's parse under it and builds the next such call's documents on that answer's
+    text, which the answers of one endpoint mostly share (the result is the same either way).
     """
     if len(live.body) <= _EQUAL_ANSWERS.max_entry and live == shadow:
         # The same answer on both sides is the common outcome, and it repeats (a static or
@@ -1067,11 +1072,16 @@ def compare(
             got = _compare(live, shadow, ignore_headers, ignore_fields, max_fields)
             _EQUAL_ANSWERS.put(key, got, len(live.body) + _ANSWER_OVERHEAD)
         return got
-    return _compare(live, shadow, ignore_headers, ignore_fields, max_fields)
+    return _compare(live, shadow, ignore_headers, ignore_fields, max_fields, reuse)
 
 
-def _compare(
-    live: Captured, shadow: Captured, ignore_headers: frozenset[str], ignore_fields: tuple[str, ...], max_fields: int
+def _compare(  # noqa: PLR0917  # private, one caller
+    live: Captured,
+    shadow: Captured,
+    ignore_headers: frozenset[str],
+    ignore_fields: tuple[str, ...],
+    max_fields: int,
+    reuse: str | None = None,
 ) -> Comparison:
     acc = _Acc()
     fields = acc.fields
@@ -1103,6 +1113,7 @@ def _compare(
             live_opaque or shadow_opaque,
             ignore_fields,
             acc,
+            reuse,
         )
 
     differing = acc.differing
@@ -1126,13 +1137,14 @@ def _diff_body(  # noqa: PLR0917  # private, one caller
     opaque: bool,
     ignore_fields: tuple[str, ...],
     acc: _Acc,
+    reuse: str | None,
 ) -> BodyMode:
     same = live_body == shadow_body
     if (
         not opaque
         and live_media.is_json
         and shadow_media.is_json
-        and _diff_json_body(live_body, shadow_body, same, ignore_fields, acc)
+        and _diff_json_body(live_body, shadow_body, same, ignore_fields, acc, reuse)
     ):
         return "json"
     if not opaque:
@@ -1154,13 +1166,13 @@ def _diff_body(  # noqa: PLR0917  # private, one caller
     return "bytes"
 
 
-def _diff_json_body(
-    live_body: bytes, shadow_body: bytes, same: bool, ignore_fields: tuple[str, ...], acc: _Acc
+def _diff_json_body(  # noqa: PLR0917  # private, one caller
+    live_body: bytes, shadow_body: bytes, same: bool, ignore_fields: tuple[str, ...], acc: _Acc, reuse: str | None
 ) -> bool:
     """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse."""
     if same:
         return _equal_json_body(live_body, ignore_fields, acc)
-    got = _native_walk(live_body, shadow_body, ignore_fields, MAX_DIFFS - len(acc.diffs))
+    got = _native_walk(live_body, shadow_body, ignore_fields, MAX_DIFFS - len(acc.diffs), reuse)
     if got is not None:
         _absorb(got, acc)
         return True
@@ -1183,16 +1195,19 @@ def _diff_json_body(
 _Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str | None, str | None, str]]]
 
 
-def _native_walk(live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int) -> _Walked | None:
+def _native_walk(
+    live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int, reuse: str | None = None
+) -> _Walked | None:
     """The C walk of two bodies (``shadow`` None: ``live`` against itself): field keys and the
     first difference per key. None where the Python walk must run instead: no C module, the
-    whole body ignored (``$``), or a body the C walk leaves to Python."""
+    whole body ignored (``$``), or a body the C walk leaves to Python. ``reuse``: see
+    ``compare``."""
     if _native is None:
         return None
     root = _compile_paths(ignore_fields)
     if root is not None and root.terminal:
         return None
-    got: _Walked | None = _native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room)
+    got: _Walked | None = _native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room, reuse)
     return got
 
 

@@ -509,8 +509,10 @@ class DiffRecorder:
         self.batch: dict[str, RouteStats] = {}
         self.seen: dict[str, RouteStats] = {}
         self.caps: dict[str, EndpointCap] = {}
-        # (route, method, url) -> (endpoint, request line): the same URLs come again and again.
-        self._endpoints: dict[tuple[str, bytes, bytes], tuple[str, str]] = {}
+        # (route, method, url) -> (endpoint, request line, the key under which the JSON walk
+        # keeps the endpoint's last live answer to build the next ones on): the same URLs come
+        # again and again.
+        self._endpoints: dict[tuple[str, bytes, bytes], tuple[str, str, str]] = {}
         # route -> (its diff config, ignore_headers as a set), rebuilt when a reload swaps it.
         self._options: dict[str, tuple[ShadowDiff, frozenset[str]]] = {}
 
@@ -523,7 +525,7 @@ class DiffRecorder:
         known = self._endpoints.get((route, mirror.method, mirror.url))
         if known is None:
             known = self._endpoint(route, mirror.method, mirror.url, shadow.diff.endpoints)
-        endpoint, request = known
+        endpoint, request, reuse = known
         options = self._options.get(route)
         if options is None or options[0] is not shadow.diff:  # first time, or a reload
             options = self._options[route] = (shadow.diff, frozenset(shadow.diff.ignore_headers))
@@ -537,14 +539,18 @@ class DiffRecorder:
             if leg.role == "replay" and leg.outcome == COMPARED:
                 # Two answers of the same version: what differs here is noise.
                 replay = compare(
-                    live, leg.capture.captured(), ignore_headers=ignore_headers, ignore_fields=ignore_fields
+                    live,
+                    leg.capture.captured(),
+                    ignore_headers=ignore_headers,
+                    ignore_fields=ignore_fields,
+                    reuse=reuse,
                 )
                 batch.record_noise(endpoint, replay)
         leg = mirror.legs[0]
         shadow_answer = leg.capture.captured()
         kind = batch.record(
             endpoint,
-            compare(live, shadow_answer, ignore_headers=ignore_headers, ignore_fields=ignore_fields),
+            compare(live, shadow_answer, ignore_headers=ignore_headers, ignore_fields=ignore_fields, reuse=reuse),
             live=live,
             shadow=shadow_answer,
             request=request,
@@ -558,7 +564,7 @@ class DiffRecorder:
         if kind != "none":
             self.rt.counts.count("splitproxy_shadow_diffs", (route, endpoint, kind))
 
-    def _endpoint(self, route: str, bmethod: bytes, burl: bytes, templates: tuple[str, ...]) -> tuple[str, str]:
+    def _endpoint(self, route: str, bmethod: bytes, burl: bytes, templates: tuple[str, ...]) -> tuple[str, str, str]:
         method, url = bmethod.decode("latin-1"), burl.decode("latin-1")
         cap = self.caps.get(route)
         if cap is None:
@@ -566,7 +572,7 @@ class DiffRecorder:
         endpoint = cap.admit(endpoint_template(method, url, templates))
         if len(self._endpoints) >= ENDPOINT_CACHE:
             self._endpoints.clear()
-        got = self._endpoints[(route, bmethod, burl)] = (endpoint, f"{method} {url}")
+        got = self._endpoints[(route, bmethod, burl)] = (endpoint, f"{method} {url}", f"{route} {endpoint}")
         return got
 
     def drain(self) -> dict[str, dict[str, object]]:

@@ -25,7 +25,7 @@ import json
 import math
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pytest
@@ -433,6 +433,11 @@ def test_each_new_shape_in_a_copied_run_is_visited(ignore: tuple[str, ...]) -> N
     assert {"$[*].a", "$[*].b", "$[*].d", "$[*].d[*]"} <= set(fields)
     assert ("$[*].c" in fields) == (not ignore)
     agree(Captured(200, JSON, live), Captured(200, JSON, shadow), ignore_fields=ignore)
+    # the same with both documents built on a kept answer (the names known from when it was kept)
+    assert diffing._native is not None
+    diffing._native.forget()
+    assert walked(keep_then_diff(b"[2, " + run + b"]", live, shadow, ignore)) == walked((fields, _))
+    diffing._native.forget()
 
 
 @pytest.mark.parametrize("ignore", [(), ("$[1].b",)])
@@ -497,6 +502,179 @@ def test_other_formatting_agrees(data: st.DataObject) -> None:
     a, b = json.dumps(live).encode(), json.dumps(shadow, **style).encode()
     assert native(a, b) is not None
     agree(Captured(200, JSON, a), Captured(200, JSON, b))
+
+
+# ---- both documents built on a kept answer (diff's `reuse`) ------------------------------------
+
+
+@pytest.fixture
+def kept() -> Iterator[Any]:
+    """The C module with no answer kept, before and after the test."""
+    assert diffing._native is not None
+    diffing._native.forget()
+    yield diffing._native
+    diffing._native.forget()
+
+
+def walked(got: Any) -> Any:
+    """diff()'s result with its field keys as a set (their order follows which values the walk
+    met as exemplars, which the way the documents were made may change)."""
+    return None if got is None else (set(got[0]), got[1])
+
+
+def keep_then_diff(live0: bytes, live: bytes, shadow: bytes, ignore: tuple[str, ...] = ()) -> Any:
+    """Keep live0 under a key (a first call, against itself), then diff live against shadow
+    with that key, and check the result is the one without it."""
+    assert diffing._native is not None
+    assert diffing._native.diff(live0, live0, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, 0, "k") is not None
+    root = _compile_paths(ignore)
+    got = diffing._native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, MAX_DIFFS, "k")
+    assert walked(got) == walked(native(live, shadow, ignore))
+    return got
+
+
+def settings_now() -> tuple[int, int]:
+    assert diffing._native is not None
+    now = diffing._native.build_on_live(0, 0)
+    diffing._native.build_on_live(*now)
+    return now
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_documents_built_on_a_kept_answer_agree(data: st.DataObject) -> None:
+    # The earlier answer, this one and its shadow: each a few changes from the one before.
+    kept = diffing._native
+    assert kept is not None
+    kept.forget()
+    earlier = data.draw(NATIVE_VALUES)
+    live = data.draw(mutated(earlier, NATIVE_VALUES, NATIVE_SCALARS, NATIVE_KEYS))
+    shadow = data.draw(mutated(live, NATIVE_VALUES, NATIVE_SCALARS, NATIVE_KEYS))
+    ignore = data.draw(st.sampled_from(IGNORES))
+    a0, a, b = (json.dumps(v).encode() for v in (earlier, live, shadow))
+    warm, missed, *_ = kept.kept()
+    assert keep_then_diff(a0, a, b, ignore) is not None
+    if settings_now()[0] == 0:  # every size is built ("built"): the key is tried
+        assert kept.kept()[:2] in {(warm + 1, missed), (warm, missed + 1)}
+    else:  # nothing built ("parsed"): nothing kept, nothing tried
+        assert kept.kept()[:2] == (warm, missed)
+        assert kept.kept()[3] == 0
+    agree(j(live), j(shadow), ignore_fields=ignore)
+    kept.forget()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_damaged_answers_after_a_kept_one_are_compared_like_python_does(data: st.DataObject) -> None:
+    # Building on a kept answer's text: text that is not JSON must still be found so.
+    assert diffing._native is not None
+    diffing._native.forget()
+    earlier = json.dumps(data.draw(NATIVE_VALUES)).encode()
+    live = data.draw(damaged(earlier))
+    shadow = data.draw(st.sampled_from([live, earlier, data.draw(damaged(live))]))
+    keep_then_diff(earlier, live, shadow)
+    lc, sc = Captured(200, JSON, live), Captured(200, JSON, shadow)
+    assert compare(lc, sc, reuse="k") == reference_compare(lc, sc)
+    diffing._native.forget()
+
+
+def counted(module: Any) -> Callable[[], tuple[int, int, int]]:
+    """(warm, missed, kept) calls since now."""
+    start = module.kept()[:3]
+    return lambda: tuple(n - s for n, s in zip(module.kept()[:3], start, strict=True))  # type: ignore[return-value]
+
+
+def catalogue(at: str, *, stock: int = 0, escaped: bool = False) -> bytes:
+    """An answer of one endpoint: 300 records, a timestamp, one record's stock."""
+    items = rows(300)
+    for i, item in enumerate(items):
+        item["name"] = f'Product "{i}"\n\u00e9' if escaped else f"Product {i}"
+    items[100]["stock"] = stock
+    return json.dumps({"meta": {"at": at}, "items": items}).encode()
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+@pytest.mark.parametrize("escaped", [False, True])
+def test_answers_of_one_endpoint_are_built_on_the_last_one_kept(kept: Any, escaped: bool) -> None:
+    # Each answer a new timestamp and stock, its shadow a handful of changes: after the first
+    # (parsed whole, and kept), both documents are built on the kept answer's text.
+    since = counted(kept)
+    for n in range(4):
+        live = catalogue(f"2026-12-03T08:00:0{n}Z", stock=n, escaped=escaped)
+        shadow = json.loads(live)
+        _few(shadow)
+        shadow["items"][7]["price"]["amount"] = 99
+        b = json.dumps(shadow).encode()
+        lc, sc = Captured(200, JSON, live), Captured(200, JSON, b)
+        assert compare(lc, sc, reuse="GET /products") == reference_compare(lc, sc)
+        assert compare(lc, sc, reuse="GET /products", ignore_fields=("$.meta",)) == reference_compare(
+            lc, sc, ignore_fields=("$.meta",)
+        )
+        assert since() == (2 * n + 1, 0, 1)  # warm (all but the first call), missed, kept
+        assert kept.kept()[3] == 1  # answers kept now
+    assert kept.kept()[4] > len(live)  # its values and text
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+def test_answers_that_do_not_line_up_are_parsed_and_then_left_alone(kept: Any) -> None:
+    live = catalogue("2026-12-03T08:00:00Z")
+    shadow = live.replace(b'"stock": 0', b'"stock": 1')
+    styles: list[dict[str, Any]] = [{"indent": 1}, {"separators": (",", ":")}]
+    since = counted(kept)
+
+    def call(body: bytes) -> tuple[int, int, int]:
+        lc, sc = Captured(200, JSON, body), Captured(200, JSON, shadow)
+        assert compare(lc, sc, reuse="k") == reference_compare(lc, sc)
+        return since()
+
+    assert call(live) == (0, 0, 1)
+    # other formatting throughout: the live answer does not line up with the kept one
+    assert call(json.dumps(json.loads(live), **styles[0]).encode()) == (0, 1, 2)  # kept instead
+    assert call(json.dumps(json.loads(live), **styles[1]).encode()) == (0, 2, 2)  # left alone now
+    for _ in range(31):
+        assert call(live) == (0, 2, 2)  # not tried
+    assert call(live) == (0, 2, 3)  # the last call of the pause: kept
+    assert call(live) == (1, 2, 3)  # and built on
+
+
+@pytest.mark.parametrize("shadow_document", ["built"], indirect=True)  # small bodies kept too
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"big": 123456789012345678901234567890, "x": 1}',
+        b'{"big": {"a": 1, "a": 2}, "x": 1}',
+    ],
+    ids=["bignum", "repeated-key"],
+)
+def test_only_answers_the_c_walk_takes_whole_are_kept(kept: Any, body: bytes) -> None:
+    # The call that would keep it ignores "$.big" (so the C walk takes it); kept, a later call
+    # without that pattern would copy "$.big" unchecked. It is not kept: the later call is left
+    # to Python, as without a key.
+    shadow = body.replace(b'"x": 1', b'"x": 2')
+    root = _compile_paths(("$.big",))
+    got = kept.diff(body, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, MAX_DIFFS, "k")
+    assert got is not None
+    assert kept.kept()[3] == 0
+    assert kept.diff(body, shadow, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, MAX_DIFFS, "k") is None
+    lc, sc = Captured(200, JSON, body), Captured(200, JSON, shadow)
+    assert compare(lc, sc, reuse="k") == reference_compare(lc, sc)
+
+
+@pytest.mark.parametrize("shadow_document", ["built"], indirect=True)  # small bodies kept too
+def test_kept_answers_are_bounded_and_each_key_keeps_its_own(kept: Any) -> None:
+    shadow = b'{"a": [1, 2, 3], "b": 2}'
+    for i in range(70):
+        live = b'{"a": [1, 2, 3], "b": %d}' % i
+        assert native(live, shadow) == diffing._native.diff(  # type: ignore[union-attr]
+            live, shadow, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, MAX_DIFFS, f"key {i}"
+        )
+    *_, answers, size = kept.kept()
+    assert answers == 64  # the least recently used went
+    assert 0 < size < 64 * 1024
+    kept.forget()
+    assert kept.kept()[3:] == (0, 0)
+    with pytest.raises(TypeError, match="reuse must be a str"):
+        diffing._native.diff(b"1", b"2", _child, _render, _IGNORED, None, MAX_JSON_DEPTH, 0, b"k")  # type: ignore[union-attr]
 
 
 # ---- the Python walk, now the fallback ----------------------------------------------------------

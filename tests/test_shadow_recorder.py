@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from proxy import diffing
 from proxy.config import parse_text
 from proxy.diffing import Captured, RouteStats
 from proxy.forwarder import Exchange
@@ -109,6 +111,25 @@ def test_records_what_compare_and_record_say(runtime: Runtime, live: Any, shadow
             redact_fields=("$.token",),
         )
     assert runtime.diffs.batch["shop"].to_dict() == expected.to_dict()
+
+
+def test_answers_of_one_endpoint_are_compared_on_the_last_one_kept(runtime: Runtime) -> None:
+    # The recorder names the endpoint to compare(reuse=...): the C walk keeps the first live
+    # answer and builds the next ones' documents (and their shadows') on its text.
+    native = diffing._native
+    assert native is not None, "proxy._jsondiff did not build"
+    native.forget()
+    plan = runtime.table.plans["shop"]
+    start = native.kept()[:3]
+    for n in range(3):
+        items = [{"id": i, "name": f"Product {i}", "stock": i % 7} for i in range(200)]
+        live = {"meta": {"at": f"2026-12-03T08:00:0{n}Z"}, "items": items}
+        shadow = {**live, "items": [*items[:50], {**items[50], "stock": -1}, *items[51:]]}
+        runtime.diffs(finished(runtime, plan, (JSON, json.dumps(live).encode()), (JSON, json.dumps(shadow).encode())))
+    warm, missed, kept = (now - was for now, was in zip(native.kept()[:3], start, strict=True))
+    assert (warm, missed, kept) == (2, 0, 1)
+    assert runtime.diffs.batch["shop"].endpoints["GET /products/{id}"].fields["$.items[*].stock"][:2] == [3, 3]
+    native.forget()
 
 
 def test_a_reload_that_changes_the_diff_options_takes_effect(runtime: Runtime) -> None:
