@@ -1734,6 +1734,24 @@ static size_t a_end(Align *al, V *v, size_t start) {
     }
 }
 
+/* Where the live value whose text begins at ta[from] ends, told by what follows it: the next
+ * member's or element's text at ta[next] with whitespace, `sep` and whitespace between
+ * (sep 0: only whitespace, before the closing bracket at ta[next]). Valid text (yyjson parsed
+ * it) has nothing else there; NO_POS when that is not what is found. O(1), where a_end goes
+ * through a container's members to its last one. */
+static size_t end_before(const Align *al, size_t from, size_t next, char sep) {
+    size_t i = next;
+    while (i > from && is_ws(al->ta[i - 1]))
+        i--;
+    if (sep) {
+        if (i <= from || al->ta[i - 1] != sep)
+            return NO_POS;
+        for (i--; i > from && is_ws(al->ta[i - 1]);)
+            i--;
+    }
+    return i > from ? i : NO_POS;
+}
+
 /* after the text of the shadow value that begins at tb[i], as far as brackets and quotes
  * tell; 0: none. yyjson checks the rest when it parses that text. */
 static size_t b_end(const char *t, size_t n, size_t i) {
@@ -1814,7 +1832,7 @@ static int piece(Align *al, size_t sb, size_t *eb) {
 static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb, size_t end);
 
 /* the members of live object a (text from ta[sa]) against the shadow object at tb[sb] */
-static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb) {
+static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, h = al->n_out;
     int rc;
     if ((rc = out_put(al, a, 1, 0)))
@@ -1841,8 +1859,10 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
         ib = skip_ws(al->tb, al->nb, ib + 1);
         if ((rc = out_put(al, k, 1, 0)))
             return rc;
-        size_t at = al->n_out;
-        if ((rc = align_value(al, k + 1, a_value_start(al, k), ib, depth + 1, &ea, &ib, NO_POS)))
+        size_t at = al->n_out, vs = a_value_start(al, k);
+        size_t ve = i + 1 < n ? end_before(al, vs, a_str_start(al, unsafe_yyjson_get_next(k + 1)), ',')
+                              : al->ta[end - 1] == '}' ? end_before(al, vs, end - 1, 0) : NO_POS;
+        if ((rc = align_value(al, k + 1, vs, ib, depth + 1, &ea, &ib, ve)))
             return rc;
         copied += al->src[at] != 0;
     }
@@ -1855,7 +1875,7 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
 }
 
 /* the elements of live array a (text from ta[sa]) against the shadow array at tb[sb] */
-static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb) {
+static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end_a) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
     int rc;
     if ((rc = out_put(al, a, 1, 0)))
@@ -1877,14 +1897,13 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         /* Where x's text ends, from where the next element's begins when that tells (records,
          * strings): the text between is whitespace, a comma, whitespace (yyjson parsed it).
          * Cheaper than a_end, which goes through x's members to the last one. */
-        size_t end = NO_POS, next = count + 1 < n ? a_start(al, unsafe_yyjson_get_next(x)) : NO_POS;
-        if (next != NO_POS) {
-            while (next > ia && is_ws(al->ta[next - 1]))
-                next--;
-            if (next > ia && al->ta[next - 1] == ',') {
-                for (end = next - 1; end > ia && is_ws(al->ta[end - 1]);)
-                    end--;
-            }
+        size_t end = NO_POS;
+        if (count + 1 == n) { /* the last one: before the ']' */
+            end = al->ta[end_a - 1] == ']' ? end_before(al, ia, end_a - 1, 0) : NO_POS;
+        } else {
+            size_t next = a_start(al, unsafe_yyjson_get_next(x));
+            if (next != NO_POS)
+                end = end_before(al, ia, next, ',');
         }
         size_t at = al->n_out;
         if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib, end)))
@@ -1930,7 +1949,8 @@ static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
     if ((Py_ssize_t)len >= al->descend_min && sb < al->nb &&
         ((type == YYJSON_TYPE_OBJ && al->tb[sb] == '{') || (type == YYJSON_TYPE_ARR && al->tb[sb] == '['))) {
         size_t mark = al->n_out;
-        int rc = type == YYJSON_TYPE_OBJ ? align_object(al, a, sa, sb, depth, eb) : align_array(al, a, sa, sb, depth, eb);
+        int rc = type == YYJSON_TYPE_OBJ ? align_object(al, a, sa, sb, depth, eb, end)
+                                         : align_array(al, a, sa, sb, depth, eb, end);
         if (rc != AL_RESTART)
             return rc;
         al->n_out = mark; /* what was put for it goes: the whole text is parsed instead */
@@ -1942,10 +1962,12 @@ static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
 
 /* The shadow document, built on the live one (see above): AL_OK with al->out[0..n_out). */
 static int align_doc(Align *al, V *root) {
-    size_t sa = skip_ws(al->ta, al->na, 0), sb = skip_ws(al->tb, al->nb, 0), ea, eb;
+    size_t sa = skip_ws(al->ta, al->na, 0), sb = skip_ws(al->tb, al->nb, 0), ea, eb, end = al->na;
     if (sb >= al->nb)
         return AL_NOT_JSON;
-    int rc = align_value(al, root, sa, sb, 0, &ea, &eb, NO_POS);
+    while (end > sa && is_ws(al->ta[end - 1])) /* yyjson parsed the text: only whitespace after */
+        end--;
+    int rc = align_value(al, root, sa, sb, 0, &ea, &eb, end > sa ? end : NO_POS);
     if (!rc && skip_ws(al->tb, al->nb, eb) != al->nb)
         rc = AL_NOT_JSON; /* something after the value */
     return rc;
