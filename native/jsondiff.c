@@ -1225,6 +1225,42 @@ static int check_doc(V *v, int depth, V *checked) {
     }
 }
 
+/* check_doc of a live document built on a kept answer: its copies of the kept answer's values
+ * were checked when it was kept (base_keep), at the same depth; the rest as check_doc checks. */
+static int check_built(const Ctx *c, V *v, int depth) {
+    if (c->src_a[v - c->base_a])
+        return 0;
+    if (depth > MAX_NEST)
+        return 1;
+    switch (unsafe_yyjson_get_type(v)) {
+    case YYJSON_TYPE_RAW:
+        return 1; /* a number beyond int64/uint64/double */
+    case YYJSON_TYPE_ARR: {
+        size_t n = unsafe_yyjson_get_len(v);
+        V *x = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) {
+            int rc = check_built(c, x, depth + 1);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    case YYJSON_TYPE_OBJ: {
+        int rc = repeated_names(v);
+        if (rc)
+            return rc < 0 ? -1 : 1;
+        size_t n = unsafe_yyjson_get_len(v);
+        V *k = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1))
+            if ((rc = check_built(c, k + 1, depth + 1)))
+                return rc;
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
 #define LEAVE 2 /* fuse: leave the bodies to Python */
 
 static inline int checked_subtree(V *v, int depth) {
@@ -2204,8 +2240,8 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     Py_ssize_t n_live = PyBytes_GET_SIZE(live);
     Base *kept = NULL;
     int keep = 0; /* keep the live answer's parse under `reuse` when done */
-    if (reuse != Py_None && shadow != Py_None && n_live >= g_align_min && n_live <= BASE_MAX_BODY &&
-        PyBytes_GET_SIZE(shadow) >= g_align_min) {
+    if (reuse != Py_None && n_live >= g_align_min && n_live <= BASE_MAX_BODY &&
+        (shadow == Py_None || PyBytes_GET_SIZE(shadow) >= g_align_min)) {
         kept = base_find(reuse);
         keep = !kept;
         if (kept && kept->skip) {
@@ -2234,6 +2270,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
             } else {
                 kept->misses = 0;
                 g_n_warm++;
+                c->src_a = al_l.src, c->kept_same = kept->same;
             }
         }
     }
@@ -2253,8 +2290,6 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         if (arc == AL_OK) {
             g_n_built++;
             rb = al.out, nb = al.n_out, c->src_b = al.src;
-            if (kept)
-                c->src_a = al_l.src, c->kept_same = kept->same;
         } else if (arc == AL_NOT_JSON) {
             goto not_json;
         } else if (arc == AL_ERR) {
@@ -2278,7 +2313,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         rc = fuse(c, c->base_a, c->base_b, 0);
         rc = rc == LEAVE ? 1 : rc < 0 ? -1 : 0;
     } else if (!rc) { /* the body against itself: validation only */
-        rc = check_doc(c->base_a, 0, NULL);
+        rc = kept ? check_built(c, c->base_a, 0) : check_doc(c->base_a, 0, NULL);
     }
     if (rc) {
         if (rc > 0)

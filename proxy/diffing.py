@@ -1171,7 +1171,7 @@ def _diff_json_body(  # noqa: PLR0917  # private, one caller
 ) -> bool:
     """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse."""
     if same:
-        return _equal_json_body(live_body, ignore_fields, acc)
+        return _equal_json_body(live_body, ignore_fields, acc, reuse)
     got = _native_walk(live_body, shadow_body, ignore_fields, MAX_DIFFS - len(acc.diffs), reuse)
     if got is not None:
         _absorb(got, acc)
@@ -1225,16 +1225,17 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc) -> bool:
-    """``_diff_json_body`` of a body against an equal one: parsed once and walked against
-    itself, which finds field keys and never a difference. The keys are a function of the
+def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc, reuse: str | None = None) -> bool:
+    """``_diff_json_body`` of a body against an equal one: parsed once (or built on the
+    endpoint's kept answer, see ``compare``'s ``reuse``) and walked against itself, which finds
+    field keys and never a difference. The keys are a function of the
     bytes and ``ignore_fields``, and the same answer tends to come again (a static or cached
     one), so they are remembered: a repeat costs a hash of the body, a few % of its parse."""
     key = (body, ignore_fields)
     remember = len(body) <= _EQUAL_JSON.max_entry
     fields = _EQUAL_JSON.entries.get(key) if remember else None
     if fields is None:
-        fields = _own_fields(body, ignore_fields)
+        fields = _own_fields(body, ignore_fields, reuse)
         if fields is None:
             return False  # not JSON after all: compare as text or bytes
         if remember:
@@ -1243,10 +1244,10 @@ def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc) -> 
     return True
 
 
-def _own_fields(body: bytes, ignore_fields: tuple[str, ...]) -> frozenset[str] | None:
+def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None = None) -> frozenset[str] | None:
     """The field keys of a JSON body walked against itself (C walk or Python walk); None when
     it is not JSON."""
-    got = _native_walk(body, None, ignore_fields, 0)
+    got = _native_walk(body, None, ignore_fields, 0, reuse)
     if got is not None:
         fields, differing = set(got[0]), {d[4] for d in got[1]}
     else:

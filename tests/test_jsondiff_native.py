@@ -522,9 +522,9 @@ def walked(got: Any) -> Any:
     return None if got is None else (set(got[0]), got[1])
 
 
-def keep_then_diff(live0: bytes, live: bytes, shadow: bytes, ignore: tuple[str, ...] = ()) -> Any:
+def keep_then_diff(live0: bytes, live: bytes, shadow: bytes | None, ignore: tuple[str, ...] = ()) -> Any:
     """Keep live0 under a key (a first call, against itself), then diff live against shadow
-    with that key, and check the result is the one without it."""
+    (None: against itself) with that key, and check the result is the one without it."""
     assert diffing._native is not None
     assert diffing._native.diff(live0, live0, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, 0, "k") is not None
     root = _compile_paths(ignore)
@@ -552,13 +552,15 @@ def test_documents_built_on_a_kept_answer_agree(data: st.DataObject) -> None:
     shadow = data.draw(mutated(live, NATIVE_VALUES, NATIVE_SCALARS, NATIVE_KEYS))
     ignore = data.draw(st.sampled_from(IGNORES))
     a0, a, b = (json.dumps(v).encode() for v in (earlier, live, shadow))
-    warm, missed, *_ = kept.kept()
-    assert keep_then_diff(a0, a, b, ignore) is not None
-    if settings_now()[0] == 0:  # every size is built ("built"): the key is tried
-        assert kept.kept()[:2] in {(warm + 1, missed), (warm, missed + 1)}
-    else:  # nothing built ("parsed"): nothing kept, nothing tried
-        assert kept.kept()[:2] == (warm, missed)
-        assert kept.kept()[3] == 0
+    for other in (b, None):  # against its shadow, and against itself (an equal answer)
+        kept.forget()
+        warm, missed, *_ = kept.kept()
+        assert keep_then_diff(a0, a, other, ignore) is not None
+        if settings_now()[0] == 0:  # every size is built ("built"): the key is tried
+            assert kept.kept()[:2] in {(warm + 1, missed), (warm, missed + 1)}
+        else:  # nothing built ("parsed"): nothing kept, nothing tried
+            assert kept.kept()[:2] == (warm, missed)
+            assert kept.kept()[3] == 0
     agree(j(live), j(shadow), ignore_fields=ignore)
     kept.forget()
 
@@ -573,6 +575,8 @@ def test_damaged_answers_after_a_kept_one_are_compared_like_python_does(data: st
     live = data.draw(damaged(earlier))
     shadow = data.draw(st.sampled_from([live, earlier, data.draw(damaged(live))]))
     keep_then_diff(earlier, live, shadow)
+    diffing._native.forget()
+    keep_then_diff(earlier, live, None)
     lc, sc = Captured(200, JSON, live), Captured(200, JSON, shadow)
     assert compare(lc, sc, reuse="k") == reference_compare(lc, sc)
     diffing._native.forget()
@@ -610,7 +614,10 @@ def test_answers_of_one_endpoint_are_built_on_the_last_one_kept(kept: Any, escap
         assert compare(lc, sc, reuse="GET /products", ignore_fields=("$.meta",)) == reference_compare(
             lc, sc, ignore_fields=("$.meta",)
         )
-        assert since() == (2 * n + 1, 0, 1)  # warm (all but the first call), missed, kept
+        # and an answer equal to its shadow (other bytes objects: no memo), against itself
+        equal = Captured(200, JSON, bytes(bytearray(live)))
+        assert compare(lc, equal, reuse="GET /products") == reference_compare(lc, equal)
+        assert since() == (3 * n + 2, 0, 1)  # warm (all but the first call), missed, kept
         assert kept.kept()[3] == 1  # answers kept now
     assert kept.kept()[4] > len(live)  # its values and text
 
@@ -656,8 +663,33 @@ def test_only_answers_the_c_walk_takes_whole_are_kept(kept: Any, body: bytes) ->
     assert got is not None
     assert kept.kept()[3] == 0
     assert kept.diff(body, shadow, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, MAX_DIFFS, "k") is None
+    # against itself it is checked whole, ignored or not: left to Python, and not kept either
+    assert kept.diff(body, None, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, 0, "k") is None
+    assert kept.kept()[3] == 0
     lc, sc = Captured(200, JSON, body), Captured(200, JSON, shadow)
     assert compare(lc, sc, reuse="k") == reference_compare(lc, sc)
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+@pytest.mark.parametrize(
+    "edit",
+    [(b'"stock": 0', b'"stock": 1000000000000000000000'), (b'"stock": 0', b'"stock": 0, "stock": 1')],
+    ids=["bignum", "repeated-key"],
+)
+@pytest.mark.parametrize("against", ["shadow", "itself"])
+def test_what_a_later_answer_adds_to_the_kept_one_is_checked(
+    kept: Any, edit: tuple[bytes, bytes], against: str
+) -> None:
+    # Built on the kept answer, the later one's own values (not copies) are checked as ever:
+    # a number beyond 64 bits or a repeated key there leaves the pair to Python.
+    earlier = catalogue("2026-12-03T08:00:00Z")
+    live = catalogue("2026-12-03T08:00:01Z").replace(*edit)
+    shadow = live.replace(b'"at": "2026', b'"at": "2027') if against == "shadow" else None
+    since = counted(kept)
+    assert keep_then_diff(earlier, live, shadow) is None
+    assert since() == (1, 0, 1)  # kept, then built on
+    other = Captured(200, JSON, shadow if shadow is not None else bytes(bytearray(live)))
+    assert compare(Captured(200, JSON, live), other, reuse="k") == reference_compare(Captured(200, JSON, live), other)
 
 
 @pytest.mark.parametrize("shadow_document", ["built"], indirect=True)  # small bodies kept too
