@@ -153,22 +153,29 @@ def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[
     return make
 
 
-# The upstream's JSON answer (bench/upstream/nginx.conf): bench_diff's 64 KiB document to
-# live requests; to mirrored ones (X-Shadow-Request: 1) the same with a handful of changes
-# (two timestamps/ids, two prices, a field gone, one added), so every mirror is diffed.
+# The upstream's JSON answer (bench/upstream/nginx.conf): one of 8 answers of bench_diff's
+# 64 KiB document (bench_diff.answers: its own timestamp and request id, three records' stock
+# changed), picked by the request's X-Request-Id, to live requests; to mirrored ones
+# (X-Shadow-Request: 1, the live request's X-Request-Id) the same answer with a handful of
+# changes (two timestamps/ids, two prices, a field gone, one added), so every mirror is
+# diffed, and the live answers of the endpoint vary from request to request as real ones do.
 JSON_PATH = "/bench.json"
+JSON_ANSWERS = 8
 
 
 def json_answers(directory: Path) -> int:
-    """Write the upstream's live.json and shadow.json; the size of live.json."""
-    from bench_diff import document, handful_of_differences  # bench/ is sys.path[0]
+    """Write the upstream's live-N.json and shadow-N.json; the size of the live ones."""
+    from bench_diff import answers, document, handful_of_differences  # bench/ is sys.path[0]
 
-    doc = document(64 << 10)
     directory.mkdir()
-    live = json.dumps(doc).encode()
-    (directory / "live.json").write_bytes(live)
-    (directory / "shadow.json").write_bytes(json.dumps(handful_of_differences(doc)).encode())
-    return len(live)
+    sizes = set()
+    for i, answer in enumerate(answers(document(64 << 10), JSON_ANSWERS)):
+        live = json.dumps(answer).encode()
+        sizes.add(len(live))
+        (directory / f"live-{i}.json").write_bytes(live)
+        (directory / f"shadow-{i}.json").write_bytes(json.dumps(handful_of_differences(answer)).encode())
+    (size,) = sizes  # all one length: check_get knows what to expect
+    return size
 
 
 def on_json(make: Callable[[Env], Scenario]) -> Callable[[Env], Scenario]:
@@ -785,7 +792,10 @@ class Run:
         sample: dict[str, Any] = json.loads(lines[-1])
         sample["round"] = round_
         self.diff_cost.append(sample)
-        progress(f"{where}  diffing the 64 KiB JSON pair: {sample['us']} µs a compare()")
+        progress(
+            f"{where}  diffing the 64 KiB JSON pair: {sample['us']} µs a compare(),"
+            f" {sample['kept_us']} µs built on the endpoint's kept answer"
+        )
 
     def measure_locust(self, target: Target) -> None:
         assert self.tools.locust is not None
@@ -845,14 +855,20 @@ def diff_cost_note(targets: list[Target], diff_cost: list[dict[str, Any]]) -> st
     text = f"diffing the 64 KiB JSON pair (compare(), bench_diff.py --pair-cost, placed like -c1): {us:.1f} µs"
     if proxied is None:
         return text + " (no `json` scenario measured at one connection to compare it with)"
-    by_round = {s["round"]: s["us"] for s in diff_cost}
-    ratios = [by_round[s["round"]] / s["latency_us"]["p50"] for s in proxied.latency if s["round"] in by_round]
+    kept_us = _median([s.get("kept_us") for s in diff_cost])
+    if kept_us is not None:
+        text += f", {kept_us:.1f} µs as the endpoint's answers in turn, built on the kept one"
     p50 = _median([s["latency_us"]["p50"] for s in proxied.latency])
     text += f"; a proxied request for the live answer ({proxied.name}, p50 at 1 connection): {p50:.0f} µs"
-    if not ratios:
-        return text + " (no round with both)"
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
-    return f"{text}; diff / proxied request, paired by round: median {_median(ratios):.2f} ({per_round})"
+    for name, what in (("us", "diff"), ("kept_us", "diff built on the kept answer")):
+        by_round = {s["round"]: s[name] for s in diff_cost if s.get(name) is not None}
+        ratios = [by_round[s["round"]] / s["latency_us"]["p50"] for s in proxied.latency if s["round"] in by_round]
+        if not ratios:
+            text += f"; {what}: no round with both"
+            continue
+        per_round = ", ".join(f"{r:.2f}" for r in ratios)
+        text += f"; {what} / proxied request, paired by round: median {_median(ratios):.2f} ({per_round})"
+    return text
 
 
 def summarize(targets: list[Target]) -> list[dict[str, Any]]:
