@@ -1911,12 +1911,28 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
 }
 
 /* the elements of live array a (text from ta[sa]) against the shadow array at tb[sb] */
+/* put the run of live elements [x0, x) whose texts the shadow repeats: copies, as out_put
+ * copies one, with one copy of their values (a run's values follow one another) */
+static int put_run(Align *al, V *x0, V *x) {
+    size_t n = (size_t)(x - x0), at = al->n_out;
+    if (!n)
+        return AL_OK;
+    if (out_reserve(al, n) < 0)
+        return AL_ERR;
+    memcpy(al->out + at, x0, n * sizeof(V));
+    memset(al->src + at, 0, n * sizeof(uint32_t));
+    for (V *e = x0; e < x; e = unsafe_yyjson_get_next(e))
+        al->src[at + (size_t)(e - x0)] = (uint32_t)(e - al->base_a) + 1;
+    al->n_out += n;
+    return AL_OK;
+}
+
 static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end_a) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
     int rc;
     if ((rc = out_put(al, a, 1, 0)))
         return rc;
-    V *x = unsafe_yyjson_get_first(a);
+    V *x = unsafe_yyjson_get_first(a), *run = x; /* [run, x): elements copied, not put yet */
     size_t copied = 0;
     for (; count < n; count++, x = unsafe_yyjson_get_next(x)) {
         if (!lines_up(count, copied))
@@ -1941,11 +1957,28 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
             if (next != NO_POS)
                 end = end_before(al, ia, next, ',');
         }
+        if (end != NO_POS && end > ia && depth < MAX_NEST && al->spent <= al->budget) {
+            /* align_value's copy, for the run of elements the shadow repeats */
+            size_t len = end - ia;
+            uint8_t type = unsafe_yyjson_get_type(x);
+            int scalar = type != YYJSON_TYPE_STR && type != YYJSON_TYPE_ARR && type != YYJSON_TYPE_OBJ;
+            if (ib + len <= al->nb && !memcmp(al->ta + ia, al->tb + ib, len) &&
+                !(scalar && ib + len < al->nb && !is_delim(al->tb[ib + len]))) {
+                ia = end, ib += len;
+                copied++;
+                continue;
+            }
+        }
+        if ((rc = put_run(al, run, x)))
+            return rc;
         size_t at = al->n_out;
         if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib, end)))
             return rc;
         copied += al->src[at] != 0;
+        run = unsafe_yyjson_get_next(x);
     }
+    if ((rc = put_run(al, run, x)))
+        return rc;
     for (;; count++) { /* the shadow's array is longer: its other elements */
         ib = skip_ws(al->tb, al->nb, ib);
         if (ib < al->nb && al->tb[ib] == ']')
