@@ -212,6 +212,21 @@ def median_us(fn: Callable[[], object], budget: float) -> tuple[float, int]:
     return statistics.median(samples), len(samples) * batch
 
 
+def alternating_us(fns: list[Callable[[], object]], budget: float) -> list[tuple[float, int]]:
+    """``median_us`` of each of ``fns``, run in alternating batches of >= 2 ms within ``budget``
+    seconds: the figures share the machine's drift."""
+    batches = [max(1, int(0.002 / max(median_us(fn, 0.0)[0] * 1e-6, 1e-7))) for fn in fns]
+    samples: list[list[float]] = [[] for _ in fns]
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(samples[0]) < 3:
+        for fn, batch, out in zip(fns, batches, samples, strict=True):
+            start = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            out.append((time.perf_counter() - start) / batch * 1e6)
+    return [(statistics.median(out), len(out) * batch) for out, batch in zip(samples, batches, strict=True)]
+
+
 def interleaved_ratio(fn: Callable[[], object], base: Callable[[], object], budget: float) -> float:
     """Median over rounds of (µs per call of ``fn``) / (µs per call of ``base``), the two run in
     alternating batches of >= 2 ms: robust to a machine whose speed drifts between rows."""
@@ -243,9 +258,10 @@ def main() -> None:
     if args.pair_cost:
         doc = document(64 << 10)
         live, shadow = captured(doc), captured(handful_of_differences(doc))
-        us, calls = median_us(lambda: compare(live, shadow), args.seconds / 2)
         turns = [(captured(a), captured(handful_of_differences(a))) for a in answers(doc)]
-        kept_us, kept_calls = median_us(in_turn(turns, "GET /bench.json"), args.seconds / 2)
+        (us, calls), (kept_us, kept_calls) = alternating_us(
+            [lambda: compare(live, shadow), in_turn(turns, "GET /bench.json")], args.seconds
+        )
         out = {"us": round(us, 1), "calls": calls, "kept_us": round(kept_us, 1), "kept_calls": kept_calls}
         print(json.dumps({**out, "body_bytes": len(live.body)}))
         return
