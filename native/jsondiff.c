@@ -1867,7 +1867,7 @@ static int piece(Align *al, size_t sb, size_t *eb) {
 
 static int align_value(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *ea, size_t *eb, size_t end);
 
-/* the members of live object a (text from ta[sa]) against the shadow object at tb[sb] */
+/* the members of live object a (text from ta[sa] to ta[end]) against the shadow object at tb[sb] */
 static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, h = al->n_out;
     int rc;
@@ -1910,7 +1910,6 @@ static int align_object(Align *al, V *a, size_t sa, size_t sb, int depth, size_t
     return AL_OK;
 }
 
-/* the elements of live array a (text from ta[sa]) against the shadow array at tb[sb] */
 /* put the run of live elements [x0, x) whose texts the shadow repeats: copies, as out_put
  * copies one, with one copy of their values (a run's values follow one another) */
 static int put_run(Align *al, V *x0, V *x) {
@@ -1927,6 +1926,7 @@ static int put_run(Align *al, V *x0, V *x) {
     return AL_OK;
 }
 
+/* the elements of live array a (text from ta[sa] to ta[end_a]) against the shadow array at tb[sb] */
 static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end_a) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
     int rc;

@@ -1069,7 +1069,7 @@ def compare(
         key = (live, ignore_headers, ignore_fields, max_fields)
         got = _EQUAL_ANSWERS.entries.get(key)
         if got is None:
-            got = _compare(live, shadow, ignore_headers, ignore_fields, max_fields)
+            got = _compare(live, shadow, ignore_headers, ignore_fields, max_fields, reuse)
             _EQUAL_ANSWERS.put(key, got, len(live.body) + _ANSWER_OVERHEAD)
         return got
     return _compare(live, shadow, ignore_headers, ignore_fields, max_fields, reuse)
