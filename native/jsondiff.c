@@ -669,6 +669,103 @@ fail:
 /* _render(to_py(c, v)): the renderings _render makes without the JSON encoder (numbers and
  * constants: their repr / literal), and strings with nothing to escape and short enough that
  * _clip leaves them whole, made here; anything else by _render itself. */
+/* a string with no quote, backslash or control character, quoted, at buf[*len]: what the
+ * encoder writes for it (ensure_ascii=False: the rest as is); 0, or -1 (another string, or no
+ * room below cap) */
+static int json_str(V *v, char *buf, size_t cap, size_t *len) {
+    size_t n = unsafe_yyjson_get_len(v), at = *len;
+    const unsigned char *t = (const unsigned char *)unsafe_yyjson_get_str(v);
+    if (at + n + 2 > cap)
+        return -1;
+    buf[at] = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] < 0x20 || t[i] == '"' || t[i] == '\\')
+            return -1;
+        buf[at + 1 + i] = (char)t[i];
+    }
+    buf[at + n + 1] = '"';
+    *len = at + n + 2;
+    return 0;
+}
+
+/* The text proxy.diffing._ENCODE makes of v (compact separators, ensure_ascii=False, numbers
+ * as their repr) at buf[*len], below cap: 0; -1 where this does not write it as the encoder
+ * would (a string to escape, a float not finite, deeper than 32) or it does not fit; -2: an
+ * error (set). The values of a document with no ignore marks only. */
+static int json_text(V *v, char *buf, size_t cap, size_t *len, int depth) {
+    char num[32];
+    size_t n;
+    switch (unsafe_yyjson_get_type(v)) {
+    case YYJSON_TYPE_NULL:
+        n = (size_t)snprintf(num, sizeof num, "null");
+        break;
+    case YYJSON_TYPE_BOOL:
+        n = (size_t)snprintf(num, sizeof num, "%s", unsafe_yyjson_get_bool(v) ? "true" : "false");
+        break;
+    case YYJSON_TYPE_NUM:
+        if (unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_UINT) {
+            n = (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)unsafe_yyjson_get_uint(v));
+        } else if (unsafe_yyjson_get_subtype(v) == YYJSON_SUBTYPE_SINT) {
+            n = (size_t)snprintf(num, sizeof num, "%lld", (long long)unsafe_yyjson_get_sint(v));
+        } else {
+            double d = unsafe_yyjson_get_real(v);
+            if (!isfinite(d))
+                return -1;
+            char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL); /* float.__repr__ */
+            if (!text)
+                return -2;
+            n = strlen(text);
+            int fits = *len + n <= cap;
+            if (fits)
+                memcpy(buf + *len, text, n), *len += n;
+            PyMem_Free(text);
+            return fits ? 0 : -1;
+        }
+        break;
+    case YYJSON_TYPE_STR:
+        return json_str(v, buf, cap, len);
+    case YYJSON_TYPE_ARR:
+    case YYJSON_TYPE_OBJ: {
+        int obj = unsafe_yyjson_is_obj(v);
+        size_t count = unsafe_yyjson_get_len(v);
+        if (depth > 32 || *len + 2 > cap)
+            return -1;
+        buf[(*len)++] = obj ? '{' : '[';
+        V *x = unsafe_yyjson_get_first(v);
+        for (size_t i = 0; i < count; i++) {
+            int rc;
+            if (i) {
+                if (*len + 1 > cap)
+                    return -1;
+                buf[(*len)++] = ',';
+            }
+            if (obj) {
+                if ((rc = json_str(x, buf, cap, len)) < 0)
+                    return rc;
+                if (*len + 1 > cap)
+                    return -1;
+                buf[(*len)++] = ':';
+                x++;
+            }
+            if ((rc = json_text(x, buf, cap, len, depth + 1)) < 0)
+                return rc;
+            x = unsafe_yyjson_get_next(x);
+        }
+        if (*len + 1 > cap)
+            return -1;
+        buf[(*len)++] = obj ? '}' : ']';
+        return 0;
+    }
+    default:
+        return -1;
+    }
+    if (*len + n > cap)
+        return -1;
+    memcpy(buf + *len, num, n);
+    *len += n;
+    return 0;
+}
+
 static PyObject *render(const Ctx *c, V *v) {
     switch (ptype(c, v)) {
     case T_NULL:
@@ -707,6 +804,20 @@ static PyObject *render(const Ctx *c, V *v) {
         }
         buf[n + 1] = '"';
         return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n + 2, "strict");
+    }
+    case T_LIST:
+    case T_DICT: {
+        /* At most MAX_VALUE_CHARS bytes, so at most as many characters: not clipped. With
+         * ignore marks, Python's value is not the document's (members removed, elements
+         * replaced): _render. */
+        char buf[MAX_VALUE_CHARS];
+        size_t n = 0;
+        int rc = c->masked ? -1 : json_text(v, buf, sizeof buf, &n, 0);
+        if (rc == -2)
+            return NULL;
+        if (rc == 0)
+            return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n, "strict");
+        break;
     }
     default:
         break;

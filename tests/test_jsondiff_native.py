@@ -201,7 +201,29 @@ RENDERED = [
     -2.5e-300,
     [1, "two", {"3": None}],
     {},
+    [],
+    [[]],
+    ["new", "kitchen"],
+    {"amount": 423.87, "currency": "EUR", "ok": True, "n": -0.0, "big": 18446744073709551615, "e": 1e16},
+    {"é": ["ü", {"k": "v"}], "": [False, None, -(2**63)]},
+    ["x" * 196],  # 200 bytes: not clipped
+    ["x" * 197],  # 201 bytes: clipped (by _render)
+    ["é" * 98],  # 200 bytes, 100 characters
+    ["é" * 99],  # 202 bytes, 101 characters: the encoder's
+    ['say "hi"'],  # escapes: the encoder's
+    {"line\nbreak": 1},
+    ["tab\there"],
+    json.loads("[" * 34 + "1" + "]" * 34),  # deeper than 32
 ]
+
+
+@pytest.mark.parametrize("ignore", [("$.b",), ("$.a.currency", "$.a[1]")])
+def test_containers_with_ignored_parts_are_rendered_as_python_renders_them(ignore: tuple[str, ...]) -> None:
+    # What _render gets there is the value after the ignore pass: the C walk leaves it to _render.
+    for value in ({"amount": 1.5, "currency": "EUR"}, [1, 2, 3]):
+        body = json.dumps({"a": value}).encode()
+        for shadow in (b'{"a": "other"}', b"{}"):
+            agree(Captured(200, JSON, body), Captured(200, JSON, shadow), ignore_fields=ignore)
 
 
 @pytest.mark.parametrize("value", RENDERED, ids=lambda v: repr(v)[:24])
@@ -735,10 +757,12 @@ def test_errors_propagate(shadow_document: str) -> None:
     def unrenderable(value: object) -> str:
         raise RuntimeError(f"render({value!r})")
 
-    # what the C walk renders itself (a number) never calls render; a list does
+    # what the C walk renders itself (a number, a short list) never calls render; a string to
+    # escape does
     assert diffing._native.diff(b'{"a": 1}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
-    with pytest.raises(RuntimeError, match=r"render\(\[1\]\)"):
-        diffing._native.diff(b'{"a": [1]}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    assert diffing._native.diff(b'{"a": [1]}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    with pytest.raises(RuntimeError, match=r"render\('q\"x'\)"):
+        diffing._native.diff(b'{"a": "q\\"x"}', b'{"a": 2}', _child, unrenderable, _IGNORED, None, MAX_JSON_DEPTH, 10)
     with pytest.raises(TypeError):
         diffing._native.diff("text", None, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_depth"):
