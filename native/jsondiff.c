@@ -787,32 +787,16 @@ static PyObject *render(const Ctx *c, V *v) {
         PyMem_Free(text);
         return out;
     }
-    case T_STR: {
-        /* quotes, with the text between: what the encoder writes for a string that has no
-         * quote, backslash or control character (ensure_ascii=False: the rest as is); at most
-         * MAX_VALUE_CHARS - 2 bytes, so at most MAX_VALUE_CHARS characters with its quotes */
-        size_t n = unsafe_yyjson_get_len(v);
-        const unsigned char *t = (const unsigned char *)unsafe_yyjson_get_str(v);
-        if (n > MAX_VALUE_CHARS - 2)
-            break;
-        char buf[MAX_VALUE_CHARS];
-        buf[0] = '"';
-        for (size_t i = 0; i < n; i++) {
-            if (t[i] < 0x20 || t[i] == '"' || t[i] == '\\')
-                goto python;
-            buf[i + 1] = (char)t[i];
-        }
-        buf[n + 1] = '"';
-        return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n + 2, "strict");
-    }
+    case T_STR:
     case T_LIST:
     case T_DICT: {
-        /* At most MAX_VALUE_CHARS bytes, so at most as many characters: not clipped. With
-         * ignore marks, Python's value is not the document's (members removed, elements
-         * replaced): _render. */
+        /* What the encoder writes, where json_text writes it as the encoder would, in at most
+         * MAX_VALUE_CHARS bytes (so at most as many characters: not clipped). With ignore
+         * marks a container's Python value is not the document's (members removed, elements
+         * replaced): _render then. */
         char buf[MAX_VALUE_CHARS];
         size_t n = 0;
-        int rc = c->masked ? -1 : json_text(v, buf, sizeof buf, &n, 0);
+        int rc = c->masked && !unsafe_yyjson_is_str(v) ? -1 : json_text(v, buf, sizeof buf, &n, 0);
         if (rc == -2)
             return NULL;
         if (rc == 0)
@@ -822,7 +806,6 @@ static PyObject *render(const Ctx *c, V *v) {
     default:
         break;
     }
-python:;
     PyObject *value = to_py(c, v);
     if (!value)
         return NULL;
@@ -1341,35 +1324,17 @@ static int check_doc(V *v, int depth, V *checked) {
 static int check_built(const Ctx *c, V *v, int depth) {
     if (c->src_a[v - c->base_a])
         return 0;
-    if (depth > MAX_NEST)
-        return 1;
-    switch (unsafe_yyjson_get_type(v)) {
-    case YYJSON_TYPE_RAW:
-        return 1; /* a number beyond int64/uint64/double */
-    case YYJSON_TYPE_ARR: {
-        size_t n = unsafe_yyjson_get_len(v);
-        V *x = unsafe_yyjson_get_first(v);
-        for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x)) {
-            int rc = check_built(c, x, depth + 1);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
-    case YYJSON_TYPE_OBJ: {
-        int rc = repeated_names(v);
-        if (rc)
-            return rc < 0 ? -1 : 1;
-        size_t n = unsafe_yyjson_get_len(v);
-        V *k = unsafe_yyjson_get_first(v);
-        for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1))
-            if ((rc = check_built(c, k + 1, depth + 1)))
-                return rc;
-        return 0;
-    }
-    default:
-        return 0;
-    }
+    if (depth > MAX_NEST || !unsafe_yyjson_is_ctn(v))
+        return check_doc(v, depth, NULL);
+    int obj = unsafe_yyjson_is_obj(v), rc = obj ? repeated_names(v) : 0;
+    if (rc)
+        return rc < 0 ? -1 : 1;
+    size_t n = unsafe_yyjson_get_len(v);
+    V *x = unsafe_yyjson_get_first(v); /* an element, or a member's name */
+    for (size_t i = 0; i < n; i++, x = unsafe_yyjson_get_next(x + obj))
+        if ((rc = check_built(c, x + obj, depth + 1)))
+            return rc;
+    return 0;
 }
 
 #define LEAVE 2 /* fuse: leave the bodies to Python */
