@@ -1075,13 +1075,13 @@ def compare(
     return _compare(live, shadow, ignore_headers, ignore_fields, max_fields, reuse)
 
 
-def _compare(  # noqa: PLR0917  # private, one caller
+def _compare(  # noqa: PLR0917  # private: compare()'s arguments, in order
     live: Captured,
     shadow: Captured,
     ignore_headers: frozenset[str],
     ignore_fields: tuple[str, ...],
     max_fields: int,
-    reuse: str | None = None,
+    reuse: str | None,
 ) -> Comparison:
     acc = _Acc()
     fields = acc.fields
@@ -1196,7 +1196,7 @@ _Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str | None, str | Non
 
 
 def _native_walk(
-    live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int, reuse: str | None = None
+    live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int, reuse: str | None
 ) -> _Walked | None:
     """The C walk of two bodies (``shadow`` None: ``live`` against itself): field keys and the
     first difference per key. None where the Python walk must run instead: no C module, the
@@ -1225,7 +1225,7 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc, reuse: str | None = None) -> bool:
+def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc, reuse: str | None) -> bool:
     """``_diff_json_body`` of a body against an equal one: parsed once (or built on the
     endpoint's kept answer, see ``compare``'s ``reuse``) and walked against itself, which finds
     field keys and never a difference. The keys are a function of the
@@ -1244,7 +1244,7 @@ def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc, reu
     return True
 
 
-def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None = None) -> frozenset[str] | None:
+def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None) -> frozenset[str] | None:
     """The field keys of a JSON body walked against itself (C walk or Python walk); None when
     it is not JSON."""
     got = _native_walk(body, None, ignore_fields, 0, reuse)
