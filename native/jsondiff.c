@@ -2249,6 +2249,19 @@ static int g_busy;
 static Py_ssize_t g_align_min = ALIGN_MIN, g_descend_min = DESCEND_MIN;
 static unsigned long long g_n_built, g_n_parsed;
 
+/* align_doc of text b on text a (parsed: its values from root, its strings in pool), into
+ * the buffers *out, *src kept between calls (grown as needed, handed back) */
+static int build_on(Align *al, PyObject *a, const char *pool, V *root, PyObject *b, const yyjson_alc *alc, V **out,
+                    uint32_t **src, size_t *cap) {
+    *al = (Align){.ta = PyBytes_AS_STRING(a), .na = (size_t)PyBytes_GET_SIZE(a), .tb = PyBytes_AS_STRING(b),
+                  .nb = (size_t)PyBytes_GET_SIZE(b), .pool_a = pool, .base_a = root, .alc = alc, .out = *out,
+                  .src = *src, .cap_out = *cap};
+    al->budget = al->nb / 2 + 1024, al->descend_min = g_descend_min;
+    int rc = align_doc(al, root);
+    *out = al->out, *src = al->src, *cap = al->cap_out;
+    return rc;
+}
+
 static yyjson_doc *parse(PyObject *body, const yyjson_alc *alc) {
     return yyjson_read_opts(PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body), READ_FLAGS, alc, NULL);
 }
@@ -2358,12 +2371,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
             kept = NULL;
         } else if (kept) { /* the live document, built on the kept answer */
             kept->used = ++g_tick;
-            al_l = (Align){.ta = PyBytes_AS_STRING(kept->text), .na = (size_t)PyBytes_GET_SIZE(kept->text),
-                           .tb = PyBytes_AS_STRING(live), .nb = (size_t)n_live, .pool_a = kept->pool,
-                           .base_a = kept->root, .alc = alc, .out = g_out_l, .src = g_src_l, .cap_out = g_cap_out_l};
-            al_l.budget = al_l.nb / 2 + 1024, al_l.descend_min = g_descend_min;
-            int arc = align_doc(&al_l, kept->root);
-            g_out_l = al_l.out, g_src_l = al_l.src, g_cap_out_l = al_l.cap_out;
+            int arc = build_on(&al_l, kept->text, kept->pool, kept->root, live, alc, &g_out_l, &g_src_l, &g_cap_out_l);
             if (arc == AL_NOT_JSON) {
                 goto not_json;
             } else if (arc == AL_ERR) {
@@ -2388,14 +2396,11 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
     V *ra = kept ? al_l.out : yyjson_doc_get_root(da), *rb = NULL;
     size_t na = kept ? al_l.n_out : yyjson_doc_get_val_count(da), nb = 0;
     if (shadow != Py_None) { /* the shadow document: built on the live one (or the kept one), else parsed whole */
-        al = (Align){.ta = kept ? PyBytes_AS_STRING(kept->text) : PyBytes_AS_STRING(live),
-                     .na = kept ? (size_t)PyBytes_GET_SIZE(kept->text) : (size_t)n_live,
-                     .tb = PyBytes_AS_STRING(shadow), .nb = (size_t)PyBytes_GET_SIZE(shadow),
-                     .pool_a = kept ? kept->pool : da->str_pool, .base_a = kept ? kept->root : ra, .alc = alc,
-                     .out = g_out, .src = g_src, .cap_out = g_cap_out};
-        al.budget = al.nb / 2 + 1024, al.descend_min = g_descend_min;
-        int arc = al.pool_a && PyBytes_GET_SIZE(shadow) >= g_align_min ? align_doc(&al, al.base_a) : AL_GIVE_UP;
-        g_out = al.out, g_src = al.src, g_cap_out = al.cap_out;
+        const char *pool_a = kept ? kept->pool : da->str_pool;
+        int arc = pool_a && PyBytes_GET_SIZE(shadow) >= g_align_min
+                      ? build_on(&al, kept ? kept->text : live, pool_a, kept ? kept->root : ra, shadow, alc, &g_out,
+                                 &g_src, &g_cap_out)
+                      : AL_GIVE_UP;
         if (arc == AL_OK) {
             g_n_built++;
             rb = al.out, nb = al.n_out, c->src_b = al.src;
