@@ -246,8 +246,9 @@ typedef struct {
     int masked;       /* an ignore pattern applies: marks exist */
     int any_ignored;  /* some array element is M_IGNORED (else ptype reads no marks) */
     uint8_t *eq_a; /* per value of the live document: EQ, SAME_PREV (fuse) */
-    /* per value of the shadow document: 1 + the index of the live value whose text it copies,
-     * a whole sub-tree (see align_doc); 0 for the rest. NULL: the shadow was parsed whole.
+    /* per value of the shadow document: 1 + the index of the live value whose text it copies
+     * (every value of a copied sub-tree names its own, see align_doc); 0 for the rest. NULL:
+     * the shadow was parsed whole.
      * When both documents were built on a kept answer (see "kept answers"), src_a says the
      * same of the live document, and both index the kept answer's values. */
     const uint32_t *src_a, *src_b;
@@ -1891,6 +1892,24 @@ static size_t b_end(const char *t, size_t n, size_t i) {
     return 0;
 }
 
+/* how many bytes a[0..n) and b[0..n) have in common from the start */
+static size_t common_prefix(const char *a, const char *b, size_t n) {
+    size_t i = 0;
+    while (i + 512 <= n && !memcmp(a + i, b + i, 512)) /* libc's memcmp: the widest compare there is */
+        i += 512;
+    /* then the block with the difference, 8 bytes, then 1 at a time */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            break;
+    }
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
 static int out_reserve(Align *al, size_t more) {
     if (al->n_out + more <= al->cap_out)
         return 0;
@@ -1907,13 +1926,25 @@ static int out_reserve(Align *al, size_t more) {
     return 0;
 }
 
-/* append n values; the first one copies live value `from` (0: none) */
+/* src of n values put at `at` that copy the live values from `from` on (1 + an index; 0: put
+ * without one): each value of a copy names its own source, so a value deep inside a copied
+ * sub-tree is known as a copy too (fuse pairs it with a copy of the same value) */
+static inline void src_put(Align *al, size_t at, size_t n, uint32_t from) {
+    uint32_t *s = al->src + at;
+    if (!from) {
+        memset(s, 0, n * sizeof(uint32_t));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        s[i] = from + (uint32_t)i;
+}
+
+/* append n values that copy live value `from` and its followers (0: none) */
 static int out_put(Align *al, V *v, size_t n, uint32_t from) {
     if (out_reserve(al, n) < 0)
         return AL_ERR;
     memcpy(al->out + al->n_out, v, n * sizeof(V));
-    al->src[al->n_out] = from;
-    memset(al->src + al->n_out + 1, 0, (n - 1) * sizeof(uint32_t));
+    src_put(al, al->n_out, n, from);
     al->n_out += n;
     return AL_OK;
 }
@@ -1995,9 +2026,7 @@ static int put_run(Align *al, V *x0, V *x) {
     if (out_reserve(al, n) < 0)
         return AL_ERR;
     memcpy(al->out + at, x0, n * sizeof(V));
-    memset(al->src + at, 0, n * sizeof(uint32_t));
-    for (V *e = x0; e < x; e = unsafe_yyjson_get_next(e))
-        al->src[at + (size_t)(e - x0)] = (uint32_t)(e - al->base_a) + 1;
+    src_put(al, at, n, (uint32_t)(x0 - al->base_a) + 1);
     al->n_out += n;
     return AL_OK;
 }
@@ -2010,17 +2039,41 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         return rc;
     V *x = unsafe_yyjson_get_first(a), *run = x; /* [run, x): elements copied, not put yet */
     size_t copied = 0;
+    /* A stretch of text both repeat, ta[ia..same_to) at tb[ib...], found (common_prefix) at
+     * an element's start after a copied element. The elements that end in it with the comma
+     * after them (the bulk of a long array that differs in a few) are copies, told by where the
+     * next one starts: no look at their own ends or separators. */
+    size_t same_to = 0;
+    int at_start = 0, last_copied = 1; /* ia, ib at an element's start already; x's predecessor copied */
     for (; count < n; count++, x = unsafe_yyjson_get_next(x)) {
         if (!lines_up(count, copied))
             return AL_RESTART;
-        ib = skip_ws(al->tb, al->nb, ib);
-        if (ib < al->nb && al->tb[ib] == ']')
-            break; /* the shadow's array is shorter */
-        if (count) {
-            if (ib >= al->nb || al->tb[ib] != ',')
-                return AL_RESTART;
-            ib = skip_ws(al->tb, al->nb, ib + 1);
-            ia = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, ia) + 1); /* past the live ',' */
+        if (!at_start) {
+            ib = skip_ws(al->tb, al->nb, ib);
+            if (ib < al->nb && al->tb[ib] == ']')
+                break; /* the shadow's array is shorter */
+            if (count) {
+                if (ib >= al->nb || al->tb[ib] != ',')
+                    return AL_RESTART;
+                ib = skip_ws(al->tb, al->nb, ib + 1);
+                ia = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, ia) + 1); /* past the live ',' */
+            }
+        }
+        at_start = 0;
+        if (count + 1 < n && depth < MAX_NEST && al->spent <= al->budget) {
+            if (ia >= same_to && last_copied) {
+                size_t room = end_a - ia < al->nb - ib ? end_a - ia : al->nb - ib;
+                same_to = ia + common_prefix(al->ta + ia, al->tb + ib, room);
+            }
+            size_t next = ia < same_to ? a_start(al, unsafe_yyjson_get_next(x)) : NO_POS;
+            if (next != NO_POS && next <= same_to && next > ia) {
+                /* x, whitespace, the comma, whitespace: the same bytes in both texts (the
+                 * shadow's may have more whitespace before its next element) */
+                ib = skip_ws(al->tb, al->nb, ib + (next - ia)), ia = next;
+                copied++;
+                at_start = last_copied = 1;
+                continue;
+            }
         }
         /* Where x's text ends, from where the next element's begins when that tells (records,
          * strings): the text between is whitespace, a comma, whitespace (yyjson parsed it).
@@ -2042,6 +2095,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                 !(scalar && ib + len < al->nb && !is_delim(al->tb[ib + len]))) {
                 ia = end, ib += len;
                 copied++;
+                last_copied = 1;
                 continue;
             }
         }
@@ -2050,7 +2104,9 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         size_t at = al->n_out;
         if ((rc = align_value(al, x, ia, ib, depth + 1, &ia, &ib, end)))
             return rc;
-        copied += al->src[at] != 0;
+        last_copied = al->src[at] != 0;
+        copied += (size_t)last_copied;
+        same_to = 0; /* the texts may be apart by more or less from here */
         run = unsafe_yyjson_get_next(x);
     }
     if ((rc = put_run(al, run, x)))

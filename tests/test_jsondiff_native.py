@@ -645,6 +645,57 @@ def test_answers_of_one_endpoint_are_built_on_the_last_one_kept(kept: Any, escap
 
 
 @pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+@pytest.mark.parametrize("ignore", [(), ("$.items[*].price",)])
+def test_the_kept_answer_again_against_a_shadow_that_differs_inside_records(kept: Any, ignore: tuple[str, ...]) -> None:
+    # The live answer is the kept one (a static endpoint): its document is one copy of the kept
+    # answer, so the values inside its records are copies too, paired with the shadow's copies
+    # of the same records, and the shadow's changes inside records are still found.
+    live = catalogue("2026-12-03T08:00:00Z")
+    shadow = json.loads(live)
+    _few(shadow)
+    shadow["items"][7]["price"]["amount"] = 99
+    del shadow["items"][8]["price"]
+    shadow["items"][9]["name"] = "other"
+    b = json.dumps(shadow).encode()
+    since = counted(kept)
+    lc, sc = Captured(200, JSON, live), Captured(200, JSON, b)
+    for n in range(3):
+        assert compare(lc, sc, reuse="k", ignore_fields=ignore) == reference_compare(lc, sc, ignore_fields=ignore)
+        assert since() == (n, 0, 1)
+    keep_then_diff(live, live, b, ignore)
+
+
+@pytest.mark.parametrize("shadow_document", ["built"], indirect=True)
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b"}, {", b"},  {"),  # whitespace after the comma
+        (b"}, {", b"} , {"),  # before it
+        (b"}, {", b"},\n{"),
+        (b"}, {", b"}, ["),  # the next record's first byte
+        (b"}, {", b"}; {"),  # not JSON
+        (b"}, {", b"},x{"),  # not JSON either, right before the next record
+    ],
+)
+@pytest.mark.parametrize("at", [1, 150, 298])
+def test_records_are_copies_only_with_the_separator_after_them(kept: Any, edit: tuple[bytes, bytes], at: int) -> None:
+    # A long run of records that both texts repeat is copied without a look at each record's
+    # end: the bytes up to the next record's start must be the same, separator included.
+    live = catalogue("2026-12-03T08:00:00Z")
+    cut = 0
+    for _ in range(at):
+        cut = live.index(edit[0], cut) + 1
+    shadow = live[: cut - 1] + live[cut - 1 :].replace(edit[0], edit[1], 1)
+    assert shadow != live
+    lc, sc = Captured(200, JSON, live), Captured(200, JSON, shadow)
+    assert compare(lc, sc) == reference_compare(lc, sc)
+    for other in (live, catalogue("2026-12-03T08:00:01Z", stock=5)):  # kept: the same answer, another one
+        kept.forget()
+        keep_then_diff(other, live, shadow)
+        keep_then_diff(other, shadow, live)
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
 def test_answers_that_do_not_line_up_are_parsed_and_then_left_alone(kept: Any) -> None:
     live = catalogue("2026-12-03T08:00:00Z")
     shadow = live.replace(b'"stock": 0', b'"stock": 1')
