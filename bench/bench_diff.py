@@ -339,6 +339,8 @@ def main() -> None:
             turns = [(captured(x), captured(handful_of_differences(x))) for x in answers(big_doc)]
             cases.append(("  8 answers in turn, no key", label, in_turn(turns, None)))
             cases.append(("  8 answers in turn, built on the kept one", label, in_turn(turns, "GET /p")))
+            # a static endpoint: the same live answer each time, kept, and its shadow's changes
+            cases.append(("  the same answer again, built on the kept one", label, in_turn(turns[:1], "GET /s")))
             cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
             cases.append(("  orjson.loads of both bodies", label, lambda: (orjson.loads(a), orjson.loads(b))))
 
