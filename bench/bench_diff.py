@@ -110,6 +110,15 @@ def answers(doc: dict[str, Any], n: int = 8) -> list[dict[str, Any]]:
     return out
 
 
+def feed_pages(doc: dict[str, Any], n: int = 8) -> list[dict[str, Any]]:
+    """``n`` pages of a feed whose first page is ``doc``: page k has k newer records on top and
+    as many fewer at the bottom, so the records below shift by k places."""
+    rng = random.Random(7)
+    newer = [product(rng, 10_000 + k) for k in range(n)]
+    items = doc["items"]
+    return [{**doc, "items": (newer[:k][::-1] + items)[: len(items)]} for k in range(n)]
+
+
 def in_turn(pairs: list[tuple[Captured, Captured]], reuse: str | None) -> Callable[[], object]:
     """``compare()`` of each pair in turn, each one's live answer kept under ``reuse``."""
     turn = iter(range(10**12))
@@ -341,6 +350,10 @@ def main() -> None:
             cases.append(("  8 answers in turn, built on the kept one", label, in_turn(turns, "GET /p")))
             # a static endpoint: the same live answer each time, kept, and its shadow's changes
             cases.append(("  the same answer again, built on the kept one", label, in_turn(turns[:1], "GET /s")))
+            # a feed, newest first: each answer 0-7 newer records on top (the others shift)
+            pages = [(captured(x), captured(handful_of_differences(x))) for x in feed_pages(big_doc)]
+            cases.append(("  feed pages in turn, no key", label, in_turn(pages, None)))
+            cases.append(("  feed pages in turn, built on the kept one", label, in_turn(pages, "GET /f")))
             cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
             cases.append(("  orjson.loads of both bodies", label, lambda: (orjson.loads(a), orjson.loads(b))))
 

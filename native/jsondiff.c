@@ -2031,6 +2031,64 @@ static int put_run(Align *al, V *x0, V *x) {
     return AL_OK;
 }
 
+/* Records inserted or removed before others (a feed, newest first) shift the rest by position.
+ * Where live element x (text ta[ia..end)) is not at tb[ib], SHIFT_MAX elements either way are
+ * looked at: the shadow's next ones for x's text (the shadow inserted some), x's followers for
+ * the shadow's text at tb[ib] (it removed some). Only for records whose first SHIFT_PREFIX bytes
+ * differ (a record changed in place keeps its start), and after SHIFT_TRIES looks that found
+ * nothing in an array, no more there. */
+#define SHIFT_MAX 8
+#define SHIFT_PREFIX 16
+#define SHIFT_TRIES 2
+
+/* ta[ia..ia+len) at tb[ib], followed by what may follow a value */
+static inline int text_at(const Align *al, size_t ia, size_t len, size_t ib) {
+    return ib + len <= al->nb && !memcmp(al->ta + ia, al->tb + ib, len) && (ib + len == al->nb || is_delim(al->tb[ib + len]));
+}
+
+/* how many shadow elements from tb[ib] on come before one whose text is ta[ia..end) (1 to
+ * SHIFT_MAX; 0: none), and where that one starts (*at) */
+static size_t inserted(Align *al, size_t ia, size_t end, size_t ib, size_t *at) {
+    for (size_t j = 1; j <= SHIFT_MAX; j++) {
+        size_t e = b_end(al->tb, al->nb, ib);
+        if (!e)
+            return 0;
+        al->spent += e - ib;
+        e = skip_ws(al->tb, al->nb, e);
+        if (e >= al->nb || al->tb[e] != ',')
+            return 0;
+        ib = skip_ws(al->tb, al->nb, e + 1);
+        if (text_at(al, ia, end - ia, ib)) {
+            *at = ib;
+            return j;
+        }
+    }
+    return 0;
+}
+
+/* how many live elements after x (the i-th of n, its text ending at ta[end]) come before one
+ * whose text is at tb[ib] (1 to SHIFT_MAX; 0: none), and where that one starts (*at) */
+static size_t removed_before(const Align *al, V *x, size_t i, size_t n, size_t end, size_t end_a, size_t ib,
+                             size_t *at) {
+    for (size_t k = 1; k <= SHIFT_MAX && i + k < n; k++) {
+        x = unsafe_yyjson_get_next(x);
+        size_t s = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, end) + 1); /* past the ',' */
+        if (i + k + 1 == n) {
+            end = al->ta[end_a - 1] == ']' ? end_before(al, s, end_a - 1, 0) : NO_POS;
+        } else {
+            size_t next = a_start(al, unsafe_yyjson_get_next(x));
+            end = next == NO_POS ? NO_POS : end_before(al, s, next, ',');
+        }
+        if (end == NO_POS)
+            return 0;
+        if (text_at(al, s, end - s, ib)) {
+            *at = s;
+            return k;
+        }
+    }
+    return 0;
+}
+
 /* the elements of live array a (text from ta[sa] to ta[end_a]) against the shadow array at tb[sb] */
 static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end_a) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
@@ -2043,9 +2101,9 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
      * an element's start after a copied element. The elements that end in it with the comma
      * after them (the bulk of a long array that differs in a few) are copies, told by where the
      * next one starts: no look at their own ends or separators. */
-    size_t same_to = 0;
+    size_t same_to = 0, i = 0, tries = 0; /* i: live elements passed; count: shadow elements put */
     int at_start = 0, last_copied = 1; /* ia, ib at an element's start already; x's predecessor copied */
-    for (; count < n; count++, x = unsafe_yyjson_get_next(x)) {
+    while (i < n) {
         if (!lines_up(count, copied))
             return AL_RESTART;
         if (!at_start) {
@@ -2060,7 +2118,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
             }
         }
         at_start = 0;
-        if (count + 1 < n && depth < MAX_NEST && al->spent <= al->budget) {
+        if (i + 1 < n && depth < MAX_NEST && al->spent <= al->budget) {
             if (ia >= same_to && last_copied) {
                 size_t room = end_a - ia < al->nb - ib ? end_a - ia : al->nb - ib;
                 same_to = ia + common_prefix(al->ta + ia, al->tb + ib, room);
@@ -2072,6 +2130,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                 ib = skip_ws(al->tb, al->nb, ib + (next - ia)), ia = next;
                 copied++;
                 at_start = last_copied = 1;
+                i++, count++, x = unsafe_yyjson_get_next(x);
                 continue;
             }
         }
@@ -2079,7 +2138,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
          * strings): the text between is whitespace, a comma, whitespace (yyjson parsed it).
          * Cheaper than a_end, which goes through x's members to the last one. */
         size_t end = NO_POS;
-        if (count + 1 == n) { /* the last one: before the ']' */
+        if (i + 1 == n) { /* the last one: before the ']' */
             end = al->ta[end_a - 1] == ']' ? end_before(al, ia, end_a - 1, 0) : NO_POS;
         } else {
             size_t next = a_start(al, unsafe_yyjson_get_next(x));
@@ -2096,7 +2155,34 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                 ia = end, ib += len;
                 copied++;
                 last_copied = 1;
+                i++, count++, x = unsafe_yyjson_get_next(x);
                 continue;
+            }
+            size_t j, k, at, start = len < SHIFT_PREFIX ? len : SHIFT_PREFIX;
+            if ((type == YYJSON_TYPE_OBJ || type == YYJSON_TYPE_ARR) && tries < SHIFT_TRIES &&
+                ib + start <= al->nb && (al->tb[ib] == '{' || al->tb[ib] == '[') &&
+                common_prefix(al->ta + ia, al->tb + ib, start) < start) {
+                if ((j = inserted(al, ia, end, ib, &at))) { /* the shadow's j elements first, then x */
+                    if ((rc = put_run(al, run, x)))
+                        return rc;
+                    for (size_t q = 0; q < j; q++, count++) {
+                        if (q) /* the comma after the one before */
+                            ib = skip_ws(al->tb, al->nb, skip_ws(al->tb, al->nb, ib) + 1);
+                        if ((rc = piece(al, ib, &ib)))
+                            return rc;
+                    }
+                    ib = at, run = x, same_to = 0, at_start = last_copied = 1;
+                    continue; /* x again, now at tb[ib] */
+                }
+                if ((k = removed_before(al, x, i, n, end, end_a, ib, &at))) { /* x and k - 1 after it: gone */
+                    if ((rc = put_run(al, run, x)))
+                        return rc;
+                    for (size_t q = 0; q < k; q++)
+                        x = unsafe_yyjson_get_next(x);
+                    i += k, ia = at, run = x, same_to = 0, at_start = last_copied = 1;
+                    continue; /* the element at ta[ia] against tb[ib] */
+                }
+                tries++;
             }
         }
         if ((rc = put_run(al, run, x)))
@@ -2108,6 +2194,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         copied += (size_t)last_copied;
         same_to = 0; /* the texts may be apart by more or less from here */
         run = unsafe_yyjson_get_next(x);
+        i++, count++, x = run;
     }
     if ((rc = put_run(al, run, x)))
         return rc;

@@ -622,7 +622,7 @@ def mutated(
 ) -> Any:
     """``value`` with a few changes: replaced parts (drawn from ``values``), dropped or added
     members, reordered keys, bool and int swapped, ints made floats, arrays made longer or
-    shorter. Most parts stay equal."""
+    shorter (at the end, or anywhere: the elements after shift). Most parts stay equal."""
     choice = draw(st.integers(0, 9))
     if choice == 0:
         return draw(values)
@@ -642,6 +642,10 @@ def mutated(
             out_list.append(draw(scalars))
         if choice == 2 and out_list:
             out_list.pop()
+        if choice == 3:  # the elements after it shift
+            out_list.insert(draw(st.integers(0, len(out_list))), draw(values))
+        if choice == 4 and out_list:
+            del out_list[draw(st.integers(0, len(out_list) - 1))]
         return out_list
     if choice < 4 and type(value) is bool:
         return int(value)

@@ -717,19 +717,61 @@ def test_answers_that_do_not_line_up_are_parsed_and_then_left_alone(kept: Any) -
     assert call(live) == (1, 2, 3)  # and built on
 
 
+def feed(newer: int, *, at: str = "2026-12-03T08:00:00Z", gone: tuple[int, ...] = ()) -> bytes:
+    """A page of a feed, newest record first: `newer` records more on top than the first page,
+    as many fewer at the bottom, and the records at the positions `gone` (after the newer ones
+    went on top) removed."""
+    records = rows(340)
+    page = records[20 - newer : 320 - newer]
+    page = [r for i, r in enumerate(page) if i not in gone]
+    return json.dumps({"meta": {"at": at}, "items": page}).encode()
+
+
 @pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
-def test_records_that_shift_between_answers_are_compared_alike(kept: Any) -> None:
-    # A feed, newest record first: each answer has four newer records on top. The build follows
-    # records by position, so these answers do not line up with the kept one (parsed whole,
-    # as without a key; README "Cost"): what matters is the same result either way.
-    records = rows(320)
-    for n in range(5):
-        page = {"meta": {"at": f"2026-12-03T08:00:0{n}Z"}, "items": records[20 - 4 * n : 320 - 4 * n]}
-        live = json.dumps(page).encode()
-        shadow = json.loads(live)
-        _few(shadow)
-        lc, sc = Captured(200, JSON, live), Captured(200, JSON, json.dumps(shadow).encode())
+def test_records_inserted_or_removed_before_others_are_followed(kept: Any) -> None:
+    # A feed: each answer has newer records on top, which shifts the others by position. The
+    # build finds the kept records again up to 8 places further on (or back, for records
+    # removed), so these answers are built on the kept one: counted warm, never missed.
+    first = feed(0)
+    shadow = json.loads(first)
+    _few(shadow)
+    since = counted(kept)
+    for body in [first, feed(1), feed(4), feed(8), feed(3, gone=(50, 51)), feed(0, gone=(0,)), feed(2, gone=(299,))]:
+        lc = Captured(200, JSON, body)
+        other = json.loads(body)
+        other["meta"]["at"] = "2026-12-03T08:00:01Z"
+        other["items"][150]["on"] = not other["items"][150]["on"]
+        other["items"][-1]["extra"] = [1, 2]
+        other["items"].insert(100, {"id": -1, "inserted": True})  # and the shadow has one more
+        del other["items"][200]
+        sc = Captured(200, JSON, json.dumps(other).encode())
         assert compare(lc, sc, reuse="GET /feed") == reference_compare(lc, sc)
+    assert since() == (6, 0, 1)
+    # further than that: not followed; parsed whole and kept instead, the same result
+    lc, sc = Captured(200, JSON, feed(9)), Captured(200, JSON, json.dumps(shadow).encode())
+    assert compare(lc, sc, reuse="GET /feed") == reference_compare(lc, sc)
+    assert since() == (6, 1, 2)
+    for body in (feed(9), feed(12)):
+        keep_then_diff(first, body, json.dumps(shadow).encode())
+        keep_then_diff(first, body, None)
+
+
+@pytest.mark.parametrize("shadow_document", ["defaults"], indirect=True)
+@pytest.mark.parametrize("where", [0, 1, 150, 298])
+def test_a_shadow_with_records_inserted_or_removed_is_built_on_the_live_text(where: int) -> None:
+    assert diffing._native is not None
+    live = json.loads(feed(0))
+    for edit in ("insert", "remove", "both"):
+        shadow = json.loads(feed(0))
+        if edit in ("insert", "both"):
+            shadow["items"][where:where] = [{"id": -1, "name": "new"}, {"id": -2, "name": "newer"}]
+        if edit in ("remove", "both"):
+            del shadow["items"][where + 10 : where + 12]
+        a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+        built, parsed = diffing._native.counts()
+        assert native(a, b) is not None
+        assert diffing._native.counts() == (built + 1, parsed)
+        agree(Captured(200, JSON, a), Captured(200, JSON, b))
 
 
 @pytest.mark.parametrize("shadow_document", ["built"], indirect=True)  # small bodies kept too
