@@ -2043,7 +2043,8 @@ static int put_run(Align *al, V *x0, V *x) {
 
 /* ta[ia..ia+len) at tb[ib], followed by what may follow a value */
 static inline int text_at(const Align *al, size_t ia, size_t len, size_t ib) {
-    return ib + len <= al->nb && !memcmp(al->ta + ia, al->tb + ib, len) && (ib + len == al->nb || is_delim(al->tb[ib + len]));
+    return ib + len <= al->nb && !memcmp(al->ta + ia, al->tb + ib, len) &&
+           (ib + len == al->nb || is_delim(al->tb[ib + len]));
 }
 
 /* how many shadow elements from tb[ib] on come before one whose text is ta[ia..end) (1 to
