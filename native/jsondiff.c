@@ -2041,6 +2041,18 @@ static int put_run(Align *al, V *x0, V *x) {
 #define SHIFT_PREFIX 16
 #define SHIFT_TRIES 2
 
+/* Where the text of live element x, the i-th of n in an array whose text ends at ta[end_a],
+ * ends when it begins at ta[start]: from where the next element's begins when that tells
+ * (records, strings), the text between being whitespace, a comma, whitespace (yyjson parsed
+ * it); before the ']' for the last one. NO_POS: not told. Cheaper than a_end, which goes
+ * through x's members to the last one. */
+static size_t elem_end(const Align *al, V *x, size_t i, size_t n, size_t start, size_t end_a) {
+    if (i + 1 == n)
+        return al->ta[end_a - 1] == ']' ? end_before(al, start, end_a - 1, 0) : NO_POS;
+    size_t next = a_start(al, unsafe_yyjson_get_next(x));
+    return next == NO_POS ? NO_POS : end_before(al, start, next, ',');
+}
+
 /* ta[ia..ia+len) at tb[ib], followed by what may follow a value */
 static inline int text_at(const Align *al, size_t ia, size_t len, size_t ib) {
     return ib + len <= al->nb && !memcmp(al->ta + ia, al->tb + ib, len) &&
@@ -2074,13 +2086,7 @@ static size_t removed_before(const Align *al, V *x, size_t i, size_t n, size_t e
     for (size_t k = 1; k <= SHIFT_MAX && i + k < n; k++) {
         x = unsafe_yyjson_get_next(x);
         size_t s = skip_ws(al->ta, al->na, skip_ws(al->ta, al->na, end) + 1); /* past the ',' */
-        if (i + k + 1 == n) {
-            end = al->ta[end_a - 1] == ']' ? end_before(al, s, end_a - 1, 0) : NO_POS;
-        } else {
-            size_t next = a_start(al, unsafe_yyjson_get_next(x));
-            end = next == NO_POS ? NO_POS : end_before(al, s, next, ',');
-        }
-        if (end == NO_POS)
+        if ((end = elem_end(al, x, i + k, n, s, end_a)) == NO_POS)
             return 0;
         if (text_at(al, s, end - s, ib)) {
             *at = s;
@@ -2135,17 +2141,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                 continue;
             }
         }
-        /* Where x's text ends, from where the next element's begins when that tells (records,
-         * strings): the text between is whitespace, a comma, whitespace (yyjson parsed it).
-         * Cheaper than a_end, which goes through x's members to the last one. */
-        size_t end = NO_POS;
-        if (i + 1 == n) { /* the last one: before the ']' */
-            end = al->ta[end_a - 1] == ']' ? end_before(al, ia, end_a - 1, 0) : NO_POS;
-        } else {
-            size_t next = a_start(al, unsafe_yyjson_get_next(x));
-            if (next != NO_POS)
-                end = end_before(al, ia, next, ',');
-        }
+        size_t end = elem_end(al, x, i, n, ia, end_a);
         if (end != NO_POS && end > ia && depth < MAX_NEST && al->spent <= al->budget) {
             /* align_value's copy, for the run of elements the shadow repeats */
             size_t len = end - ia;
