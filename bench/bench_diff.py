@@ -119,6 +119,11 @@ def feed_pages(doc: dict[str, Any], n: int = 8) -> list[dict[str, Any]]:
     return [{**doc, "items": (newer[:k][::-1] + items)[: len(items)]} for k in range(n)]
 
 
+def shadowed(doc: dict[str, Any]) -> tuple[Captured, Captured]:
+    """The live answer ``doc`` and its shadow's (``handful_of_differences``), as captured."""
+    return captured(doc), captured(handful_of_differences(doc))
+
+
 def in_turn(pairs: list[tuple[Captured, Captured]], reuse: str | None) -> Callable[[], object]:
     """``compare()`` of each pair in turn, each one's live answer kept under ``reuse``."""
     turn = iter(range(10**12))
@@ -266,8 +271,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.pair_cost:
         doc = document(64 << 10)
-        live, shadow = captured(doc), captured(handful_of_differences(doc))
-        turns = [(captured(a), captured(handful_of_differences(a))) for a in answers(doc)]
+        live, shadow = shadowed(doc)
+        turns = [shadowed(a) for a in answers(doc)]
         (us, calls), (kept_us, kept_calls) = alternating_us(
             [lambda: compare(live, shadow), in_turn(turns, "GET /bench.json")], args.seconds
         )
@@ -278,7 +283,7 @@ def main() -> None:
     pairs = {}
     for label, size in (("1 KiB", 1 << 10), ("8 KiB", 8 << 10), ("64 KiB", 64 << 10)):
         doc = document(size)
-        pairs[label] = (captured(doc), captured(handful_of_differences(doc)))
+        pairs[label] = shadowed(doc)
     big_live, big_shadow = pairs["64 KiB"]
     big_doc = json.loads(big_live.body)
     all_differ = captured(every_element_differs(big_doc))
@@ -345,13 +350,13 @@ def main() -> None:
         if label in {"8 KiB", "64 KiB"} and diffing._native is not None:
             cases.append(("  the shadow parsed whole", label, parsed_whole(comparing(live, shadow))))
         if label == "64 KiB":
-            turns = [(captured(x), captured(handful_of_differences(x))) for x in answers(big_doc)]
+            turns = [shadowed(x) for x in answers(big_doc)]
             cases.append(("  8 answers in turn, no key", label, in_turn(turns, None)))
             cases.append(("  8 answers in turn, built on the kept one", label, in_turn(turns, "GET /p")))
             # a static endpoint: the same live answer each time, kept, and its shadow's changes
             cases.append(("  the same answer again, built on the kept one", label, in_turn(turns[:1], "GET /s")))
             # a feed, newest first: each answer 0-7 newer records on top (the others shift)
-            pages = [(captured(x), captured(handful_of_differences(x))) for x in feed_pages(big_doc)]
+            pages = [shadowed(x) for x in feed_pages(big_doc)]
             cases.append(("  feed pages in turn, no key", label, in_turn(pages, None)))
             cases.append(("  feed pages in turn, built on the kept one", label, in_turn(pages, "GET /f")))
             cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
