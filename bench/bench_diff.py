@@ -266,17 +266,23 @@ def main() -> None:
         action="store_true",
         help="only time compare() of the 64 KiB pair with a handful of differences (bench/run.py's"
         " JSON answers) for --seconds: on its own (us), and as the endpoint's 8 answers in turn,"
-        ' each built on the one kept before (kept_us); print {"us": ..., "kept_us": ...} as JSON',
+        " each built on the one kept before (kept_us); and the C walk's parse of the live body"
+        " alone (parse_us, the floor under any diff of a body seen first; null without the C"
+        ' walk); print {"us": ..., "kept_us": ..., "parse_us": ...} as JSON',
     )
     args = parser.parse_args()
     if args.pair_cost:
         doc = document(64 << 10)
         live, shadow = shadowed(doc)
         turns = [shadowed(a) for a in answers(doc)]
-        (us, calls), (kept_us, kept_calls) = alternating_us(
-            [lambda: compare(live, shadow), in_turn(turns, "GET /bench.json")], args.seconds
-        )
+        timed = [lambda: compare(live, shadow), in_turn(turns, "GET /bench.json")]
+        native = diffing._native
+        if native is not None:
+            timed.append(lambda: native.parse_only(live.body))
+        got = alternating_us(timed, args.seconds)
+        (us, calls), (kept_us, kept_calls) = got[:2]
         out = {"us": round(us, 1), "calls": calls, "kept_us": round(kept_us, 1), "kept_calls": kept_calls}
+        out["parse_us"] = round(got[2][0], 1) if native is not None else None
         print(json.dumps({**out, "body_bytes": len(live.body)}))
         return
 

@@ -794,7 +794,8 @@ class Run:
         self.diff_cost.append(sample)
         progress(
             f"{where}  diffing the 64 KiB JSON pair: {sample['us']} µs a compare(),"
-            f" {sample['kept_us']} µs built on the endpoint's kept answer"
+            f" {sample['kept_us']} µs built on the endpoint's kept answer,"
+            f" {sample.get('parse_us')} µs to parse the live body alone"
         )
 
     def measure_locust(self, target: Target) -> None:
@@ -858,9 +859,12 @@ def diff_cost_note(targets: list[Target], diff_cost: list[dict[str, Any]]) -> st
     kept_us = _median([s.get("kept_us") for s in diff_cost])
     if kept_us is not None:
         text += f", {kept_us:.1f} µs as the endpoint's answers in turn, built on the kept one"
+    parse_us = _median([s.get("parse_us") for s in diff_cost])
+    if parse_us is not None:
+        text += f", {parse_us:.1f} µs to parse the live body alone (the floor under a first-seen pair)"
     p50 = _median([s["latency_us"]["p50"] for s in proxied.latency])
     text += f"; a proxied request for the live answer ({proxied.name}, p50 at 1 connection): {p50:.0f} µs"
-    for name, what in (("us", "diff"), ("kept_us", "diff built on the kept answer")):
+    for name, what in (("us", "diff"), ("kept_us", "diff built on the kept answer"), ("parse_us", "parse alone")):
         by_round = {s["round"]: s[name] for s in diff_cost if s.get(name) is not None}
         ratios = [by_round[s["round"]] / s["latency_us"]["p50"] for s in proxied.latency if s["round"] in by_round]
         if not ratios:

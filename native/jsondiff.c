@@ -2617,6 +2617,28 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(parse_only_doc, "parse_only(body)\n--\n\n"
+                             "Parse body as diff() parses a live body (yyjson, the same settings and kept\n"
+                             "pool) and walk nothing: the number of values, or None when it is not JSON.\n"
+                             "For benchmarks: the floor under any diff of a body seen for the first time.");
+
+static PyObject *jd_parse_only(PyObject *self, PyObject *args) {
+    PyObject *body;
+    if (!PyArg_ParseTuple(args, "S:parse_only", &body))
+        return NULL;
+    if (g_busy) {
+        PyErr_SetString(PyExc_RuntimeError, "parse_only() during diff()");
+        return NULL;
+    }
+    yyjson_alc pool;
+    yyjson_doc *d = parse(body, pool_for(body, Py_None, &pool));
+    if (!d)
+        Py_RETURN_NONE;
+    size_t n = yyjson_doc_get_val_count(d);
+    yyjson_doc_free(d);
+    return PyLong_FromSize_t(n);
+}
+
 PyDoc_STRVAR(build_doc, "build_on_live(min_size, descend_min=128)\n--\n\n"
                         "From which shadow body size diff() builds the shadow document on the live\n"
                         "one's text rather than parsing it whole (default 4096; 0: always; a size no\n"
@@ -2666,6 +2688,7 @@ static PyObject *jd_forget(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc},
                                 {"build_on_live", jd_build_on_live, METH_VARARGS, build_doc},
+                                {"parse_only", jd_parse_only, METH_VARARGS, parse_only_doc},
                                 {"counts", jd_counts, METH_NOARGS, counts_doc},
                                 {"kept", jd_kept, METH_NOARGS, kept_doc},
                                 {"forget", jd_forget, METH_NOARGS, forget_doc},

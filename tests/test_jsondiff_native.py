@@ -912,6 +912,29 @@ def test_large_bodies_are_parsed_with_yyjsons_own_allocator() -> None:
     agree(j(live), j(shadow))
 
 
+def test_parse_only_is_the_parse_diff_makes_and_nothing_more(shadow_document: str) -> None:
+    # bench_diff.py --pair-cost times it as the floor under a diff of a first-seen body
+    assert diffing._native is not None
+    parse_only = diffing._native.parse_only
+    assert parse_only(b'{"a": [1, 2.5, "x"], "b": null}') == 8  # the object, 2 names, 5 values
+    assert parse_only(b'{"a": 1, "a": 2}') == 5  # valid JSON: the walk leaves it, the parse takes it
+    big = json.dumps({"items": [{"id": i, "name": "x" * 100} for i in range(8000)]}).encode()
+    assert parse_only(big) == 2 + 1 + 8000 * 5  # beyond the kept pool: yyjson's own allocator
+    for body in (b"<html>", b"", b'\xef\xbb\xbf{"a": 1}', b'{"a": "\xff"}', b'{"a": NaN}', b'{"a": 1'):
+        assert parse_only(body) is None, body
+    with pytest.raises(TypeError):
+        parse_only("text")
+
+    def child(key: str, name: str) -> tuple[str, str]:
+        parse_only(b"{}")  # a call inside diff() (its callback here; in general another thread)
+        return _child(key, name)
+
+    new = f"parse_only_key_{shadow_document}".encode()  # a key no call has met: the callback runs
+    with pytest.raises(RuntimeError, match="during diff"):
+        diffing._native.diff(b'{"%s": 1}' % new, None, child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)
+    assert parse_only(b"[]") == 1  # and free again after
+
+
 def test_repeated_calls_keep_no_references_and_no_memory() -> None:
     a = json.dumps({"items": rows(LONG), "gone": {"x": [1, 2]}, "t": 1}).encode()
     b = json.dumps({"items": rows(LONG - 1, on=1), "new": [3], "t": 2.5}).encode()
