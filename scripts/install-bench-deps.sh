@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what `make bench` needs from Debian: nginx (upstream and reference proxy) and wrk
-# (load generator). Idempotent: does nothing when both are already installed.
+# (load generator); and g++ for bench/parsers.py (it builds simdjson, which is C++, to time
+# it against the C walk's yyjson). Idempotent: does nothing when all are already installed.
 #
 # bench/run.py starts its own nginx instances with generated configs on free loopback
 # ports; the system nginx service is never wanted. Debian's nginx postinst would start
@@ -9,7 +10,7 @@
 # and a system nginx that runs anyway is stopped afterwards.
 set -euo pipefail
 
-packages=(nginx wrk)
+packages=(nginx wrk g++)
 
 missing=()
 for pkg in "${packages[@]}"; do
