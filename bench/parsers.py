@@ -115,13 +115,21 @@ def build(tmp: Path, cache: Path) -> dict[str, list[str]]:
     yy_src = tmp / "yyjson_parse.c"
     yy_src.write_text(fill(YYJSON_PARTS))
     yy = tmp / "yyjson_parse"
-    cc = ["gcc", "-O3", "-DYYJSON_DISABLE_NON_STANDARD=1", f"-I{YYJSON}", str(yy_src), str(YYJSON / "yyjson.c")]
+    cc = [
+        "gcc",
+        "-O3",
+        "-DNDEBUG",
+        "-DYYJSON_DISABLE_NON_STANDARD=1",
+        f"-I{YYJSON}",
+        str(yy_src),
+        str(YYJSON / "yyjson.c"),
+    ]
     subprocess.run([*cc, "-o", str(yy)], check=True)
     sj_dir = simdjson_source(cache)
     sj_src = tmp / "simdjson_parse.cpp"
     sj_src.write_text(fill(SIMDJSON_PARTS))
     sj = tmp / "simdjson_parse"
-    cxx = ["g++", "-O3", "-std=c++17", f"-I{sj_dir}", str(sj_src), str(sj_dir / "simdjson.cpp")]
+    cxx = ["g++", "-O3", "-DNDEBUG", "-std=c++17", f"-I{sj_dir}", str(sj_src), str(sj_dir / "simdjson.cpp")]
     subprocess.run([*cxx, "-o", str(sj)], check=True)
     return {"yyjson (proxy._jsondiff's)": [str(yy)], "simdjson (DOM)": [str(sj)]}
 
