@@ -226,18 +226,34 @@ def median_us(fn: Callable[[], object], budget: float) -> tuple[float, int]:
     return statistics.median(samples), len(samples) * batch
 
 
+def alternating_samples(batches: list[Callable[[], float]], budget: float) -> list[list[float]]:
+    """Run each of ``batches`` (one batch of calls, returning its µs per call) in turn, round
+    after round, within ``budget`` seconds (at least 3 rounds): each one's samples, by round."""
+    samples: list[list[float]] = [[] for _ in batches]
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(samples[0]) < 3:
+        for batch, out in zip(batches, samples, strict=True):
+            out.append(batch())
+    return samples
+
+
+def timed_batch(fn: Callable[[], object], batch: int) -> Callable[[], float]:
+    """A batch of ``batch`` calls of ``fn``, returning µs per call (for ``alternating_samples``)."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        return (time.perf_counter() - start) / batch * 1e6
+
+    return run
+
+
 def alternating_us(fns: list[Callable[[], object]], budget: float) -> list[tuple[float, int]]:
     """``median_us`` of each of ``fns``, run in alternating batches of >= 2 ms within ``budget``
     seconds: the figures share the machine's drift."""
     batches = [max(1, int(0.002 / max(median_us(fn, 0.0)[0] * 1e-6, 1e-7))) for fn in fns]
-    samples: list[list[float]] = [[] for _ in fns]
-    deadline = time.perf_counter() + budget
-    while time.perf_counter() < deadline or len(samples[0]) < 3:
-        for fn, batch, out in zip(fns, batches, samples, strict=True):
-            start = time.perf_counter()
-            for _ in range(batch):
-                fn()
-            out.append((time.perf_counter() - start) / batch * 1e6)
+    samples = alternating_samples([timed_batch(fn, n) for fn, n in zip(fns, batches, strict=True)], budget)
     return [(statistics.median(out), len(out) * batch) for out, batch in zip(samples, batches, strict=True)]
 
 

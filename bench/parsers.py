@@ -26,12 +26,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from bench_diff import document
+from bench_diff import alternating_samples, document, timed_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 YYJSON = ROOT / "native" / "yyjson"
@@ -154,22 +154,22 @@ def main() -> None:
             )
             for name, argv in programs.items()
         }
-        in_python = {"orjson.loads": lambda: orjson.loads(body), "json.loads": lambda: json.loads(body)}
-        samples: dict[str, list[float]] = {name: [] for name in [*procs, *in_python]}
-        deadline = time.perf_counter() + args.seconds
+
+        def ask(proc: subprocess.Popen[str]) -> Callable[[], float]:
+            def run() -> float:  # one batch in the C program, timed there
+                assert proc.stdin is not None
+                assert proc.stdout is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                return float(proc.stdout.readline())
+
+            return run
+
+        timed = {name: ask(proc) for name, proc in procs.items()}
+        timed["orjson.loads"] = timed_batch(lambda: orjson.loads(body), batch // 10)
+        timed["json.loads"] = timed_batch(lambda: json.loads(body), batch // 10)
         try:
-            while time.perf_counter() < deadline or min(len(s) for s in samples.values()) < 3:
-                for name, proc in procs.items():
-                    assert proc.stdin is not None
-                    assert proc.stdout is not None
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
-                    samples[name].append(float(proc.stdout.readline()))
-                for name, fn in in_python.items():
-                    start = time.perf_counter()
-                    for _ in range(batch // 10):
-                        fn()
-                    samples[name].append((time.perf_counter() - start) / (batch // 10) * 1e6)
+            samples = dict(zip(timed, alternating_samples(list(timed.values()), args.seconds), strict=True))
         finally:
             for proc in procs.values():
                 if proc.stdin is not None:
