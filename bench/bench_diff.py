@@ -297,8 +297,8 @@ def main() -> None:
             timed.append(lambda: native.parse_only(live.body))
         got = alternating_us(timed, args.seconds)
         (us, calls), (kept_us, kept_calls) = got[:2]
-        out = {"us": round(us, 1), "calls": calls, "kept_us": round(kept_us, 1), "kept_calls": kept_calls}
-        out["parse_us"] = round(got[2][0], 1) if native is not None else None
+        out: dict[str, float | None] = {"us": round(us, 1), "calls": calls, "kept_us": round(kept_us, 1)}
+        out |= {"kept_calls": kept_calls, "parse_us": round(got[2][0], 1) if native is not None else None}
         print(json.dumps({**out, "body_bytes": len(live.body)}))
         return
 
