@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import diffing
 from proxy.config import ShadowNoise
 from proxy.diffing import (
     REDACTED,
@@ -898,10 +899,26 @@ def test_from_dict_rejects_bad_input(mutate: Any, message: str) -> None:
     [
         pytest.param(b'{"a": NaN, "b": 1}', b'{"a": NaN, "b": 2}', {"$.b"}, id="nan-stdlib-dialect"),
         pytest.param(b'{"n": 123456789012345678901234567890}', b'{"n": 1}', {"$.n"}, id="int-beyond-64-bits"),
+        # orjson makes these floats, equal to each other: they must stay exact integers.
+        pytest.param(b'{"n": 12345678901234567890123}', b'{"n": 12345678901234567890999}', {"$.n"}, id="ids-2**73"),
+        pytest.param(b"[18446744073709551617, 0]", b"[18446744073709551618, 0]", {"$[*]"}, id="2**64+1-vs-2**64+2"),
+        pytest.param(b'{"n": -9223372036854775809}', b'{"n": -9223372036854775810}', {"$.n"}, id="below-int64"),
+        pytest.param(b'{"n": 12345678901234567890123}', b'{"n": 12345678901234567890123}', set(), id="equal-big"),
+        pytest.param(
+            b'{"s": "12345678901234567890", "n": 1}',
+            b'{"s": "12345678901234567890", "n": 2}',
+            {"$.n"},
+            id="long-digit-string",
+        ),
         pytest.param(b'{"x": [1, 2]}', b'{"x": [1, 3]}', {"$.x[*]"}, id="plain-orjson"),
     ],
 )
-def test_json_bodies_parse_in_either_dialect(live: bytes, shadow: bytes, expected: set[str]) -> None:
+@pytest.mark.parametrize("walk", ["as built", "python"])
+def test_json_bodies_parse_in_either_dialect(
+    live: bytes, shadow: bytes, expected: set[str], walk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if walk == "python":  # as an install without a C compiler runs
+        monkeypatch.setattr(diffing, "_native", None)
     headers = (("content-type", "application/json"),)
     result = compare(Captured(200, headers, live), Captured(200, headers, shadow))
     assert result.body == "json"
