@@ -1628,11 +1628,19 @@ def _sample_body(c: Captured, root: _Node | None) -> str:
     return _clip(text, SAMPLE_BODY_CHARS)
 
 
-def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozenset[str]) -> bool:
+def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozenset[str], json_typed: bool) -> bool:
+    """Whether a difference's values must not be stored. ``json_typed``: either answer says
+    it is JSON; a body that says so but was compared by lines or bytes (it did not parse)
+    cannot be redacted by path, so with ``redact_fields`` set its values are withheld, as
+    ``_sample_body`` withholds the body itself."""
     if d.path.startswith("header."):
         name = d.path[7:]
         return name in ALWAYS_REDACTED_HEADERS or name in redact_headers
-    return root is not None and d.path.startswith("$") and _path_touches(d.path, root)
+    if root is None:
+        return False
+    if d.path.startswith("$"):
+        return _path_touches(d.path, root)
+    return json_typed and d.path.startswith("body")
 
 
 # ---- accumulators ------------------------------------------------------------------------------
@@ -1799,7 +1807,8 @@ class EndpointStats:
                 continue
             if bodies is None:  # rendered once per request, and only when a sample is taken
                 bodies = (_sample_body(live, root), _sample_body(shadow, root))
-            hide = _redact_diff_value(d, root, redact_headers)
+                json_typed = _is_json_type(_media(live)[0]) or _is_json_type(_media(shadow)[0])
+            hide = _redact_diff_value(d, root, redact_headers, json_typed)
             sample = Sample(
                 point=point,
                 request=redact_request(request),

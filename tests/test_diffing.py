@@ -595,6 +595,26 @@ def test_truncated_json_body_is_withheld_when_it_cannot_be_redacted() -> None:
     assert sample.shadow_body == "{}"
 
 
+def test_json_body_that_does_not_parse_keeps_nothing_in_its_line_diffs() -> None:
+    """Compared by lines (it does not parse), a JSON body's differing lines carry the very
+    text redact_fields would have hidden: withheld like the body itself."""
+    live = Captured(200, JSON, b'{"user": {"email": "bob@example.com"}, "v": "live",')
+    shadow = Captured(200, JSON, b'{"user": {"email": "bob@example.com"}, "v": "shadow",')
+    stats = RouteStats()
+    record(stats, live, shadow, redact_fields=("$.user.email",))
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["body"]
+    assert (sample.path, sample.live, sample.shadow) == ("body.line[1]", REDACTED, REDACTED)
+    assert sample.live_body.startswith("[withheld")
+    assert "bob@example.com" not in json.dumps(stats.to_dict())
+    # without redact_fields nothing is hidden, and text bodies are not JSON paths' business
+    for redact, headers in (((), JSON), (("$.user.email",), TEXT)):
+        stats = RouteStats()
+        record(stats, Captured(200, headers, live.body), Captured(200, headers, shadow.body), redact_fields=redact)
+        (sample,) = stats.endpoints["GET /users/{id}"].samples["body"]
+        assert sample.live is not None
+        assert "bob@example.com" in sample.live
+
+
 def test_sample_bodies_are_clipped_to_2_kib() -> None:
     stats = RouteStats()
     record(stats, Captured(200, TEXT, b"a" * 10000), Captured(200, TEXT, b"b" * 10000))
