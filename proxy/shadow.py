@@ -586,9 +586,12 @@ class DiffRecorder:
         return out
 
     def clear(self, route: str | None) -> None:
+        """Forget what was found (the report's DELETE). The endpoints admitted stay admitted:
+        they are labels of ``splitproxy_shadow_diffs_total`` too, and a cap that started over
+        with every clear would let a process's label set grow by one cap's worth each time."""
         self._endpoints.clear()
         self._options.clear()
-        for table in (self.batch, self.seen, self.caps):
+        for table in (self.batch, self.seen):
             if route is None:
                 table.clear()
             else:

@@ -343,6 +343,26 @@ def json_app(extra: dict[str, Any]) -> Any:
     return factory
 
 
+async def test_clearing_the_report_keeps_the_endpoints_admitted(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """DELETE forgets what was found, not which endpoints the route tracks: they are metric
+    labels too, and a cap that started over at every clear would let them grow without end."""
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow)])
+    await drive(px.url, [f"/e{i}x" for i in range(100)], 1)
+    await wait_outcome(px, "compared", 100)
+    async with aiohttp.ClientSession() as s, s.delete(f"{px.admin_url}/api/v1/shadow/report") as r:
+        assert r.status == 200
+    await drive(px.url, ["/new-endpoint", "/e7x"], 1)
+    await wait_outcome(px, "compared", 102)
+    endpoints = (await get_report(px))["routes"][0]["endpoints"]
+    assert sorted(endpoints) == ["GET /e7x", "GET {other}"]
+    labels = px.server.runtime.counts.extra_counters["splitproxy_shadow_diffs"]
+    assert {endpoint for _route, endpoint, _kind in labels} == {f"GET /e{i}x" for i in range(100)} | {"GET {other}"}
+
+
 async def test_report_api_get_filter_delete_and_restart(tmp_path: Path, start_upstream: StartUpstream) -> None:
     from proxy.config import parse_text
     from proxy.server import Server
