@@ -27,6 +27,8 @@ log = logging.getLogger("splitproxy")
 RETENTION_SECONDS = 7 * 24 * 3600.0
 MAX_ROWS = 5000
 PERSIST_SECONDS = 2.0
+# Retention also runs this often when nothing new comes to store (an idle proxy), and at start.
+EXPIRE_SECONDS = 600.0
 
 
 class Reports:
@@ -35,9 +37,12 @@ class Reports:
         self.routes: dict[str, RouteStats] = {}
         self._dirty: dict[str, set[str]] = {}
         self.last_persist = 0.0
+        self.last_expire = time.monotonic()
 
     def load(self) -> None:
-        """The stored sums (a bad row is logged and skipped, never fatal)."""
+        """The stored sums, retention applied first (a bad row is logged and skipped, never
+        fatal)."""
+        self.expire()
         for route, endpoints in self.store.shadow_endpoints().items():
             stats = RouteStats()
             for name, doc in endpoints.items():
@@ -64,19 +69,34 @@ class Reports:
     def dirty(self) -> bool:
         return bool(self._dirty)
 
-    def persist(self) -> None:
-        """Write the endpoints that changed and apply retention. Runs in a worker thread."""
+    def persist(self) -> list[tuple[str, str]]:
+        """Write the endpoints that changed and apply retention. Runs in a worker thread;
+        returns what retention removed, for ``forget`` on the event loop."""
         dirty, self._dirty = self._dirty, {}
         rows = {}
         for route, names in dirty.items():
             endpoints = self.routes[route].endpoints if route in self.routes else {}
             rows[route] = {name: endpoints[name].to_dict() for name in names if name in endpoints}
         self.store.save_shadow_endpoints(rows)
-        gone = self.store.prune_shadow(max_age=RETENTION_SECONDS, max_rows=MAX_ROWS)
-        if gone:
-            self.routes = {}
-            self.load()
         self.last_persist = time.monotonic()
+        return self.expire()
+
+    def expire(self) -> list[tuple[str, str]]:
+        """Apply retention to the stored rows (a worker thread); what went, for ``forget``."""
+        self.last_expire = time.monotonic()
+        return self.store.prune_shadow(max_age=RETENTION_SECONDS, max_rows=MAX_ROWS)
+
+    def forget(self, gone: list[tuple[str, str]]) -> None:
+        """Drop from memory the endpoints retention removed from the database (on the event
+        loop, where batches are absorbed), unless a batch updated one since: that one is
+        stored again with the next persist."""
+        for route, endpoint in gone:
+            stats = self.routes.get(route)
+            if stats is None or endpoint in self._dirty.get(route, ()):
+                continue
+            stats.endpoints.pop(endpoint, None)
+            if not stats.endpoints:
+                del self.routes[route]
 
     def clear(self, route: str | None) -> None:
         if route is None:

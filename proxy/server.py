@@ -28,7 +28,7 @@ from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane
 from .metrics import Counts, GaugeSample, SplitproxyCollector
-from .report import PERSIST_SECONDS, Reports
+from .report import EXPIRE_SECONDS, PERSIST_SECONDS, Reports
 from .runtime import Runtime
 from .store import Store, StoreError
 from .workers import WorkerError, WorkerPool
@@ -161,18 +161,27 @@ class Server:
         while True:
             await asyncio.sleep(SHADOW_DRAIN_SECONDS)
             try:
-                self.balance = await self.plane.balance()
-                await self.collect_shadow(persist=False)
-                if self.reports.dirty and time.monotonic() - self.reports.last_persist >= PERSIST_SECONDS:
-                    await asyncio.to_thread(self.reports.persist)
+                await self.shadow_tick()
             except (StoreError, OSError, WorkerError) as exc:
                 log.error("shadow report: %s", exc)
+
+    async def shadow_tick(self) -> None:
+        """One turn of the periodic work: the balancer's view, the data plane's batches, and
+        storing them every PERSIST_SECONDS (retention with it), or retention alone every
+        EXPIRE_SECONDS when nothing new came."""
+        self.balance = await self.plane.balance()
+        await self.collect_shadow(persist=False)
+        now = time.monotonic()
+        if self.reports.dirty and now - self.reports.last_persist >= PERSIST_SECONDS:
+            self.reports.forget(await asyncio.to_thread(self.reports.persist))
+        elif now - self.reports.last_expire >= EXPIRE_SECONDS:
+            self.reports.forget(await asyncio.to_thread(self.reports.expire))
 
     async def collect_shadow(self, *, persist: bool) -> None:
         """Sum what the data plane found since last time; optionally store it now."""
         self.reports.absorb(await self.plane.drain_shadow())
         if persist and self.reports.dirty:
-            await asyncio.to_thread(self.reports.persist)
+            self.reports.forget(await asyncio.to_thread(self.reports.persist))
 
     async def clear_shadow(self, route: str | None) -> None:
         await self.plane.clear_shadow(route)
@@ -285,7 +294,7 @@ class Server:
                 if isinstance(self.plane, LocalDataPlane):
                     await self.collect_shadow(persist=False)
                 if self.reports.dirty:
-                    await asyncio.to_thread(self.reports.persist)
+                    self.reports.forget(await asyncio.to_thread(self.reports.persist))
             except (StoreError, OSError) as exc:
                 log.error("shadow report: last batch not stored: %s", exc)
         if self._admin is not None:

@@ -454,18 +454,20 @@ class Store:
                         (route, endpoint, now, json.dumps(doc, separators=(",", ":"))),
                     )
 
-    def prune_shadow(self, *, max_age: float, max_rows: int) -> int:
+    def prune_shadow(self, *, max_age: float, max_rows: int) -> list[tuple[str, str]]:
         """Retention: drop endpoints not updated for ``max_age`` seconds, then the least
-        recently updated beyond ``max_rows`` in all. Returns how many rows went."""
+        recently updated beyond ``max_rows`` in all. Returns the (route, endpoint) rows that
+        went, for the caller to drop from what it holds in memory."""
         cutoff = self._clock() - max_age
         with self._use("prune the shadow-diff report") as conn, _transaction(conn):
-            gone = conn.execute("DELETE FROM shadow_endpoints WHERE updated < ?", (cutoff,)).rowcount
+            gone = conn.execute("SELECT route, endpoint FROM shadow_endpoints WHERE updated < ?", (cutoff,)).fetchall()
             gone += conn.execute(
-                "DELETE FROM shadow_endpoints WHERE rowid IN"
-                " (SELECT rowid FROM shadow_endpoints ORDER BY updated DESC LIMIT -1 OFFSET ?)",
-                (max_rows,),
-            ).rowcount
-        return int(gone)
+                "SELECT route, endpoint FROM shadow_endpoints WHERE updated >= ?"
+                " ORDER BY updated DESC LIMIT -1 OFFSET ?",
+                (cutoff, max_rows),
+            ).fetchall()
+            conn.executemany("DELETE FROM shadow_endpoints WHERE route = ? AND endpoint = ?", gone)
+        return [(str(route), str(endpoint)) for route, endpoint in gone]
 
     def clear_shadow(self, route: str | None = None) -> None:
         with self._use("clear the shadow-diff report") as conn, _transaction(conn):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,52 @@ async def test_clearing_the_report_keeps_the_endpoints_admitted(
     assert sorted(endpoints) == ["GET /e7x", "GET {other}"]
     labels = px.server.runtime.counts.extra_counters["splitproxy_shadow_diffs"]
     assert {endpoint for _route, endpoint, _kind in labels} == {f"GET /e{i}x" for i in range(100)} | {"GET {other}"}
+
+
+async def test_report_retention_runs_on_an_idle_proxy_and_at_start(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """An endpoint not updated for 7 days leaves the report even when nothing new comes to
+    store (every EXPIRE_SECONDS), and a proxy started on an old database never shows it."""
+    from proxy.report import EXPIRE_SECONDS, Reports
+    from proxy.store import Store
+
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", json_app({"price": 1000}))
+    px = await start_proxy([shadowed(live, shadow)])
+    server = px.server
+    await drive(px.url, ["/items/1"], 3)
+    await wait_outcome(px, "compared", 3)
+    await server.collect_shadow(persist=True)
+    db = server.config.state.path
+
+    def endpoints() -> list[str]:
+        return sorted(server.reports.to_json(server.config)["routes"][0]["endpoints"])
+
+    def age_rows(conn: sqlite3.Connection) -> None:
+        with conn:
+            conn.execute("UPDATE shadow_endpoints SET updated = updated - 8 * 86400")
+        conn.close()
+
+    age_rows(sqlite3.connect(db))  # as if the proxy had been idle for 8 days
+    await server.shadow_tick()  # retention ran with the last persist: not due yet
+    assert endpoints() == ["GET /items/{id}"]
+    server.reports.last_expire -= EXPIRE_SECONDS
+    await server.shadow_tick()
+    assert server.reports.to_json(server.config)["routes"][0]["endpoints"] == {}
+    with Store(db) as store:
+        assert store.shadow_endpoints() == {}
+
+    # A database whose rows are old when the proxy starts: retention before loading.
+    await drive(px.url, ["/items/2"], 2)
+    await wait_outcome(px, "compared", 5)
+    await server.collect_shadow(persist=True)
+    age_rows(sqlite3.connect(db))
+    with Store(db) as store:
+        reports = Reports(store)
+        reports.load()
+        assert reports.routes == {}
+        assert store.shadow_endpoints() == {}
 
 
 async def test_report_api_get_filter_delete_and_restart(tmp_path: Path, start_upstream: StartUpstream) -> None:

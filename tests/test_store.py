@@ -451,6 +451,21 @@ def test_a_corrupted_row_is_a_store_error(store: Store, db: Path) -> None:
         store.history()
 
 
+def test_shadow_retention_drops_old_endpoints_then_the_least_recent_beyond_max_rows(db: Path) -> None:
+    now = [T0]
+    day = 86400.0
+    with Store(db, clock=lambda: now[0]) as store:
+        for i, endpoint in enumerate(["GET /a", "GET /b", "GET /c", "GET /d"]):
+            now[0] = T0 + i * day
+            store.save_shadow_endpoints({"r": {endpoint: {"n": i}}})
+        store.save_shadow_endpoints({"s": {"GET /e": {"n": 9}}})  # as recent as /d
+        now[0] = T0 + 8.5 * day  # /a (8.5 days) and /b (7.5) are beyond 7 days; /c, /d, /e are not
+        gone = store.prune_shadow(max_age=7 * day, max_rows=2)
+        assert sorted(gone) == [("r", "GET /a"), ("r", "GET /b"), ("r", "GET /c")]
+        assert store.shadow_endpoints() == {"r": {"GET /d": {"n": 3}}, "s": {"GET /e": {"n": 9}}}
+        assert store.prune_shadow(max_age=7 * day, max_rows=2) == []
+
+
 def test_a_closed_store_is_a_store_error(db: Path) -> None:
     store = Store(db)
     store.close()
