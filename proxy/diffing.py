@@ -1595,11 +1595,16 @@ def redact_request(request: str) -> str:
     if not sep:
         return request
     query, hash_sep, fragment = query.partition("#")
-    parts = []
-    for pair in query.split("&"):
-        name, eq, _ = pair.partition("=")
-        parts.append(f"{name}={REDACTED}" if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS else pair)
-    return head + "?" + "&".join(parts) + hash_sep + fragment
+    parts = _QUERY_SEPARATORS.split(query)  # pairs at even places, separators between
+    for i in range(0, len(parts), 2):
+        name, eq, _ = parts[i].partition("=")
+        if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS:
+            parts[i] = f"{name}={REDACTED}"
+    return head + "?" + "".join(parts) + hash_sep + fragment
+
+
+# "&", and ";" which older servers (and the HTML 4 recommendation) also split a query on.
+_QUERY_SEPARATORS: Final = re.compile(r"([&;])")
 
 
 def _sample_body(c: Captured, root: _Node | None) -> str:

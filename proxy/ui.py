@@ -255,7 +255,10 @@ def route_view(route: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "url": u.get("url", ""),
                 "healthy": bool(u.get("healthy", True)),
-                "notes": {k: v for k, v in u.items() if k not in ("url", "healthy")},
+                # the API's values as JSON writes them (false, null), not as Python's repr
+                "notes": {
+                    k: v if isinstance(v, str) else json.dumps(v) for k, v in u.items() if k not in ("url", "healthy")
+                },
             }
             for u in b.get("upstreams", ())
         ]
@@ -308,6 +311,21 @@ def page_context(
 # ---- templates ---------------------------------------------------------------------------------
 
 
+# Unicode's bidirectional controls and marks. Text from an upstream that holds one would
+# reorder what the page shows around it (an unterminated U+202E turns the rest of its line
+# around: "Trojan Source"), so the page shows them as escapes, as `splitproxy report` does.
+_BIDI: Final = {c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def visible_bidi(value: object) -> object:
+    """Every ``{{ }}`` of the templates goes through here (``finalize``): bidirectional
+    controls in text, escaped or not, become ``\\u202e``-style escapes."""
+    if isinstance(value, str) and not value.isascii():
+        shown = str.translate(value, _BIDI)
+        return Markup(shown) if isinstance(value, Markup) else shown  # markup stays markup
+    return value
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -316,6 +334,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=visible_bidi,
     )
     env.filters.update(num=fmt_number, rate=fmt_rate, seconds=fmt_seconds, weights=fmt_weights)
     return env

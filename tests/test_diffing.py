@@ -645,6 +645,8 @@ def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> No
         pytest.param("GET /a?API_KEY=x", "GET /a?API_KEY=[redacted]", id="case-insensitive"),
         pytest.param("GET /a?page=2", "GET /a?page=2", id="harmless"),
         pytest.param("GET /a", "GET /a", id="no-query"),
+        pytest.param("GET /a?a=1;token=x&sig=y;b", "GET /a?a=1;token=[redacted]&sig=[redacted];b", id="semicolons"),
+        pytest.param("GET /a?token=x#frag", "GET /a?token=[redacted]#frag", id="fragment"),
     ],
 )
 def test_redact_request(request_line: str, expected: str) -> None:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.ui import body_html, fmt_number, fmt_rate, fmt_seconds, fmt_weights
+from proxy.ui import body_html, environment, fmt_number, fmt_rate, fmt_seconds, fmt_weights, route_view, visible_bidi
 
 from .conftest import RunningProxy, StartProxy, StartUpstream, Upstream, route
 
@@ -102,6 +102,29 @@ def test_body_html_survives_deep_nesting() -> None:
 )
 def test_format(func: Any, arg: Any, expected: str) -> None:
     assert func(arg) == expected
+
+
+def test_bidirectional_controls_from_upstreams_are_shown_as_escapes() -> None:
+    """An unterminated U+202E in a value would turn the rest of the line around on the page."""
+    page = environment().from_string("<p title='{{ t }}'>{{ x }}</p><pre>{{ body }}</pre>")
+    body = body_html('{"name": "\u202eevil\u2066"}', "$.name", '"\u202eevil\u2066"')
+    html = page.render(t="a\u200fb", x="<\u202dx>", body=body)
+    assert html == (
+        "<p title='a\\u200fb'>&lt;\\u202dx&gt;</p>"
+        "<pre>{\n  &#34;name&#34;: <mark>&#34;\\u202eevil\\u2066&#34;</mark>\n}</pre>"
+    )
+    assert visible_bidi("plain ascii") == "plain ascii"
+
+
+def test_upstream_notes_read_as_json() -> None:
+    view = route_view(
+        {
+            "backends": [
+                {"name": "b", "upstreams": [{"url": "http://u", "healthy": True, "ejected": False, "check": None}]}
+            ]
+        }
+    )
+    assert view["backends"][0]["upstreams"][0]["notes"] == {"ejected": "false", "check": "null"}
 
 
 # ---- tier 2: the page over real HTTP -----------------------------------------------------------
