@@ -128,9 +128,6 @@ class Capture:
 class ShadowLeg:
     """One mirrored request: stands in for the client of an ``UpstreamConnection``."""
 
-    UNTIL_CLOSE: Final = 2  # mirrors Exchange.UNTIL_CLOSE for UpstreamConnection
-    RAW: Final = 0
-
     __slots__ = (
         "capture",
         "conn",
@@ -142,7 +139,6 @@ class ShadowLeg:
         "mirror",
         "outcome",
         "pool",
-        "resp_mode",
         "resp_started",
         "role",
         "rt",
@@ -163,7 +159,6 @@ class ShadowLeg:
         self.done = False
         self.outcome = ""
         self.resp_started = False
-        self.resp_mode = ShadowLeg.RAW
         self.last_io = 0.0
         self.upstream_full = False
         self.transport = None
@@ -206,7 +201,6 @@ class ShadowLeg:
     ) -> None:
         self.resp_started = True
         cl = hdict.get(b"content-length")
-        self.resp_mode = ShadowLeg.RAW if cl is not None else ShadowLeg.UNTIL_CLOSE
         extra = [b"content-length: " + cl + b"\r\n"] if cl is not None else []
         self.capture.head(status, lines, extra)
 

@@ -35,10 +35,6 @@ class Exchangeish(Protocol):
     def method(self) -> bytes: ...
     @property
     def resp_started(self) -> bool: ...
-    @property
-    def resp_mode(self) -> int: ...
-    @property
-    def UNTIL_CLOSE(self) -> int: ...  # the class constant of both
 
 
 class Client(Protocol):
@@ -100,6 +96,11 @@ _PASSED_AS_IS = frozenset(
 MAX_IDLE_PER_UPSTREAM = 256
 
 
+def _ends_chunked(te: bytes) -> bool:
+    """Transfer-Encoding whose last coding is chunked: the body's end is framed."""
+    return te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "client",
@@ -117,6 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reused",
         "transport",
         "tunnel",
+        "until_close",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -135,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.finished = False  # the bound exchange's response is complete
         self.reset_parser = False
         self.tunnel = False
+        self.until_close = False  # the response in hand has no length: its body ends at close
 
     # -- binding ----------------------------------------------------------------------------
 
@@ -216,8 +219,9 @@ class UpstreamConnection(asyncio.Protocol):
             client.transport.close()
             return
         if not self.finished:
-            if ex.resp_started and ex.resp_mode == ex.UNTIL_CLOSE:
-                # RFC 9112 §6.3 (8): the body ends when the server closes the connection.
+            if ex.resp_started and self.until_close:
+                # RFC 9112 §6.3 (8): the body ends when the server closes the connection
+                # (then re-framed as chunks for an HTTP/1.1 client, whose last chunk this sends).
                 self.finished = True
                 client.response_complete(ex, self, reusable=False)
             else:
@@ -261,6 +265,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.interim = True
             return
         self.keep_alive = self.parser.should_keep_alive()
+        te = hdict.get(b"transfer-encoding")
+        # RFC 9112 §6.3: neither Content-Length nor a final chunked coding: read until close.
+        self.until_close = b"content-length" not in hdict and (te is None or not _ends_chunked(te))
         client, ex = self.client, self.ex
         if client is None or ex is None:
             return

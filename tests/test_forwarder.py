@@ -367,6 +367,42 @@ async def test_access_log_has_one_line_per_request(start_upstream: StartUpstream
     assert second["bytes_out"] > 0
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_a_response_without_length_ends_at_the_upstreams_close(start_proxy: StartProxy, version: str) -> None:
+    """RFC 9112 §6.3 (8): neither Content-Length nor chunked, the body ends when the upstream
+    closes. Re-chunked for an HTTP/1.1 client, whose last chunk the close must send; an
+    upstream that closes in the middle of a chunked body, though, cut the response short."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"/cut" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-")
+            await writer.drain()
+            writer.write(b"close-body")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
+    try:
+        for _ in range(2):  # and the client's connection stays usable
+            [resp] = await raw_exchange(px.port, f"GET /x {version}\r\nHost: x\r\n\r\n".encode())
+            assert (resp.status, resp.body) == (200, b"until-close-body")
+            assert resp.header("transfer-encoding") == ("chunked" if version == "HTTP/1.1" else None)
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises((ValueError, asyncio.IncompleteReadError)):
+            await read_response(reader)  # no last chunk: the client sees the body cut short
+        writer.close()
+    finally:
+        server.close()
+    # the cut one; a close that ends a body is no error
+    assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
+
+
 async def test_keep_alive_race_is_retried(start_proxy: StartProxy) -> None:
     """An upstream that closes every connection after one response without saying so:
     the second request meets a dead pooled connection and must be retried, not 502."""
