@@ -144,6 +144,7 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "queue",
         "read_paused",
+        "rejected",
         "rt",
         "transport",
         "tunnel",
@@ -167,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # close after the active response (shutdown, bad input)
         self.closed = False
         self.draining = False  # answered and closing: unread request bytes are discarded
+        self.rejected: tuple[Exchange, str] | None = None  # a broken pipelined request, and why
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
 
@@ -183,7 +185,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
-        if self.draining:
+        if self.draining or self.rejected is not None:  # answered, or to be: nothing more is read
             return
         ex = self.parsing
         if ex is not None and ex.upgrade and ex.req_complete:
@@ -626,12 +628,44 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _bad_request(self, why: str) -> None:
-        if self.active is None and not self.closed:
-            self.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
-        self.closing = True
+        """The client sent what HTTP/1.1 does not allow: answered 400, counted and logged
+        as one, and the connection closes. When the bytes broke the body of the request
+        being forwarded, that request ends here with its upstream connection: the upstream,
+        left waiting for the rest, is not blamed (no time-out, no error, no ejection). A
+        broken request behind others is answered in its turn, after theirs."""
+        ex = self.parsing
+        if ex is None:  # the request line itself did not parse
+            ex = Exchange(self.rt.now())
+            ex.method = b""
         self.parsing = None
-        if self.active is None:
-            self._close()
+        ex.status = 400
+        ex.keep_alive = False
+        active = self.active
+        if active is ex and not ex.req_complete:
+            self.closing = True
+            if ex.resp_started:
+                self.transport.abort()  # too late for a 400: the client sees the cut
+                return
+            if ex.conn is not None:
+                ex.conn.abort()
+                ex.conn = None
+            self.parsing = ex  # for _close: the rest of the body is read away, not reset
+            self._local(ex, 400, f"bad request: {why}")
+            self.parsing = None
+        elif active is None:
+            self._reject(ex, why)
+        else:
+            if ex in self.queue:
+                self.queue.remove(ex)
+            self.rejected = (ex, why)  # nothing more is parsed; see _finish
+
+    def _reject(self, ex: Exchange, why: str) -> None:
+        if not self.closed:
+            self.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
+        ex.resp_started = True
+        self.closing = True
+        self.rt.finished(self, ex)
+        self._close()
 
     def _finish(self, ex: Exchange) -> None:
         self.active = None
@@ -642,6 +676,10 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             self._start(self.queue.popleft())
             self.update_reading()
+        elif self.rejected is not None:
+            rejected, why = self.rejected
+            self.rejected = None
+            self._reject(rejected, why)
         elif self.read_paused:
             self.update_reading()
 

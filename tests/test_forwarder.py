@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -248,6 +249,55 @@ async def test_malformed_request_is_400(start_upstream: StartUpstream, start_pro
     (resp,) = await raw_exchange(px.port, b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n")
     assert resp.status == 400
     assert up.hits == 0
+    # counted like the proxy's other answers (route "" as for a request no route matched)
+    assert px.server.runtime.counts.requests == {("", "", "OTHER", "400"): 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"zz\r\nhello\r\n0\r\n\r\n", id="chunk-size-not-hex"),
+        pytest.param(b"5\nhello\r\n0\r\n\r\n", id="bare-lf"),
+    ],
+)
+async def test_a_broken_request_body_is_400_at_once_and_not_the_upstreams_fault(
+    start_upstream: StartUpstream, start_proxy: StartProxy, body: bytes
+) -> None:
+    """The head went upstream, then the body broke its framing: the client gets its 400 now
+    (not a 504 when the upstream, waiting for the rest, times out), and the upstream is
+    charged nothing: no error, no failure towards ejection."""
+    a, b = await start_upstream("a"), await start_upstream("b")
+    r = route(stable=[a, b])
+    r["outlier_detection"] = {"consecutive_failures": 1}
+    px = await start_proxy([r], timeouts={"response": "30s"})
+    t0 = time.monotonic()
+    for _ in range(4):
+        head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        (resp,) = await raw_exchange(px.port, head + body)
+        assert resp.status == 400
+        assert b"bad request" in resp.body
+        assert resp.header("connection") == "close"
+    assert time.monotonic() - t0 < 10  # not the 30 s response time-out
+    counts = px.server.runtime.counts
+    assert counts.upstream_errors == {}
+    assert counts.requests == {("main", "stable", "POST", "400"): 4}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(4):  # both instances still take traffic
+            async with s.get(px.url + "/ok") as resp:
+                assert resp.status == 200
+    assert a.hits >= 3
+    assert b.hits >= 3
+
+
+async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    data = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost x\r\n\r\n"
+    first, second, third = await raw_exchange(px.port, data, responses=3)
+    assert (first.status, second.status, third.status) == (200, 200, 400)
+    assert third.header("connection") == "close"
 
 
 async def test_client_disconnect_frees_the_upstream(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
