@@ -51,10 +51,33 @@ _COMBINED = frozenset({b"cookie", b"x-forwarded-for"})
 MAX_RETRIES: Final = 3
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+# A request head (request line and headers) larger than this is answered 431 (Envoy's default
+# is 60 KiB; nginx answers 400 past 32 KiB): httptools has no limit of its own, and it joins
+# a header that comes in pieces by copying, so a head growing without end costs time too.
+MAX_HEAD: Final = 64 * 1024
+
 # How long a connection closed with an unread request body keeps reading it away.
 LINGER_SECONDS: Final = 2.0
 
 _STATUS_LINES = h.STATUS_LINES
+
+
+HEAD_TOO_LARGE: Final = f"request head larger than {MAX_HEAD // 1024} KiB"
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _head_size(ex: Exchange) -> int:
+    """About the size of a parsed request head (target, fields): only for heads that may be
+    over MAX_HEAD, which data_received cannot tell when one read brought the whole head."""
+    owned = sum(len(k) + len(v) + 4 for k, v in ex.hdict.items() if k in h.REQUEST_OWNED)
+    return len(ex.url) + sum(map(len, ex.lines)) + owned
+
+
+def _rejection(status: int, why: str) -> str:
+    return f"bad request: {why}" if status == 400 else why
 
 
 class Exchange:
@@ -137,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "closing",
         "draining",
+        "head_bytes",
         "ip",
         "last_io",
         "out",
@@ -144,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "queue",
         "read_paused",
+        "reading",
         "rejected",
         "rt",
         "transport",
@@ -168,7 +193,11 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # close after the active response (shutdown, bad input)
         self.closed = False
         self.draining = False  # answered and closing: unread request bytes are discarded
-        self.rejected: tuple[Exchange, str] | None = None  # a broken pipelined request, and why
+        self.rejected: tuple[Exchange, int, str] | None = None  # a broken pipelined request
+        # Bytes read of the request head in progress; -1 while in a body, -2 when a message
+        # ended in the last read (the next head is counted from the next read).
+        self.head_bytes = 0
+        self.reading = 0  # the size of the read being parsed
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
 
@@ -192,19 +221,32 @@ class ClientConnection(asyncio.Protocol):
             # Bytes after an Upgrade request, before the upstream said 101: keep in order.
             self._send_body(ex, data)
             return
+        self.reading = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :]
             if rest and self.parsing is not None:
                 self._send_body(self.parsing, rest)
-        except httptools.HttpParserCallbackError:
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):  # found whole in one read
+                self._bad_request(HEAD_TOO_LARGE, 431)
+                return
             # One of our callbacks raised: our bug, logged with its traceback, never
             # blamed on the client; the connection ends.
             log.exception("internal error while handling a request")
             self.transport.abort()
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc))
+            return
+        head_bytes = self.head_bytes
+        if head_bytes >= 0:
+            head_bytes += len(data)
+            if head_bytes > MAX_HEAD:  # and still not whole
+                self._bad_request(HEAD_TOO_LARGE, 431)
+            self.head_bytes = head_bytes
+        elif head_bytes == -2:
+            self.head_bytes = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -274,6 +316,9 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
+        if max(self.head_bytes, 0) + self.reading > MAX_HEAD and _head_size(ex) > MAX_HEAD:
+            raise _HeadTooLarge  # a head that came whole in one large read (stops the parser)
+        self.head_bytes = -1
         p = self.parser
         ex.method = p.get_method()
         ex.http11 = p.get_http_version() == "1.1"
@@ -304,6 +349,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
+        self.head_bytes = -2
         ex.req_complete = True
         if ex.req_chunked:
             self._send_body(ex, h.LAST_CHUNK)
@@ -414,6 +460,7 @@ class ClientConnection(asyncio.Protocol):
         conn.client = self  # conn.bind(self, ex), inlined
         conn.ex = ex
         conn.got_bytes = conn.finished = False
+        conn.head_bytes = 0
         pending = ex.pending
         ex.pending = None
         if pending:
@@ -627,9 +674,9 @@ class ClientConnection(asyncio.Protocol):
         elif ex.resp_started and ex is self.active:
             self.transport.abort()
 
-    def _bad_request(self, why: str) -> None:
-        """The client sent what HTTP/1.1 does not allow: answered 400, counted and logged
-        as one, and the connection closes. When the bytes broke the body of the request
+    def _bad_request(self, why: str, status: int = 400) -> None:
+        """The client sent what HTTP/1.1 does not allow: answered 400 (431 for a head too
+        large), counted and logged as such, and the connection closes. When the bytes broke the body of the request
         being forwarded, that request ends here with its upstream connection: the upstream,
         left waiting for the rest, is not blamed (no time-out, no error, no ejection). A
         broken request behind others is answered in its turn, after theirs."""
@@ -638,8 +685,9 @@ class ClientConnection(asyncio.Protocol):
             ex = Exchange(self.rt.now())
             ex.method = b""
         self.parsing = None
-        ex.status = 400
+        ex.status = status
         ex.keep_alive = False
+        self.head_bytes = -1
         active = self.active
         if active is ex and not ex.req_complete:
             self.closing = True
@@ -650,22 +698,22 @@ class ClientConnection(asyncio.Protocol):
                 ex.conn.abort()
                 ex.conn = None
             self.parsing = ex  # for _close: the rest of the body is read away, not reset
-            self._local(ex, 400, f"bad request: {why}")
+            self._local(ex, status, _rejection(status, why))
             self.parsing = None
         elif active is None:
-            self._reject(ex, why)
+            self._reject(ex, status, why)
         else:
             if ex in self.queue:
                 self.queue.remove(ex)
-            self.rejected = (ex, why)  # nothing more is parsed; see _finish
+            self.rejected = (ex, status, why)  # nothing more is parsed; see _finish
 
-    def _reject(self, ex: Exchange, why: str) -> None:
+    def _reject(self, ex: Exchange, status: int, why: str) -> None:
         if not self.closed:
-            self.write(h.local_response(400, f"bad request: {why}", keep_alive=False))
+            self.write(h.local_response(status, _rejection(status, why), keep_alive=False))
         ex.resp_started = True
         self.closing = True
         self.rt.finished(self, ex)
-        self._close()
+        self._close(linger=True)
 
     def _finish(self, ex: Exchange) -> None:
         self.active = None
@@ -677,21 +725,22 @@ class ClientConnection(asyncio.Protocol):
             self._start(self.queue.popleft())
             self.update_reading()
         elif self.rejected is not None:
-            rejected, why = self.rejected
+            rejected, status, why = self.rejected
             self.rejected = None
-            self._reject(rejected, why)
+            self._reject(rejected, status, why)
         elif self.read_paused:
             self.update_reading()
 
-    def _close(self) -> None:
-        """Close once written. If the client may still be sending a request body, stop
-        sending and read it away for a moment first (nginx's lingering close): closing a
-        socket with unread input sends a reset that can destroy the response in flight."""
+    def _close(self, linger: bool = False) -> None:
+        """Close once written. If the client may still be sending a request body (or the
+        rest of a request refused, ``linger``), stop sending and read it away for a moment
+        first (nginx's lingering close): closing a socket with unread input sends a reset
+        that can destroy the response in flight."""
         if self.closed or self.draining:
             return
         self.flush()
         parsing = self.parsing
-        if parsing is not None and not parsing.req_complete and self.transport.can_write_eof():
+        if (linger or (parsing is not None and not parsing.req_complete)) and self.transport.can_write_eof():
             self.draining = True
             self.queue.clear()
             self.transport.write_eof()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
 
@@ -96,6 +96,11 @@ _PASSED_AS_IS = frozenset(
 MAX_IDLE_PER_UPSTREAM = 256
 
 
+# A response head larger than this fails the exchange (502), as a request head larger than
+# forwarder.MAX_HEAD is refused: httptools has no limit of its own.
+MAX_HEAD: Final = 64 * 1024
+
+
 def _ends_chunked(te: bytes) -> bool:
     """Transfer-Encoding whose last coding is chunked: the body's end is framed."""
     return te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
@@ -109,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
         "finished",
         "got_bytes",
         "hdict",
+        "head_bytes",
         "interim",
         "keep_alive",
         "lines",
@@ -138,6 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reset_parser = False
         self.tunnel = False
         self.until_close = False  # the response in hand has no length: its body ends at close
+        self.head_bytes = 0  # bytes read of the response head in progress; -1 past it
 
     # -- binding ----------------------------------------------------------------------------
 
@@ -147,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = ex
         self.got_bytes = False
         self.finished = False
+        self.head_bytes = 0
 
     def release(self, reusable: bool) -> None:
         """Give the connection back to its pool, or close it when it cannot be reused."""
@@ -203,6 +211,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._failed(UpstreamReset("internal error"))
         except httptools.HttpParserError:
             self._failed(UpstreamReset("upstream sent a malformed response"))
+        if self.head_bytes >= 0 and not self.finished:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD:
+                self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
         client.flush()
         if self.reset_parser:
             self.reset_parser = False
@@ -263,7 +275,9 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             # An interim response (103 Early Hints, a stray 100): not passed on.
             self.interim = True
+            self.head_bytes = 0  # the final response's head follows
             return
+        self.head_bytes = -1
         self.keep_alive = self.parser.should_keep_alive()
         te = hdict.get(b"transfer-encoding")
         # RFC 9112 §6.3: neither Content-Length nor a final chunked coding: read until close.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -287,6 +288,47 @@ async def test_a_broken_request_body_is_400_at_once_and_not_the_upstreams_fault(
                 assert resp.status == 200
     assert a.hits >= 3
     assert b.hits >= 3
+
+
+async def test_request_head_is_limited_to_64_kib(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """httptools has no limit: an endless header would be read (and, coming in pieces, copied
+    over and over) until memory ran out. 431 past 64 KiB; just under it, and large bodies in
+    the same reads as the heads around them, are fine."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n"
+    (resp,) = await raw_exchange(px.port, big)
+    assert resp.status == 431
+    assert resp.header("connection") == "close"
+    assert b"request head larger than 64 KiB" in resp.body
+    (resp,) = await raw_exchange(px.port, b"GET /" + b"u" * (70 << 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == 431
+    assert up.hits == 0
+    near = b"GET /near HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: %s\r\n" % (b"p" * 1000) * 60 + b"\r\n"
+    body = b"b" * (300 << 10)
+    post = b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    responses = await raw_exchange(px.port, near + post + post + near, responses=4)
+    assert [r.status for r in responses] == [200, 200, 200, 200]
+    assert px.server.runtime.counts.requests[("", "", "GET", "431")] == 2
+
+
+async def test_upstream_response_head_is_limited_to_64_kib(start_proxy: StartProxy) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"h" * (2 << 20) + b"\r\nContent-Length: 2\r\n\r\nok")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
+    try:
+        (resp,) = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        server.close()
+    assert resp.status == 502  # the log names the reason: "upstream response head larger than 64 KiB"
+    assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
 
 
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
