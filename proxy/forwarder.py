@@ -351,6 +351,9 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         self.head_bytes = -2
         ex.req_complete = True
+        if ex.conn is not None and (ex.content_length or ex.req_chunked):
+            # The body's last bytes went up now: the response time-out starts from here.
+            ex.deadline = self.rt.now() + self.rt.response_timeout
         if ex.req_chunked:
             self._send_body(ex, h.LAST_CHUNK)
         if ex.mirror is not None and ex.mirror.wants_body:
@@ -673,6 +676,17 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 413, f"request body larger than {self.rt.max_body} bytes")
         elif ex.resp_started and ex is self.active:
             self.transport.abort()
+
+    def body_timed_out(self, ex: Exchange) -> None:
+        """The client stopped sending its request body (Runtime.tick): 408, as nginx's
+        client_body_timeout; the upstream, waiting for the rest, is not blamed."""
+        if ex is not self.active or ex.resp_started:
+            return
+        if ex.conn is not None:
+            ex.conn.abort()
+            ex.conn = None
+        self.closing = True
+        self._local(ex, 408, "request body not received within the idle time-out")
 
     def _bad_request(self, why: str, status: int = 400) -> None:
         """The client sent what HTTP/1.1 does not allow: answered 400 (431 for a head too

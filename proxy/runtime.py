@@ -184,8 +184,17 @@ class Runtime:
                 if conn.tunnel is None and now - conn.last_io > idle:
                     conn.shutdown()
             elif not ex.resp_started:
-                if ex.conn is not None and now >= ex.deadline:
-                    ex.conn.timed_out()
+                if ex.req_complete:
+                    # timeouts.response counts from the whole request sent (see _attach)
+                    if ex.conn is not None and now >= ex.deadline:
+                        ex.conn.timed_out()
+                elif now - conn.last_io > idle:
+                    # The body stopped coming for the idle time-out: the upstream's doing if
+                    # it stopped taking it (the client's reads are paused), else the client's.
+                    if conn.read_paused and ex.conn is not None:
+                        ex.conn.timed_out()
+                    else:
+                        conn.body_timed_out(ex)
             elif now - conn.last_io > idle:
                 # A response that stalled mid-body for longer than the idle time-out.
                 conn.transport.abort()

@@ -331,6 +331,34 @@ async def test_upstream_response_head_is_limited_to_64_kib(start_proxy: StartPro
     assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
 
 
+async def test_response_time_out_counts_from_the_whole_request_sent(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """An upload slower than timeouts.response is no upstream time-out (it was a 504 charged to
+    the upstream); a client that stops sending its body for timeouts.idle gets a 408, and
+    the upstream is charged nothing either."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"response": "300ms", "idle": "700ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+    for byte in b"abcdefgh":  # 8 x 100 ms: well past the response time-out, never idle
+        await asyncio.sleep(0.1)
+        writer.write(bytes([byte]))
+    resp = await read_response(reader)
+    assert resp.status == 200
+    assert json.loads(resp.body)["body_len"] == 8
+    writer.write(b"POST /stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nab")
+    t0 = time.monotonic()
+    resp = await read_response(reader)
+    assert resp.status == 408
+    assert resp.header("connection") == "close"
+    assert 0.5 < time.monotonic() - t0 < 5
+    writer.close()
+    counts = px.server.runtime.counts
+    assert counts.upstream_errors == {}
+    assert counts.requests == {("main", "stable", "POST", "200"): 1, ("main", "stable", "POST", "408"): 1}
+
+
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
