@@ -46,6 +46,7 @@ PENDING_MAX: Final = 256 * 1024
 
 # Request headers that may come several times and combine into one list.
 _COMBINED = frozenset({b"cookie", b"x-forwarded-for"})
+_HOST = frozenset({b"host"})
 
 # Retries of a request whose upstream failed before answering (see _may_retry).
 MAX_RETRIES: Final = 3
@@ -65,8 +66,14 @@ _STATUS_LINES = h.STATUS_LINES
 HEAD_TOO_LARGE: Final = f"request head larger than {MAX_HEAD // 1024} KiB"
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request that is refused (data_received
+    answers it): raising is the one way to stop httptools from a callback."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
 
 
 def _head_size(ex: Exchange) -> int:
@@ -229,8 +236,9 @@ class ClientConnection(asyncio.Protocol):
             if rest and self.parsing is not None:
                 self._send_body(self.parsing, rest)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):  # found whole in one read
-                self._bad_request(HEAD_TOO_LARGE, 431)
+            refused = exc.__context__
+            if isinstance(refused, _Refused):  # a callback found the request unacceptable
+                self._bad_request(refused.why, refused.status)
                 return
             # One of our callbacks raised: our bug, logged with its traceback, never
             # blamed on the client; the connection ends.
@@ -303,9 +311,14 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         lname = name.lower()
         hdict = ex.hdict
-        if lname in _COMBINED and lname in hdict:
-            # RFC 6265 §5.4 / RFC 7239: several fields combine into one list.
-            hdict[lname] += b"; " + value if lname == b"cookie" else b", " + value
+        if lname in hdict:
+            if lname in _COMBINED:
+                # RFC 6265 §5.4 / RFC 7239: several fields combine into one list.
+                hdict[lname] += b"; " + value if lname == b"cookie" else b", " + value
+            elif lname == b"host":  # RFC 9112 §3.2: routed by one, read by the app as another
+                raise _Refused(400, "more than one Host header")
+            else:
+                hdict[lname] = value
         else:
             hdict[lname] = value
         if lname not in h.REQUEST_OWNED:
@@ -317,7 +330,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         if max(self.head_bytes, 0) + self.reading > MAX_HEAD and _head_size(ex) > MAX_HEAD:
-            raise _HeadTooLarge  # a head that came whole in one large read (stops the parser)
+            raise _Refused(431, HEAD_TOO_LARGE)  # a head that came whole in one large read
         self.head_bytes = -1
         p = self.parser
         ex.method = p.get_method()
@@ -370,17 +383,24 @@ class ClientConnection(asyncio.Protocol):
         url = ex.url
         path = url.partition(b"?")[0]
         host = hdict.get(b"host")
+        lines = ex.lines
         if path[:1] != b"/":
-            # absolute-form (RFC 9112 §3.2.2): route by the URL's own host and path.
+            # absolute-form (RFC 9112 §3.2.2): route by the URL's own host and path, and
+            # send that host as Host, replacing the client's.
             if path.startswith((b"http://", b"https://")):
                 rest = path.partition(b"//")[2]
                 host, _, p = rest.partition(b"/")
                 path = b"/" + p
                 url = path + (b"?" + url.partition(b"?")[2] if b"?" in url else b"")
                 ex.url = url
+                lines = [*h.without_options(lines, _HOST), b"Host", b": ", host, b"\r\n"]
             elif ex.method != b"OPTIONS" or path != b"*":
                 self._local(ex, 400, "request target must be a path")
                 return
+        elif host is None and ex.http11:
+            ex.keep_alive = False  # as any malformed request's connection
+            self._local(ex, 400, "bad request: Host header missing (required in HTTP/1.1)")
+            return
         if ex.method == b"CONNECT":
             self._local(ex, 405, "CONNECT is not supported")
             return
@@ -410,7 +430,6 @@ class ClientConnection(asyncio.Protocol):
             framing = b"Content-Length: %d\r\n" % ex.content_length
         else:
             framing = b""
-        lines = ex.lines
         conn_header = hdict.get(b"connection")
         if conn_header is not None:
             options = h.connection_options(conn_header)

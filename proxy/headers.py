@@ -56,7 +56,8 @@ def connection_options(value: bytes) -> frozenset[bytes]:
         return _NO_OPTIONS
     tokens = {t.strip().lower() for t in value.split(b",")}
     tokens.discard(b"")
-    tokens -= {b"close", b"keep-alive", b"upgrade"}
+    # Host is no connection option: a request must reach the upstream with its Host.
+    tokens -= {b"close", b"keep-alive", b"upgrade", b"host"}
     return frozenset(tokens)
 
 

@@ -359,6 +359,35 @@ async def test_response_time_out_counts_from_the_whole_request_sent(
     assert counts.requests == {("main", "stable", "POST", "200"): 1, ("main", "stable", "POST", "408"): 1}
 
 
+async def test_host_rules_of_rfc_9112(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """§3.2: an HTTP/1.1 request without Host, or with two, is 400 (a proxy routing by one
+    while the application reads the other is how requests get smuggled past host rules);
+    §3.2.2: an absolute-form target's authority replaces Host; Host is never a connection
+    option that the proxy would drop."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    for head in (b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"):
+        (resp,) = await raw_exchange(px.port, head)
+        assert resp.status == 400
+        assert resp.header("connection") == "close"
+    assert up.hits == 0
+
+    def host_seen() -> list[str]:
+        return [v for k, v in up.seen[-1]["headers"] if k.lower() == "host"]
+
+    for head, host in [
+        (b"GET http://other.test/abs?q=1 HTTP/1.1\r\nHost: hostheader.test\r\n\r\n", "other.test"),
+        (b"GET http://other.test/abs HTTP/1.0\r\n\r\n", "other.test"),
+        (b"GET / HTTP/1.1\r\nHost: x.test\r\nConnection: host, x-drop\r\nX-Drop: 1\r\n\r\n", "x.test"),
+        (b"GET / HTTP/1.0\r\n\r\n", up.url.removeprefix("http://")),  # the upstream's own
+    ]:
+        (resp,) = await raw_exchange(px.port, head)
+        assert resp.status == 200
+        assert host_seen() == [host]
+    assert "X-Drop" not in dict(up.seen[-2]["headers"])
+    assert up.seen[0]["path"] == "/abs?q=1"
+
+
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
