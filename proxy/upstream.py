@@ -288,10 +288,14 @@ class UpstreamConnection(asyncio.Protocol):
         client.response_head(ex, self, status, lines, hdict)
         if ex.method == b"HEAD" and status != 101 and not self.finished:
             # llhttp cannot be told that a response to HEAD has no body (RFC 9110 §9.3.2),
-            # so the message ends here and the parser is replaced after this feed.
+            # so the message ends here and the parser is replaced after this feed. A server
+            # that sends the body a GET would have had anyway would have those bytes read
+            # as the next request's response: reused only when the head announces no body.
             self.reset_parser = True
             self.finished = True
-            client.response_complete(ex, self, reusable=True)
+            cl = hdict.get(b"content-length")
+            quiet = b"transfer-encoding" not in hdict and (cl is None or cl.strip(b" \t0") == b"")
+            client.response_complete(ex, self, reusable=quiet)
 
     def on_body(self, body: bytes) -> None:
         if self.client is not None and self.ex is not None and not self.finished:

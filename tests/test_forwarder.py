@@ -388,6 +388,42 @@ async def test_host_rules_of_rfc_9112(start_upstream: StartUpstream, start_proxy
     assert up.seen[0]["path"] == "/abs?q=1"
 
 
+async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next_response(
+    start_proxy: StartProxy,
+) -> None:
+    """A non-compliant server sends a body after its HEAD answer, perhaps in a later read:
+    on a reused connection those bytes would be taken for the next request's response."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            path = head.split(b" ")[1]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (9 + len(path)))
+            await writer.drain()
+            writer.write(b"body-for-" + path)  # for HEAD too, in a read of its own
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        for _ in range(2):  # pipelined: GET /g is sent upstream as soon as HEAD is answered
+            writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await read_response(reader, head_request=True)
+            assert (head.status, head.header("content-length")) == (200, "11")
+            async with asyncio.timeout(5):
+                got = await read_response(reader)
+            assert (got.status, got.body) == (200, b"body-for-/g")
+        writer.close()
+    finally:
+        server.close()
+
+
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
