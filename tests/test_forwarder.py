@@ -394,7 +394,10 @@ async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next
     """A non-compliant server sends a body after its HEAD answer, perhaps in a later read:
     on a reused connection those bytes would be taken for the next request's response."""
 
+    writers: list[asyncio.StreamWriter] = []
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -422,6 +425,10 @@ async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next
         writer.close()
     finally:
         server.close()
+        for w in writers:
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
 
 
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
