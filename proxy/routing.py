@@ -26,7 +26,7 @@ and exact at the boundaries; it has no monotonicity to keep since it has no memo
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -57,7 +57,14 @@ def pick(cumulative: tuple[float, ...], point: float) -> int:
 
     ``point`` is in [0, 1). Backends of weight 0 have empty intervals and are never picked.
     """
-    return bisect_right(cumulative, point * cumulative[-1])
+    total = cumulative[-1]
+    i = bisect_right(cumulative, point * total)
+    if i == len(cumulative):
+        # point * total < total for a normal total, but a subnormal one has too few bits:
+        # (1 - 2**-53) * 5e-324 rounds back up to 5e-324. Such a point belongs to the last
+        # interval that is not empty, the first one ending at total.
+        i = bisect_left(cumulative, total)
+    return i
 
 
 def _unit_hash(route: bytes, backend: bytes, key: bytes) -> float:
@@ -207,7 +214,8 @@ class RoutePlan:
         by = self.sticky_by
         if by == "none":
             cumulative = self.cumulative  # pick(), inlined: the common case, every request
-            return self.by_weight[bisect_right(cumulative, point * cumulative[-1])]
+            i = bisect_right(cumulative, point * cumulative[-1])
+            return self.by_weight[i if i < len(cumulative) else pick(cumulative, point)]
         fresh = None
         key: bytes | None
         if by == "cookie":

@@ -139,6 +139,62 @@ def test_pick_lands_in_a_nonempty_interval_holding_the_point(weights: list[float
     assert (cum[i - 1] if i else 0.0) <= x < cum[i]
 
 
+TINY = 5e-324  # the smallest positive double, a subnormal; the API and the config accept it
+
+
+@pytest.mark.parametrize(
+    ("weights", "point", "expected"),
+    [
+        pytest.param((0, TINY), JUST_UNDER_ONE, 1, id="zero-and-tiny-largest-point"),
+        pytest.param((0, TINY), 0.5, 1, id="zero-and-tiny-middle"),
+        pytest.param((0, TINY), 0.0, 1, id="zero-and-tiny-zero"),
+        pytest.param((TINY,), JUST_UNDER_ONE, 0, id="tiny-alone"),
+        pytest.param((TINY, 0), JUST_UNDER_ONE, 0, id="tiny-then-zero-not-the-zero"),
+        pytest.param((0, TINY, 0), JUST_UNDER_ONE, 1, id="tiny-between-zeros"),
+        pytest.param((TINY, TINY), 0.2, 0, id="two-tiny-low"),
+        pytest.param((TINY, TINY), 0.5, 1, id="two-tiny-middle"),
+        pytest.param((TINY, TINY), JUST_UNDER_ONE, 1, id="two-tiny-largest-point"),
+        pytest.param((1e-323, TINY), JUST_UNDER_ONE, 1, id="1e-323-and-tiny"),
+        pytest.param((1e-323, 0, TINY, 0), JUST_UNDER_ONE, 2, id="tiny-with-zeros-after"),
+        pytest.param((0, 1e-310), JUST_UNDER_ONE, 1, id="larger-subnormal"),
+        pytest.param((1, TINY), JUST_UNDER_ONE, 0, id="normal-then-tiny-adds-nothing"),
+        pytest.param((TINY, 1), 0.0, 0, id="tiny-then-normal-zero"),
+        pytest.param((TINY, 1), JUST_UNDER_ONE, 1, id="tiny-then-normal-largest-point"),
+    ],
+)
+def test_pick_subnormal_weights_stay_in_range(weights: tuple[float, ...], point: float, expected: int) -> None:
+    """A subnormal sum has too few bits: ``point * sum`` rounds up to the sum itself near 1.0.
+    QA: weights {v1: 0, v2: 5e-324} through the API made half the requests fail (IndexError)."""
+    assert pick(cumulative(*weights), point) == expected
+
+
+@pytest.mark.parametrize("point", [0.0, 0.5, JUST_UNDER_ONE], ids=["point-0", "point-middle", "point-max"])
+@pytest.mark.parametrize("sticky", [Sticky(), Sticky("header", "x-user")], ids=["sticky-none", "sticky-header-absent"])
+def test_choose_with_a_subnormal_weight_picks_the_positive_backend(sticky: Sticky, point: float) -> None:
+    plan = RoutePlan.compile(make_route(weights=[("v1", 0), ("v2", TINY)], sticky=sticky))
+    d = plan.choose(headers(), b"/", b"10.0.0.1", point, no_new_key)
+    assert (name_of(plan, d), d.by) == ("v2", BY_WEIGHT)
+
+
+tiny_weight_values = st.one_of(
+    st.just(0.0),
+    st.sampled_from([TINY, 1e-323, 1.5e-323, 1e-310, 2.2e-308]),
+    st.floats(TINY, 1e-300, allow_subnormal=True),
+    weight_values,
+)
+tiny_points = st.one_of(points, st.just(JUST_UNDER_ONE))
+
+
+@settings(max_examples=300, deadline=None)
+@given(weights=st.lists(tiny_weight_values, min_size=1, max_size=6).filter(lambda ws: sum(ws) > 0), point=tiny_points)
+def test_pick_any_positive_weights_lands_on_a_positive_backend(weights: list[float], point: float) -> None:
+    cum = cumulative(*weights)
+    i = pick(cum, point)
+    assert 0 <= i < len(weights)
+    assert weights[i] > 0
+    assert (cum[i - 1] if i else 0.0) <= point * cum[-1] <= cum[i]
+
+
 # ---- Table.match -----------------------------------------------------------------------------
 
 MATCH_ROUTES = (
