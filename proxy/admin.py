@@ -69,8 +69,12 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     given = request.headers.get("Authorization", "")
     scheme, _, presented = given.partition(" ")
-    # hmac.compare_digest: the time taken does not depend on where the strings differ.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+    # hmac.compare_digest: the time taken does not depend on where the strings differ. On
+    # bytes: aiohttp decodes a header's bytes that are not UTF-8 as lone surrogates
+    # (surrogateescape), which a plain .encode() refuses; surrogatepass encodes any string.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    ):
         resp = error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="splitproxy"'
         return resp
@@ -89,6 +93,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        # json's decoder recurses once per [ or {: about a thousand levels exhaust the stack.
+        raise BadRequest("the body is nested too deeply to be read as JSON", "body") from None
 
 
 def actor_of(request: web.Request) -> str:

@@ -94,6 +94,12 @@ def parse_reason(body: object) -> str:
         raise BadRequest('"reason" must be a string', "reason")
     if len(reason) > 1000:
         raise BadRequest('"reason" is longer than 1000 characters', "reason")
+    try:
+        reason.encode()  # JSON's \ud800 escape decodes to a lone surrogate, which UTF-8 cannot store
+    except UnicodeEncodeError as exc:
+        raise BadRequest(
+            f'"reason" has a lone surrogate {reason[exc.start]!r} at character {exc.start}: not Unicode text', "reason"
+        ) from None
     return reason
 
 

@@ -22,17 +22,19 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import load_file
+from proxy.config import ConfigError, load_file
 from proxy.server import Server, StartupError
 
 from .conftest import (
     Load,
+    RawResponse,
     RunningProxy,
     StartProcess,
     StartProxy,
     StartUpstream,
     Upstream,
     config_text,
+    raw_exchange,
     route,
 )
 
@@ -111,6 +113,16 @@ async def put_weights(
     session: aiohttp.ClientSession, admin_url: str, ws: dict[str, float], name: str = "main", **extra: Any
 ) -> Reply:
     return await call(session, "PUT", f"{admin_url}/api/v1/routes/{name}/weights", {"weights": ws, **extra})
+
+
+async def raw_call(px: RunningProxy, method: str, path: str, body: bytes, **headers: bytes) -> RawResponse:
+    """One admin request written byte for byte, for header values no HTTP client sends
+    (bytes that are not UTF-8, as curl sends what the shell gives it)."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: admin", b"Connection: close"]
+    lines += [name.replace("_", "-").encode() + b": " + value for name, value in headers.items()]
+    lines += [b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
+    [resp] = await raw_exchange(px.server.admin_port, b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    return resp
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -369,6 +381,9 @@ async def test_concurrent_changes_with_the_same_if_match_let_exactly_one_through
         pytest.param(b'{"weights": {"canary": Infinity}}', "weights.canary", id="infinity"),
         pytest.param(b'{"weights": {"canary": 1e12}}', "weights.canary", id="over-max"),
         pytest.param(b'{"weights": {"canary": 10}, "reason": 5}', "reason", id="reason-not-string"),
+        pytest.param(b'{"weights": {"canary": 10}, "reason": "x\\ud800y"}', "reason", id="reason-lone-surrogate"),
+        pytest.param(b"[" * 2000 + b"]" * 2000, "body", id="nested-lists-too-deep"),
+        pytest.param(b'{"a":' * 2000 + b"1" + b"}" * 2000, "body", id="nested-objects-too-deep"),
         pytest.param(b'{"weights": {"canary": 10', "body", id="bad-json"),
         pytest.param(b"\xff\xfe", "body", id="not-utf8"),
         pytest.param(b'{"reason": "no weights"}', "weights", id="missing-weights"),
@@ -394,6 +409,56 @@ async def test_bad_weights_are_400_and_change_nothing(
     assert await history(session, px.admin_url) == before
     assert (await scrape(session, px.admin_url))[("splitproxy_config_version", frozenset())] == 1
     assert await hits(session, px.url, 5) == {"stable": 5}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        pytest.param("PUT", "/api/v1/routes/main/weights", {"weights": {"canary": 4}}, id="weights"),
+        pytest.param("POST", "/api/v1/routes/main/promote", {"backend": "canary"}, id="promote"),
+        pytest.param("POST", "/api/v1/routes/main/rollback", {}, id="rollback"),
+        pytest.param("POST", "/api/v1/history/1/restore", {}, id="restore"),
+    ],
+)
+async def test_a_reason_with_a_lone_surrogate_is_400_and_changes_nothing(
+    *,
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    """JSON may escape half of a surrogate pair (\\ud800); the state database stores UTF-8,
+    which has no encoding for it. QA: this was a 500 from the store, after validation."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    raw = json.dumps(body | {"reason": "x\ud800y"}).encode()
+    assert b"\\ud800" in raw
+    r = await call(session, method, px.admin_url + path, raw=raw)
+    assert r.status == 400, r.body
+    assert r.body["error"]["where"] == "reason"
+    assert "surrogate" in r.body["error"]["message"]
+    assert len(await history(session, px.admin_url)) == 1
+    assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("actor", "stored"),
+    [
+        pytest.param(b"ops-\xe9", "ops-", id="latin-1-byte"),
+        pytest.param(b"ops-\xed\xa0\x80", "ops-", id="utf-8-encoded-surrogate"),
+        pytest.param(b"op\xc3\xa9s", "op\u00e9s", id="utf-8"),
+    ],
+)
+async def test_an_actor_header_that_is_not_utf8_is_stored_without_what_cannot_be(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession, actor: bytes, stored: str
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    body = b'{"weights": {"canary": 4}}'
+    r = await raw_call(px, "PUT", "/api/v1/routes/main/weights", body, X_Splitproxy_Actor=actor)
+    assert r.status == 200, r.body
+    assert json.loads(r.body)["change"]["actor"] == stored
+    assert (await history(session, px.admin_url))[0]["actor"] == stored
 
 
 @pytest.mark.parametrize(
@@ -602,6 +667,40 @@ async def test_mutations_without_the_right_token_are_401_and_change_nothing(
     assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
 
 
+@pytest.mark.parametrize(
+    ("token", "authorization", "status"),
+    [
+        pytest.param(TOKEN, b"Bearer s\xe9cret", 401, id="latin-1-byte"),
+        pytest.param(TOKEN, b"Bearer \xed\xa0\x80", 401, id="utf-8-encoded-surrogate"),
+        pytest.param(TOKEN, b"Bearer \xff" + TOKEN.encode(), 401, id="byte-before-the-token"),
+        pytest.param("s\u00e9cret", b"Bearer s\xe9cret", 401, id="non-ascii-token-as-latin-1"),
+        pytest.param("s\u00e9cret", b"Bearer s\xc3\xa9cret", 200, id="non-ascii-token-as-utf-8"),
+    ],
+)
+async def test_an_authorization_header_that_is_not_utf8_is_401_not_500(
+    *,
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    session: aiohttp.ClientSession,
+    token: str,
+    authorization: bytes,
+    status: int,
+) -> None:
+    """The token is compared as bytes: a byte that is not UTF-8 is a wrong token, not a crash.
+    QA: ``curl -H $'Authorization: Bearer s\\xe9cret'`` was a 500."""
+    monkeypatch.setenv(TOKEN_ENV, token)
+    px = await start_proxy([pair(*ups, 100, 0)], admin={"listen": "127.0.0.1:0", "token_env": TOKEN_ENV})
+    r = await raw_call(
+        px, "PUT", "/api/v1/routes/main/weights", b'{"weights": {"canary": 4}}', Authorization=authorization
+    )
+    assert r.status == status, r.body
+    if status == 401:
+        assert (r.header("WWW-Authenticate") or "").startswith("Bearer")
+        assert json.loads(r.body)["error"]["status"] == 401
+        assert len(await history(session, px.admin_url)) == 1
+
+
 @pytest.mark.parametrize(("method", "path", "body"), MUTATIONS, ids=MUTATION_IDS)
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
 async def test_mutations_with_the_token_succeed(
@@ -667,15 +766,25 @@ async def test_health_is_open_even_with_protect_reads(
     assert r.status == 200, r.body
 
 
-@pytest.mark.parametrize("token_env", ["SPLITPROXY_TEST_UNSET_VAR", None], ids=["unset-variable", "no-token-env"])
 async def test_non_loopback_admin_without_a_token_refuses_to_start(
-    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch, token_env: str | None
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SPLITPROXY_TEST_UNSET_VAR", raising=False)
     with pytest.raises(StartupError, match=r"not a loopback address") as caught:
-        await start_proxy([pair(*ups)], admin={"listen": "0.0.0.0:0", "token_env": token_env})
-    if token_env:
-        assert token_env in str(caught.value)
+        await start_proxy([pair(*ups)], admin={"listen": "0.0.0.0:0", "token_env": "SPLITPROXY_TEST_UNSET_VAR"})
+    assert "SPLITPROXY_TEST_UNSET_VAR" in str(caught.value)
+
+
+async def test_non_loopback_admin_with_token_env_null_is_a_config_error(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy
+) -> None:
+    """No token is possible at all: the file alone says so (``splitproxy check`` too)."""
+    with pytest.raises(ConfigError) as caught:
+        await start_proxy([pair(*ups)], admin={"listen": "0.0.0.0:0", "token_env": None})
+    [problem] = caught.value.problems
+    assert problem.where == "admin.listen"
+    assert "not a loopback address, and admin.token_env is null" in problem.what
+    assert problem.line is not None
 
 
 async def test_non_loopback_admin_with_a_token_starts_and_asks_for_it(
