@@ -822,6 +822,16 @@ def load_file(path: str | os.PathLike[str]) -> Config:
 _ANY = {"0.0.0.0", "::"}  # listening on these takes the port on every address
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: an admin listener there needs no token (SPEC §3)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another host name: it may resolve to any address
+        return False
+
+
 def _config(top: _Map) -> Config:
     d = Config()
     a = top.section("admin", ("listen", "token_env", "protect_reads"))
@@ -841,6 +851,16 @@ def _config(top: _Map) -> Config:
         token_env=a.get("token_env", _token_env, d.admin.token_env),
         protect_reads=a.get("protect_reads", _boolean, d.admin.protect_reads),
     )
+    if admin.token_env is None and not is_loopback(admin.listen.host):
+        # SPEC §3: a token is "required when admin is not on loopback", and with token_env
+        # null there can be none: `run` would refuse every time, so `check` says so too.
+        # (An unset variable is only known at start-up: `run` checks that.)
+        a.fail(
+            "listen",
+            f"{admin.listen} is not a loopback address, and admin.token_env is null: an admin API "
+            "off loopback needs a bearer token; name its environment variable in admin.token_env, "
+            "or listen on 127.0.0.1",
+        )
 
     s = top.section("state", ("path",))
     t = top.section("timeouts", ("connect", "response", "idle"))

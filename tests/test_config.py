@@ -441,6 +441,23 @@ def test_with_weights_replaces_only_named_backends() -> None:
     assert original.backend("v2").weight == 0.0  # the old value is untouched
 
 
+@pytest.mark.parametrize(
+    "admin",
+    [
+        pytest.param('{listen: "127.0.0.1:9901", token_env: null}', id="loopback-v4-no-token"),
+        pytest.param('{listen: "127.0.0.2:9901", token_env: null}', id="loopback-v4-range-no-token"),
+        pytest.param('{listen: "[::1]:9901", token_env: null}', id="loopback-v6-no-token"),
+        pytest.param('{listen: "localhost:9901", token_env: null}', id="localhost-no-token"),
+        # Whether the variable is set is known at start-up only: `run` checks that.
+        pytest.param('{listen: "0.0.0.0:9901"}', id="off-loopback-default-token-env"),
+        pytest.param('{listen: "0.0.0.0:9901", token_env: MY_TOKEN}', id="off-loopback-token-env"),
+    ],
+)
+def test_an_admin_listener_needs_a_token_env_only_off_loopback(admin: str) -> None:
+    config = parse_text(top(f"admin: {admin}\n"))
+    assert config.admin.listen.port == 9901
+
+
 # ---- problems: one rule each, with the exact where and line ---------------------------------
 
 ERRORS = [
@@ -471,6 +488,27 @@ ERRORS = [
         "admin.token_env",
         2,
         "must be an environment variable name or null, got 'my token'",
+    ),
+    (
+        "admin-off-loopback-without-token-env",
+        top('admin:\n  token_env: null\n  listen: "0.0.0.0:28691"\n'),
+        "admin.listen",
+        3,
+        "0.0.0.0:28691 is not a loopback address, and admin.token_env is null",
+    ),
+    (
+        "admin-off-loopback-ipv6-without-token-env",
+        top('admin: {listen: "[::]:9901", token_env: null}\n'),
+        "admin.listen",
+        1,
+        "is not a loopback address",
+    ),
+    (
+        "admin-host-name-without-token-env",
+        top('admin: {listen: "admin.internal:9901", token_env: null}\n'),
+        "admin.listen",
+        1,
+        "is not a loopback address",
     ),
     (
         "admin-protect-reads",
