@@ -232,10 +232,15 @@ def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+MAX_TIMEOUT = 24 * 3600.0  # sockets take a time-out up to about 292 years only; no call needs a day
+
+
 def _timeout(text: str) -> float:
     seconds = _duration(text)
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    if seconds > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at most 24h, got {text!r}")
     return seconds
 
 
@@ -254,7 +259,7 @@ def _client_options(*, json_help: str) -> argparse.ArgumentParser:
         type=_timeout,
         default=DEFAULT_TIMEOUT,
         metavar="DURATION",
-        help=f"give up after this long (default {DEFAULT_TIMEOUT:g}s)",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:g}s, at most 24h)",
     )
     common.add_argument("--json", action="store_true", help=json_help)
     return common

@@ -74,7 +74,7 @@ class ApiError(ClientError):
         self.status = status
         self.where = where
         text = f"{where}: {message}" if where else message
-        super().__init__(f"{text} (HTTP {status}){hint}")
+        super().__init__(f"{_one_line(text)} (HTTP {status}){hint}")
 
 
 # ---- the command line (pure) -----------------------------------------------------------------
@@ -89,13 +89,19 @@ def admin_url(text: str) -> str:
     raw = text.strip()
     if raw and "://" not in raw:
         raw = "http://" + raw
-    parts = urllib.parse.urlsplit(raw)
+    try:
+        parts = urllib.parse.urlsplit(raw)
+    except ValueError as exc:  # an unclosed [, or brackets around what is not an IP address
+        raise UsageError(f"--admin: not a URL ({exc}): {text!r}") from None
     try:
         parts.port  # noqa: B018  # .port validates the number and raises ValueError
     except ValueError:
         raise UsageError(f"--admin: bad port in {text!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--admin: expected a URL such as {DEFAULT_ADMIN}, got {text!r}")
+    if "@" in parts.netloc:
+        # Not echoed: it may hold a password. urllib would look the whole user:pw@host up in DNS.
+        raise UsageError(f"--admin: a user or password in the URL is not supported; set the token in {TOKEN_ENV}")
     if parts.query or parts.fragment:
         raise UsageError(f"--admin: a base URL has no query or fragment, got {text!r}")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
@@ -151,8 +157,9 @@ def login_name() -> str | None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str, indent: str = "") -> list[str]:
     """Plain aligned columns, two spaces apart; ``align`` has one ``<`` (left) or ``>``
-    (right) per column; headers of right-aligned columns are right-aligned too."""
-    body = [list(r) for r in rows]
+    (right) per column; headers of right-aligned columns are right-aligned too. Cells come
+    from the API: control characters in them are shown as escapes (``_one_line``)."""
+    body = [[_one_line(c) for c in r] for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *body, strict=True)]
     lines = []
     for cells in [list(headers), *body]:
@@ -256,7 +263,7 @@ def route_lines(route: Mapping[str, Any]) -> list[str]:
     if shadow:
         methods = ", ".join(shadow.get("methods") or [])
         lines.append(f"  shadow: {weight_text(shadow.get('percent'))}% of {methods} → {shadow.get('backend')}")
-    return lines
+    return [_one_line(line) for line in lines]
 
 
 def render_status(answer: Mapping[str, Any]) -> str:
@@ -285,11 +292,11 @@ def render_history(answer: Mapping[str, Any], width: int = 80) -> str:
         {
             "VERSION": str(e["version"]),
             "TIME (UTC)": time_text(e),
-            "ROUTE": str(e["route"]),
-            "WEIGHTS BEFORE→AFTER": weights_change_text(e.get("before") or {}, e.get("after") or {}),
-            "ACTOR": str(e.get("actor", "")),
-            "KIND": str(e.get("kind", "")),
-            "REASON": str(e.get("reason") or ""),
+            "ROUTE": _one_line(str(e["route"])),
+            "WEIGHTS BEFORE→AFTER": _one_line(weights_change_text(e.get("before") or {}, e.get("after") or {})),
+            "ACTOR": _one_line(str(e.get("actor", ""))),
+            "KIND": _one_line(str(e.get("kind", ""))),
+            "REASON": _one_line(str(e.get("reason") or "")),
         }
         for e in entries
     ]
@@ -326,7 +333,7 @@ def render_change(answer: Mapping[str, Any]) -> str:
     why = f"{change.get('kind', 'change')} by {change.get('actor', '?')}"
     if change.get("reason"):
         why += f": {change['reason']}"
-    heading = f"route {change['route']} is now at version {change['version']} ({why})"
+    heading = _one_line(f"route {change['route']} is now at version {change['version']} ({why})")
     return "\n".join([heading, *table(headers, rows, "<>>>", indent="  ")])
 
 
@@ -395,12 +402,12 @@ def _one_line(text: str) -> str:
 def _report_heading(r: Mapping[str, Any]) -> str:
     shadow = r.get("shadow")
     if not shadow:
-        return f"route {r['route']}: no shadow configured now (the report is from before)"
+        return _one_line(f"route {r['route']}: no shadow configured now (the report is from before)")
     methods = ", ".join(shadow.get("methods") or []) or "no methods"
     noise = shadow.get("noise_percent")
     replay = f"; noise replay {weight_text(noise)}%" if noise else "; no noise replay"
     percent = weight_text(shadow.get("percent"))
-    return f"route {r['route']}: shadow → {shadow.get('backend')}, {percent}% of {methods}{replay}"
+    return _one_line(f"route {r['route']}: shadow → {shadow.get('backend')}, {percent}% of {methods}{replay}")
 
 
 def _totals(r: Mapping[str, Any], width: int) -> list[str]:
@@ -552,7 +559,7 @@ def render_report(
 
 def render_cleared(answer: Mapping[str, Any], route: str | None = None) -> str:
     """``DELETE /api/v1/shadow/report``: ``{"cleared": route | "all"}``."""
-    cleared = route if route is not None else answer["cleared"]
+    cleared = route if route is not None else _one_line(str(answer["cleared"]))
     if route is None and cleared == "all":
         return "cleared the shadow-diff report of every route"
     return f"cleared the shadow-diff report of route {cleared}"
@@ -666,7 +673,9 @@ class AdminClient:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            # http.client sends header values as Latin-1: this sends the token's UTF-8 bytes
+            # (or the environment's own bytes, kept by surrogateescape), which the API compares.
+            headers["Authorization"] = "Bearer " + self.token.encode("utf-8", "surrogateescape").decode("latin-1")
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"'
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
@@ -749,4 +758,17 @@ def _snippet(raw: bytes) -> str:
 def client_from(admin: str, *, timeout: float = DEFAULT_TIMEOUT, environ: Mapping[str, str]) -> AdminClient:
     """The client the CLI uses: ``--admin``, the token from ``SPLITPROXY_ADMIN_TOKEN``, the actor."""
     token = environ.get(TOKEN_ENV, "").strip() or None
+    if token is not None:
+        _check_token(token)
     return AdminClient(admin_url(admin), token=token, actor=actor_for(login_name()), timeout=timeout)
+
+
+def _check_token(token: str) -> None:
+    """A token must fit in one header line (http.client refuses a CR or LF, with the token in its
+    message). Raises ``UsageError``, which never shows the token."""
+    if any(ch < " " or ch == "\x7f" for ch in token):
+        raise UsageError(f"{TOKEN_ENV} holds a control character: a bearer token is one line of text")
+    try:
+        token.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no environment gives: only from a caller
+        raise UsageError(f"{TOKEN_ENV} is not text that can be sent") from None

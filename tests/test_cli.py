@@ -185,6 +185,24 @@ def test_check_gives_the_line_of_a_yaml_syntax_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_admin_off_loopback_with_token_env_null_is_refused_by_check_and_run(tmp_path: Path, command: str) -> None:
+    """QA: ``check`` said ok for a file ``run`` always refuses; no token is possible with
+    ``token_env: null``, so it is a problem of the file, with its line."""
+    path = small_config(tmp_path, admin="0.0.0.0:28691")
+    text = path.read_text().replace(
+        'admin: {listen: "0.0.0.0:28691"}', 'admin: {listen: "0.0.0.0:28691", token_env: null}'
+    )
+    path.write_text(text)
+    result = cli(command, "-c", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    [line] = result.stderr.splitlines()
+    m = PROBLEM_RE.fullmatch(line)
+    assert m, line
+    assert (m["where"], int(m["line"])) == ("admin.listen", line_of(text, "admin:"))
+    assert "0.0.0.0:28691 is not a loopback address" in m["what"]
+
+
 # ---- run -------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.client import UsageError, admin_url, parse_weights, render_history, weights_change_text
+from proxy.client import (
+    DEFAULT_ADMIN,
+    ApiError,
+    UsageError,
+    admin_url,
+    client_from,
+    parse_weights,
+    render_change,
+    render_history,
+    render_status,
+    weights_change_text,
+)
 
 from .conftest import SPLITPROXY, ProxyProcess, StartProcess, config_text, route
 
@@ -83,10 +94,41 @@ def test_admin_url(text: str, expected: str) -> None:
     assert admin_url(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "ftp://x", "http://", "http://h:port", "http://h:9901/?a=1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("ftp://x", id="scheme"),
+        pytest.param("http://", id="no-host"),
+        pytest.param("http://h:port", id="port-not-a-number"),
+        pytest.param("http://h:9901/?a=1", id="query"),
+        pytest.param("http://[::1", id="unclosed-bracket"),
+        pytest.param("http://[zz]:1", id="bracketed-not-an-address"),
+        pytest.param("[::1", id="unclosed-bracket-no-scheme"),
+        pytest.param("http://user:pw@127.0.0.1:9901", id="user-and-password"),
+        pytest.param("http://user@127.0.0.1:9901", id="user"),
+    ],
+)
 def test_admin_url_refuses(text: str) -> None:
-    with pytest.raises(UsageError, match="--admin"):
+    with pytest.raises(UsageError, match="--admin") as caught:
         admin_url(text)
+    assert "\n" not in caught.value.message
+    assert "pw" not in caught.value.message  # a password is not echoed
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        pytest.param("a\nb", "control character", id="newline"),
+        pytest.param("a\rb", "control character", id="carriage-return"),
+        pytest.param("a\x00b", "control character", id="nul"),
+        pytest.param("a\ud800b", "not text that can be sent", id="lone-surrogate"),
+    ],
+)
+def test_a_token_that_cannot_be_a_header_is_a_usage_error(token: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        client_from(DEFAULT_ADMIN, environ={"SPLITPROXY_ADMIN_TOKEN": token})
+    assert token not in caught.value.message
 
 
 CHANGES = {
@@ -134,6 +176,51 @@ def test_history_has_a_narrow_layout_for_a_narrow_terminal() -> None:
     assert " ".join(line.strip() for line in out[3:5]) == f"reason:  {reason}"  # wrapped, all of it
     assert out[5].split() == ["2", "2023-11-14T22:13:20Z", "shop", "set", "cli:alice"]
     assert out[6:] == [f"{indent}weights: stable 95→90, canary 5→10"]  # no reason, no reason line
+
+
+# Text from the API goes to a terminal: a NUL or an ESC (the start of a colour or cursor
+# sequence) is shown as an escape, never sent raw. QA: a stored reason changed the colours.
+HOSTILE = "a\x00b\x1b[31m\u2028red"
+HOSTILE_SHOWN = "a\\x00b\\x1b[31m\\u2028red"
+
+
+def _assert_printable(text: str) -> None:
+    assert all(ch.isprintable() or ch == "\n" for ch in text), repr(text)
+
+
+@pytest.mark.parametrize("width", [200, 40], ids=["wide", "narrow"])
+def test_history_shows_control_characters_as_escapes(width: int) -> None:
+    entry = _entry(3, HOSTILE) | {"actor": f"api{HOSTILE}", "kind": f"set{HOSTILE}", "route": f"shop{HOSTILE}"}
+    out = render_history({"entries": [entry]}, width=width)
+    _assert_printable(out)
+    assert HOSTILE_SHOWN in out
+    assert f"api{HOSTILE_SHOWN}" in out
+
+
+def test_status_and_change_show_control_characters_as_escapes() -> None:
+    route_json = {
+        "name": f"shop{HOSTILE}",
+        "version": 2,
+        "match": {"host": None, "path_prefix": f"/{HOSTILE}"},
+        "baseline": "stable",
+        "sticky": {"by": "header", "name": HOSTILE},
+        "backends": [{"name": HOSTILE, "weight": 1.0, "share": 1.0, "upstreams": [{"url": HOSTILE, "healthy": True}]}],
+        "overrides": [{"header": "x-canary", "value": HOSTILE, "backend": "stable"}],
+        "shadow": {"backend": HOSTILE, "percent": 5, "methods": ["GET"]},
+    }
+    status = render_status({"version": 2, "routes": [route_json]})
+    _assert_printable(status)
+    assert status.count(HOSTILE_SHOWN) == 7
+    change = {"route": "shop", "version": 3, "before": {}, "after": {HOSTILE: 1.0}, "kind": "set"}
+    changed = render_change({"change": change | {"actor": HOSTILE, "reason": HOSTILE}})
+    _assert_printable(changed)
+    assert changed.count(HOSTILE_SHOWN) == 3
+
+
+def test_an_api_error_message_shows_control_characters_as_escapes() -> None:
+    error = ApiError(400, f"no backend {HOSTILE}", f"weights.{HOSTILE}")
+    _assert_printable(error.message)
+    assert error.message == f"weights.{HOSTILE_SHOWN}: no backend {HOSTILE_SHOWN} (HTTP 400)"
 
 
 # ---- running the command ---------------------------------------------------------------------
@@ -494,14 +581,31 @@ async def test_bad_weight_syntax_is_a_usage_error_before_any_request(
         ["restore", "v3"],
         ["weights", "shop", "a=1", "--if-match", "x"],
         ["status", "--timeout", "0"],
+        ["status", "--timeout", "99999999h"],  # beyond what a socket takes: was an OverflowError
     ],
-    ids=["limit", "version", "if-match", "timeout"],
+    ids=["limit", "version", "if-match", "timeout", "timeout-too-long"],
 )
 async def test_other_usage_errors_send_nothing(args: list[str], listener: tuple[str, list[int]]) -> None:
     admin, connections = listener
     result = await splitproxy(*args, admin=admin)
     assert (result.code, result.out) == (2, "")
     assert f"splitproxy {args[0]}: error: argument" in result.err
+    assert connections == []
+
+
+@pytest.mark.parametrize(
+    "admin",
+    ["http://[::1", "http://[zz]:{port}", "http://user:pw@127.0.0.1:{port}"],
+    ids=["unclosed-bracket", "bracketed-not-an-address", "credentials"],
+)
+async def test_a_bad_admin_url_is_one_line_and_exit_2(admin: str, listener: tuple[str, list[int]]) -> None:
+    url, connections = listener
+    admin = admin.format(port=url.rpartition(":")[2])
+    result = await splitproxy("status", admin=admin)
+    assert (result.code, result.out) == (2, "")
+    [line] = result.err.splitlines()
+    assert line.startswith("splitproxy: --admin: "), line
+    assert "pw" not in line
     assert connections == []
 
 
@@ -604,6 +708,29 @@ async def test_a_token_protected_admin_api(protected: ProxyProcess) -> None:
     assert weights_of(await status_json(admin)) == {"stable": 95, "canary": 10}
 
 
+@pytest.mark.parametrize("token", ["s\u00e9cret", "\u79d8\u5bc6"], ids=["latin-1", "beyond-latin-1"])
+async def test_a_wrong_token_outside_ascii_is_refused_as_wrong(protected: ProxyProcess, token: str) -> None:
+    """QA: ``SPLITPROXY_ADMIN_TOKEN=s\u00e9cret splitproxy weights ...`` got an HTTP 500."""
+    admin = admin_of(protected)
+    wrong = await splitproxy("weights", "shop", "canary=10", admin=admin, token=token)
+    assert (wrong.code, wrong.out) == (1, "")
+    assert wrong.err == (
+        f"splitproxy: the admin API at {admin} refused the token in SPLITPROXY_ADMIN_TOKEN (HTTP 401): "
+        "set it to the token the proxy was started with\n"
+    )
+    assert weights_of(await status_json(admin)) == {"stable": 95, "canary": 5}
+
+
+async def test_a_token_outside_ascii_works_when_it_is_the_proxys(
+    tmp_path: Path, proxy_process: StartProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", "s\u00e9cret")
+    p = await proxy_process(write_config(tmp_path))
+    monkeypatch.delenv("SPLITPROXY_ADMIN_TOKEN")
+    changed = await splitproxy("weights", "shop", "canary=10", admin=admin_of(p), token="s\u00e9cret")
+    assert changed.code == 0, changed.err
+
+
 async def test_protected_reads_need_the_token_too(
     tmp_path: Path, proxy_process: StartProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -646,6 +773,24 @@ async def test_json_output_is_the_apis_json(proxy: ProxyProcess) -> None:
     history = json.loads((await splitproxy("history", "--json", admin=admin)).out)
     assert set(history) == {"version", "entries"}
     assert [e["kind"] for e in history["entries"][:4]] == ["restore", "rollback", "promote", "set"]
+
+
+async def test_history_and_status_show_a_reasons_escape_sequence_escaped(proxy: ProxyProcess) -> None:
+    admin = admin_of(proxy)
+    reason = "a\x1b[31mred\x07"
+    changed = await splitproxy("weights", "shop", "canary=10", "--reason", reason, admin=admin)
+    assert changed.code == 0, changed.err
+    assert "\x1b" not in changed.out
+    assert "a\\x1b[31mred\\x07" in changed.out
+    for args in (["history"], ["history", "shop"]):
+        for columns in ("200", "40"):
+            shown = await splitproxy(*args, admin=admin, env={"COLUMNS": columns})
+            assert shown.code == 0, shown.err
+            assert "\x1b" not in shown.out
+            assert "\x07" not in shown.out
+            assert "a\\x1b[31mred\\x07" in shown.out, (args, columns)
+    as_json = await splitproxy("history", "--json", admin=admin)  # as sent: JSON escapes it
+    assert json.loads(as_json.out)["entries"][0]["reason"] == reason
 
 
 async def test_a_terminal_that_cannot_show_arrows_gets_no_traceback(proxy: ProxyProcess) -> None:
