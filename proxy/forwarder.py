@@ -77,8 +77,8 @@ class _Refused(Exception):
 
 
 def _head_size(ex: Exchange) -> int:
-    """About the size of a parsed request head (target, fields): only for heads that may be
-    over MAX_HEAD, which data_received cannot tell when one read brought the whole head."""
+    """About the size of a parsed request head (target, fields), for a head that came in
+    several reads (data_received checks one that comes in one)."""
     owned = sum(len(k) + len(v) + 4 for k, v in ex.hdict.items() if k in h.REQUEST_OWNED)
     return len(ex.url) + sum(map(len, ex.lines)) + owned
 
@@ -106,6 +106,7 @@ class Exchange:
         "decision",
         "hdict",
         "head",
+        "head_read",
         "http11",
         "keep_alive",
         "lines",
@@ -145,6 +146,9 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.head = b""
+        # Bytes of the head read in pieces after the one it began in (the first is checked
+        # whole in data_received); -1 once the head is parsed.
+        self.head_read = 0
         self.plan: RoutePlan | None = None
         self.backend: BackendPlan | None = None
         self.decision: Decision | None = None
@@ -167,7 +171,6 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "closing",
         "draining",
-        "head_bytes",
         "ip",
         "last_io",
         "out",
@@ -175,7 +178,6 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "queue",
         "read_paused",
-        "reading",
         "rejected",
         "rt",
         "transport",
@@ -203,8 +205,6 @@ class ClientConnection(asyncio.Protocol):
         self.rejected: tuple[Exchange, int, str] | None = None  # a broken pipelined request
         # Bytes read of the request head in progress; -1 while in a body, -2 when a message
         # ended in the last read (the next head is counted from the next read).
-        self.head_bytes = 0
-        self.reading = 0  # the size of the read being parsed
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
 
@@ -224,11 +224,17 @@ class ClientConnection(asyncio.Protocol):
         if self.draining or self.rejected is not None:  # answered, or to be: nothing more is read
             return
         ex = self.parsing
-        if ex is not None and ex.upgrade and ex.req_complete:
+        if ex is None:
+            # A request starts with this read: its head must end within MAX_HEAD bytes.
+            if len(data) > MAX_HEAD and data.find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0:
+                self._bad_request(HEAD_TOO_LARGE, 431)
+                return
+        elif ex.head_read >= 0:  # a head that came in pieces: counted as they come
+            ex.head_read += len(data)
+        elif ex.upgrade and ex.req_complete:
             # Bytes after an Upgrade request, before the upstream said 101: keep in order.
             self._send_body(ex, data)
             return
-        self.reading = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -247,14 +253,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._bad_request(str(exc))
             return
-        head_bytes = self.head_bytes
-        if head_bytes >= 0:
-            head_bytes += len(data)
-            if head_bytes > MAX_HEAD:  # and still not whole
-                self._bad_request(HEAD_TOO_LARGE, 431)
-            self.head_bytes = head_bytes
-        elif head_bytes == -2:
-            self.head_bytes = 0
+        ex = self.parsing
+        if ex is not None and ex.head_read > MAX_HEAD:  # and still not whole
+            self._bad_request(HEAD_TOO_LARGE, 431)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -329,9 +330,9 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        if max(self.head_bytes, 0) + self.reading > MAX_HEAD and _head_size(ex) > MAX_HEAD:
-            raise _Refused(431, HEAD_TOO_LARGE)  # a head that came whole in one large read
-        self.head_bytes = -1
+        if ex.head_read > 0 and _head_size(ex) > MAX_HEAD:  # a head read in pieces: measured
+            raise _Refused(431, HEAD_TOO_LARGE)
+        ex.head_read = -1
         p = self.parser
         ex.method = p.get_method()
         ex.http11 = p.get_http_version() == "1.1"
@@ -362,9 +363,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        self.head_bytes = -2
         ex.req_complete = True
-        if ex.conn is not None and (ex.content_length or ex.req_chunked):
+        if (ex.content_length or ex.req_chunked) and ex.conn is not None:
             # The body's last bytes went up now: the response time-out starts from here.
             ex.deadline = self.rt.now() + self.rt.response_timeout
         if ex.req_chunked:
@@ -720,7 +720,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = None
         ex.status = status
         ex.keep_alive = False
-        self.head_bytes = -1
+        ex.head_read = -1
         active = self.active
         if active is ex and not ex.req_complete:
             self.closing = True

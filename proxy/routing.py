@@ -214,8 +214,10 @@ class RoutePlan:
         by = self.sticky_by
         if by == "none":
             cumulative = self.cumulative  # pick(), inlined: the common case, every request
-            i = bisect_right(cumulative, point * cumulative[-1])
-            return self.by_weight[i if i < len(cumulative) else pick(cumulative, point)]
+            try:
+                return self.by_weight[bisect_right(cumulative, point * cumulative[-1])]
+            except IndexError:  # a subnormal total (see pick): a try costs nothing until then
+                return self.by_weight[pick(cumulative, point)]
         fresh = None
         key: bytes | None
         if by == "cookie":

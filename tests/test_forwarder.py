@@ -309,7 +309,19 @@ async def test_request_head_is_limited_to_64_kib(start_upstream: StartUpstream, 
     post = b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     responses = await raw_exchange(px.port, near + post + post + near, responses=4)
     assert [r.status for r in responses] == [200, 200, 200, 200]
-    assert px.server.runtime.counts.requests[("", "", "GET", "431")] == 2
+    # and in pieces: the rest of a head larger than 64 KiB after a first small read, whole or
+    # still coming
+    for rest in (b"X-Big: " + b"a" * (70 << 10) + b"\r\n\r\n", b"X-Big: " + b"a" * (200 << 10)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"GET /pieces HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # most likely two reads (one is refused as well)
+        writer.write(rest)
+        assert (await read_response(reader)).status == 431
+        writer.close()
+    assert up.hits == 4  # the four good ones
+    counts = px.server.runtime.counts.requests
+    assert sum(n for (_route, _backend, _method, code), n in counts.items() if code == "431") == 4
 
 
 async def test_upstream_response_head_is_limited_to_64_kib(start_proxy: StartProxy) -> None:
