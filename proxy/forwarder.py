@@ -31,6 +31,7 @@ import httptools
 
 from . import headers as h
 from .errors import UpstreamError
+from .headers import MAX_HEAD
 
 if TYPE_CHECKING:
     from .routing import BackendPlan, Decision, RoutePlan
@@ -51,11 +52,6 @@ _HOST = frozenset({b"host"})
 # Retries of a request whose upstream failed before answering (see _may_retry).
 MAX_RETRIES: Final = 3
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-# A request head (request line and headers) larger than this is answered 431 (Envoy's default
-# is 60 KiB; nginx answers 400 past 32 KiB): httptools has no limit of its own, and it joins
-# a header that comes in pieces by copying, so a head growing without end costs time too.
-MAX_HEAD: Final = 64 * 1024
 
 # How long a connection closed with an unread request body keeps reading it away.
 LINGER_SECONDS: Final = 2.0
@@ -203,8 +199,6 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.draining = False  # answered and closing: unread request bytes are discarded
         self.rejected: tuple[Exchange, int, str] | None = None  # a broken pipelined request
-        # Bytes read of the request head in progress; -1 while in a body, -2 when a message
-        # ended in the last read (the next head is counted from the next read).
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
 
@@ -709,10 +703,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, why: str, status: int = 400) -> None:
         """The client sent what HTTP/1.1 does not allow: answered 400 (431 for a head too
-        large), counted and logged as such, and the connection closes. When the bytes broke the body of the request
-        being forwarded, that request ends here with its upstream connection: the upstream,
-        left waiting for the rest, is not blamed (no time-out, no error, no ejection). A
-        broken request behind others is answered in its turn, after theirs."""
+        large), counted and logged as such, and the connection closes. When the bytes broke
+        the body of the request being forwarded, that request ends here with its upstream
+        connection: the upstream, left waiting for the rest, is not blamed (no time-out, no
+        error, no ejection). A broken request behind others is answered in its turn."""
         ex = self.parsing
         if ex is None:  # the request line itself did not parse
             ex = Exchange(self.rt.now())

@@ -9,6 +9,7 @@ these functions add what the proxy owns.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 # RFC 9110 §7.6.1: "a proxy or gateway MUST ... remove any header or trailer field that
 # is a connection option"; the fixed list is the hop-by-hop set of RFC 2616 §13.5.1 plus
@@ -38,6 +39,12 @@ REQUEST_OWNED = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-request-id",
 }
+
+# The largest head (request line or status line, and the fields) read from a client or an
+# upstream (Envoy's default is 60 KiB; nginx answers 400 past 32 KiB): httptools has no limit
+# of its own, and it joins a field that comes in pieces by copying, so a head growing without
+# end costs time as well as memory. A client's is answered 431, an upstream's fails with 502.
+MAX_HEAD: Final = 64 * 1024
 
 # Response headers whose framing the proxy decides for the client connection.
 RESPONSE_OWNED = HOP_BY_HOP | {b"content-length"}

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from .errors import UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
-from .headers import RESPONSE_OWNED
+from .headers import MAX_HEAD, RESPONSE_OWNED
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -94,11 +94,6 @@ _PASSED_AS_IS = frozenset(
 
 # Idle keep-alive connections kept per upstream instance; more are closed on release.
 MAX_IDLE_PER_UPSTREAM = 256
-
-
-# A response head larger than this fails the exchange (502), as a request head larger than
-# forwarder.MAX_HEAD is refused: httptools has no limit of its own.
-MAX_HEAD: Final = 64 * 1024
 
 
 def _ends_chunked(te: bytes) -> bool:
