@@ -9,6 +9,7 @@ import hashlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -29,6 +30,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """An upstream written on asyncio streams, for answers no HTTP server library gives: its URL."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
 
 
 async def test_get_is_proxied_with_forwarding_headers(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
@@ -332,13 +345,9 @@ async def test_upstream_response_head_is_limited_to_64_kib(start_proxy: StartPro
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
-    try:
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
         (resp,) = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    finally:
-        server.close()
     assert resp.status == 502  # the log names the reason: "upstream response head larger than 64 KiB"
     assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
 
@@ -422,25 +431,23 @@ async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
-    try:
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
         reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
-        for _ in range(2):  # pipelined: GET /g is sent upstream as soon as HEAD is answered
-            writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = await read_response(reader, head_request=True)
-            assert (head.status, head.header("content-length")) == (200, "11")
-            async with asyncio.timeout(5):
-                got = await read_response(reader)
-            assert (got.status, got.body) == (200, b"body-for-/g")
-        writer.close()
-    finally:
-        server.close()
-        for w in writers:
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
+        try:
+            for _ in range(2):  # pipelined: GET /g is sent upstream as soon as HEAD is answered
+                writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await read_response(reader, head_request=True)
+                assert (head.status, head.header("content-length")) == (200, "11")
+                async with asyncio.timeout(5):
+                    got = await read_response(reader)
+                assert (got.status, got.body) == (200, b"body-for-/g")
+        finally:
+            writer.close()
+            for w in writers:
+                w.close()
+                with contextlib.suppress(ConnectionError):
+                    await w.wait_closed()
 
 
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
@@ -588,10 +595,8 @@ async def test_a_response_without_length_ends_at_the_upstreams_close(start_proxy
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
-    try:
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
         for _ in range(2):  # and the client's connection stays usable
             [resp] = await raw_exchange(px.port, f"GET /x {version}\r\nHost: x\r\n\r\n".encode())
             assert (resp.status, resp.body) == (200, b"until-close-body")
@@ -601,8 +606,6 @@ async def test_a_response_without_length_ends_at_the_upstreams_close(start_proxy
         with pytest.raises((ValueError, asyncio.IncompleteReadError)):
             await read_response(reader)  # no last chunk: the client sees the body cut short
         writer.close()
-    finally:
-        server.close()
     # the cut one; a close that ends a body is no error
     assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
 
@@ -620,17 +623,13 @@ async def test_keep_alive_race_is_retried(start_proxy: StartProxy) -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    px = await start_proxy([route(stable=f"http://127.0.0.1:{port}")])
-    try:
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
         async with aiohttp.ClientSession() as s:
             for _ in range(5):
                 async with s.get(px.url + "/") as r:
                     assert r.status == 200
                     assert await r.read() == b"ok"
-    finally:
-        server.close()
     assert hits == 5
 
 
