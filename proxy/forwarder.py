@@ -329,13 +329,20 @@ class ClientConnection(asyncio.Protocol):
         ex.head_read = -1
         p = self.parser
         ex.method = p.get_method()
-        ex.http11 = p.get_http_version() == "1.1"
+        version = p.get_http_version()
+        ex.http11 = version == "1.1"
+        if not ex.http11 and version != "1.0":  # HTTP/2.0 or 0.9 in an HTTP/1 request line
+            raise _Refused(505, f"HTTP/{version} is not supported: HTTP/1.1 or 1.0")
         ex.keep_alive = p.should_keep_alive()
         ex.upgrade = p.should_upgrade()
         cl = ex.hdict.get(b"content-length")
         if cl is not None:
             ex.content_length = int(cl)  # llhttp has checked it is digits
         elif b"transfer-encoding" in ex.hdict:
+            # llhttp has checked that chunked comes last; a coding before it (gzip, chunked)
+            # would be lost in the re-framing: refused, as nginx does.
+            if ex.hdict[b"transfer-encoding"].strip().lower() != b"chunked":
+                raise _Refused(501, "transfer codings other than chunked are not supported")
             ex.req_chunked = True
         if self.active is None:
             self._start(ex)
@@ -689,6 +696,10 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 413, f"request body larger than {self.rt.max_body} bytes")
         elif ex.resp_started and ex is self.active:
             self.transport.abort()
+
+    def head_timed_out(self) -> None:
+        """The request head did not come whole within the idle time-out (Runtime.tick)."""
+        self._bad_request("request head not received within the idle time-out", 408)
 
     def body_timed_out(self, ex: Exchange) -> None:
         """The client stopped sending its request body (Runtime.tick): 408, as nginx's

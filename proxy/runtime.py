@@ -181,7 +181,12 @@ class Runtime:
         for conn in list(self.connections):
             ex = conn.active
             if ex is None:
-                if conn.tunnel is None and now - conn.last_io > idle:
+                head = conn.parsing
+                if head is not None and head.head_read >= 0 and now - head.t0 > idle:
+                    # A head still coming after the idle time-out, however often its lines
+                    # come (a slow-loris client): 408, as nginx's client_header_timeout.
+                    conn.head_timed_out()
+                elif conn.tunnel is None and now - conn.last_io > idle:
                     conn.shutdown()
             elif not ex.resp_started:
                 if ex.req_complete:

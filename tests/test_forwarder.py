@@ -450,6 +450,55 @@ async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next
                     await w.wait_closed()
 
 
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        pytest.param(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, id="http-2.0-in-an-http-1-line"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, id="te-gzip"
+        ),
+    ],
+)
+async def test_what_the_proxy_cannot_forward_faithfully_is_refused(
+    start_upstream: StartUpstream, start_proxy: StartProxy, head: bytes, status: int
+) -> None:
+    """A version it does not speak, a transfer coding its re-framing would drop: as nginx."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    (resp,) = await raw_exchange(px.port, head)
+    assert resp.status == status
+    assert up.hits == 0
+
+
+async def test_a_request_head_must_come_whole_within_the_idle_time_out(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A slow-loris client sends a header line now and then, each before the idle time-out:
+    the head as a whole must still come within it (nginx's client_header_timeout)."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "600ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+
+    async def one_line_every_200_ms() -> None:
+        for i in range(30):
+            await asyncio.sleep(0.2)
+            if writer.is_closing():
+                return
+            writer.write(b"X-Line-%d: 1\r\n" % i)
+
+    lines = asyncio.create_task(one_line_every_200_ms())
+    try:
+        resp = await read_response(reader)
+    finally:
+        lines.cancel()
+        writer.close()
+    assert resp.status == 408
+    assert time.monotonic() - t0 < 3
+    assert up.hits == 0
+
+
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
