@@ -50,7 +50,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason)
+        resp = error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods are (RFC 9110 §15.5.6)
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
     except Exception:
         # A bug of ours: logged with its traceback, answered as JSON without it.
         log.exception("admin API: %s %s failed", request.method, request.path)

@@ -495,6 +495,16 @@ async def test_unknown_route_or_version_is_404_and_changes_nothing(
     assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
 
 
+async def test_a_wrong_method_is_405_with_allow(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    async with session.post(px.admin_url + "/api/v1/routes/main/weights") as r:
+        assert r.status == 405
+        assert (await r.json())["error"]["status"] == 405
+        assert set(r.headers["Allow"].split(",")) >= {"PUT"}  # RFC 9110 §15.5.6
+
+
 async def test_promote_sends_everything_to_the_backend_and_rollback_to_the_baseline(
     start_upstream: StartUpstream, start_proxy: StartProxy, session: aiohttp.ClientSession
 ) -> None:
