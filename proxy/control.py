@@ -125,10 +125,10 @@ def parse_if_match(value: str | None) -> int | None:
         return None
     if value.startswith("W/"):
         value = value[2:]
-    try:
-        return int(value.strip('"'))
-    except ValueError:
-        raise BadRequest(f"If-Match must be an ETag of this API such as '\"12\"', got {value!r}", "If-Match") from None
+    digits = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if not (digits.isascii() and digits.isdigit()):  # int() would take " 9 ", "-1" and "٣"
+        raise BadRequest(f"If-Match must be an ETag of this API such as '\"12\"', got {value!r}", "If-Match")
+    return int(digits)
 
 
 # ---- the controller --------------------------------------------------------------------------

@@ -346,7 +346,15 @@ async def test_if_match_current_succeeds_and_stale_is_412_changing_nothing(
 
     # A weak form of the current ETag and "*" are preconditions too; something else is a 400.
     current = (await call(session, "GET", url)).headers["ETag"]
-    for if_match, status in ((f"W/{current}", 200), ("*", 200), ("abc", 400), ('"1", "2"', 400)):
+    for if_match, status in (
+        (f"W/{current}", 200),
+        ("*", 200),
+        ("abc", 400),
+        ('"1", "2"', 400),
+        ("-1", 400),
+        ('" 9 "', 400),
+        ("\u0663", 400),  # an Arabic-Indic 3, which int() reads
+    ):
         r = await call(session, "POST", url + "/rollback", headers={"If-Match": if_match})
         assert r.status == status, (if_match, r.body)
     assert len(await history(session, px.admin_url)) == 6
