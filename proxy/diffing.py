@@ -149,7 +149,19 @@ def _path_only(target: str) -> str:
     path = target.partition("?")[0].partition("#")[0]
     if not path.startswith("/") and "://" in path:  # absolute-form request target
         path = "/" + path.partition("://")[2].partition("/")[2]
+    if "%" in path:  # RFC 3986 §6.2.2.2: /t/%31%32 is /t/12, and its id folds like it
+        path = _PERCENT.sub(_unreserved, path)
     return path or "/"
+
+
+_PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unreserved(m: re.Match[str]) -> str:
+    """An escaped unreserved character as itself; any other escape as it came, in upper case."""
+    ch = chr(int(m[1], 16))
+    return ch if ch in _UNRESERVED else m[0].upper()
 
 
 def endpoint_template(method: str, path: str, templates: tuple[str, ...] = ()) -> str:

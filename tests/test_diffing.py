@@ -79,6 +79,8 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "/api/v2/items", (), "GET /api/v2/items", id="version-kept"),
         pytest.param("GET", "/d/2024-05-01", (), "GET /d/2024-05-01", id="date-kept"),
         pytest.param("GET", "/u/abc123", (), "GET /u/abc123", id="mixed-word-kept"),
+        pytest.param("GET", "/t/%31%32%33", (), "GET /t/{id}", id="percent-encoded-digits"),
+        pytest.param("GET", "/t/a%2fb/%7e%41", (), "GET /t/a%2Fb/~A", id="percent-unreserved-only"),
         pytest.param("GET", "/u/42/", (), "GET /u/{id}/", id="trailing-slash-kept"),
         pytest.param("GET", "", (), "GET /", id="empty-is-root"),
         pytest.param("GET", "?x=1", (), "GET /", id="only-query"),
