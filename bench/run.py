@@ -82,6 +82,10 @@ class Env:
     # "http://127.0.0.1:PORT" of a socket that listens and never answers: a shadow that
     # hangs (the kernel completes connections into the backlog; nothing is ever read).
     blackhole: str = ""
+    # bench/bad_shadows.py, started only for the scenarios that name them: an upstream that
+    # resets mid-body, and one whose answers are 50 MB.
+    reset: str = ""
+    huge: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,10 +142,17 @@ def sticky(env: Env) -> Scenario:
 
 
 def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[Env], Scenario]:
-    """100 % of GETs mirrored to a `candidate` backend (`target`: "upstream" or "blackhole")."""
+    """100 % of GETs mirrored to a `candidate` backend (`target`: one of BAD_SHADOWS, or
+    "upstream", or "blackhole"); the rest of `shadow` at its defaults."""
 
     def make(env: Env) -> Scenario:
-        url = {"upstream": env.upstream, "blackhole": env.blackhole, "dead": f"http://127.0.0.1:{dead_port()}"}[target]
+        url = {
+            "upstream": env.upstream,
+            "blackhole": env.blackhole,
+            "dead": f"http://127.0.0.1:{dead_port()}",
+            "reset": env.reset,
+            "huge": env.huge,
+        }[target]
         return Scenario(
             splitproxy_config(
                 env,
@@ -151,6 +162,10 @@ def shadow_to(target: str, *, noise: int = 0, timeout: str = "5s") -> Callable[[
         )
 
     return make
+
+
+# The scenarios whose candidate is bench/bad_shadows.py (started only when one is measured).
+BAD_SHADOWS = {"shadow-reset", "shadow-huge"}
 
 
 # The upstream's JSON answer (bench/upstream/nginx.conf): one of 8 answers of bench_diff's
@@ -195,6 +210,9 @@ SCENARIOS: dict[str, Callable[[Env], Scenario]] = {
     # ... or to a candidate that never answers, or is down: the live latency must not move.
     "shadow-hang": shadow_to("blackhole", timeout="1s"),
     "shadow-dead": shadow_to("dead"),
+    # ... or to one that resets every answer mid-body, or answers 50 MB (bench/bad_shadows.py).
+    "shadow-reset": shadow_to("reset"),
+    "shadow-huge": shadow_to("huge"),
     # The same with 64 KiB JSON answers that differ: what comparing them costs. Compare the
     # two with each other (the ratios to nginx are for the 100-byte answer).
     "json": on_json(routing),
@@ -504,8 +522,28 @@ def blackhole_port() -> int:
     return int(_BLACKHOLE[0].getsockname()[1])
 
 
+def start_bad_shadows(children: Children, tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """bench/bad_shadows.py on two free ports (reset, huge), once it accepts on both."""
+    reset_port, huge_port = free_ports(2)
+    proc = children.start(
+        [sys.executable, str(BENCH / "bad_shadows.py"), str(reset_port), str(huge_port)], log=tmp / "bad-shadows.log"
+    )
+    for port in (reset_port, huge_port):
+        try:
+            wait_for_port(port, proc, deadline_s=10)
+        except StartError as exc:
+            raise StartError(f"bench/bad_shadows.py: {exc}; its log:\n{tail(tmp / 'bad-shadows.log')}") from None
+    return proc, reset_port, huge_port
+
+
 def start_splitproxy(  # noqa: PLR0917  # one call site
-    children: Children, command: str | None, name: str, tmp: Path, upstream_port: int, json_size: int
+    children: Children,
+    command: str | None,
+    name: str,
+    tmp: Path,
+    upstream_port: int,
+    json_size: int,
+    bad_shadows: tuple[int, int] = (0, 0),
 ) -> Target:
     """Start one splitproxy for scenario `name`; StartError if it does not come up."""
     if command is None:
@@ -520,6 +558,8 @@ def start_splitproxy(  # noqa: PLR0917  # one call site
             listen=f"127.0.0.1:{port}",
             admin_listen=f"127.0.0.1:{admin_port}",
             blackhole=f"http://127.0.0.1:{blackhole_port()}",
+            reset=f"http://127.0.0.1:{bad_shadows[0]}",
+            huge=f"http://127.0.0.1:{bad_shadows[1]}",
         )
     )
     config = own / "splitproxy.yaml"
@@ -1195,16 +1235,25 @@ def bench(args: argparse.Namespace, argv: Sequence[str], tools: Tools, tmp: Path
                 progress(f"{target.name} (nginx) did not come up: {exc}\n{tail(error_log)}")
                 return 1
         skipped = []
+        bad_ports = (0, 0)
+        cpus = Cpus(not args.no_pin)
+        if BAD_SHADOWS & set(args.scenario):
+            bad, reset_port, huge_port = start_bad_shadows(children, tmp)
+            bad_ports = (reset_port, huge_port)
+            # On CPU B throughout, latency runs included: what is measured is what the proxy
+            # does with a bad shadow, not the CPU a shadow on the same core would take.
+            if cpus.enabled:
+                pin(bad.pid, cpus.b)
         for name in args.scenario:
             try:
-                target = start_splitproxy(children, tools.splitproxy, name, tmp, upstream_port, json_size)
+                target = start_splitproxy(children, tools.splitproxy, name, tmp, upstream_port, json_size, bad_ports)
             except StartError as exc:
                 message = f"splitproxy ({name}): skipped: {exc}"
                 skipped.append(message)
                 progress(message)
             else:
                 targets.append(target)
-        run = Run(args, tools, children, Cpus(not args.no_pin), tmp, upstream, targets)
+        run = Run(args, tools, children, cpus, tmp, upstream, targets)
         progress(f"measuring {', '.join(t.name for t in targets)}; CPU placement: {run.cpus.describe()}")
         run.measure()
         if note := diff_cost_note(targets, run.diff_cost):

@@ -41,9 +41,13 @@ log = logging.getLogger("splitproxy")
 
 ENDPOINT_CACHE = 4096  # remembered (route, method, url) -> endpoint; cleared when full
 
-# Back-off of a shadow instance that refused a connection: 100 ms, doubling up to 10 s.
-UNREACHABLE_BASE = 0.1
-UNREACHABLE_MAX = 10.0
+# Back-off of a failing shadow instance: one that refused a connection (at once), or broke
+# FAILURES_IN_A_ROW answers in a row (a reset mid-body, garbage): 100 ms, doubling up to
+# 10 s while it keeps failing. Its next whole answer ends it. (outlier_detection's default
+# streak, for live instances, is also 5.)
+BACKOFF_BASE = 0.1
+BACKOFF_MAX = 10.0
+FAILURES_IN_A_ROW = 5
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
@@ -90,6 +94,14 @@ def parse_lines(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
                 _HEADS.clear()
             _HEADS[head] = pairs
     return pairs
+
+
+def _announced(value: bytes) -> int:
+    """The value of a Content-Length the parser accepted; 0 if it does not read as one."""
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 class Capture:
@@ -175,10 +187,9 @@ class ShadowLeg:
         try:
             conn = await self.pool.connect(min(self.rt.connect_timeout, self.mirror.timeout))
         except UpstreamError as err:
-            self.mirror.manager.unreachable(self.pool)
+            self.mirror.manager.failed(self.pool, refused=True)
             self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
             return
-        self.mirror.manager.reachable(self.pool)
         if self.done:
             conn.release(reusable=True)
         else:
@@ -203,22 +214,35 @@ class ShadowLeg:
         cl = hdict.get(b"content-length")
         extra = [b"content-length: " + cl + b"\r\n"] if cl is not None else []
         self.capture.head(status, lines, extra)
+        if cl is not None and _announced(cl) > self.capture.cap and self.method != b"HEAD" and status not in (204, 304):
+            # A body announced over the cap is not compared: none of it is read (a 50 MB
+            # answer costs its head). The leg counts as compared (status and headers).
+            self.capture.truncated = True
+            self._answered()
 
     def response_body(self, ex: object, body: bytes) -> None:
         if not self.capture.take(body):
-            # Over the cap: nothing more is needed from this answer (a 50 MB shadow
-            # response costs no more than the cap). The leg still counts as compared.
-            self._abort_conn()
-            self._end(COMPARED)
+            # Over the cap (a chunked or close-delimited body): nothing more is needed
+            # from this answer. The leg still counts as compared.
+            self._answered()
+
+    def _answered(self) -> None:
+        self._abort_conn()
+        self.mirror.manager.answered(self.pool)
+        self._end(COMPARED)
 
     def response_complete(self, ex: object, conn: UpstreamConnection, reusable: bool) -> None:
         self.conn = None
         conn.release(reusable=reusable)
+        self.mirror.manager.answered(self.pool)
         self._end(COMPARED)
 
     def upstream_failed(self, ex: object, err: UpstreamError, *, retryable: bool, sent: bool = True) -> None:
         self._abort_conn()
-        self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
+        timed_out = isinstance(err, UpstreamTimeout)
+        if not timed_out:
+            self.mirror.manager.failed(self.pool)
+        self._end(TIMEOUT if timed_out else ERROR)
 
     def flush(self) -> None:
         pass
@@ -343,25 +367,36 @@ class ShadowManager:
         self.in_flight: dict[str, set[Mirror]] = {}
         self.on_complete: Observer | None = None
         self.listeners: list[Callable[[str, str], None]] = []  # (route, outcome), for tests and logs
-        # Shadow instances that refused connections: pool -> (until, back-off seconds).
-        self.unreachable_until: dict[UpstreamPool, tuple[float, float]] = {}
+        # Failing shadow instances: pool -> (until, back-off seconds); legs failed in a row.
+        self.backed_off: dict[UpstreamPool, tuple[float, float]] = {}
+        self.failures: dict[UpstreamPool, int] = {}
 
-    def unreachable(self, pool: UpstreamPool) -> None:
-        """A shadow leg could not connect: back the instance off (doubling, up to a cap)."""
-        _, backoff = self.unreachable_until.get(pool, (0.0, UNREACHABLE_BASE / 2))
-        backoff = min(backoff * 2, UNREACHABLE_MAX)
-        self.unreachable_until[pool] = (self.rt.now() + backoff, backoff)
+    def failed(self, pool: UpstreamPool, *, refused: bool = False) -> None:
+        """A leg to ``pool`` failed: it could not connect (``refused``; backed off at once),
+        or its answer broke (a reset, garbage; backed off at FAILURES_IN_A_ROW in a row).
+        The back-off doubles, up to a cap, each time it is taken up again."""
+        n = self.failures[pool] = self.failures.get(pool, 0) + 1
+        if not refused and n < FAILURES_IN_A_ROW:
+            return
+        now = self.rt.now()
+        until, backoff = self.backed_off.get(pool, (0.0, BACKOFF_BASE / 2))
+        if now < until:
+            return  # backed off already: these are legs launched before it began
+        backoff = min(backoff * 2, BACKOFF_MAX)
+        self.backed_off[pool] = (now + backoff, backoff)
 
-    def reachable(self, pool: UpstreamPool) -> None:
-        if self.unreachable_until:
-            self.unreachable_until.pop(pool, None)
+    def answered(self, pool: UpstreamPool) -> None:
+        """A leg to ``pool`` got its answer (as much of it as is compared): not failing."""
+        if self.failures:
+            self.failures.pop(pool, None)
+            self.backed_off.pop(pool, None)
 
-    def _all_unreachable(self, plan: RoutePlan, backend_name: str) -> bool:
+    def _all_backed_off(self, plan: RoutePlan, backend_name: str) -> bool:
         now = self.rt.now()
         for b in plan.backends:
             if b.name == backend_name:
                 for pool in self.rt.balancer.backends[id(b)].pools:
-                    until = self.unreachable_until.get(pool)
+                    until = self.backed_off.get(pool)
                     if until is None or now >= until[0]:
                         return False  # this one may be tried (again)
                 return True
@@ -383,9 +418,9 @@ class ShadowManager:
         if ex.upgrade or (ex.content_length is not None and ex.content_length > shadow.max_body):
             self._count(route, SKIPPED_BODY)
             return None
-        if self.unreachable_until and self._all_unreachable(plan, shadow.backend):
-            # A shadow that refuses connections is not dialled for every request: while
-            # every instance of it is backed off, mirrors end as errors at once.
+        if self.backed_off and self._all_backed_off(plan, shadow.backend):
+            # A failing shadow is not dialled for every request: while every instance of
+            # it is backed off, mirrors end as errors at once.
             self._count(route, ERROR)
             return None
         flying = self.in_flight.setdefault(route, set())

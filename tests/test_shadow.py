@@ -227,6 +227,109 @@ async def test_huge_shadow_answer_is_cut_at_the_cap(start_upstream: StartUpstrea
     assert slowest < 1.0
 
 
+async def test_an_announced_body_over_the_cap_is_not_read(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A shadow answer whose Content-Length is over max_body: compared by status and headers
+    from its head alone; none of its body is read (the upstream sees its connection go
+    before it could write much of the 50 MB)."""
+    live = await start_upstream("live")
+    written: list[int] = []
+    all_written = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
+        sent = 0
+        try:
+            while sent < 50_000_000:
+                writer.write(b"7" * (1 << 20))
+                sent += 1 << 20
+                await writer.drain()
+        except ConnectionError:
+            pass
+        written.append(sent)
+        if len(written) == 3:
+            all_written.set()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        px = await start_proxy([shadowed(live, url, max_body="32MiB")])
+        results, _ = await live_requests(px.url, 3)
+        assert all(status == 200 for status, _ in results)
+        await wait_outcome(px, "compared", 3)
+        async with asyncio.timeout(5):
+            await all_written.wait()
+        # Read up to the cap, it would have written 32 MiB at least; none read, it cannot
+        # get far past what the sockets' buffers hold.
+        assert max(written) < 24 << 20, written
+        report = await get_report(px)
+        (endpoint,) = report["routes"][0]["endpoints"].values()
+        assert endpoint["compared"] == 3
+        assert "body" not in endpoint["fields"]  # not compared: status and headers only
+    finally:
+        server.close()
+
+
+async def test_a_shadow_that_keeps_breaking_its_answers_is_backed_off(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """After 5 broken answers in a row the shadow is not dialled for 100 ms, then for twice
+    as long after each probe that breaks too; its first whole answer ends the back-off."""
+    live = await start_upstream("live")
+    dialled: list[int] = []
+    breaking = [True]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        if breaking[0]:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            await writer.drain()
+            writer.transport.abort()
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        px = await start_proxy([shadowed(live, url)])
+        rt = px.server.runtime
+        clock = [rt.now()]
+        rt.now = lambda: clock[0]  # the back-off's clock, moved by hand
+
+        async def one(outcome: str, total: int) -> None:
+            results, _ = await live_requests(px.url, 1)
+            assert results[0][0] == 200
+            await wait_outcome(px, outcome, total)
+
+        for i in range(5):
+            await one("error", i + 1)
+        assert len(dialled) == 5
+        for i in range(10):  # backed off: errors at once, not dialled
+            await one("error", 6 + i)
+        assert len(dialled) == 5
+        clock[0] += 0.11  # past the first 100 ms: one probe, which breaks too
+        await one("error", 16)
+        assert len(dialled) == 6
+        clock[0] += 0.11  # within the doubled 200 ms
+        await one("error", 17)
+        assert len(dialled) == 6
+        clock[0] += 0.1
+        breaking[0] = False
+        await one("compared", 1)  # the probe answers whole: dialled as before from now on
+        assert len(dialled) == 7
+        await one("compared", 2)
+        assert len(dialled) == 8
+        assert outcomes(px) == {"error": 17, "compared": 2}
+    finally:
+        server.close()
+
+
 async def test_max_in_flight_drops_are_counted(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     live = await start_upstream("live")
     slow = await start_upstream("slow", sleepy_app(10))
