@@ -304,6 +304,8 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        if ex.head_read < 0:
+            return  # a trailer field (after a chunked body): dropped, as nginx drops them
         lname = name.lower()
         hdict = ex.hdict
         if lname in hdict:

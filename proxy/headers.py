@@ -38,6 +38,7 @@ REQUEST_OWNED = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-request-id",
+    b"x-shadow-request",  # set on mirrors only: a client's own would pass a live request as one
 }
 
 # The largest head (request line or status line, and the fields) read from a client or an

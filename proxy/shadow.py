@@ -453,8 +453,13 @@ class ShadowManager:
     def _head(self, ex: Exchange, mirror: Mirror) -> bytes:
         head = ex.head
         if ex.req_chunked:
-            # The mirror carries the whole (capped) body with a length.
-            head = head.replace(b"Transfer-Encoding: chunked\r\n", b"Content-Length: %d\r\n" % mirror.body_size, 1)
+            # The mirror carries the whole (capped) body with a length, in place of the
+            # framing the forwarder put after every header of the client's
+            # (headers.request_head): the last such line, not a client's header that ends
+            # alike (X-Original-Transfer-Encoding: chunked), which left the chunked framing
+            # in place over a de-chunked body: request smuggling.
+            before, _, after = head.rpartition(b"Transfer-Encoding: chunked\r\n")
+            head = before + b"Content-Length: %d\r\n" % mirror.body_size + after
         return head[:-2] + SHADOW_HEADER + b"\r\n"
 
     def _replay_pool(self, ex: Exchange) -> UpstreamPool:

@@ -251,6 +251,10 @@ class UpstreamConnection(asyncio.Protocol):
     # state is reset in on_headers_complete, after it has been handed on.
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_bytes < 0:
+            # A trailer field (after a chunked body): dropped, as nginx drops them. Kept,
+            # it became a header of the next response on this connection.
+            return
         # Header parts, four per field (name, ": ", value, CRLF): list.extend of a tuple
         # costs half of formatting a line with %, and b"".join makes the head once.
         if name in _PASSED_AS_IS:  # the common response headers: nothing to decide

@@ -712,3 +712,47 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(
     finally:
         gc.enable()
     assert lost == []
+
+
+async def test_response_trailers_stay_out_of_the_next_response(start_proxy: StartProxy) -> None:
+    """A chunked response's trailer fields are dropped (as nginx drops them): they must not
+    become header fields of the next response read on the same upstream connection, which
+    may be another client's."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\nX-Checksum: aaa\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+    ]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:  # one connection, two requests
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        (first,) = await raw_exchange(px.port, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        (second,) = await raw_exchange(px.port, b"GET /2 HTTP/1.1\r\nHost: y\r\n\r\n")  # another client
+    assert (first.status, first.body) == (200, b"first")
+    assert (second.status, second.body) == (200, b"second")
+    assert first.header("x-checksum") is None
+    assert second.header("x-checksum") is None
+
+
+async def test_request_trailers_are_dropped(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """A chunked request's trailer fields do not join its header fields after the fact (a
+    trailer `Host` was "more than one Host header", a 400 after the request had gone
+    upstream), nor the next request's."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    body = (
+        b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nHost: evil\r\nX-Late: 1\r\n\r\n"
+    )
+    first, second = await raw_exchange(px.port, body + b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n", responses=2)
+    assert first.status == 200
+    assert json.loads(first.body)["body_len"] == 5
+    assert second.status == 200
+    for seen in up.seen:
+        assert "x-late" not in {k.lower() for k, _ in seen["headers"]}

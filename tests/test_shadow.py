@@ -13,7 +13,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .conftest import StartProcess, StartProxy, StartUpstream, Upstream, config_text, echo_app, read_response, route
+from .conftest import (
+    StartProcess,
+    StartProxy,
+    StartUpstream,
+    Upstream,
+    config_text,
+    echo_app,
+    raw_exchange,
+    read_response,
+    route,
+)
 
 
 def shadowed(live: Upstream | str, shadow: Upstream | str, **shadow_cfg: Any) -> dict[str, Any]:
@@ -171,6 +181,45 @@ async def test_post_mirrored_when_listed_with_its_body(start_upstream: StartUpst
     await wait_seen(shadow)
     assert shadow.seen[0]["body_len"] == 11
     assert shadow.seen[0]["method"] == "POST"
+
+
+async def test_a_chunked_mirror_is_framed_by_its_own_length_whatever_the_client_sends(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A client header ending like the chunked framing line (X-Original-Transfer-Encoding:
+    chunked) was taken for it: the mirror went out still chunked over the de-chunked body,
+    and a body shaped like chunks smuggled a second request to the shadow."""
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow, methods=["POST"])])
+    smuggled = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\n"
+    request = (
+        b"POST /c HTTP/1.1\r\nHost: x\r\nX-Original-Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(smuggled)
+        + smuggled
+        + b"\r\n0\r\n\r\n"
+    )
+    (resp,) = await raw_exchange(px.port, request)
+    assert resp.status == 200
+    await wait_outcome(px, "compared", 1)
+    assert [x["path"] for x in shadow.seen] == ["/c"]
+    assert shadow.seen[0]["body_len"] == live.seen[0]["body_len"] == len(smuggled)
+
+
+async def test_a_clients_own_shadow_header_is_not_passed_on(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """X-Shadow-Request is the proxy's: a client's would make its live request look like a
+    mirror to the live upstream (which may then skip its side effects), and put a second,
+    different value before the mirror's own."""
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow)])
+    async with aiohttp.ClientSession() as s, s.get(px.url + "/a", headers={"X-Shadow-Request": "0"}) as r:
+        assert r.status == 200
+    await wait_seen(shadow)
+    assert [v for k, v in live.seen[0]["headers"] if k.lower() == "x-shadow-request"] == []
+    assert [v for k, v in shadow.seen[0]["headers"] if k.lower() == "x-shadow-request"] == ["1"]
 
 
 async def test_slow_shadow_does_not_delay_live(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
