@@ -100,6 +100,7 @@ class Exchange:
         "content_length",
         "deadline",
         "decision",
+        "early_body",
         "hdict",
         "head",
         "head_read",
@@ -159,6 +160,9 @@ class Exchange:
         self.complete = False  # the whole response reached the client
         self.upstream_status = 0  # the status the upstream answered (0: none, or our own)
         self.mirror: Mirror | None = None  # set when shadow traffic samples this request
+        # The body of a pipelined request read while it waited its turn, before _start
+        # could give it a mirror: handed to the mirror then.
+        self.early_body: list[bytes] | None = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -361,6 +365,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.mirror is not None:
             ex.mirror.take_request_body(body)
+        elif self.active is not ex:  # queued behind another request: not started yet
+            if ex.early_body is None:
+                ex.early_body = [body]
+            else:
+                ex.early_body.append(body)
         self._send_body(ex, h.chunk(body) if ex.req_chunked else body)
 
     def on_message_complete(self) -> None:
@@ -458,8 +467,15 @@ class ClientConnection(asyncio.Protocol):
             self.write(h.CONTINUE)
         if plan.route.shadow is not None:
             mirror = ex.mirror = rt.shadow.begin(ex, plan)
-            if mirror is not None and not mirror.wants_body:
-                rt.shadow.launch(mirror)
+            if mirror is not None:
+                for piece in ex.early_body or ():
+                    mirror.take_request_body(piece)
+                    if ex.mirror is None:  # ended: over max_body
+                        break
+                if ex.mirror is not None and (not mirror.wants_body or ex.req_complete):
+                    rt.shadow.launch(mirror)
+        if ex.early_body is not None:
+            ex.early_body = None
         conn = pool.take_idle()
         if conn is not None:
             self._attach(ex, conn)

@@ -222,6 +222,37 @@ async def test_a_clients_own_shadow_header_is_not_passed_on(
     assert [v for k, v in shadow.seen[0]["headers"] if k.lower() == "x-shadow-request"] == ["1"]
 
 
+async def test_pipelined_requests_are_mirrored_with_their_whole_bodies(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A request pipelined behind another has its body read before its turn comes (and its
+    mirror with it): the mirror got none or only the rest of it (skipped_body, or a shadow
+    sent part of the body)."""
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    px = await start_proxy([shadowed(live, shadow, methods=["POST"])])
+    post = b"POST /p%d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    responses = await raw_exchange(px.port, b"".join(post % i for i in range(3)), responses=3)
+    assert [r.status for r in responses] == [200, 200, 200]
+    await wait_outcome(px, "compared", 3)
+    # A chunked body split around its turn: half read while queued, half after.
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(
+        b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        b"POST /split HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nAAAAA\r\n"
+    )
+    first = await read_response(reader)
+    writer.write(b"5\r\nBBBBB\r\n0\r\n\r\n")
+    split = await read_response(reader)
+    writer.close()
+    assert (first.status, split.status) == (200, 200)
+    await wait_outcome(px, "compared", 5)
+    assert outcomes(px) == {"compared": 5}
+    mirrored = {x["path"]: x["body_len"] for x in shadow.seen}
+    assert mirrored == {"/p0": 5, "/p1": 5, "/p2": 5, "/first": 2, "/split": 10}
+    assert mirrored == {x["path"]: x["body_len"] for x in live.seen}
+
+
 async def test_slow_shadow_does_not_delay_live(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     live = await start_upstream("live")
     slow = await start_upstream("slow", sleepy_app(10))
