@@ -984,14 +984,44 @@ def _decode(body: bytes, truncated: bool, content_encoding: str | None) -> tuple
         return body, True, False
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return body, False, True
+    if not body:
+        return body, False, False
     for wbits in (47, -15):  # 47: zlib or gzip header (auto); -15: raw deflate, as some servers send
+        got = _inflate(body, wbits)
+        if got is not None:
+            return got[0], got[1], False
+    return body, False, True
+
+
+def _inflate(body: bytes, wbits: int) -> tuple[bytes, bool] | None:
+    """``body`` inflated, all of it: every member of a gzip body (RFC 1952 §2.2: a series of
+    members, as gzip and Go's gzip.Reader read it). ``(out, truncated)``, truncated when the
+    output reached MAX_DECODED_BODY; None when the body is not whole streams: bytes after
+    the last one (that are not a member), or a stream without its end (a member cut short
+    of its trailer). Only the first stream was read before, and the rest ignored: answers
+    that differed there compared equal."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
         d = zlib.decompressobj(wbits=wbits)
         try:
-            out = d.decompress(body, MAX_DECODED_BODY)
+            part = d.decompress(rest, MAX_DECODED_BODY - size)
         except zlib.error:
-            continue
-        return out, bool(d.unconsumed_tail), False
-    return body, False, True
+            return None
+        parts.append(part)
+        size += len(part)
+        if d.unconsumed_tail:
+            return b"".join(parts), True  # stopped at the cap
+        if not d.eof:
+            return None
+        rest = d.unused_data
+        if not rest:
+            return b"".join(parts), False
+        if wbits < 0:
+            return None  # raw deflate has no members
+        if size >= MAX_DECODED_BODY:
+            return b"".join(parts), True
 
 
 def _text(body: bytes, charset: str | None) -> str | None:

@@ -463,6 +463,29 @@ def test_encoded_bodies_are_decoded_first(encoding: str, encode: Any) -> None:
     assert compare(live, other).differing == {"$.b"}
 
 
+def test_every_gzip_member_is_decoded_and_nothing_after_them_is_ignored() -> None:
+    """A gzip body is a series of members (RFC 1952 §2.2); only the first was read and the
+    rest ignored, so answers differing after it compared equal."""
+    headers = (*JSON, ("content-encoding", "gzip"))
+    first = gzip.compress(b'{"x": 1, ', mtime=1)
+
+    def answer(body: bytes) -> Captured:
+        return Captured(200, headers, body)
+
+    live = answer(first + gzip.compress(b'"y": 2}', mtime=1))
+    shadow = answer(first + gzip.compress(b'"y": 3}', mtime=1))
+    assert compare(live, shadow).differing == {"$.y"}
+    plain = Captured(200, JSON, b'{"x": 1, "y": 2}')
+    assert compare(live, plain).differing == {"header.content-encoding"}
+    # Bytes after the members that are no member, or a member cut short of its trailer: not
+    # a gzip body, compared as bytes (here: differing).
+    whole = gzip.compress(b'{"x": 1}', mtime=1)
+    for broken in (whole + b"GARBAGE", whole[:-4]):
+        c = compare(answer(whole), answer(broken))
+        assert (c.body, c.differing) == ("bytes", {"body"}), broken
+    assert compare(answer(whole + b"GARBAGE"), answer(whole + b"GARBAGE")).differing == set()
+
+
 def test_unknown_encoding_is_compared_as_bytes() -> None:
     headers = (*JSON, ("content-encoding", "br"))
     c = compare(Captured(200, headers, b"\x01"), Captured(200, headers, b"\x02"))

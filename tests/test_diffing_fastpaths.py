@@ -199,13 +199,23 @@ def _ref_decoded_body(c: Captured) -> tuple[bytes, bool, bool]:
         return c.body, True, False
     if encoding not in ("gzip", "x-gzip", "deflate"):
         return c.body, False, True
+    if not c.body:
+        return c.body, False, False
+    cap = diffing.MAX_DECODED_BODY
     for wbits in (47, -15):
-        d = diffing.zlib.decompressobj(wbits=wbits)
+        out, rest = b"", c.body
         try:
-            out = d.decompress(c.body, diffing.MAX_DECODED_BODY)
+            while rest and len(out) < cap:  # gzip: member after member
+                d = diffing.zlib.decompressobj(wbits=wbits)
+                out += d.decompress(rest, cap - len(out))
+                if d.unconsumed_tail:
+                    return out, True, False
+                if not d.eof or (wbits < 0 and d.unused_data):
+                    raise diffing.zlib.error("not whole streams")
+                rest = d.unused_data
         except diffing.zlib.error:
             continue
-        return out, bool(d.unconsumed_tail), False
+        return out, bool(rest), False
     return c.body, False, True
 
 
