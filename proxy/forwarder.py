@@ -104,6 +104,8 @@ class Exchange:
         "hdict",
         "head",
         "head_read",
+        "held",
+        "held_body",
         "http11",
         "keep_alive",
         "lines",
@@ -163,6 +165,10 @@ class Exchange:
         # The body of a pipelined request read while it waited its turn, before _start
         # could give it a mirror: handed to the mirror then.
         self.early_body: list[bytes] | None = None
+        # After an Upgrade request: its body's bytes still to pass (by Content-Length), and
+        # the bytes after it, held until the upstream answers 101 (_start_tunnel).
+        self.held_body = 0
+        self.held: list[bytes] | None = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -230,15 +236,14 @@ class ClientConnection(asyncio.Protocol):
         elif ex.head_read >= 0:  # a head that came in pieces: counted as they come
             ex.head_read += len(data)
         elif ex.upgrade and ex.req_complete:
-            # Bytes after an Upgrade request, before the upstream said 101: keep in order.
-            self._send_body(ex, data)
+            self._upgrade_bytes(ex, data)  # after an Upgrade request, before any 101
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :]
             if rest and self.parsing is not None:
-                self._send_body(self.parsing, rest)
+                self._upgrade_bytes(self.parsing, rest)
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if isinstance(refused, _Refused):  # a callback found the request unacceptable
@@ -350,6 +355,13 @@ class ClientConnection(asyncio.Protocol):
             if ex.hdict[b"transfer-encoding"].strip().lower() != b"chunked":
                 raise _Refused(501, "transfer codings other than chunked are not supported")
             ex.req_chunked = True
+        if ex.upgrade:
+            # llhttp hands everything after an Upgrade request's head on as raw bytes, its
+            # body included: a Content-Length body is counted out of them (_upgrade_bytes);
+            # a chunked one could not be told from what follows it.
+            if ex.req_chunked:
+                raise _Refused(501, "an Upgrade request with a chunked body is not supported")
+            ex.held_body = ex.content_length or 0
         if self.active is None:
             self._start(ex)
         else:
@@ -435,7 +447,7 @@ class ClientConnection(asyncio.Protocol):
         ex.pool = pool
         ex.request_id = hdict.get(b"x-request-id") or rt.rid_prefix + b"%x" % next(rt.rid_counter)
         if ex.upgrade:
-            framing = b""
+            framing = b"Content-Length: %d\r\n" % ex.content_length if ex.content_length else b""
         elif ex.req_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif ex.content_length is not None:
@@ -506,7 +518,7 @@ class ClientConnection(asyncio.Protocol):
         ex.pending = None
         if pending:
             conn.transport.write(ex.head + b"".join(pending))
-            ex.pending_size = 0
+            ex.pending_size = sum(map(len, ex.held)) if ex.held else 0
         else:
             conn.transport.write(ex.head)
         # No timer object per request: Runtime.tick compares deadlines ten times a second.
@@ -527,6 +539,26 @@ class ClientConnection(asyncio.Protocol):
         ex.pending_size += len(data)
         if ex.pending_size > PENDING_MAX:
             self.update_reading()
+
+    def _upgrade_bytes(self, ex: Exchange, data: bytes) -> None:
+        """Bytes after an Upgrade request's head, before the upstream's 101: its body (by its
+        Content-Length) goes upstream as it comes; the rest is held until the 101. Sent at
+        once, an upstream that refuses the upgrade and keeps its connection would read them
+        as its next request, one the proxy never saw (request smuggling)."""
+        n = ex.held_body
+        if n:
+            body = data[:n]
+            ex.held_body = n - len(body)
+            self._send_body(ex, body)
+            data = data[n:]
+        if data:
+            if ex.held is None:
+                ex.held = [data]
+            else:
+                ex.held.append(data)
+            ex.pending_size += len(data)  # bounds what is held: reading pauses past PENDING_MAX
+            if ex.pending_size > PENDING_MAX:
+                self.update_reading()
 
     def update_reading(self) -> None:
         """Pause reading the client while its bytes have nowhere to go."""
@@ -817,6 +849,9 @@ class ClientConnection(asyncio.Protocol):
         ex.pending = None
         if pending:
             conn.transport.write(b"".join(pending))
+        if ex.held:  # what the client sent after its Upgrade request, now for the new protocol
+            conn.transport.write(b"".join(ex.held))
+            ex.held = None
         self.parsing = None
         self.active = None
         self.rt.finished(self, ex)

@@ -756,3 +756,45 @@ async def test_request_trailers_are_dropped(start_upstream: StartUpstream, start
     assert second.status == 200
     for seen in up.seen:
         assert "x-late" not in {k.lower() for k, _ in seen["headers"]}
+
+
+async def test_bytes_after_an_upgrade_request_wait_for_the_101(start_proxy: StartProxy) -> None:
+    """What a client sends after an Upgrade request goes upstream only once the upstream has
+    switched protocols: sent at once, an upstream that refused the upgrade and kept its
+    connection read it as its next request, one the proxy never routed (request smuggling).
+    An Upgrade request's own body (Content-Length) goes upstream as a body, framed."""
+    seen: list[tuple[bytes, bytes]] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:  # keep-alive, never switching protocols: an upstream that refuses
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+                body = await reader.readexactly(int(fields.get(b"content-length", b"0")))
+                seen.append((head.split(b"\r\n")[0], body))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+                await writer.drain()
+
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        (resp,) = await raw_exchange(px.port, upgrade + smuggled)
+        assert (resp.status, resp.body) == (200, b"no")
+        post = b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\n"
+        (resp,) = await raw_exchange(px.port, post + b"hello" + smuggled)
+        assert (resp.status, resp.body) == (200, b"no")
+        (after,) = await raw_exchange(px.port, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert after.status == 200
+        chunked = (
+            b"POST /c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        (resp,) = await raw_exchange(px.port, chunked + b"5\r\nhello\r\n0\r\n\r\n" + smuggled)
+        assert resp.status == 501
+        for w in writers:
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
+    assert seen == [(b"GET /ws HTTP/1.1", b""), (b"POST /p HTTP/1.1", b"hello"), (b"GET /after HTTP/1.1", b"")]
