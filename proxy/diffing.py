@@ -1649,12 +1649,32 @@ def redact_request(request: str) -> str:
 _QUERY_SEPARATORS: Final = re.compile(r"([&;])")
 
 
+def _looks_like_json(body: bytes, charset: str | None) -> bool:
+    """Whether a body's text starts as a JSON object or array does."""
+    try:
+        start = body[:64].decode(charset or "utf-8", errors="ignore")
+    except LookupError:  # a charset Python does not know
+        start = body[:64].decode("utf-8", errors="ignore")
+    return start.lstrip("\ufeff \t\r\n")[:1] in ("{", "[")
+
+
+def _json_for_redaction(c: Captured) -> bool:
+    """Whether ``redact_fields`` apply to this answer's body: it says it is JSON, or its text
+    looks like JSON whatever it says (a version that changed its Content-Type still sends
+    the same fields; they were stored in clear)."""
+    mt, charset = _media(c)
+    if _is_json_type(mt):
+        return True
+    body, _, opaque = _decoded_body(c)
+    return not opaque and _looks_like_json(body, charset)
+
+
 def _sample_body(c: Captured, root: _Node | None) -> str:
     body, truncated, opaque = _decoded_body(c)
     if opaque:
         return f"[{_bytes_summary(c.body)}, {c.header('content-encoding')}]"
     mt, charset = _media(c)
-    if root is not None and _is_json_type(mt):
+    if root is not None and (_is_json_type(mt) or _looks_like_json(body, charset)):
         if truncated:
             return "[withheld: a truncated JSON body cannot be redacted]"
         try:
@@ -1676,10 +1696,11 @@ def _sample_body(c: Captured, root: _Node | None) -> str:
 
 
 def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozenset[str], json_typed: bool) -> bool:
-    """Whether a difference's values must not be stored. ``json_typed``: either answer says
-    it is JSON; a body that says so but was compared by lines or bytes (it did not parse)
-    cannot be redacted by path, so with ``redact_fields`` set its values are withheld, as
-    ``_sample_body`` withholds the body itself."""
+    """Whether a difference's values must not be stored. ``json_typed``: either answer is JSON
+    for ``redact_fields`` (``_json_for_redaction``). Such a body compared by lines or bytes
+    (it did not parse, or the other side's type is not JSON) cannot be redacted by path, so
+    with ``redact_fields`` set its values are withheld, as ``_sample_body`` withholds the
+    body itself when it does not parse."""
     if d.path.startswith("header."):
         name = d.path[7:]
         return name in ALWAYS_REDACTED_HEADERS or name in redact_headers
@@ -1854,7 +1875,7 @@ class EndpointStats:
                 continue
             if bodies is None:  # rendered once per request, and only when a sample is taken
                 bodies = (_sample_body(live, root), _sample_body(shadow, root))
-                json_typed = _is_json_type(_media(live)[0]) or _is_json_type(_media(shadow)[0])
+                json_typed = _json_for_redaction(live) or _json_for_redaction(shadow)
             hide = _redact_diff_value(d, root, redact_headers, json_typed)
             sample = Sample(
                 point=point,

@@ -631,13 +631,32 @@ def test_json_body_that_does_not_parse_keeps_nothing_in_its_line_diffs() -> None
     assert (sample.path, sample.live, sample.shadow) == ("body.line[1]", REDACTED, REDACTED)
     assert sample.live_body.startswith("[withheld")
     assert "bob@example.com" not in json.dumps(stats.to_dict())
-    # without redact_fields nothing is hidden, and text bodies are not JSON paths' business
-    for redact, headers in (((), JSON), (("$.user.email",), TEXT)):
+    # without redact_fields nothing is hidden, and text that is no JSON is not JSON paths' business
+    plain = (b"email: bob@example.com\nv: live", b"email: bob@example.com\nv: shadow")
+    for redact, headers, bodies in (((), JSON, (live.body, shadow.body)), (("$.user.email",), TEXT, plain)):
         stats = RouteStats()
-        record(stats, Captured(200, headers, live.body), Captured(200, headers, shadow.body), redact_fields=redact)
+        record(stats, Captured(200, headers, bodies[0]), Captured(200, headers, bodies[1]), redact_fields=redact)
         (sample,) = stats.endpoints["GET /users/{id}"].samples["body"]
         assert sample.live is not None
-        assert "bob@example.com" in sample.live
+        assert "bob@example.com" in sample.live + sample.live_body
+
+
+@pytest.mark.parametrize(
+    ("live_type", "shadow_type"),
+    [(JSON, TEXT), (TEXT, JSON), (TEXT, TEXT), (TEXT, ())],
+    ids=["json-vs-text", "text-vs-json", "both-text", "text-vs-untyped"],
+)
+def test_json_sent_as_another_type_is_redacted_too(live_type: Any, shadow_type: Any) -> None:
+    """A version that changed its Content-Type still sends the fields redact_fields names:
+    they were stored in clear (the shadow's body, and the line values of a text diff)."""
+    live = Captured(200, live_type, b'{"secret": "LIVESECRET", "a": 1}')
+    shadow = Captured(200, shadow_type, b'{"secret": "SHADOWSECRET", "a": 2}')
+    stats = RouteStats()
+    record(stats, live, shadow, redact_fields=("$.secret",))
+    stored = json.dumps(stats.to_dict())
+    assert "LIVESECRET" not in stored
+    assert "SHADOWSECRET" not in stored
+    assert stats.endpoints["GET /users/{id}"].samples  # samples were kept, redacted
 
 
 def test_sample_bodies_are_clipped_to_2_kib() -> None:
