@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .fieldpath import parse_field_path
+
 # ---- the value -------------------------------------------------------------------------------
 
 
@@ -301,6 +303,7 @@ _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _HOST_MATCH_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _PORT_RE = re.compile(r"\d{1,5}", re.ASCII)
 _UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")  # controls and space
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Kind:
@@ -421,8 +424,27 @@ def _query_name(value: object) -> str:
 def _starting_with(prefix: str, example: str) -> Convert[str]:
     def convert(value: object) -> str:
         text = _string(value)
-        if not text.startswith(prefix) or _UNSAFE_RE.search(text):
+        if not text.startswith(prefix):
             raise ValueError(f"must start with {prefix!r}, e.g. {example!r}, got {_show(value)}")
+        if _UNSAFE_RE.search(text):
+            raise ValueError(f"must not hold spaces or control characters, got {_show(value)}")
+        return text
+
+    return convert
+
+
+def _field_path(example: str) -> Convert[str]:
+    """A field path pattern (proxy/fieldpath.py), parsed here as the diff will parse it: a
+    pattern `check` passed used to fail only at run time, every comparison with it."""
+
+    def convert(value: object) -> str:
+        text = _string(value)
+        if _CONTROL_RE.search(text):
+            raise ValueError(f"must not hold control characters, got {_show(value)}")
+        try:
+            parse_field_path(text)
+        except ValueError as err:
+            raise ValueError(f"{err} (e.g. {example!r})") from None
         return text
 
     return convert
@@ -1066,9 +1088,9 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
         ),
         diff=ShadowDiff(
             ignore_headers=tuple(dict.fromkeys(ignore_headers)),
-            ignore_fields=diff.get_list("ignore_fields", _starting_with("$", "$.meta.id"), ()),
+            ignore_fields=diff.get_list("ignore_fields", _field_path("$.meta.id"), ()),
             endpoints=diff.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
-            redact_fields=diff.get_list("redact_fields", _starting_with("$", "$.user.email"), ()),
+            redact_fields=diff.get_list("redact_fields", _field_path("$.user.email"), ()),
         ),
     )
 

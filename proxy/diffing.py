@@ -67,6 +67,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from proxy.config import ShadowNoise
+from proxy.fieldpath import ANY_INDEX, ANY_KEY, ID, parse_field_path
 
 try:
     # The same JSON walk in C (native/jsondiff.c): several times cheaper on large bodies.
@@ -226,36 +227,10 @@ class EndpointCap:
 
 # ---- field paths (ignore and redact patterns) ----------------------------------------------------
 
-_ANY_INDEX: Final = object()  # "[*]"
-_ANY_KEY: Final = object()  # ".*"
-_ID: Final = object()  # ".{id}"
-_NAME_RE: Final = re.compile(r"\.([^.\[\]]+)")
-_INDEX_RE: Final = re.compile(r"\[(\*|[0-9]+)\]")
-_QUOTED_RE: Final = re.compile(r"\[(\"(?:[^\"\\]|\\.)*\")\]")
-
-
-def parse_field_path(text: str) -> tuple[object, ...]:
-    """Segments of ``$.a["b.c"][0].items[*].{id}``; raises ``ValueError`` naming the position.
-
-    ``.name`` and ``["name"]`` are object keys, ``[N]`` an index, ``[*]`` any index,
-    ``.*`` any key, ``.{id}`` any id-like key (how field keys fold them).
-    """
-    if not text.startswith("$"):
-        raise ValueError(f"must start with '$', e.g. '$.meta.generated_at', got {text!r}")
-    out: list[object] = []
-    pos = 1
-    while pos < len(text):
-        if m := _NAME_RE.match(text, pos):
-            name = m.group(1)
-            out.append(_ANY_KEY if name == "*" else _ID if name == "{id}" else name)
-        elif m := _INDEX_RE.match(text, pos):
-            out.append(_ANY_INDEX if m.group(1) == "*" else int(m.group(1)))
-        elif m := _QUOTED_RE.match(text, pos):
-            out.append(json.loads(m.group(1)))
-        else:
-            raise ValueError(f'bad field path {text!r} at position {pos}: expected .name, [N], [*] or ["name"]')
-        pos = m.end()
-    return tuple(out)
+# The grammar lives in proxy/fieldpath.py (the config check parses every pattern with it).
+_ANY_INDEX: Final = ANY_INDEX
+_ANY_KEY: Final = ANY_KEY
+_ID: Final = ID
 
 
 class _Node:

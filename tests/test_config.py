@@ -934,6 +934,29 @@ ERRORS = [
         8,
         "must start with '$'",
     ),
+    *(
+        (
+            f"shadow-field-path-{name}",
+            route(f"shadow:\n  backend: v2\n  diff: {{{key}: ['{pattern}']}}\n"),
+            f"routes[0].shadow.diff.{key}[0]",
+            8,
+            "bad field path",
+        )
+        for name, key, pattern in (
+            ("bad-index", "ignore_fields", "$.items[abc]"),
+            ("empty-key", "ignore_fields", "$.a..b"),
+            ("negative-index", "redact_fields", "$.x[-1]"),
+            ("unterminated-quote", "redact_fields", '$[\\"a]'),
+            ("open-bracket", "ignore_fields", "$.x[*"),
+        )
+    ),
+    (
+        "shadow-endpoint-space",
+        route("shadow:\n  backend: v2\n  diff: {endpoints: ['/sp ace/{n}']}\n"),
+        "routes[0].shadow.diff.endpoints[0]",
+        8,
+        "must not hold spaces or control characters",
+    ),
     (
         "shadow-endpoint",
         route("shadow:\n  backend: v2\n  diff: {endpoints: ['users/{id}']}\n"),
@@ -1064,6 +1087,16 @@ def test_each_rule_reports_where_and_line(doc: str, where: str, line: int, what:
     problem = only_problem(doc)
     assert (problem.where, problem.line) == (where, line), str(problem)
     assert what in problem.what
+
+
+def test_field_paths_as_the_report_shows_them_are_accepted() -> None:
+    """Any field key of the report is a valid pattern: quoted keys with spaces or dots
+    included (a space in a path was refused as if it did not start with '$')."""
+    patterns = ['$["display name"]', '$["a.b"].c', "$.items[*].{id}", "$.meta.*", "$[0]"]
+    doc = route(f"shadow:\n  backend: v2\n  diff: {{ignore_fields: {patterns!r}, redact_fields: {patterns!r}}}\n")
+    shadow = parse_text(doc).routes[0].shadow
+    assert shadow is not None
+    assert shadow.diff.ignore_fields == shadow.diff.redact_fields == tuple(patterns)
 
 
 UNKNOWN_KEYS = [
