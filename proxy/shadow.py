@@ -556,14 +556,16 @@ class DiffRecorder:
         if shadow is None:  # the route lost its shadow in a reload meanwhile
             return
         route = plan.name
+        options = self._options.get(route)
+        if options is None or options[0] is not shadow.diff:  # first time, or a reload
+            if options is not None and options[0].endpoints != shadow.diff.endpoints:
+                self._endpoints.clear()  # URLs already seen are grouped by the new templates
+            options = self._options[route] = (shadow.diff, frozenset(shadow.diff.ignore_headers))
+        diff_config, ignore_headers = options
         known = self._endpoints.get((route, mirror.method, mirror.url))
         if known is None:
             known = self._endpoint(route, mirror.method, mirror.url, shadow.diff.endpoints)
         endpoint, request, reuse = known
-        options = self._options.get(route)
-        if options is None or options[0] is not shadow.diff:  # first time, or a reload
-            options = self._options[route] = (shadow.diff, frozenset(shadow.diff.ignore_headers))
-        diff_config, ignore_headers = options
         ignore_fields = diff_config.ignore_fields
         live = mirror.live.captured()
         batch = self.batch.get(route)

@@ -145,6 +145,20 @@ def test_a_reload_that_changes_the_diff_options_takes_effect(runtime: Runtime) -
     assert fields["header.content-type"] == [2, 0, 0, 0]
 
 
+def test_a_reload_that_changes_the_endpoint_templates_regroups_urls_already_seen(runtime: Runtime) -> None:
+    """The recorder remembers each URL's endpoint; a reload with other templates used to leave
+    the URLs it had seen under their old endpoints."""
+    plan = runtime.table.plans["shop"]
+    runtime.diffs(finished(runtime, plan, (NGINX, b"x"), (NGINX, b"x")))
+    assert list(runtime.diffs.batch["shop"].endpoints) == ["GET /products/{id}"]
+    templated = CONFIG.format(ignore="date, server").replace(
+        "redact_fields", 'endpoints: ["/products/{n}"], redact_fields'
+    )
+    runtime.install(parse_text(templated))
+    runtime.diffs(finished(runtime, runtime.table.plans["shop"], (NGINX, b"x"), (NGINX, b"x")))
+    assert runtime.diffs.batch["shop"].endpoints["GET /products/{n}"].compared == 1
+
+
 @pytest.mark.parametrize("ending", ["compared", "cancelled"])
 def test_a_finished_mirror_is_freed_without_the_cycle_collector(runtime: Runtime, ending: str) -> None:
     """A mirror and its legs refer to each other: the manager unlinks them when the mirror
