@@ -62,7 +62,7 @@ from functools import lru_cache
 from itertools import compress
 from operator import eq, ne, not_
 from typing import Any, Final, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 import orjson
 
@@ -139,7 +139,9 @@ class _Template:
 def _compile_templates(templates: tuple[str, ...]) -> dict[int, tuple[_Template, ...]]:
     by_len: dict[int, list[_Template]] = {}
     for text in templates:
-        parts = tuple(None if s.startswith("{") and s.endswith("}") and len(s) > 2 else s for s in text.split("/"))
+        parts = tuple(
+            None if s.startswith("{") and s.endswith("}") and len(s) > 2 else _as_in_paths(s) for s in text.split("/")
+        )
         literals = sum(p is not None for p in parts)
         by_len.setdefault(len(parts), []).append(_Template(text, parts, literals))
     # Most literal segments first ("/users/me" beats "/users/{id}"); ties keep config order.
@@ -157,6 +159,12 @@ def _path_only(target: str) -> str:
 
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _as_in_paths(literal: str) -> str:
+    """A template's literal segment as request paths come (``_path_only``): ``/ü/`` arrives
+    as ``/%C3%BC/``, so a template written with the character never matched."""
+    return _PERCENT.sub(_unreserved, quote(literal, safe="%!$&'()*+,;=:@"))
 
 
 def _unreserved(m: re.Match[str]) -> str:

@@ -101,6 +101,9 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "/users/42", ("/users/{name}",), "GET /users/{name}", id="template-beats-auto-folding"),
         pytest.param("GET", "/users/42/x", ("/users/{id}",), "GET /users/{id}/x", id="segment-count-must-match"),
         pytest.param("GET", "/users/", ("/users/{id}",), "GET /users/", id="param-needs-non-empty-segment"),
+        pytest.param("GET", "/%C3%BC/7", ("/ü/{n}",), "GET /ü/{n}", id="template-non-ascii-literal"),
+        pytest.param("GET", "/%c3%bc/7", ("/%C3%BC/{n}",), "GET /%C3%BC/{n}", id="template-escapes-any-case"),
+        pytest.param("GET", "/a~b/7", ("/a%7Eb/{n}",), "GET /a%7Eb/{n}", id="template-escaped-unreserved"),
     ],
 )
 def test_endpoint_template(method: str, path: str, templates: tuple[str, ...], expected: str) -> None:
