@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 
 from . import headers as h
-from .errors import UpstreamError
+from .errors import UpstreamError, UpstreamReset
 from .headers import MAX_HEAD
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ log = logging.getLogger("splitproxy")
 PENDING_MAX: Final = 256 * 1024
 
 # Request headers that may come several times and combine into one list.
-_COMBINED = frozenset({b"cookie", b"x-forwarded-for"})
+# RFC 9110 §5.3: several field lines combine into one list (cookie: with "; "). Connection
+# and Transfer-Encoding too: only the last line counted, a second `Connection` line naming
+# a header let that header through, and a `gzip` line before a `chunked` one was dropped.
+_COMBINED = frozenset({b"cookie", b"x-forwarded-for", b"connection", b"transfer-encoding"})
 _HOST = frozenset({b"host"})
 
 # Retries of a request whose upstream failed before answering (see _may_retry).
@@ -350,6 +353,8 @@ class ClientConnection(asyncio.Protocol):
         if cl is not None:
             ex.content_length = int(cl)  # llhttp has checked it is digits
         elif b"transfer-encoding" in ex.hdict:
+            if not ex.http11:  # RFC 9112 §6.1: faulty framing in 1.0; nginx refuses it too
+                raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
             # llhttp has checked that chunked comes last; a coding before it (gzip, chunked)
             # would be lost in the re-framing: refused, as nginx does.
             if ex.hdict[b"transfer-encoding"].strip().lower() != b"chunked":
@@ -414,6 +419,10 @@ class ClientConnection(asyncio.Protocol):
             if path.startswith((b"http://", b"https://")):
                 rest = path.partition(b"//")[2]
                 host, _, p = rest.partition(b"/")
+                if not host or b"@" in host:  # RFC 9110 §4.2.1, §4.2.4: no empty host, no userinfo
+                    ex.keep_alive = False
+                    self._local(ex, 400, "request target: an absolute URI needs a host, without userinfo")
+                    return
                 path = b"/" + p
                 url = path + (b"?" + url.partition(b"?")[2] if b"?" in url else b"")
                 ex.url = url
@@ -576,6 +585,10 @@ class ClientConnection(asyncio.Protocol):
     def response_head(
         self, ex: Exchange, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
     ) -> None:
+        if status == 101 and not ex.upgrade:
+            # RFC 9110 §15.2.2: a switch to a protocol the client did not ask for.
+            self.upstream_failed(ex, UpstreamReset("upstream switched protocols unasked"), retryable=False)
+            return
         ex.status = ex.upstream_status = status
         ex.resp_started = True
         head = [_STATUS_LINES.get(status) or h.status_line(status)]
@@ -729,6 +742,10 @@ class ClientConnection(asyncio.Protocol):
         ex.resp_started = True
         ex.pending = None
         if not ex.req_complete and not (ex.content_length == 0 or (ex.content_length is None and not ex.req_chunked)):
+            ex.keep_alive = False
+        if ex.upgrade:
+            # llhttp reads what follows an Upgrade (or CONNECT) request as raw bytes from
+            # now on: kept open, a request pipelined behind it waited for the idle time-out.
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
         self.write(

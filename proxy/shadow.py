@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .diffing import Captured, EndpointCap, RouteStats, compare, endpoint_template, merge
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import UpstreamError, UpstreamReset, UpstreamTimeout
 
 if TYPE_CHECKING:
     from .config import ShadowDiff
@@ -210,6 +210,9 @@ class ShadowLeg:
     def response_head(
         self, ex: object, conn: UpstreamConnection, status: int, lines: list[bytes], hdict: dict[bytes, bytes]
     ) -> None:
+        if status == 101:  # a mirror asks for no upgrade: a broken answer
+            self.upstream_failed(ex, UpstreamReset("upstream switched protocols unasked"), retryable=False)
+            return
         self.resp_started = True
         cl = hdict.get(b"content-length")
         extra = [b"content-length: " + cl + b"\r\n"] if cl is not None else []

@@ -96,16 +96,18 @@ _PASSED_AS_IS = frozenset(
 MAX_IDLE_PER_UPSTREAM = 256
 
 
-def _ends_chunked(te: bytes) -> bool:
-    """Transfer-Encoding whose last coding is chunked: the body's end is framed."""
-    return te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+# Owned response headers whose field lines form one list: every line counts (a second
+# `Connection` line naming a header to drop was ignored, the header passed on).
+_LISTS = frozenset({b"connection", b"transfer-encoding"})
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "client",
         "closed",
+        "ended",
         "ex",
+        "extra",
         "finished",
         "got_bytes",
         "hdict",
@@ -136,6 +138,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.keep_alive = True
         self.finished = False  # the bound exchange's response is complete
+        # ... and is to be handed on once the read it ended in is parsed (data_received),
+        # when it is known whether anything followed it in that read: ``extra``.
+        self.ended = False
+        self.extra = False
         self.reset_parser = False
         self.tunnel = False
         self.until_close = False  # the response in hand has no length: its body ends at close
@@ -193,6 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         client.last_io = client.rt.clock
+        ex = self.ex
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -205,11 +212,20 @@ class UpstreamConnection(asyncio.Protocol):
             log.exception("internal error while handling an upstream response")
             self._failed(UpstreamReset("internal error"))
         except httptools.HttpParserError:
-            self._failed(UpstreamReset("upstream sent a malformed response"))
+            if self.ended:  # garbage after a whole response: that response stands
+                self.extra = True
+            else:
+                self._failed(UpstreamReset("upstream sent a malformed response"))
         if self.head_bytes >= 0 and not self.finished:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD:
                 self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
+        if self.ended and ex is not None:
+            # Handed on only now: released from inside the parse, the connection could
+            # be taken (by the client's next pipelined request) while the rest of this
+            # read was still to be parsed, and that rest read as the next response.
+            self.ended = False
+            client.response_complete(ex, self, reusable=not self.extra)
         client.flush()
         if self.reset_parser:
             self.reset_parser = False
@@ -250,6 +266,12 @@ class UpstreamConnection(asyncio.Protocol):
     # No on_message_begin: every httptools callback is a Python call, so the per-message
     # state is reset in on_headers_complete, after it has been handed on.
 
+    def on_message_begin(self) -> None:
+        if self.finished:
+            # A message after the bound exchange's whole response, in the same read: extra
+            # data, never a response (RFC 9112 §6.3), and the connection is not reused.
+            self.extra = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_bytes < 0:
             # A trailer field (after a chunked body): dropped, as nginx drops them. Kept,
@@ -262,25 +284,41 @@ class UpstreamConnection(asyncio.Protocol):
             return
         lname = name.lower()
         if lname in RESPONSE_OWNED:
-            self.hdict[lname] = value
+            hdict = self.hdict
+            if lname in _LISTS and lname in hdict:  # RFC 9110 §5.3: one list, every line of it
+                hdict[lname] += b", " + value
+            else:
+                hdict[lname] = value
         else:
             self.lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
+        if self.finished:
+            return  # extra data after the response (on_message_begin): not passed on
         lines, hdict = self.lines, self.hdict
         self.lines = []
         self.hdict = {}
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: three digits from 100. Below, the head was dropped as interim
+            # and its body passed on raw: a response of the upstream's making to the client.
+            self._failed(UpstreamReset(f"upstream sent status {status}"))
+            return
+        te = hdict.get(b"transfer-encoding")
+        if te is not None and te.strip().lower() != b"chunked":
+            # A coding the proxy would drop while re-framing (gzip, chunked): refused, as nginx does.
+            self._failed(UpstreamReset(f"upstream sent transfer coding {te.decode('latin-1')!r}"))
+            return
         if status < 200 and status != 101:
             # An interim response (103 Early Hints, a stray 100): not passed on.
             self.interim = True
             self.head_bytes = 0  # the final response's head follows
             return
         self.head_bytes = -1
-        self.keep_alive = self.parser.should_keep_alive()
-        te = hdict.get(b"transfer-encoding")
+        # A connection that switched protocols is never pooled again, whoever took the 101.
+        self.keep_alive = status != 101 and self.parser.should_keep_alive()
         # RFC 9112 §6.3: neither Content-Length nor a final chunked coding: read until close.
-        self.until_close = b"content-length" not in hdict and (te is None or not _ends_chunked(te))
+        self.until_close = b"content-length" not in hdict and te is None
         client, ex = self.client, self.ex
         if client is None or ex is None:
             return
@@ -289,16 +327,19 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp cannot be told that a response to HEAD has no body (RFC 9110 §9.3.2),
             # so the message ends here and the parser is replaced after this feed. A server
             # that sends the body a GET would have had anyway would have those bytes read
-            # as the next request's response: reused only when the head announces no body.
+            # as the next request's response: reused only when the head announces no body,
+            # and nothing followed it in this read (handed on by data_received).
             self.reset_parser = True
-            self.finished = True
+            self.finished = self.ended = True
             cl = hdict.get(b"content-length")
-            quiet = b"transfer-encoding" not in hdict and (cl is None or cl.strip(b" \t0") == b"")
-            client.response_complete(ex, self, reusable=quiet)
+            if b"transfer-encoding" in hdict or (cl is not None and cl.strip(b" \t0") != b""):
+                self.extra = True
 
     def on_body(self, body: bytes) -> None:
         if self.client is not None and self.ex is not None and not self.finished:
             self.client.response_body(self.ex, body)
+        elif self.finished:
+            self.extra = True  # bytes after the response (as llhttp reads them after a HEAD's)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -306,8 +347,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.finished or self.tunnel or self.client is None or self.ex is None:
             return
-        self.finished = True
-        self.client.response_complete(self.ex, self, reusable=True)
+        self.finished = self.ended = True  # handed on by data_received
 
     # -- failures ---------------------------------------------------------------------------
 

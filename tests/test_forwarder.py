@@ -36,12 +36,23 @@ def free_port() -> int:
 async def raw_upstream(
     handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> AsyncIterator[str]:
-    """An upstream written on asyncio streams, for answers no HTTP server library gives: its URL."""
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    """An upstream written on asyncio streams, for answers no HTTP server library gives: its URL.
+    Its connections still open at the end (the proxy pools them) are closed with it."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handle(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 async def test_get_is_proxied_with_forwarding_headers(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
@@ -764,10 +775,8 @@ async def test_bytes_after_an_upgrade_request_wait_for_the_101(start_proxy: Star
     connection read it as its next request, one the proxy never routed (request smuggling).
     An Upgrade request's own body (Content-Length) goes upstream as a body, framed."""
     seen: list[tuple[bytes, bytes]] = []
-    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:  # keep-alive, never switching protocols: an upstream that refuses
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -793,8 +802,150 @@ async def test_bytes_after_an_upgrade_request_wait_for_the_101(start_proxy: Star
         )
         (resp,) = await raw_exchange(px.port, chunked + b"5\r\nhello\r\n0\r\n\r\n" + smuggled)
         assert resp.status == 501
-        for w in writers:
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
     assert seen == [(b"GET /ws HTTP/1.1", b""), (b"POST /p HTTP/1.1", b"hello"), (b"GET /after HTTP/1.1", b"")]
+
+
+def scripted_upstream(
+    answers: dict[bytes, bytes], seen: list[bytes]
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A keep-alive upstream answering each request line's path with the exact bytes of
+    ``answers`` (else a plain 200 naming the path), recording each request line it reads."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n")[0]
+                seen.append(line)
+                path = line.split(b" ")[1]
+                body = b"real " + path
+                writer.write(answers.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)))
+                await writer.drain()
+        writer.close()
+
+    return handle
+
+
+async def test_bytes_after_a_response_never_reach_another_request(start_proxy: StartProxy) -> None:
+    """RFC 9112 §6.3: data after a response is not a response. An upstream connection with
+    bytes after its response went back to the pool; the next request on it, anyone's, got
+    those bytes as its response (or a 502 for a half head)."""
+    fake = b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\nContent-Length: 4\r\n\r\nEVIL"
+    seen: list[bytes] = []
+    answers = {
+        b"/full": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + fake,
+        b"/half": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 302 Found\r\nLocation: http://evil/\r\n",
+        b"/head": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + fake,
+    }
+    async with raw_upstream(scripted_upstream(answers, seen)) as url:
+        px = await start_proxy([route(stable=url)])
+        for first in (b"/full", b"/half"):
+            (a,) = await raw_exchange(px.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % first)
+            (b,) = await raw_exchange(px.port, b"GET /victim HTTP/1.1\r\nHost: y\r\n\r\n")
+            assert (a.status, a.body) == (200, b"ok")
+            assert (b.status, b.body, b.header("x-evil")) == (200, b"real /victim", None)
+        # The same client's next request, pipelined: taken from the pool while the rest of
+        # the read was still to be parsed.
+        two = b"GET /full HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        a, b = await raw_exchange(px.port, two, responses=2)
+        assert (a.body, b.body, b.header("x-evil")) == (b"ok", b"real /next", None)
+        head = b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        a = (await raw_exchange(px.port, head, head=True))[0]
+        (b,) = await raw_exchange(px.port, b"GET /victim HTTP/1.1\r\nHost: y\r\n\r\n")
+        assert (a.status, b.body, b.header("x-evil")) == (200, b"real /victim", None)
+
+
+async def test_what_an_upstream_may_not_answer_is_a_502(start_proxy: StartProxy) -> None:
+    """A status outside 100-599 (below 100 its head was dropped as interim and its body went
+    to the client raw: a response of the upstream's making), a transfer coding the proxy
+    would drop while re-framing, and a 101 the request did not ask for (RFC 9110 §15.2.2;
+    the switched connection was pooled and carried the next request)."""
+    seen: list[bytes] = []
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+    answers = {
+        b"/low": b"HTTP/1.1 000 X\r\nContent-Length: %d\r\n\r\n%s" % (len(forged), forged),
+        b"/high": b"HTTP/1.1 600 X\r\nContent-Length: 2\r\n\r\nno",
+        b"/gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nzz\r\n0\r\n\r\n",
+        b"/switch": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+    }
+    async with raw_upstream(scripted_upstream(answers, seen)) as url:
+        px = await start_proxy([route(stable=url)])
+        for path in answers:
+            (resp,) = await raw_exchange(px.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            assert resp.status == 502, (path, resp)
+            (after,) = await raw_exchange(px.port, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (after.status, after.body) == (200, b"real /after"), path
+        assert seen.count(b"GET /after HTTP/1.1") == len(answers)
+
+
+async def test_every_connection_line_counts(start_proxy: StartProxy) -> None:
+    """RFC 9110 §7.6.1, §5.3: the options of every Connection field line are removed; only the
+    last line counted, so a header named on another line passed, in both directions."""
+    seen: list[bytes] = []
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        seen.append(head.split(b"\r\n")[0])
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nConnection: keep-alive\r\nX-Secret: s\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        request = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-internal\r\nConnection: keep-alive\r\nX-Internal: s\r\n\r\n"
+        )
+        (resp,) = await raw_exchange(px.port, request)
+    assert resp.status == 200
+    assert resp.header("x-secret") is None
+    assert b"x-internal" not in heads[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        pytest.param(
+            b"POST / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            400,
+            id="transfer-encoding-in-http-1.0",
+        ),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            id="a-coding-on-its-own-line",
+        ),
+        pytest.param(b"GET http://evil@a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-with-userinfo"),
+        pytest.param(b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-without-host"),
+    ],
+)
+async def test_framing_and_targets_refused(
+    start_upstream: StartUpstream, start_proxy: StartProxy, request_bytes: bytes, status: int
+) -> None:
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    (resp,) = await raw_exchange(px.port, request_bytes + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == status
+    assert resp.header("connection") == "close"
+    assert up.seen == []
+
+
+async def test_a_request_answered_locally_after_an_upgrade_closes_its_connection(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """llhttp reads what follows an Upgrade or CONNECT request as raw bytes: a request
+    pipelined behind one the proxy answered itself waited for the idle time-out."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "30s"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(5):
+        resp = await read_response(reader)
+        assert resp.status in (400, 405)
+        assert await reader.read() == b""  # closed, not left waiting
+    writer.close()

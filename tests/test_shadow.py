@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -294,6 +295,39 @@ async def test_resetting_and_garbage_shadows_do_not_fail_live(
             assert outcomes(px) == {"error": 10}, make.__name__
         finally:
             server.close()
+
+
+async def test_a_shadow_that_switches_protocols_is_an_error(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """A mirror asks for no upgrade: a 101 is a broken answer, and the switched connection is
+    never pooled to carry the next mirror."""
+    live = await start_upstream("live")
+    after_101: list[bytes] = []  # per connection: what came after the one request
+    three_ended = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            after_101.append(await reader.read())
+        if len(after_101) == 3:
+            three_ended.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        px = await start_proxy([shadowed(live, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")])
+        results, _ = await live_requests(px.url, 3)
+        assert all(status == 200 for status, _ in results)
+        await wait_outcome(px, "error", 3)
+        assert outcomes(px) == {"error": 3}
+        async with asyncio.timeout(5):
+            await three_ended.wait()
+        assert after_101 == [b"", b"", b""]
+    finally:
+        server.close()
 
 
 async def test_huge_shadow_answer_is_cut_at_the_cap(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
