@@ -139,7 +139,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.finished = False  # the bound exchange's response is complete
         # ... and is to be handed on once the read it ended in is parsed (data_received),
-        # when it is known whether anything followed it in that read: ``extra``.
+        # when it is known whether anything followed it in that read (``extra``; also set
+        # for a HEAD answer that announced a body): then the connection is not reused.
         self.ended = False
         self.extra = False
         self.reset_parser = False
@@ -263,8 +264,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    # No on_message_begin: every httptools callback is a Python call, so the per-message
-    # state is reset in on_headers_complete, after it has been handed on.
+    # Every httptools callback is a Python call, so the per-message state is reset in
+    # on_headers_complete, after it has been handed on. on_message_begin is there only to
+    # tell that a message began after the bound exchange's response (one call a response).
 
     def on_message_begin(self) -> None:
         if self.finished:
