@@ -235,10 +235,7 @@ class EndpointCap:
 
 # ---- field paths (ignore and redact patterns) ----------------------------------------------------
 
-# The grammar lives in proxy/fieldpath.py (the config check parses every pattern with it).
-_ANY_INDEX: Final = ANY_INDEX
-_ANY_KEY: Final = ANY_KEY
-_ID: Final = ID
+# The grammar of the patterns is proxy/fieldpath.py (the config check parses each with it).
 
 
 class _Node:
@@ -266,11 +263,11 @@ def _compile_paths(patterns: tuple[str, ...]) -> _Node | None:
     for pattern in patterns:
         node = root
         for seg in parse_field_path(pattern):
-            if seg is _ANY_INDEX:
+            if seg is ANY_INDEX:
                 node.any_index = node = node.any_index or _Node()
-            elif seg is _ANY_KEY:
+            elif seg is ANY_KEY:
                 node.any_key = node = node.any_key or _Node()
-            elif seg is _ID:
+            elif seg is ID:
                 node.id_key = node.id_key or _Node()
                 node = node.id_key
             elif isinstance(seg, int):
