@@ -107,13 +107,17 @@ class LocalDataPlane:
         # 2. Idle keep-alive connections close now; busy ones after their response.
         for conn in list(rt.connections):
             conn.shutdown()
-        # 3. Let in-flight requests finish, up to the grace period.
+        # 3. Let in-flight requests finish, and the mirrors of those that did (each ends
+        # within its shadow.timeout), up to the grace period.
         deadline = rt.loop.time() + grace
-        while any(c.active is not None or c.tunnel is not None for c in rt.connections):
+        while any(c.active is not None or c.tunnel is not None for c in rt.connections) or any(
+            rt.shadow.in_flight.values()
+        ):
             if rt.loop.time() >= deadline:
                 log.warning("shutdown: %d connections still busy after %.1fs; closing them", len(rt.connections), grace)
                 break
             await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the comparisons of the last mirrors run in callbacks of their own
         # 4. Close whatever is left, and the upstream pools; flush the access log.
         for conn in list(rt.connections):
             conn.transport.abort()

@@ -291,8 +291,8 @@ class Server:
         await self.plane.stop(self.grace)
         if self.store is not None:
             try:
-                if isinstance(self.plane, LocalDataPlane):
-                    await self.collect_shadow(persist=False)
+                # This process's comparisons of the drain, or the workers' (their last lines).
+                await self.collect_shadow(persist=False)
                 if self.reports.dirty:
                     self.reports.forget(await asyncio.to_thread(self.reports.persist))
             except (StoreError, OSError) as exc:

@@ -62,6 +62,8 @@ class Worker:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self.gone = asyncio.Event()
+        # What the worker found while it drained (sent as its last line, unasked).
+        self.final: dict[str, Any] | None = None
 
     async def spawn(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -79,6 +81,9 @@ class Worker:
         try:
             async for line in reader:
                 msg = json.loads(line)
+                if "final" in msg:
+                    self.final = msg["final"]
+                    continue
                 fut = self._waiting.pop(msg.get("seq", -1), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
@@ -201,7 +206,13 @@ class WorkerPool:
         return merge([self._retired, *self._last_counts.values()])
 
     async def drain_shadow(self) -> dict[str, dict[str, Any]]:
-        answers = await asyncio.gather(*(w.ask("shadow") for w in self.workers), return_exceptions=True)
+        answers: list[object] = list(
+            await asyncio.gather(*(w.ask("shadow") for w in self.workers), return_exceptions=True)
+        )
+        for w in self.workers:  # a worker that stopped: what its drain found
+            if w.final is not None:
+                answers.append({"batches": w.final})
+                w.final = None
         merged: dict[str, RouteStats] = {}
         for answer in answers:
             if not isinstance(answer, dict):
@@ -334,6 +345,10 @@ async def worker_main(fd: int) -> None:
     await asyncio.wait([control, tasks.spawn(stop_requested.wait(), "sigterm")], return_when=asyncio.FIRST_COMPLETED)
     if plane.rt is not None:
         await plane.stop(grace)
+        # The comparisons of requests that finished in the drain: the supervisor stores them.
+        with contextlib.suppress(OSError):
+            writer.write(json.dumps({"final": await plane.drain_shadow()}).encode() + b"\n")
+            await writer.drain()
     writer.close()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from .conftest import (
@@ -718,3 +719,25 @@ async def test_report_sums_the_workers(
             await asyncio.sleep(0.05)
     assert doc["routes"][0]["compared"] == 60
     assert doc["routes"][0]["endpoints"]["GET /things/{id}"]["fields"]["$.price"]["classification"] == "real"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_comparisons_that_end_in_the_drain_are_stored(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess, workers: int
+) -> None:
+    """SIGTERM while a mirror is still out: the drain waits for it (within --grace and its
+    shadow.timeout) and its comparison is stored; it was dropped, and with --workers the
+    comparisons of every request that finished in the drain too."""
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", sleepy_app(0.5))
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [shadowed(live, shadow)]))
+    px = await proxy_process(cfg, "--workers", str(workers))
+    async with aiohttp.ClientSession() as s, s.get(px.url + "/things/1") as r:
+        assert r.status == 200
+    await shadow.event("hit").wait()  # the mirror is out, its answer half a second away
+    assert await px.stop() == 0
+    again = await proxy_process(cfg)
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{again.admin_port}/api/v1/shadow/report") as r:
+        doc = await r.json()
+    assert doc["routes"][0]["compared"] == 1
