@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from . import tasks
@@ -34,6 +35,10 @@ class DataPlane(Protocol):
         """Shadow-diff batches found since the last drain, per route (summed over processes)."""
 
     async def clear_shadow(self, route: str | None) -> None: ...
+
+    async def admit_endpoints(self, known: Mapping[str, list[str]]) -> None:
+        """Endpoints the stored report tracks, per route: admitted first by each process's
+        endpoint cap, so that a restart does not admit another cap's worth."""
 
     async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
         """The instances failing their active health checks (in every process)."""
@@ -88,6 +93,9 @@ class LocalDataPlane:
 
     async def clear_shadow(self, route: str | None) -> None:
         self.runtime.diffs.clear(route)
+
+    async def admit_endpoints(self, known: Mapping[str, list[str]]) -> None:
+        self.runtime.diffs.admit(known)
 
     async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
         self.runtime.balancer.set_active_down(keys)

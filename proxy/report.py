@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import Config
-from .diffing import EndpointStats, RouteStats, merge, report
+from .diffing import OTHER_ENDPOINT, EndpointStats, RouteStats, merge, report
 from .store import Store
 
 log = logging.getLogger("splitproxy")
@@ -51,6 +51,16 @@ class Reports:
                 except ValueError as exc:
                     log.warning("shadow report: skipping a stored endpoint: %s", exc)
             self.routes[route] = stats
+
+    def known_endpoints(self) -> dict[str, list[str]]:
+        """Per route, the endpoints stored (not the overflow ones), most compared first."""
+        return {
+            route: sorted(
+                (name for name in stats.endpoints if not name.endswith(" " + OTHER_ENDPOINT)),
+                key=lambda name: (-stats.endpoints[name].compared, name),
+            )
+            for route, stats in self.routes.items()
+        }
 
     def absorb(self, deltas: Mapping[str, Mapping[str, Any]]) -> None:
         for route, doc in deltas.items():

@@ -129,6 +129,7 @@ class Server:
             )
         )
         await self.plane.start(config)
+        await self.plane.admit_endpoints(self.reports.known_endpoints())
         self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
         try:
             await self._admin.setup()

@@ -24,7 +24,7 @@ dropped and counted (``dropped_full``), never queued.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from .diffing import Captured, EndpointCap, RouteStats, compare, endpoint_template, merge
@@ -623,6 +623,17 @@ class DiffRecorder:
             self.seen[route] = batch if prior is None else merge(prior, batch)
         self.batch = {}
         return out
+
+    def admit(self, known: Mapping[str, list[str]]) -> None:
+        """Admit, per route, endpoints the stored report already tracks (most compared
+        first), before any new one: the cap then holds across restarts, where it admitted
+        another 100 endpoints (rows of the report, labels of the metrics) each time."""
+        for route, names in known.items():
+            cap = self.caps.get(route)
+            if cap is None:
+                cap = self.caps[route] = EndpointCap()
+            for name in names:
+                cap.admit(name)
 
     def clear(self, route: str | None) -> None:
         """Forget what was found (the report's DELETE). The endpoints admitted stay admitted:

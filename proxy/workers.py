@@ -138,6 +138,7 @@ class WorkerPool:
         self._last_counts: dict[int, Counts] = {}
         self._retired = Counts()
         self._watchers: list[asyncio.Task[None]] = []
+        self._known: Mapping[str, list[str]] = {}  # admit_endpoints: for workers started later too
 
     def _message(self, config: Config) -> dict[str, Any]:
         # Workers parse the same file text, then take the weights in force on top.
@@ -167,6 +168,8 @@ class WorkerPool:
         await worker.spawn()
         try:
             await worker.ask("start", port=self.port, **self._message(self._config))
+            if self._known:
+                await worker.ask("endpoints", known=self._known)
             if self._active_down:
                 await worker.ask("health", down=sorted(self._active_down))
         except WorkerError as exc:
@@ -225,6 +228,10 @@ class WorkerPool:
 
     async def clear_shadow(self, route: str | None) -> None:
         await asyncio.gather(*(w.ask("clear_shadow", route=route) for w in self.workers))
+
+    async def admit_endpoints(self, known: Mapping[str, list[str]]) -> None:
+        self._known = known
+        await asyncio.gather(*(w.ask("endpoints", known=known) for w in self.workers))
 
     async def set_active_down(self, keys: frozenset[tuple[str, str, str]]) -> None:
         self._active_down = keys
@@ -329,6 +336,9 @@ async def worker_main(fd: int) -> None:
                     answer(seq, ok=True, instances=[[*k, v] for k, v in snapshot.items()])
                 elif op == "clear_shadow":
                     await plane.clear_shadow(msg.get("route"))
+                    answer(seq, ok=True)
+                elif op == "endpoints":
+                    await plane.admit_endpoints(msg["known"])
                     answer(seq, ok=True)
                 elif op == "stop":
                     grace = float(msg.get("grace", grace))

@@ -741,3 +741,38 @@ async def test_comparisons_that_end_in_the_drain_are_stored(
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{again.admin_port}/api/v1/shadow/report") as r:
         doc = await r.json()
     assert doc["routes"][0]["compared"] == 1
+
+
+async def test_the_endpoint_cap_holds_across_restarts(tmp_path: Path, start_upstream: StartUpstream) -> None:
+    """Each process admits 100 endpoints per route, then counts the rest as `GET {other}`. A
+    restart admitted 100 more: the stored report (its rows, the metric's labels) grew by a
+    cap's worth with every restart. The endpoints it stores are admitted first now."""
+    from types import SimpleNamespace
+
+    from proxy.config import parse_text
+    from proxy.server import Server
+
+    from .conftest import config_text as make_config
+
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", json_app({"price": 1000}))
+    text = make_config(tmp_path, [shadowed(live, shadow)])
+
+    async def run(paths: list[str]) -> dict[str, Any]:
+        server = Server(parse_text(text), grace=1)
+        await server.start()
+        try:
+            await drive(f"http://127.0.0.1:{server.data_port}", paths, 1)
+            await wait_outcome(SimpleNamespace(server=server), "compared", len(paths))
+            await server.collect_shadow(persist=False)
+            return server.reports.to_json(server.config, "main")["routes"][0]["endpoints"]  # type: ignore[no-any-return]
+        finally:
+            await server.stop()
+
+    first = await run([f"/e{i}/x" for i in range(101)])
+    assert len(first) == 101  # 100 endpoints and GET {other}
+    assert first["GET {other}"]["compared"] == 1
+    again = await run(["/new/x", "/e7/x"])
+    assert "GET /new/x" not in again
+    assert again["GET {other}"]["compared"] == 2
+    assert again["GET /e7/x"]["compared"] == 2
