@@ -319,6 +319,11 @@ class ClientConnection(asyncio.Protocol):
         if ex.head_read < 0:
             return  # a trailer field (after a chunked body): dropped, as nginx drops them
         lname = name.lower()
+        if lname == b"host":
+            # RFC 9110 §5.5: whitespace around a value is not part of it, and llhttp keeps
+            # the trailing one: `Host: a.example ` missed a.example's route and reached
+            # another route's upstream, which reads it as a.example.
+            value = value.strip(b" \t")
         hdict = ex.hdict
         if lname in hdict:
             if lname in _COMBINED:

@@ -420,6 +420,20 @@ async def test_host_rules_of_rfc_9112(start_upstream: StartUpstream, start_proxy
     assert up.seen[0]["path"] == "/abs?q=1"
 
 
+async def test_host_is_routed_without_the_whitespace_around_it(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """llhttp keeps a value's trailing whitespace: `Host: a.example ` missed a.example's route
+    and went to another one, whose upstream reads it as a.example (RFC 9110 §5.5)."""
+    a = await start_upstream("a")
+    other = await start_upstream("other")
+    px = await start_proxy([route(name="a", host="a.example", stable=a), route(name="rest", stable=other)])
+    (resp,) = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: a.example \t\r\n\r\n")
+    assert resp.status == 200
+    assert (a.hits, other.hits) == (1, 0)
+    assert [v for k, v in a.seen[0]["headers"] if k.lower() == "host"] == ["a.example"]
+
+
 async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next_response(
     start_proxy: StartProxy,
 ) -> None:
