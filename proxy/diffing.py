@@ -1021,6 +1021,12 @@ def _ignored_headers(ignore_headers: frozenset[str]) -> tuple[frozenset[str], fr
     return ignored | {"content-length"}, ignored
 
 
+def _length_without_body(c: Captured, headers: dict[str, str]) -> bool:
+    """``c`` has no body but a ``Content-Length`` other than 0: the length of the body a GET
+    would get (HEAD, 304). A 0 beside an empty body is framing only, as no length is."""
+    return not c.body and headers.get("content-length", "0").strip() != "0"
+
+
 def _header_map(c: Captured) -> dict[str, str]:
     out = dict(c.headers)
     if len(out) == len(c.headers):  # no repeated name: the common case, built in C
@@ -1080,7 +1086,8 @@ def compare(
     - ``header.<name>``: every header on either side except ``ignore_headers``, the
       hop-by-hop set and those named in ``Connection``. ``Content-Length`` is ignored when
       the bodies are compared (the body diff says more, and chunked vs length framing is
-      not a difference), and compared when they are not (truncated).
+      not a difference), and compared when they are not (truncated), or when a side has no
+      body but a length other than 0 (an answer to HEAD, a 304: the length is all there is).
     - body, after undoing gzip/deflate (other encodings are compared as bytes):
       both media types JSON (``application/json``, ``*+json``) and both parse: by JSON path;
       else both decode as text (``text/*``, XML, or UTF-8 without NUL): by lines, key
@@ -1130,7 +1137,10 @@ def _compare(  # noqa: PLR0917  # private: compare()'s arguments, in order
     live_body, live_cut, live_opaque = _decode(live.body, live.truncated, lh.get("content-encoding"))
     shadow_body, shadow_cut, shadow_opaque = _decode(shadow.body, shadow.truncated, sh.get("content-encoding"))
     truncated = live_cut or shadow_cut
-    _diff_headers(lh, sh, _ignored_headers(ignore_headers)[truncated], acc)
+    # Content-Length says no more than the bodies do, except where there is no body to say
+    # it: a HEAD answer, a 304. There it is the size of the answer a GET gets.
+    length_said = truncated or _length_without_body(live, lh) or _length_without_body(shadow, sh)
+    _diff_headers(lh, sh, _ignored_headers(ignore_headers)[length_said], acc)
 
     mode: BodyMode
     if truncated:

@@ -161,7 +161,6 @@ def test_status_difference() -> None:
             set(),
             id="named-in-connection-ignored",
         ),
-        pytest.param((("content-length", "10"),), (("content-length", "11"),), set(), id="length-ignored"),
         pytest.param((("x-a", "1"), ("x-a", "2")), (("x-a", "1"),), {("header.x-a", "changed")}, id="repeated"),
     ],
 )
@@ -169,6 +168,38 @@ def test_header_differences(
     live: tuple[tuple[str, str], ...], shadow: tuple[tuple[str, str], ...], expected: set[tuple[str, str]]
 ) -> None:
     assert kinds(Captured(200, live), Captured(200, shadow)) == expected
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "expected"),
+    [
+        pytest.param("1234", "1240", {("header.content-length", "changed")}, id="head-sizes-differ"),
+        pytest.param("1234", None, {("header.content-length", "missing")}, id="head-size-unsaid"),
+        pytest.param(None, "7", {("header.content-length", "extra")}, id="head-size-said-by-shadow"),
+        pytest.param("1234", "1234", set(), id="head-same-size"),
+        pytest.param("0", None, set(), id="empty-by-length-vs-chunked"),
+        pytest.param(None, None, set(), id="no-length"),
+    ],
+)
+def test_length_of_a_bodiless_answer_is_compared(
+    live: str | None, shadow: str | None, expected: set[tuple[str, str]]
+) -> None:
+    """A HEAD answer (or a 304) has no body, and its Content-Length is the size of the body a
+    GET would get: the only trace of a body that grew. A 0 beside an empty body is framing."""
+
+    def answer(length: str | None) -> Captured:
+        return Captured(200, (("content-length", length),) if length is not None else ())
+
+    assert kinds(answer(live), answer(shadow)) == expected
+    fields = compare(answer(live), answer(shadow)).fields
+    assert ("header.content-length" in fields) == (live not in {None, "0"} or shadow not in {None, "0"})
+
+
+def test_length_is_not_compared_beside_bodies() -> None:
+    """Where the bodies are compared they say more, and length vs chunked framing is no difference."""
+    live = Captured(200, (("content-length", "10"),), b"0123456789")
+    assert kinds(live, Captured(200, (("transfer-encoding", "chunked"),), b"0123456789")) == set()
+    assert kinds(live, Captured(200, (("content-length", "11"),), b"0123456789a")) == {("body.line[1]", "changed")}
 
 
 def test_custom_ignore_headers_replace_the_defaults() -> None:

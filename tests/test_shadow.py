@@ -388,6 +388,37 @@ async def test_an_announced_body_over_the_cap_is_not_read(
         server.close()
 
 
+async def test_a_head_answer_is_compared_by_the_length_it_announces(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """HEAD is mirrored by default; its answers have no body, and the size they announce is
+    what tells a body that grew: compared as header.content-length."""
+
+    def sized(n: int) -> Any:
+        def factory(up: Upstream) -> web.Application:
+            async def handler(request: web.Request) -> web.Response:
+                up.hits += 1
+                return web.Response(body=b"x" * n, content_type="application/octet-stream")
+
+            app = web.Application()
+            app.router.add_get("/{tail:.*}", handler)  # aiohttp answers HEAD for GET routes
+            return app
+
+        return factory
+
+    live = await start_upstream("live", sized(10))
+    shadow = await start_upstream("shadow", sized(12))
+    px = await start_proxy([shadowed(live, shadow)])
+    async with aiohttp.ClientSession() as s, s.head(px.url + "/file") as r:
+        assert (r.status, r.headers["Content-Length"]) == (200, "10")
+    await wait_outcome(px, "compared", 1)
+    report = await get_report(px)
+    (endpoint,) = report["routes"][0]["endpoints"].values()
+    (sample,) = endpoint["fields"]["header.content-length"]["samples"]
+    assert endpoint["fields"]["header.content-length"]["differing"] == 1
+    assert (sample["live"], sample["shadow"], sample["request"]) == ("10", "12", "HEAD /file")
+
+
 async def test_a_shadow_that_keeps_breaking_its_answers_is_backed_off(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
