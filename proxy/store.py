@@ -25,8 +25,10 @@ of the config file):
    config file's weights.
 2. A route whose weights in the config file differ from the file's weights when the config
    was last applied takes the config file's weights: the operator edited the file on purpose.
-   A route absent from the last applied config counts as edited; when the last applied config
-   is unknown (``previous_config`` is None), no route counts as edited.
+   Only the weights of backends in both count: adding or removing a backend is not an edit
+   of the others' weights (rule 3 fits them). A route absent from the last applied config
+   counts as edited; when the last applied config is unknown (``previous_config`` is None),
+   no route counts as edited.
 3. Otherwise the stored weights win: weights set through the admin API or CLI survive restarts
    and reloads. They are fitted to the config's backends: a stored backend that is no longer
    in the config is dropped, and a backend new in the config takes its config weight.
@@ -149,13 +151,23 @@ def reconcile(
     for route, file_weights in config_weights.items():
         from_file = {backend: float(w) for backend, w in file_weights.items()}
         kept = stored.get(route)
-        edited = previous_config is not None and _as_floats(previous_config.get(route)) != from_file
+        edited = previous_config is not None and _edited(_as_floats(previous_config.get(route)), from_file)
         if kept is None or edited:  # rules 1 and 2
             result[route] = from_file
             continue
         fitted = {backend: float(kept.get(backend, w)) for backend, w in from_file.items()}  # rule 3
         result[route] = fitted if sum(fitted.values()) > 0 else from_file  # rule 4
     return result
+
+
+def _edited(previous: dict[str, float] | None, now: dict[str, float]) -> bool:
+    """Rule 2: the file gives a backend it gave before another weight (or the route is new
+    to it). Adding or removing a backend is no edit of the others' weights: rule 3 fits the
+    stored weights to the new set of backends (a shadow candidate added at weight 0 used to
+    put a canary set to 20 % back to the file's 5 %)."""
+    if previous is None:
+        return True
+    return any(backend in previous and previous[backend] != w for backend, w in now.items())
 
 
 def reconcile_changes(

@@ -567,6 +567,27 @@ W = dict[str, dict[str, float]]
             id="4-no-stored-backend-left-file",
         ),
         pytest.param(
+            {"shop": {"stable": 95, "canary": 5, "candidate": 0}},
+            {"shop": {"stable": 95, "canary": 20}},
+            {"shop": {"stable": 95, "canary": 5}},
+            {"shop": {"stable": 95.0, "canary": 20.0, "candidate": 0.0}},
+            id="3-backend-added-to-file-is-no-edit-of-the-others",
+        ),
+        pytest.param(
+            {"shop": {"stable": 95, "canary": 5}},
+            {"shop": {"stable": 95, "canary": 20, "candidate": 0}},
+            {"shop": {"stable": 95, "canary": 5, "candidate": 0}},
+            {"shop": {"stable": 95.0, "canary": 20.0}},
+            id="3-backend-removed-from-file-is-no-edit-of-the-others",
+        ),
+        pytest.param(
+            {"shop": {"stable": 90, "canary": 10, "candidate": 0}},
+            {"shop": {"stable": 95, "canary": 20}},
+            {"shop": {"stable": 95, "canary": 5}},
+            {"shop": {"stable": 90.0, "canary": 10.0, "candidate": 0.0}},
+            id="2-edited-weight-beside-an-added-backend",
+        ),
+        pytest.param(
             {"shop": {"stable": 1}},
             {"shop": {"stable": 1}, "gone": {"a": 1}},
             {"shop": {"stable": 1}, "gone": {"a": 1}},
