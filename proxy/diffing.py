@@ -49,6 +49,7 @@ bytes they hold; a repeat then costs a hash of the body instead of a parse and a
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
@@ -67,7 +68,7 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from proxy.config import ShadowNoise
-from proxy.fieldpath import ANY_INDEX, ANY_KEY, ID, parse_field_path
+from proxy.fieldpath import ANY_INDEX, ANY_KEY, ID, field_path_spans, parse_field_path
 
 try:
     # The same JSON walk in C (native/jsondiff.c): several times cheaper on large bodies.
@@ -1621,31 +1622,121 @@ def _path_touches(path: str, root: _Node) -> bool:
     return True  # a pattern continues below this path: its rendering may hold a redacted value
 
 
+def _step_any(states: _States, index: bool) -> tuple[_States, bool]:
+    """``_step_index`` / ``_step_key`` for a field key's ``[*]`` / ``.{id}``: every pattern
+    step that one of the values it stands for can take."""
+    nxt: list[_Node] = []
+    for node in states:
+        if index:
+            children = [*node.indexes.values(), node.any_index]
+        else:
+            children = [*(c for k, c in node.keys.items() if is_id(k)), node.any_key, node.id_key]
+        for child in children:
+            if child is not None:
+                if child.terminal:
+                    return (), True
+                nxt.append(child)
+    return tuple(nxt), False
+
+
+def _redacted_prefix(path: str, root: _Node) -> str:
+    """``path`` (an exact path or a field key) cut to the value a pattern covers, when it lies
+    inside one: the names below a redacted value are part of it (a map keyed by session
+    token)."""
+    if root.terminal:
+        return "$"
+    try:
+        spans = field_path_spans(path)
+    except ValueError:
+        return path
+    states: _States = (root,)
+    for seg, end in spans:
+        if seg is ANY_INDEX or seg is ID:
+            states, hit = _step_any(states, seg is ANY_INDEX)
+        elif isinstance(seg, int):
+            states, hit = _step_index(states, seg)
+        elif isinstance(seg, str):
+            states, hit = _step_key(states, seg)
+        else:  # pragma: no cover - ".*" is no segment of a field key or exact path
+            return path
+        if hit:
+            return path[:end]
+        if not states:
+            return path
+    return path
+
+
+_FOLDED: dict[tuple[str, ...], dict[str, str]] = {}
+_FOLDED_MAX: Final = 4096
+
+
+def redact_comparison(c: Comparison, redact_fields: tuple[str, ...]) -> Comparison:
+    """``c`` with every JSON field key and difference inside a value ``redact_fields`` covers
+    cut to that value's path (``$.sessions.<token>`` -> ``$.sessions``): the report then
+    holds no name from inside a redacted value. Such a difference becomes one ``changed``
+    of the redacted value, its values ``[redacted]``."""
+    root = _compile_paths(redact_fields)
+    if root is None:
+        return c
+    cache = _FOLDED.get(redact_fields)
+    if cache is None or len(cache) >= _FOLDED_MAX:
+        if len(_FOLDED) >= 64:
+            _FOLDED.clear()
+        _FOLDED[redact_fields] = cache = {}
+
+    def fold(key: str) -> str:
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = _redacted_prefix(key, root) if key.startswith("$") else key
+        return got
+
+    if all(fold(k) == k for k in c.fields):
+        return c
+    diffs: list[FieldDiff] = []
+    seen: set[str] = set()
+    for d in c.diffs:
+        key = fold(d.field_key)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key == d.field_key:
+            diffs.append(d)
+        else:
+            path = _redacted_prefix(d.path, root)
+            diffs.append(FieldDiff(path, "changed", REDACTED, REDACTED, "" if key == path else key))
+    fields = frozenset(map(fold, c.fields))
+    return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body)
+
+
 def redact_request(request: str) -> str:
-    """``"GET /login?token=abc&page=2"`` -> ``"GET /login?token=[redacted]&page=2"``."""
-    head, sep, query = request.partition("?")
-    if not sep:
+    """``"GET /login?token=abc&page=2"`` -> ``"GET /login?token=[redacted]&page=2"``; the
+    same in a fragment (``#access_token=...``, as OAuth's implicit flow sends it)."""
+    parts = _QUERY_PARTS.split(request)  # the path, then separators and pairs by turns
+    if len(parts) == 1:
         return request
-    query, hash_sep, fragment = query.partition("#")
-    parts = _QUERY_SEPARATORS.split(query)  # pairs at even places, separators between
-    for i in range(0, len(parts), 2):
+    for i in range(2, len(parts), 2):
         name, eq, _ = parts[i].partition("=")
         if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS:
             parts[i] = f"{name}={REDACTED}"
-    return head + "?" + "".join(parts) + hash_sep + fragment
+    return "".join(parts)
 
 
-# "&", and ";" which older servers (and the HTML 4 recommendation) also split a query on.
-_QUERY_SEPARATORS: Final = re.compile(r"([&;])")
+# "?" and "#", which start the query and the fragment; "&", and ";" which older servers (and
+# the HTML 4 recommendation) also split a query on.
+_QUERY_PARTS: Final = re.compile(r"([?#&;])")
 
 
 def _looks_like_json(body: bytes, charset: str | None) -> bool:
-    """Whether a body's text starts as a JSON object or array does."""
+    """Whether a body's text starts as a JSON object or array does (after any whitespace)."""
     try:
-        start = body[:64].decode(charset or "utf-8", errors="ignore")
+        codec = codecs.lookup(charset or "utf-8").name
     except LookupError:  # a charset Python does not know
-        start = body[:64].decode("utf-8", errors="ignore")
-    return start.lstrip("\ufeff \t\r\n")[:1] in ("{", "[")
+        codec = "utf-8"
+    if codec.startswith(("utf-16", "utf-32")):
+        text = body.decode(codec, errors="ignore")  # rare: all of it, whitespace and text
+    else:  # whitespace is ASCII's: skipped as bytes, however long it is
+        text = body.removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:64].decode(codec, errors="ignore")
+    return text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[")
 
 
 def _json_for_redaction(c: Captured) -> bool:
@@ -2027,10 +2118,11 @@ class RouteStats:
         classification (for ``splitproxy_shadow_diffs_total{kind}``) sees the noise learnt
         so far. Samples are redacted here, before they are stored: Authorization, Cookie,
         Set-Cookie (and ``redact_headers``) and JSON fields matching ``redact_fields``
-        become ``"[redacted]"``, as do sensitive query parameters of ``request``.
+        become ``"[redacted]"``, as do sensitive query parameters of ``request``; field keys
+        inside a redacted value are cut to its path (``redact_comparison``).
         """
         return self.endpoint(endpoint).record(
-            comparison,
+            redact_comparison(comparison, redact_fields),
             live=live,
             shadow=shadow,
             request=request,
@@ -2044,9 +2136,10 @@ class RouteStats:
             prior=None if prior is None else prior.endpoints.get(endpoint),
         )
 
-    def record_noise(self, endpoint: str, comparison: Comparison) -> None:
-        """Add one live-vs-live-replay comparison (the noise sample)."""
-        self.endpoint(endpoint).record_noise(comparison)
+    def record_noise(self, endpoint: str, comparison: Comparison, redact_fields: tuple[str, ...] = ()) -> None:
+        """Add one live-vs-live-replay comparison (the noise sample); ``redact_fields`` as for
+        ``record``, so that both count the same field keys."""
+        self.endpoint(endpoint).record_noise(redact_comparison(comparison, redact_fields))
 
     def prune(self) -> None:
         for ep in self.endpoints.values():

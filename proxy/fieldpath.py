@@ -23,19 +23,25 @@ _QUOTED_RE: Final = re.compile(r"\[(\"(?:[^\"\\]|\\.)*\")\]")
 
 def parse_field_path(text: str) -> tuple[object, ...]:
     """Segments of ``$.a["b.c"][0].items[*].{id}``; raises ``ValueError`` naming the position."""
+    return tuple(seg for seg, _ in field_path_spans(text))
+
+
+def field_path_spans(text: str) -> tuple[tuple[object, int], ...]:
+    """``parse_field_path``'s segments, each with where it ends in ``text``: ``text[:end]`` is
+    the path down to that segment."""
     if not text.startswith("$"):
         raise ValueError(f"must start with '$', e.g. '$.meta.generated_at', got {text!r}")
-    out: list[object] = []
+    out: list[tuple[object, int]] = []
     pos = 1
     while pos < len(text):
         if m := _NAME_RE.match(text, pos):
             name = m.group(1)
-            out.append(ANY_KEY if name == "*" else ID if name == "{id}" else name)
+            out.append((ANY_KEY if name == "*" else ID if name == "{id}" else name, m.end()))
         elif m := _INDEX_RE.match(text, pos):
-            out.append(ANY_INDEX if m.group(1) == "*" else int(m.group(1)))
+            out.append((ANY_INDEX if m.group(1) == "*" else int(m.group(1)), m.end()))
         elif m := _QUOTED_RE.match(text, pos):
             try:
-                out.append(json.loads(m.group(1)))
+                out.append((json.loads(m.group(1)), m.end()))
             except ValueError:
                 raise ValueError(f"bad field path {text!r} at position {pos}: not a JSON string") from None
         else:

@@ -415,6 +415,10 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         hdict = ex.hdict
         url = ex.url
+        if b"#" in url:  # RFC 9112 §3.2: a fragment is never sent (Envoy refuses it too)
+            ex.keep_alive = False
+            self._local(ex, 400, "request target: a fragment (#...) is not part of a request")
+            return
         path = url.partition(b"?")[0]
         host = hdict.get(b"host")
         lines = ex.lines

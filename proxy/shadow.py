@@ -584,7 +584,7 @@ class DiffRecorder:
                     ignore_fields=ignore_fields,
                     reuse=reuse,
                 )
-                batch.record_noise(endpoint, replay)
+                batch.record_noise(endpoint, replay, diff_config.redact_fields)
         leg = mirror.legs[0]
         shadow_answer = leg.capture.captured()
         kind = batch.record(

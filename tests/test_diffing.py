@@ -33,6 +33,7 @@ from proxy.diffing import (
     endpoint_template,
     merge,
     parse_field_path,
+    redact_comparison,
     redact_json,
     redact_request,
     report,
@@ -645,6 +646,54 @@ def test_a_diff_that_contains_a_redacted_field_is_redacted_whole() -> None:
     assert (sample.kind, sample.live, sample.shadow) == ("extra", None, REDACTED)
 
 
+def test_names_inside_a_redacted_value_are_not_kept() -> None:
+    """A map keyed by session token: with the map redacted, its keys must not survive as
+    field keys, sample paths or anything else stored; the live-vs-live noise counts the same
+    key as the live-vs-shadow diff."""
+    live = j({"sessions": {"LIVETOKEN": {"u": 1}}, "users": [{"email": "a", "n": 1}], "ok": 1})
+    shadow = j({"sessions": {"SHADOWTOKEN": {"u": 1}}, "users": [{"email": "b", "n": 2}], "ok": 1})
+    replay = j({"sessions": {"REPLAYTOKEN": {"u": 1}}, "users": [{"email": "a", "n": 1}], "ok": 1})
+    redact = ("$.sessions", "$.users[*].email")
+    stats = RouteStats()
+    stats.record_noise("GET /users/{id}", compare(live, replay), redact)
+    record(stats, live, shadow, redact_fields=redact)
+    stored = json.dumps(stats.to_dict())
+    for secret in ("LIVETOKEN", "SHADOWTOKEN", "REPLAYTOKEN"):
+        assert secret not in stored
+    ep = stats.endpoints["GET /users/{id}"]
+    assert ep.fields["$.sessions"] == [1, 1, 1, 1]  # compared, differing; noise compared, differing
+    (sample,) = ep.samples["$.sessions"]
+    assert (sample.path, sample.kind, sample.live, sample.shadow) == ("$.sessions", "changed", REDACTED, REDACTED)
+    assert set(ep.samples) == {"$.sessions", "$.users[*].email", "$.users[*].n"}
+    assert ep.samples["$.users[*].n"][0].path == "$.users[0].n"
+
+
+@pytest.mark.parametrize(
+    ("keys", "patterns", "expected"),
+    [
+        pytest.param(("$.a.b.c",), ("$.a",), ("$.a",), id="below-a-key"),
+        pytest.param(('$.a["x y"].z',), ('$.a["x y"]',), ('$.a["x y"]',), id="quoted"),
+        pytest.param(("$.l[*].s.t",), ("$.l[*].s",), ("$.l[*].s",), id="any-index"),
+        pytest.param(("$.l[*].t",), ("$.l[2]",), ("$.l[*]",), id="one-index-covers-the-folded-key"),
+        pytest.param(("$.m.{id}.v",), ("$.m.*",), ("$.m.{id}",), id="any-key"),
+        pytest.param(("$.a.b",), ("$",), ("$",), id="root"),
+        pytest.param(
+            ("$.a.b", "$.c", "status", "header.x"), ("$.a.b",), ("$.a.b", "$.c", "status", "header.x"), id="none"
+        ),
+    ],
+)
+def test_redact_comparison_cuts_keys_to_the_redacted_value(
+    keys: tuple[str, ...], patterns: tuple[str, ...], expected: tuple[str, ...]
+) -> None:
+    c = Comparison(frozenset(keys), frozenset(keys[:1]), (FieldDiff(keys[0], "missing", "1", None),), "json")
+    got = redact_comparison(c, patterns)
+    assert got.fields == frozenset(expected)
+    assert got.differing == frozenset(expected[:1])
+    assert [d.field_key for d in got.diffs] == [expected[0]]
+    if got is not c:
+        assert (got.diffs[0].kind, got.diffs[0].live) == ("changed", REDACTED)
+
+
 def test_truncated_json_body_is_withheld_when_it_cannot_be_redacted() -> None:
     live = Captured(200, JSON, b'{"password": "x", "a":', truncated=True)
     stats = RouteStats()
@@ -680,11 +729,15 @@ def test_json_body_that_does_not_parse_keeps_nothing_in_its_line_diffs() -> None
     [(JSON, TEXT), (TEXT, JSON), (TEXT, TEXT), (TEXT, ())],
     ids=["json-vs-text", "text-vs-json", "both-text", "text-vs-untyped"],
 )
-def test_json_sent_as_another_type_is_redacted_too(live_type: Any, shadow_type: Any) -> None:
+@pytest.mark.parametrize(
+    "lead", [b"", b" " * 70 + b"\r\n\t", b"\xef\xbb\xbf" + b"\n" * 100], ids=["", "whitespace", "bom"]
+)
+def test_json_sent_as_another_type_is_redacted_too(live_type: Any, shadow_type: Any, lead: bytes) -> None:
     """A version that changed its Content-Type still sends the fields redact_fields names:
-    they were stored in clear (the shadow's body, and the line values of a text diff)."""
-    live = Captured(200, live_type, b'{"secret": "LIVESECRET", "a": 1}')
-    shadow = Captured(200, shadow_type, b'{"secret": "SHADOWSECRET", "a": 2}')
+    they were stored in clear (the shadow's body, and the line values of a text diff),
+    whatever whitespace JSON text may start with."""
+    live = Captured(200, live_type, lead + b'{"secret": "LIVESECRET", "a": 1}')
+    shadow = Captured(200, shadow_type, lead + b'{"secret": "SHADOWSECRET", "a": 2}')
     stats = RouteStats()
     record(stats, live, shadow, redact_fields=("$.secret",))
     stored = json.dumps(stats.to_dict())
@@ -725,6 +778,8 @@ def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> No
         pytest.param("GET /a", "GET /a", id="no-query"),
         pytest.param("GET /a?a=1;token=x&sig=y;b", "GET /a?a=1;token=[redacted]&sig=[redacted];b", id="semicolons"),
         pytest.param("GET /a?token=x#frag", "GET /a?token=[redacted]#frag", id="fragment"),
+        pytest.param("GET /cb#access_token=x&t=1", "GET /cb#access_token=[redacted]&t=1", id="in-fragment"),
+        pytest.param("GET /a?b=1#&token=x", "GET /a?b=1#&token=[redacted]", id="in-fragment-after-query"),
     ],
 )
 def test_redact_request(request_line: str, expected: str) -> None:

@@ -929,6 +929,9 @@ async def test_every_connection_line_counts(start_proxy: StartProxy) -> None:
         ),
         pytest.param(b"GET http://evil@a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-with-userinfo"),
         pytest.param(b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-without-host"),
+        pytest.param(b"GET /cb#access_token=x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment"),
+        pytest.param(b"GET /a?b=1#&token=x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment-after-query"),
+        pytest.param(b"GET http://a/cb#x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment-in-absolute-form"),
     ],
 )
 async def test_framing_and_targets_refused(
