@@ -9,6 +9,7 @@ too with ``admin.protect_reads``. The token is compared in constant time.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,59 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _is_ip_or_localhost(host: str) -> bool:
+    """``host`` (a Host header: name, optional port) is an IP address or localhost."""
+    name = host[1 : host.find("]")] if host.startswith("[") else host.partition(":")[0]
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name.lower().rstrip(".") == "localhost"
+    return True
+
+
+@web.middleware
+async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a web page the operator opens could make their browser send here is refused.
+
+    - Cross-site request forgery: a change (any method but GET, HEAD, OPTIONS) that a
+      browser marks as sent from another origin (``Origin`` not this listener's,
+      ``Sec-Fetch-Site`` other than same-origin or none) is ``403``; and a body must be
+      labelled JSON (``read_json``), which no HTML form can send.
+    - DNS rebinding: without a token, only a ``Host`` that is an IP address or
+      ``localhost`` is answered; a page on a name that resolves to this listener is not.
+    """
+    host = request.headers.get("Host", "")
+    if (
+        request.app[SERVER_KEY].admin_token is None
+        and request.path not in _OPEN_PATHS
+        and not _is_ip_or_localhost(host)
+    ):
+        return error(403, f"Host {host!r} refused: without a token the admin API answers an IP address or localhost")
+    if request.method not in _SAFE_METHODS:
+        origin = request.headers.get("Origin")
+        site = request.headers.get("Sec-Fetch-Site")
+        if (origin is not None and origin.lower() != f"http://{host}".lower()) or site not in (
+            None,
+            "same-origin",
+            "none",
+        ):
+            return error(403, "a change sent from another web origin is refused (cross-site request)")
+    return await handler(request)
+
+
+class UnsupportedMediaType(ControlError):
+    status = 415
+
+
+def _is_json_media(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: web.Request, *, optional: bool = False) -> object:
     if not request.can_read_body:
         if optional:
@@ -92,6 +146,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
     raw = await request.read()
     if not raw.strip() and optional:
         return {}
+    if not _is_json_media(request.headers.get("Content-Type", "")):
+        # No HTML form can send it, so no other web page can make a browser send a change.
+        raise UnsupportedMediaType("the body must be sent as Content-Type: application/json", "body")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -275,7 +332,7 @@ async def delete_report(request: web.Request) -> web.Response:
 
 
 def make_admin_app(server: Server) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=1 << 20)
+    app = web.Application(middlewares=[errors_as_json, browser_guard, bearer_auth], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     r = app.router
     r.add_get("/healthz", healthz)

@@ -118,7 +118,7 @@ async def put_weights(
 async def raw_call(px: RunningProxy, method: str, path: str, body: bytes, **headers: bytes) -> RawResponse:
     """One admin request written byte for byte, for header values no HTTP client sends
     (bytes that are not UTF-8, as curl sends what the shell gives it)."""
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: admin", b"Connection: close"]
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
     lines += [name.replace("_", "-").encode() + b": " + value for name, value in headers.items()]
     lines += [b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
     [resp] = await raw_exchange(px.server.admin_port, b"\r\n".join(lines) + b"\r\n\r\n" + body)
@@ -683,6 +683,98 @@ async def test_mutations_without_the_right_token_are_401_and_change_nothing(
     assert TOKEN not in json.dumps(r.body)
     assert len(await history(session, px.admin_url)) == 1
     assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status"),
+    [
+        pytest.param(
+            "POST",
+            "/api/v1/routes/main/promote",
+            b'{"backend": "canary", "x": "="}',
+            {"Content-Type": "text/plain", "Origin": "http://127.0.0.1:1"},
+            403,
+            id="form-from-another-origin",
+        ),
+        pytest.param(
+            "POST",
+            "/api/v1/routes/main/promote",
+            b'{"backend": "canary", "x": "="}',
+            {"Content-Type": "text/plain"},
+            415,
+            id="form-body-without-origin",
+        ),
+        pytest.param(
+            "POST",
+            "/api/v1/routes/main/promote",
+            b"backend=canary",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            id="urlencoded-form",
+        ),
+        pytest.param(
+            "POST", "/api/v1/routes/main/rollback", b"", {"Origin": "https://attacker.example"}, 403, id="no-body"
+        ),
+        pytest.param(
+            "PUT",
+            "/api/v1/routes/main/weights",
+            b'{"weights": {"canary": 50}}',
+            {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+            403,
+            id="fetch-marked-cross-site",
+        ),
+        pytest.param("DELETE", "/api/v1/shadow/report", b"", {"Origin": "null"}, 403, id="sandboxed-origin"),
+        pytest.param(
+            "PUT",
+            "/api/v1/routes/main/weights",
+            b'{"weights": {"canary": 50}}',
+            {"Content-Type": "application/json", "Host": "rebound.attacker.example:9901"},
+            403,
+            id="dns-rebinding",
+        ),
+        pytest.param("GET", "/api/v1/routes", b"", {"Host": "rebound.attacker.example"}, 403, id="rebinding-read"),
+    ],
+)
+async def test_what_another_web_page_can_make_a_browser_send_is_refused(
+    *,
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    """Without a token (the default on loopback), a page the operator opens must not move
+    traffic through their browser: a form (no JSON type), a cross-origin fetch (Origin,
+    Sec-Fetch-Site), a name rebound to this listener (Host)."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    r = await call(session, method, px.admin_url + path, raw=body, headers=headers)
+    assert r.status == status, r.body
+    assert r.body["error"]["status"] == status
+    assert len(await history(session, px.admin_url)) == 1
+    assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://127.0.0.1:{port}"},
+        {"Sec-Fetch-Site": "same-origin", "Host": "localhost:{port}"},
+        {"Host": "[::1]:{port}"},
+    ],
+    ids=["same-origin", "same-origin-fetch", "ipv6-host"],
+)
+async def test_a_change_from_this_listeners_own_origin_passes(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    port = px.server.admin_port
+    hs = {name: value.format(port=port) for name, value in headers.items()}
+    r = await call(session, "POST", px.admin_url + "/api/v1/routes/main/promote", {"backend": "canary"}, headers=hs)
+    assert r.status == 200, r.body
+    assert await weights(session, px.admin_url) == {"stable": 0.0, "canary": 100.0}
 
 
 @pytest.mark.parametrize(
