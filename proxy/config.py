@@ -883,6 +883,9 @@ def _config(top: _Map) -> Config:
             "off loopback needs a bearer token; name its environment variable in admin.token_env, "
             "or listen on 127.0.0.1",
         )
+    if admin.token_env is None and admin.protect_reads:
+        # Reads protected by a token there cannot be: they would be as open as without it.
+        a.fail("protect_reads", "is true, but admin.token_env is null: reads need a token to be protected")
 
     s = top.section("state", ("path",))
     t = top.section("timeouts", ("connect", "response", "idle"))

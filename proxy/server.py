@@ -52,6 +52,9 @@ def admin_token(config: Config) -> str | None:
     token = os.environ.get(env, "").strip() if env else ""
     if token:
         return token
+    if config.admin.protect_reads:
+        where = f"${env}" if env else "an environment variable named by admin.token_env"
+        raise StartupError(f"admin.protect_reads is true but there is no token: set one in {where}")
     host = config.admin.listen.host
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -897,6 +897,22 @@ async def test_non_loopback_admin_with_token_env_null_is_a_config_error(
     assert problem.line is not None
 
 
+async def test_protected_reads_without_a_token_are_refused(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: ``protect_reads: true`` with no token started with reads and changes open."""
+    monkeypatch.delenv("SPLITPROXY_TEST_UNSET_VAR", raising=False)
+    admin = {"listen": "127.0.0.1:0", "token_env": "SPLITPROXY_TEST_UNSET_VAR", "protect_reads": True}
+    with pytest.raises(StartupError, match=r"protect_reads is true but there is no token") as caught:
+        await start_proxy([pair(*ups)], admin=admin)
+    assert "SPLITPROXY_TEST_UNSET_VAR" in str(caught.value)
+    with pytest.raises(ConfigError) as config_error:
+        await start_proxy([pair(*ups)], admin={**admin, "token_env": None})
+    [problem] = config_error.value.problems
+    assert problem.where == "admin.protect_reads"
+    assert "admin.token_env is null" in problem.what
+
+
 async def test_non_loopback_admin_with_a_token_starts_and_asks_for_it(
     ups: tuple[Upstream, Upstream],
     start_proxy: StartProxy,
