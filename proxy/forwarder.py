@@ -23,7 +23,10 @@ so a body of any size passes with bounded memory.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -174,6 +177,19 @@ class Exchange:
         self.held: list[bytes] | None = None
 
 
+def unsent_bytes(transport: asyncio.Transport) -> int:
+    """Bytes written to ``transport`` that its peer has not taken yet: in the transport's
+    buffer and in the kernel's send queue (Linux's SIOCOUTQ); -1 where it cannot tell."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return -1
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return -1
+    return int(queued) + transport.get_write_buffer_size()
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "active",
@@ -191,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         "rt",
         "transport",
         "tunnel",
+        "unsent",
         "upstream_full",
         "write_paused",
     )
@@ -214,6 +231,7 @@ class ClientConnection(asyncio.Protocol):
         self.rejected: tuple[Exchange, int, str] | None = None  # a broken pipelined request
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
+        self.unsent = -1  # bytes not yet taken by the client when last looked (sending())
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -288,6 +306,8 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.last_io = self.rt.clock  # the client takes bytes: the stall is timed from here
+        self.unsent = unsent_bytes(self.transport)
         ex = self.active
         peer = self.tunnel or (ex.conn if ex is not None else None)
         if peer is not None and not peer.closed:
@@ -295,10 +315,20 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_io = self.rt.clock
         ex = self.active
         peer = self.tunnel or (ex.conn if ex is not None else None)
         if peer is not None and not peer.closed:
             peer.transport.resume_reading()
+
+    def sending(self) -> bool:
+        """Whether the client took any of the bytes waiting for it since last asked (or the
+        pause began): a slow reader, not a stalled one. Asked by Runtime.tick only of a
+        connection whose writing has been paused for the idle time-out."""
+        unsent = unsent_bytes(self.transport)
+        moved = 0 <= unsent < self.unsent
+        self.unsent = unsent
+        return moved
 
     # -- httptools callbacks: the request ---------------------------------------------------
 

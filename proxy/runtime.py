@@ -111,12 +111,17 @@ class Runtime:
         plan, backend = ex.plan, ex.backend
         duration = self.now() - ex.t0
         upstream_status = ex.upstream_status
-        # Passive health: a 5xx is a failure; a success matters only to end a streak.
+        # Passive health: a 5xx is a failure; a success matters only to end a streak, and
+        # only a whole one counts (a body cut short was counted by upstream_error, or the
+        # client left: it must not end the streak).
         if (
             upstream_status
             and backend is not None
             and ex.pool is not None
-            and (upstream_status >= 500 or (self.balancer.failing and id(backend) in self.balancer.failing))
+            and (
+                upstream_status >= 500
+                or (ex.complete and self.balancer.failing and id(backend) in self.balancer.failing)
+            )
         ):
             self.balancer.result(backend, ex.pool, upstream_status < 500)
         self.counts.request(plan.name if plan else "", backend.name if backend else "", ex.method, ex.status, duration)
@@ -182,10 +187,13 @@ class Runtime:
             ex = conn.active
             if ex is None:
                 head = conn.parsing
-                if head is not None and head.head_read >= 0 and now - head.t0 > idle:
+                if head is not None and head.head_read >= 0:
                     # A head still coming after the idle time-out, however often its lines
                     # come (a slow-loris client): 408, as nginx's client_header_timeout.
-                    conn.head_timed_out()
+                    # Timed from the head's start alone (last_io, on the coarse clock, would
+                    # close the connection silently a tick before).
+                    if now - head.t0 > idle:
+                        conn.head_timed_out()
                 elif conn.tunnel is None and now - conn.last_io > idle:
                     conn.shutdown()
             elif not ex.resp_started:
@@ -201,8 +209,18 @@ class Runtime:
                     else:
                         conn.body_timed_out(ex)
             elif now - conn.last_io > idle:
-                # A response that stalled mid-body for longer than the idle time-out.
-                conn.transport.abort()
+                # A response that stalled mid-body for longer than the idle time-out: the
+                # client's doing if it stopped taking the body (as nginx's send_timeout: a
+                # slow reader still taking it is no stall), else the upstream's.
+                if conn.write_paused:
+                    if conn.sending():
+                        conn.last_io = now
+                    else:
+                        conn.transport.abort()
+                elif ex.conn is not None:
+                    ex.conn.timed_out()  # a time-out of the upstream's, counted as one
+                else:
+                    conn.transport.abort()
         self.shadow.tick(now)
         self.balancer.tick(now)
         self.access_log.flush()

@@ -201,6 +201,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         client.last_io = client.rt.clock
         ex = self.ex
+        if self.head_bytes >= 0 and not self.finished:
+            # Counted before the parse: a head that ends in this read is measured by
+            # on_headers_complete, which would otherwise not know it passed the limit.
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -217,10 +221,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.extra = True
             else:
                 self._failed(UpstreamReset("upstream sent a malformed response"))
-        if self.head_bytes >= 0 and not self.finished:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD:
-                self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
+        if self.head_bytes > MAX_HEAD and not self.finished:  # and the head still not whole
+            self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
         if self.ended and ex is not None:
             # Handed on only now: released from inside the parse, the connection could
             # be taken (by the client's next pipelined request) while the rest of this
@@ -301,6 +303,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.lines = []
         self.hdict = {}
         status = self.parser.get_status_code()
+        if self.head_bytes > MAX_HEAD and _head_size(lines, hdict) > MAX_HEAD:
+            # The head ended in the read that took the count past the limit (that read may
+            # hold body bytes too): measured by its fields.
+            self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
+            return
         if not 100 <= status <= 599:
             # RFC 9110 §15: three digits from 100. Below, the head was dropped as interim
             # and its body passed on raw: a response of the upstream's making to the client.
@@ -363,6 +370,11 @@ class UpstreamConnection(asyncio.Protocol):
         if client is not None and ex is not None and not self.finished:
             self.finished = True
             client.upstream_failed(ex, err, retryable=False)
+
+
+def _head_size(lines: list[bytes], hdict: dict[bytes, bytes]) -> int:
+    """About the bytes of a response head: its header lines (the status line aside)."""
+    return sum(map(len, lines)) + sum(len(k) + len(v) + 4 for k, v in hdict.items())
 
 
 class UpstreamPool:

@@ -8,15 +8,26 @@ import gc
 import hashlib
 import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from proxy.forwarder import ClientConnection
 
-from .conftest import StartProxy, StartUpstream, raw_exchange, read_response, route
+from .conftest import (
+    RawResponse,
+    StartProcess,
+    StartProxy,
+    StartUpstream,
+    config_text,
+    raw_exchange,
+    read_response,
+    route,
+)
 
 
 def header_map(info: dict) -> dict[str, list[str]]:
@@ -959,3 +970,198 @@ async def test_a_request_answered_locally_after_an_upgrade_closes_its_connection
         assert resp.status in (400, 405)
         assert await reader.read() == b""  # closed, not left waiting
     writer.close()
+
+
+# A client in its own process, reading in blocking steps: in the test's event loop the
+# proxy and the client would share the CPU and pace each other.
+SLOW_READER = """
+import socket, sys, time
+port, size = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"GET /big HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+got = 0
+while True:
+    b = s.recv(8000)
+    if not b:
+        break
+    got += len(b)
+    time.sleep(0.004)
+print(got)
+"""
+
+
+async def test_a_slow_reader_gets_its_whole_download(tmp_path: Path, proxy_process: StartProcess) -> None:
+    """QA: a client reading a large body steadily but slowly (~2 MB/s here) was cut off
+    after timeouts.idle: only bytes received counted as activity, and the kernel reports a
+    full socket writable again only once a third of its buffer (megabytes, on loopback) has
+    drained. Bytes the client takes count now (nginx's send_timeout); one that takes none
+    is still cut (below)."""
+    size = 6 << 20  # more than the kernel's buffers hold (~4 MB on loopback)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size >> 16):
+                writer.write(b"x" * (1 << 16))
+                await writer.drain()
+
+    async with raw_upstream(handle) as url:
+        config = tmp_path / "slow.yaml"
+        config.write_text(config_text(tmp_path, [route(stable=url)], timeouts={"idle": "300ms"}))
+        px = await proxy_process(config)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SLOW_READER, str(px.port), str(size), stdout=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(60):
+            out, _ = await client.communicate()
+    # ~3 s for the body; the proxy's head is its own: what matters is every byte of the body
+    assert size < int(out) < size + len(head)
+    assert not [line for line in px.lines if "upstream error" in line]
+
+
+async def test_a_client_that_stops_reading_is_cut_and_the_upstream_not_blamed(start_proxy: StartProxy) -> None:
+    size = 64 << 20
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size >> 16):
+                writer.write(b"x" * (1 << 16))
+                await writer.drain()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)], timeouts={"idle": "500ms"})
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(3)  # a client that takes nothing for 3 s, six idle time-outs
+        got = 0
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(1 << 20):  # what the buffers held, then the cut
+                    got += len(chunk)
+        writer.close()
+    assert got < size
+    assert px.server.runtime.counts.upstream_errors == {}
+
+
+async def test_a_response_whose_upstream_stalls_mid_body_is_an_upstream_time_out(start_proxy: StartProxy) -> None:
+    """QA: cut after timeouts.idle, as before, and now counted as the upstream's time-out
+    (towards ejecting it): it was counted nowhere."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await reader.read()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)], timeouts={"idle": "500ms"})
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            data = await reader.read()
+        writer.close()
+    assert data.endswith(b"partial")  # the head and what came, then the cut
+    assert px.server.runtime.counts.upstream_errors == {("main", "stable", "timeout"): 1}
+
+
+async def test_a_head_that_stops_coming_is_answered_408_not_dropped(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: a head cut short and then silent was mostly closed without a word: the idle
+    check on the coarse clock fired a tick before the head's own deadline."""
+    up = await start_upstream()
+    # Not a multiple of the 100 ms tick: the coarse clock then passes the idle time-out a
+    # tick before the head's own deadline for heads that start late in a tick.
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "550ms"})
+
+    async def half_a_head(i: int) -> RawResponse:
+        await asyncio.sleep(0.03 * i)  # heads starting at different points of a tick
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        try:
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    async with asyncio.timeout(10):
+        answers = await asyncio.gather(*(half_a_head(i) for i in range(4)))
+    assert [resp.status for resp in answers] == [408] * 4
+    assert px.server.runtime.counts.requests == {("", "", "GET", "408"): 4}
+    assert up.hits == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"X-Big: " + b"a" * 66_000 + b"\r\n", id="one-field-just-over"),
+        pytest.param(b"".join(b"X-F%d: v\r\n" % i for i in range(8000)), id="many-small-fields"),
+    ],
+)
+async def test_an_upstream_head_over_64_kib_in_one_read_is_502(start_proxy: StartProxy, head: bytes) -> None:
+    """QA: a head whose end came in the read that took it past the limit was forwarded."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + head + b"\r\nok")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        (resp,) = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == 502
+    assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
+
+
+async def test_an_upstream_head_just_under_64_kib_with_its_body_in_the_same_read_passes(
+    start_proxy: StartProxy,
+) -> None:
+    body = b"b" * 200_000
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Big: %s\r\n\r\n" % (len(body), b"a" * 60_000)
+        writer.write(head + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await reader.read()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        (resp,) = await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert resp.status == 200
+    assert resp.body == body
+
+
+async def test_answers_cut_mid_body_eject_the_instance(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """QA: a reset mid-body was counted as an upstream error, and then, the status being
+    200, as a success that ended the instance's failure streak: never ejected."""
+    good = await start_upstream("good")
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"p" * 100)
+                await writer.drain()
+                writer.transport.abort()
+                return
+
+    async with raw_upstream(cut) as bad:
+        r = route(stable=[bad, good])
+        r["outlier_detection"] = {"consecutive_failures": 3, "base_ejection": "30s"}
+        px = await start_proxy([r])
+        for _ in range(12):  # round robin: the bad instance's third cut ejects it
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):  # the cut ones
+                await raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    counts = px.server.runtime.counts
+    assert counts.upstream_errors == {("main", "stable", "reset"): 3}
+    assert sum(counts.extra_counters.get("splitproxy_outlier_ejections", {}).values()) == 1
+    assert good.hits == 9
