@@ -138,6 +138,16 @@ def _is_json_media(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refused with a key given twice (json keeps the last one silently)."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
 async def read_json(request: web.Request, *, optional: bool = False) -> object:
     if not request.can_read_body:
         if optional:
@@ -150,9 +160,11 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
         # No HTML form can send it, so no other web page can make a browser send a change.
         raise UnsupportedMediaType("the body must be sent as Content-Type: application/json", "body")
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=_no_repeated_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", "body") from None
+    except ValueError as exc:  # a repeated key; an integer of more than 4300 digits
+        raise BadRequest(f"the body cannot be read: {exc}", "body") from None
     except RecursionError:
         # json's decoder recurses once per [ or {: about a thousand levels exhaust the stack.
         raise BadRequest("the body is nested too deeply to be read as JSON", "body") from None

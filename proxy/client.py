@@ -121,6 +121,8 @@ def parse_weights(words: Sequence[str]) -> dict[str, float]:
         if not sep or not name:
             raise ValueError(f"expected BACKEND=WEIGHT such as canary=10, got {word!r}")
         try:
+            if "_" in number:  # float() takes 1_000; a weight is written as JSON writes it
+                raise ValueError(number)
             weight = float(number)
         except ValueError:
             raise ValueError(f"{name}: the weight must be a number, got {number!r}") from None

@@ -192,6 +192,7 @@ class Config:
 
 # As Envoy's weights, bounded: shares are weight / sum, and the sum must stay exact.
 MAX_WEIGHT = 1_000_000.0
+MIN_WEIGHT = 1e-6  # the smallest positive weight
 
 
 def with_weights(route: Route, weights: Mapping[str, float]) -> Route:
@@ -248,6 +249,8 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
     return str(value)
 
 
@@ -341,11 +344,20 @@ def _check_range(n: float, value: object, low: float, high: float | None) -> Non
         raise ValueError(f"must be >= {low:g}, got {_show(value)}")
 
 
-def _weight(value: object) -> float:
-    weight = _number(0)(value)
-    if weight > MAX_WEIGHT:
+def parse_weight(value: object) -> float:
+    """A backend's weight, from the config file or the admin API: 0, or a number from
+    MIN_WEIGHT to MAX_WEIGHT (a subnormal weight skewed the draw: shares are weight / sum)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"must be a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {_show(value)}")
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {_show(value)}")
+    if value > MAX_WEIGHT:  # compared before float(): an integer of 400 digits has none
         raise ValueError(f"must be <= {MAX_WEIGHT:g} (shares are weight / sum), got {_show(value)}")
-    return weight
+    if 0 < value < MIN_WEIGHT:
+        raise ValueError(f"must be 0 or at least {MIN_WEIGHT:g}, got {_show(value)}")
+    return float(value) + 0.0  # -0.0 is 0.0
 
 
 def _integer(low: int, high: int | None = None) -> Convert[int]:
@@ -1016,7 +1028,7 @@ def _backends(route: _Map) -> tuple[Backend, ...]:
                 b.items("upstreams")[i].fail(f"duplicate upstream (also upstreams[{first[u.url]}])")
             first.setdefault(u.url, i)
         before = b.problem_count
-        weight = b.get("weight", _weight, 0.0)
+        weight = b.get("weight", parse_weight, 0.0)
         weights_read = weights_read and b.problem_count == before
         backends.append(Backend(name, upstreams, weight))
     # Judged only when every weight was read, so that one wrong weight is one problem.

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .config import MAX_WEIGHT, Config, Route, with_weights
+from .config import Config, Route, parse_weight, with_weights
 from .store import ChangeKind, HistoryEntry, Store, reconcile, reconcile_changes
 
 Weights = dict[str, float]
@@ -61,10 +60,8 @@ def config_weights(config: Config) -> dict[str, Weights]:
 
 def parse_weights(route: Route, body: object) -> Weights:
     """The new weights from a ``{"weights": {...}}`` body: named backends change, others keep
-    theirs. Known backends, numbers from 0 to MAX_WEIGHT, at least one positive in the end."""
-    if not isinstance(body, Mapping):
-        raise BadRequest("the body must be a JSON object", "body")
-    raw = body.get("weights")
+    theirs. Known backends, weights by ``parse_weight``, at least one positive in the end."""
+    raw = only(body, ("weights", "reason")).get("weights")
     if not isinstance(raw, Mapping) or not raw:
         raise BadRequest('"weights" must be a non-empty object of backend: weight', "weights")
     names = [b.name for b in route.backends]
@@ -74,16 +71,24 @@ def parse_weights(route: Route, body: object) -> Weights:
             raise BadRequest(
                 f"no backend {name!r} in route {route.name!r} (backends: {', '.join(names)})", f"weights.{name}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise BadRequest(f"must be a number, got {value!r}", f"weights.{name}")
-        if value < 0:
-            raise BadRequest(f"must be >= 0, got {value!r}", f"weights.{name}")
-        if value > MAX_WEIGHT:
-            raise BadRequest(f"must be <= {MAX_WEIGHT:g}, got {value!r}", f"weights.{name}")
-        new[name] = float(value)
+        try:
+            new[name] = parse_weight(value)  # the config file's rule
+        except ValueError as exc:
+            raise BadRequest(str(exc), f"weights.{name}") from None
     if sum(new.values()) <= 0:
         raise BadRequest("at least one backend needs a positive weight", "weights")
     return new
+
+
+def only(body: object, keys: tuple[str, ...]) -> Mapping[str, object]:
+    """``body`` as an object of at most ``keys``: an unknown key is a 400, as in the config
+    file (a misspelt ``"reasn"`` was dropped without a word)."""
+    if not isinstance(body, Mapping):
+        raise BadRequest("the body must be a JSON object", "body")
+    for key in body:
+        if key not in keys:
+            raise BadRequest(f"unknown key {key!r} (known: {', '.join(keys)})", str(key))
+    return body
 
 
 def parse_reason(body: object) -> str:
@@ -126,7 +131,7 @@ def parse_if_match(value: str | None) -> int | None:
     if value.startswith("W/"):
         value = value[2:]
     digits = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-    if not (digits.isascii() and digits.isdigit()):  # int() would take " 9 ", "-1" and "٣"
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):  # int() would take " 9 ", "-1", "٣"
         raise BadRequest(f"If-Match must be an ETag of this API such as '\"12\"', got {value!r}", "If-Match")
     return int(digits)
 
@@ -227,6 +232,7 @@ class Controller:
             return entry
 
     async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+        only(body, ("weights", "reason"))
         reason = parse_reason(body)
         return await self.change(
             route, lambda r: parse_weights(r, body), actor=actor, reason=reason, kind="set", if_match=if_match
@@ -235,6 +241,7 @@ class Controller:
     async def promote(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
         if not isinstance(body, Mapping) or not isinstance(body.get("backend"), str):
             raise BadRequest('the body must be {"backend": "<name>"}', "backend")
+        only(body, ("backend", "reason"))
         backend = body["backend"]
         reason = parse_reason(body) or f"promote {backend}"
         return await self.change(
@@ -242,6 +249,7 @@ class Controller:
         )
 
     async def rollback(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+        only(body, ("reason",))
         reason = parse_reason(body) or "rollback to baseline"
         return await self.change(
             route, lambda r: all_to(r, r.baseline), actor=actor, reason=reason, kind="rollback", if_match=if_match
@@ -251,6 +259,7 @@ class Controller:
         entry = await asyncio.to_thread(self.store.entry, version)
         if entry is None:
             raise NotFound(f"no version {version}", "version")
+        only(body, ("reason",))
         reason = parse_reason(body) or f"restore version {version}"
 
         def weights(route: Route) -> Weights:

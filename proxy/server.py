@@ -30,7 +30,7 @@ from .dataplane import DataPlane, LocalDataPlane
 from .metrics import Counts, GaugeSample, SplitproxyCollector
 from .report import EXPIRE_SECONDS, PERSIST_SECONDS, Reports
 from .runtime import Runtime
-from .store import Store, StoreError
+from .store import StateLock, Store, StoreError
 from .workers import WorkerError, WorkerPool
 
 log = logging.getLogger("splitproxy")
@@ -86,6 +86,7 @@ class Server:
         self.workers = workers
         self.grace = grace
         self.store: Store | None = None
+        self.state_lock: StateLock | None = None
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -116,8 +117,10 @@ class Server:
 
         self.admin_token = admin_token(self.config)
         try:
+            self.state_lock = StateLock(self.config.state.path)
             self.store = Store(self.config.state.path)
         except StoreError as exc:
+            self._release_state()
             raise StartupError(str(exc)) from None
         self.controller = Controller(self.store, self._install)
         self.config = config = await self.controller.start(self.config)
@@ -131,7 +134,11 @@ class Server:
                 healthy_upstreams=self._healthy_samples,
             )
         )
-        await self.plane.start(config)
+        try:
+            await self.plane.start(config)
+        except BaseException:
+            self._release_state()
+            raise
         await self.plane.admit_endpoints(self.reports.known_endpoints())
         self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
         try:
@@ -142,7 +149,7 @@ class Server:
             # The admin port is taken (or worse): undo what started, then say why.
             await self._admin.cleanup()
             await self.plane.stop(0, announce=False)
-            self.store.close()
+            self._release_state()
             raise
         self.admin_port = self._admin.addresses[0][1]
         self.balance = await self.plane.balance()
@@ -303,8 +310,13 @@ class Server:
                 log.error("shadow report: last batch not stored: %s", exc)
         if self._admin is not None:
             await self._admin.cleanup()
+        self._release_state()
+
+    def _release_state(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
 
 
 async def serve(

@@ -53,8 +53,10 @@ The connection is opened with ``check_same_thread=False`` and each call holds a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -241,6 +243,49 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 BUSY_TIMEOUT = 5.0
 
 _HISTORY_COLUMNS = 'version, time, route, "before", "after", actor, reason, kind'
+
+
+# ---- one proxy per file ----------------------------------------------------------------------
+
+
+class StateLock:
+    """The running proxy's hold on its state database: an exclusive ``flock`` on a ``.lock``
+    file beside it, held until ``release`` (or the process ends, ``kill -9`` included).
+
+    Two proxies on one file each installed their own weights over the other's: a change
+    acknowledged by one was undone by the next change made through the other (each
+    computes "before" from what it holds), and after a restart it was gone. SQLite's own
+    locks cover a write, not a running proxy. Readers (tests, tools) may still open the
+    database itself."""
+
+    def __init__(self, path: str | Path) -> None:
+        db = Path(path)
+        self.path = db.with_name(db.name + ".lock")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"{db}: cannot create its lock file {self.path}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"{db}: in use by another running splitproxy (pid {holder}); give each proxy its own state.path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the flock goes with the descriptor; the file stays
+            self._fd = None
 
 
 # ---- the store -------------------------------------------------------------------------------

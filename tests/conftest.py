@@ -239,6 +239,10 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     started: list[Server] = []
 
     async def start(routes: list[dict[str, Any]], **top: Any) -> RunningProxy:
+        if "state" not in top and any(s.state_lock is not None and s.state_lock.held for s in started):
+            # One running proxy per state file (StateLock): a second one at the same time
+            # gets its own, unless the test names one.
+            top["state"] = {"path": str(tmp_path / f"state-{len(started)}.db")}
         config = parse_text(config_text(tmp_path, routes, **top), "<test>")
         server = Server(config, grace=2.0)
         await server.start()

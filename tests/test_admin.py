@@ -388,6 +388,11 @@ async def test_concurrent_changes_with_the_same_if_match_let_exactly_one_through
         pytest.param(b'{"weights": {"canary": NaN}}', "weights.canary", id="nan"),
         pytest.param(b'{"weights": {"canary": Infinity}}', "weights.canary", id="infinity"),
         pytest.param(b'{"weights": {"canary": 1e12}}', "weights.canary", id="over-max"),
+        pytest.param(b'{"weights": {"canary": 1' + b"0" * 400 + b"}}", "weights.canary", id="integer-beyond-float"),
+        pytest.param(b'{"weights": {"canary": 5e-324}}', "weights.canary", id="subnormal"),
+        pytest.param(b'{"weights": {"canary": 10}, "reasn": "typo"}', "reasn", id="unknown-key"),
+        pytest.param(b'{"weights": {"canary": 10, "canary": 20}}', "body", id="repeated-key"),
+        pytest.param(b'{"weights": {"canary": 10}, "n": ' + b"9" * 5000 + b"}", "body", id="5000-digits"),
         pytest.param(b'{"weights": {"canary": 10}, "reason": 5}', "reason", id="reason-not-string"),
         pytest.param(b'{"weights": {"canary": 10}, "reason": "x\\ud800y"}', "reason", id="reason-lone-surrogate"),
         pytest.param(b"[" * 2000 + b"]" * 2000, "body", id="nested-lists-too-deep"),
@@ -417,6 +422,27 @@ async def test_bad_weights_are_400_and_change_nothing(
     assert await history(session, px.admin_url) == before
     assert (await scrape(session, px.admin_url))[("splitproxy_config_version", frozenset())] == 1
     assert await hits(session, px.url, 5) == {"stable": 5}
+
+
+async def test_weights_read_as_json_writes_them(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """QA: -0.0 was kept as such (shown as "-0 -0.0%"), and messages spelt values as Python
+    does (True, None)."""
+    px = await start_proxy([pair(*ups, 100, 10)])
+    r = await call(session, "PUT", px.admin_url + "/api/v1/routes/main/weights", raw=b'{"weights": {"canary": -0.0}}')
+    assert r.status == 200, r.body
+    assert json.dumps(r.body["route"]).count("-0") == 0
+    r = await call(session, "PUT", px.admin_url + "/api/v1/routes/main/weights", {"weights": {"canary": True}})
+    assert r.body["error"]["message"] == "must be a number, got true"
+    r = await call(
+        session,
+        "PUT",
+        px.admin_url + "/api/v1/routes/main/weights",
+        {"weights": {"canary": 1}},
+        headers={"If-Match": '"' + "9" * 5000 + '"'},
+    )
+    assert (r.status, r.body["error"]["where"]) == (400, "If-Match")
 
 
 @pytest.mark.parametrize(
@@ -895,6 +921,21 @@ async def test_non_loopback_admin_with_token_env_null_is_a_config_error(
     assert problem.where == "admin.listen"
     assert "not a loopback address, and admin.token_env is null" in problem.what
     assert problem.line is not None
+
+
+async def test_a_second_proxy_on_the_same_state_file_is_refused(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """QA: two proxies on one file each undid the other's changes (an acknowledged change
+    lost at the next one made through the other, and after a restart)."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    with pytest.raises(StartupError, match=r"in use by another running splitproxy \(pid \d+\)"):
+        await start_proxy([pair(*ups, 100, 0)], state={"path": str(px.tmp / "state.db")})
+    r = await call(session, "PUT", px.admin_url + "/api/v1/routes/main/weights", {"weights": {"canary": 5}})
+    assert r.status == 200, r.body  # the first one is untouched
+    await px.server.stop()
+    again = await start_proxy([pair(*ups, 100, 0)])  # stopped, it let go of the file
+    assert await weights(session, again.admin_url) == {"stable": 100.0, "canary": 5.0}
 
 
 async def test_protected_reads_without_a_token_are_refused(

@@ -69,6 +69,7 @@ BAD_WEIGHT_WORDS = {
     "percent": (["canary=10%"], "must be a number"),
     "nan": (["canary=nan"], "finite"),
     "inf": (["canary=inf"], "finite"),
+    "underscore": (["canary=1_000"], "must be a number"),
     "twice": (["canary=1", "canary=2"], "given twice"),
     "none": ([], "at least one"),
 }

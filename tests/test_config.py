@@ -680,6 +680,13 @@ ERRORS = [
         "must be <= 1e+06",
     ),
     (
+        "weight-subnormal",
+        BASE.replace("weight: 1", "weight: 5.0e-324"),
+        "routes[0].backends.v1.weight",
+        4,
+        "must be 0 or at least 1e-06",
+    ),
+    (
         "upstream-https",
         BASE.replace("http://127.0.0.1:8002", "https://127.0.0.1:8002"),
         "routes[0].backends.v2.upstreams[0]",
