@@ -39,6 +39,8 @@ HISTORY_SHOWN: Final = 20
 
 # Every /ui response. No script may run: default-src 'none' leaves only what is named, and
 # styles come from our own static file, never inline. frame-ancestors: not framable (clickjacking).
+MAX_INDENT: Final = 24  # levels of indentation in a pretty-printed sample body
+
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
@@ -128,7 +130,9 @@ def _json_html(value: object, target: Sequence[object] | None, level: int) -> st
     of the path while we are on it, else None) wrapped in ``<mark>``."""
     if target is not None and not target:
         return _mark(_json_html(value, None, level))
-    pad, end = "  " * (level + 1), "  " * level
+    # Indentation stops growing at MAX_INDENT levels: a body nested hundreds deep made a
+    # page of the square of its size (a 1.2 KB body, 700 KB of spaces).
+    pad, end = "  " * min(level + 1, MAX_INDENT), "  " * min(level, MAX_INDENT)
     head = target[0] if target else None
     if isinstance(value, dict) and value:
         items = []
@@ -157,11 +161,23 @@ def _exact_segments(path: str) -> tuple[object, ...] | None:
 
 
 def _mark_unique(text: str, value: str | None) -> str:
-    """``text`` escaped, with ``value`` marked if it occurs exactly once (else nothing is)."""
-    if value and text.count(value) == 1:
-        before, _, after = text.partition(value)
-        return _esc(before) + _mark(_esc(value)) + _esc(after)
-    return _esc(text)
+    """``text`` (JSON cut at the sample limit) escaped, with ``value`` marked if it occurs
+    exactly once as a JSON value (after ``:``, ``[`` or ``,``, before ``,``, ``]``, ``}``
+    or the cut): a ``5`` inside ``98765`` is not the value (else nothing is marked)."""
+    if not value:
+        return _esc(text)
+    found = [m.start() for m in re.finditer(re.escape(value), text)]
+    found = [i for i in found if _json_value_at(text, i, i + len(value))]
+    if len(found) != 1:
+        return _esc(text)
+    i = found[0]
+    return _esc(text[:i]) + _mark(_esc(value)) + _esc(text[i + len(value) :])
+
+
+def _json_value_at(text: str, start: int, end: int) -> bool:
+    before = text[:start].rstrip()
+    after = text[end:].lstrip()
+    return before[-1:] in (":", "[", ",") and (not after or after[0] in ",]}…")
 
 
 def body_html(body: str, path: str, value: str | None) -> Markup:
@@ -182,7 +198,10 @@ def body_html(body: str, path: str, value: str | None) -> Markup:
                 pass
         return Markup(_mark_unique(body, value))
     if m := _LINE_PATH.fullmatch(path):
-        lines = body.splitlines(keepends=True)
+        # Lines as the diff numbers them: only "\n" ends one (not "\r", "\f", U+2028, which
+        # str.splitlines() also breaks at: the wrong line was marked).
+        lines = [line + "\n" for line in body.split("\n")]
+        lines[-1] = lines[-1][:-1]
         n = int(m.group(1)) - 1
         if 0 <= n < len(lines):
             line = lines[n]
@@ -403,7 +422,16 @@ async def ui_redirect(request: web.Request) -> web.Response:
     raise web.HTTPPermanentRedirect("/ui/")
 
 
+async def _ui_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer under /ui carries the page's security headers, the redirect and the
+    errors (401, 405) too: a 308 without ``Cache-Control`` may be cached."""
+    if request.path == "/ui" or request.path.startswith("/ui/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
 def add_ui_routes(app: web.Application) -> None:
+    app.on_response_prepare.append(_ui_headers)
     app.router.add_get("/ui", ui_redirect)
     app.router.add_get("/ui/", ui_index)
     app.router.add_get("/ui/static/{name}", ui_static)

@@ -4,6 +4,7 @@ and the page in a real headless Chromium (no console errors, no CSP violation, n
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -66,6 +67,24 @@ CSP = (
         pytest.param("one\n", "body.line[9]", None, "one\n", id="text-line-out-of-range"),
         pytest.param("<script>x</script>", "status", "500", "&lt;script&gt;x&lt;/script&gt;", id="status"),
         pytest.param("[[1]]", "$[0][0]", "1", "[\n  [\n    <mark>1</mark>\n  ]\n]", id="nested-lists"),
+        pytest.param(
+            "page1\fpage2\nsame\nLIVE\n",
+            "body.line[3]",
+            None,
+            "page1\x0cpage2\nsame\n<mark>LIVE</mark>\n",
+            id="text-line-numbered-by-newlines-only",
+        ),
+        pytest.param(
+            "a\rb\nc\u2028d\ne\n", "body.line[2]", None, "a\rb\n<mark>c\u2028d</mark>\ne\n", id="cr-and-u2028"
+        ),
+        pytest.param(
+            '{"id": 98765, "pad": "ppp…',
+            "$.z",
+            "5",
+            '{"id": 98765, "pad": "ppp…',
+            id="cut-body-value-inside-another-is-not-it",
+        ),
+        pytest.param('{"k": [5, 6]…', "$.k[0]", "5", '{"k": [<mark>5</mark>, 6]…', id="cut-body-array-element"),
     ],
 )
 def test_body_html(body: str, path: str, value: str | None, expected: str) -> None:
@@ -80,6 +99,14 @@ def test_body_html(body: str, path: str, value: str | None, expected: str) -> No
 def test_body_html_survives_deep_nesting() -> None:
     body = "[" * 5000 + "]" * 5000
     assert str(body_html(body, "$[0]", None)).startswith("[[[")
+
+
+def test_a_deeply_nested_body_is_shown_in_linear_size() -> None:
+    """QA: 600 levels in a 1.2 KB sample made 700 KB of indentation (and a 68 MB page)."""
+    body = json.dumps({"deep": json.loads("[" * 600 + "1" + "]" * 600)})
+    html = str(body_html(body, "$.deep" + "[0]" * 600, "1"))
+    assert "<mark>1</mark>" in html
+    assert len(html) < 100 * len(body)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +234,7 @@ async def shadowed(start_upstream: StartUpstream, start_proxy: StartProxy) -> Sh
         async with s.get(f"{px.url}/page") as r:
             assert r.status == 200
             await r.read()
-        change = {"weights": {"stable": 75, "candidate": 25}, "reason": "ramp <i>up</i>"}
+        change = {"weights": {"stable": 75, "candidate": 25}, "reason": "ramp <i>up</i> " + "x" * 900}
         headers = {"X-Splitproxy-Actor": "cli:alice"}
         async with s.put(f"{px.admin_url}/api/v1/routes/shop/weights", json=change, headers=headers) as r:
             assert r.status == 200, await r.text()
@@ -291,6 +318,10 @@ async def test_ui_static_files_and_redirect(start_upstream: StartUpstream, start
     async with aiohttp.ClientSession() as s, s.get(f"{px.admin_url}/ui", allow_redirects=False) as r:
         assert r.status == 308
         assert r.headers["Location"] == "/ui/"
+        assert (r.headers["Cache-Control"], r.headers["Content-Security-Policy"]) == ("no-store", CSP)
+    async with aiohttp.ClientSession() as s, s.post(f"{px.admin_url}/ui/") as r:
+        assert r.status == 405
+        assert (r.headers["Cache-Control"], r.headers["Content-Security-Policy"]) == ("no-store", CSP)
     status, _, html = await fetch(f"{px.admin_url}/ui/")
     assert status == 200
     assert "No shadowed route." in text_of(html)
@@ -389,6 +420,8 @@ async def test_ui_in_a_real_browser(shadowed: Shadowed, browser_page: Any, tmp_p
     await expect(page.get_by_text(XSS).first).to_be_visible()
     assert await page.locator("script").count() == 0
     assert await page.evaluate("() => window.__xss") is None
+    # a 900-character reason in the history wraps: the page is no wider than the window
+    assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     await page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
 
     violations = await page.evaluate("() => window.__violations")
