@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from typing import IO
+
+log = logging.getLogger("splitproxy")
 
 FLUSH_ROWS = 512  # lines kept before writing (and at least every tick, ~0.1 s)
 # (time, client address, method, target, status, where(), seconds, bytes in, bytes out,
@@ -47,8 +50,12 @@ def where(route: str, backend: str, upstream: str) -> bytes:
     return f'"route":"{route}","backend":"{backend}","upstream":"{upstream}"'.encode()
 
 
+class AccessLogError(Exception):
+    """The access log cannot be opened; the message names ``access_log`` and the path."""
+
+
 class AccessLog:
-    __slots__ = ("_out", "_pid", "_rows", "enabled", "target")
+    __slots__ = ("_failing", "_out", "_pid", "_rows", "enabled", "target")
 
     def __init__(self, target: str) -> None:
         """``target``: ``-`` for standard output, ``off``, or a file path (appended to)."""
@@ -57,11 +64,17 @@ class AccessLog:
         self._rows: list[Row] = []
         self._pid = os.getpid()  # which worker served it, with --workers
         self._out: IO[bytes] | None = None
+        self._failing = False  # the last write failed (said once in the log, not per write)
         if target == "-":
             self._out = sys.stdout.buffer
         elif self.enabled:
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            self._out = open(target, "ab")  # noqa: SIM115  # kept open for the process's life
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+                self._out = open(target, "ab")  # noqa: SIM115  # kept open for the process's life
+            except OSError as exc:
+                raise AccessLogError(
+                    f"access_log: cannot open {target!r} for appending: {exc.strerror or exc}"
+                ) from None
 
     def request(
         self,
@@ -149,9 +162,16 @@ class AccessLog:
         try:
             self._out.write(data)
             self._out.flush()
-        except OSError:
-            # A full disk or closed pipe must not take the proxy down; lines are lost.
-            pass
+        except OSError as exc:
+            # A full disk or closed pipe must not take the proxy down; lines are lost, and
+            # the proxy's log says so once (as nginx: "write() to access log failed").
+            if not self._failing:
+                self._failing = True
+                log.error("access log %s: write failed, lines are lost until it works again: %s", self.target, exc)
+        else:
+            if self._failing:
+                self._failing = False
+                log.warning("access log %s: writing again", self.target)
 
     def close(self) -> None:
         self.flush()

@@ -273,6 +273,7 @@ class Controller:
         return await self.change(entry.route, weights, actor=actor, reason=reason, kind="restore")
 
     async def history(self, route: str | None, *, limit: int = 100, before: int | None = None) -> list[HistoryEntry]:
-        if route is not None:
-            self.route(route)
-        return await asyncio.to_thread(self.store.history, route, limit=limit, before_version=before)
+        entries = await asyncio.to_thread(self.store.history, route, limit=limit, before_version=before)
+        if route is not None and not entries and before is None:
+            self.route(route)  # 404 for a route neither configured nor in the history
+        return entries

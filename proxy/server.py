@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from . import data_plane_build, process, tasks
+from .accesslog import AccessLog, AccessLogError
 from .checker import HealthChecker, targets_from_config
 from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
@@ -87,6 +88,7 @@ class Server:
         self.grace = grace
         self.store: Store | None = None
         self.state_lock: StateLock | None = None
+        self.stopping = False
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -116,6 +118,10 @@ class Server:
         from .admin import make_admin_app
 
         self.admin_token = admin_token(self.config)
+        try:
+            AccessLog(self.config.access_log).close()  # one that cannot be opened says so now, by name
+        except AccessLogError as exc:
+            raise StartupError(str(exc)) from None
         try:
             self.state_lock = StateLock(self.config.state.path)
             self.store = Store(self.config.state.path)
@@ -258,7 +264,7 @@ class Server:
     def reload(self) -> None:
         """SIGHUP: re-read the config file in the background."""
         if not self.ready:
-            log.warning("reload: still starting; SIGHUP ignored")
+            log.warning("reload: %s; SIGHUP ignored", "stopping" if self.stopping else "still starting")
             return
         tasks.spawn(self.reload_file(), "reload")
 
@@ -273,10 +279,14 @@ class Server:
             log.error("reload of %s failed; the running config stays:\n%s", self.config_path, exc)
             return False
         old = self.config
-        fixed = [name for name in ("listen", "admin", "state") if getattr(old, name) != getattr(config, name)]
+        fixed = [
+            name for name in ("listen", "admin", "state", "access_log") if getattr(old, name) != getattr(config, name)
+        ]
         if fixed:
             log.warning("reload: %s need a restart to change; the running values stay", ", ".join(fixed))
-            config = dataclasses.replace(config, listen=old.listen, admin=old.admin, state=old.state)
+            config = dataclasses.replace(
+                config, listen=old.listen, admin=old.admin, state=old.state, access_log=old.access_log
+            )
         try:
             await self.controller.reload(config)
         except StoreError as exc:
@@ -291,6 +301,7 @@ class Server:
         """Drain the data plane (see ``LocalDataPlane.stop``), then close the admin
         listener and the state database."""
         self.ready = False
+        self.stopping = True
         if self._shadow_task is not None:
             self._shadow_task.cancel()
         if self.checker is not None:

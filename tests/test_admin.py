@@ -923,6 +923,23 @@ async def test_non_loopback_admin_with_token_env_null_is_a_config_error(
     assert problem.line is not None
 
 
+async def test_the_history_of_a_route_removed_by_a_reload_can_still_be_filtered(
+    ups: tuple[Upstream, Upstream], file_servers: FileServers, session: aiohttp.ClientSession
+) -> None:
+    """QA: ?route= of a route the config no longer has was 404, its entries still listed
+    unfiltered."""
+    gone = route("gone", prefix="/gone", stable=(ups[0], 1))
+    file_servers.write([pair(*ups, name="main"), gone])
+    px = await file_servers.start()
+    file_servers.write([pair(*ups, name="main")])
+    assert await px.server.reload_file()
+    r = await call(session, "GET", px.admin_url + "/api/v1/history?route=gone")
+    assert r.status == 200, r.body
+    assert [e["route"] for e in r.body["entries"]] == ["gone"]
+    r = await call(session, "GET", px.admin_url + "/api/v1/history?route=never")
+    assert r.status == 404
+
+
 async def test_a_second_proxy_on_the_same_state_file_is_refused(
     ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
 ) -> None:

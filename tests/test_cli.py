@@ -206,6 +206,17 @@ def test_an_admin_off_loopback_with_token_env_null_is_refused_by_check_and_run(t
 # ---- run -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("target", ["{tmp}", "/proc/version"], ids=["a-directory", "not-writable"])
+def test_an_access_log_that_cannot_be_opened_is_named(tmp_path: Path, target: str) -> None:
+    """QA: it was "cannot listen: [Errno 21] Is a directory" (exit 1)."""
+    path = small_config(tmp_path)
+    path.write_text(path.read_text().replace('access_log: "off"', f'access_log: "{target.format(tmp=tmp_path)}"'))
+    result = cli("run", "-c", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("splitproxy: access_log: cannot open"), result.stderr
+    assert "listen" not in result.stderr
+
+
 def test_run_refuses_a_bad_config_without_starting(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)

@@ -205,3 +205,31 @@ async def test_1gib_download_streams_with_flat_rss(tmp_path: Path, proxy_process
         server.close()
     assert received == GIB
     assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {(peak - baseline) // 1024} MiB"
+
+
+async def test_access_log_write_failures_and_changes_are_logged(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA: writes to a full disk lost the access log's lines without a word (nginx logs
+    "write() to access log failed"); a reload that changed access_log was silently not
+    applied."""
+    up = await start_upstream()
+    px: ProxyProcess = await proxy_process(write_config(tmp_path, [route(stable=up)], access_log="/dev/full"))
+    async with aiohttp.ClientSession() as s:
+        for path in ("/a", "/b", "/c"):
+            async with s.get(px.url + path) as r:
+                assert r.status == 200
+        line = await px.wait_for("access log /dev/full: write failed")
+        assert "No space left on device" in line
+        for path in ("/d", "/e"):  # more lost lines: not one log line each
+            async with s.get(px.url + path) as r:
+                assert r.status == 200
+        mark = len(px.lines)
+        write_config(tmp_path, [route(stable=up)], access_log=str(tmp_path / "other.log"))
+        px.signal(signal.SIGHUP)
+        restart = await px.wait_for("need a restart", after=mark)
+        assert "access_log" in restart
+        async with s.get(px.url + "/f") as r:
+            assert r.status == 200
+    assert sum("write failed" in ln for ln in px.lines) == 1
+    assert not (tmp_path / "other.log").exists()
