@@ -35,6 +35,12 @@ class ControlError(Exception):
         return {"error": error}
 
 
+class NotConfirmed(ControlError):
+    """A change recorded (and so in force from now on) that a worker did not confirm."""
+
+    status = 503
+
+
 class BadRequest(ControlError):
     status = 400
 
@@ -226,9 +232,18 @@ class Controller:
                 self.store.record, route_name, before, after, actor=actor, reason=reason, kind=kind
             )
             config = with_route_weights(self.current, {route_name: after})
-            await self._install(config)
+            # Recorded, the change is the state of record: what the API, the metrics and a
+            # replaced worker go by, whether or not every worker confirms it below (they
+            # used to keep the weights before it while the workers served it).
             self.config = config
             self._note([entry])
+            try:
+                await self._install(config)
+            except Exception as exc:
+                raise NotConfirmed(
+                    f"version {entry.version} is recorded and in force where a worker confirmed it, "
+                    f"but not every worker did: {exc}"
+                ) from exc
             return entry
 
     async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:

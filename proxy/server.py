@@ -205,11 +205,12 @@ class Server:
         await asyncio.to_thread(self.reports.clear, route)
 
     async def _install(self, config: Config) -> None:
-        """Put a config in force (called by the controller, after recording the change)."""
-        await self.plane.install(config)
+        """Put a config in force (called by the controller, after recording the change): the
+        state of record from here on, even if a worker fails to confirm it."""
         self.config = config
         if self.checker is not None:
             self.checker.update(targets_from_config(config))
+        await self.plane.install(config)
 
     # -- views for the admin API -----------------------------------------------------------
 

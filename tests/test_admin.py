@@ -940,6 +940,37 @@ async def test_the_history_of_a_route_removed_by_a_reload_can_still_be_filtered(
     assert r.status == 404
 
 
+async def test_a_change_a_worker_fails_to_confirm_is_503_and_still_the_state_of_record(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """QA (--workers 2, a worker killed as a change came in): 500, and then the API and the
+    metrics showed the weights before the change while history and every worker (the
+    replacement too) had the change. The install step is made to fail here as a dead
+    worker's does (WorkerError); the race itself cannot be timed in a test."""
+    from proxy.workers import WorkerError
+
+    px = await start_proxy([pair(*ups, 100, 0)])
+    plane = px.server.plane
+    real_install = plane.install
+
+    async def dead_worker(config: Any) -> None:
+        await real_install(config)  # the surviving worker took it
+        raise WorkerError("worker 1 is not running")
+
+    plane.install = dead_worker  # type: ignore[method-assign]
+    r = await call(session, "POST", px.admin_url + "/api/v1/routes/main/promote", {"backend": "canary"})
+    assert r.status == 503, r.body
+    assert "version 2 is recorded" in r.body["error"]["message"]
+    plane.install = real_install  # type: ignore[method-assign]
+    assert await weights(session, px.admin_url) == {"stable": 0.0, "canary": 100.0}
+    (latest, *_) = await history(session, px.admin_url)
+    assert (latest["version"], latest["after"]) == (2, {"stable": 0.0, "canary": 100.0})
+    samples = await scrape(session, px.admin_url)
+    assert value(samples, "splitproxy_backend_weight", route="main", backend="canary") == 100
+    assert samples[("splitproxy_config_version", frozenset())] == 2
+    assert await hits(session, px.url, 5) == {"canary": 5}
+
+
 async def test_a_second_proxy_on_the_same_state_file_is_refused(
     ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
 ) -> None:
