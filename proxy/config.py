@@ -456,7 +456,7 @@ def _field_path(example: str) -> Convert[str]:
         try:
             parse_field_path(text)
         except ValueError as err:
-            raise ValueError(f"{err} (e.g. {example!r})") from None
+            raise ValueError(str(err) if "e.g." in str(err) else f"{err} (e.g. {example!r})") from None
         return text
 
     return convert
@@ -828,8 +828,12 @@ def parse_text(text: str, source: str = "<config>") -> Config:
             what += f" ({e.context})"
         line = None if mark is None else int(mark.line) + 1
         raise ConfigError([Problem("<yaml>", what, line)], source) from None
-    except yaml.YAMLError as e:  # e.g. a control character the reader refuses
-        raise ConfigError([Problem("<yaml>", str(e))], source) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow: its line, one line
+        line = text.count("\n", 0, e.position) + 1
+        what = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise ConfigError([Problem("<yaml>", f"the character {what} is not allowed in YAML", line)], source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([Problem("<yaml>", " ".join(str(e).split()))], source) from None
     ctx = _Context()
     top: _Map | None = _Map(ctx, "", 1, present=False)  # an empty file
     if root is not None and not _At(ctx, "", root).is_null:
@@ -970,7 +974,9 @@ def _route(m: _Map, match: Match) -> Route:
     baseline = m.get("baseline", _backend_of(names), names[0] if names else "")
 
     s = m.section("sticky", ("by", "name", "max_age"))
+    before = s.problem_count
     by: StickyBy = s.get("by", _sticky_by, "none")
+    by_given = s.problem_count == before  # else "none" stands in for a bad one: no more about it
     key_name: str | None = None
     if by == "cookie":
         key_name = s.get("name", _cookie_name, f"sp_{name}")
@@ -978,7 +984,7 @@ def _route(m: _Map, match: Match) -> Route:
         key_name = s.need("name", _header_name)
     elif by == "query":
         key_name = s.need("name", _query_name)
-    elif s.take("name") is not None:
+    elif s.take("name") is not None and by_given:
         s.fail("name", f"is not used with by: {by}; remove it")
     sticky = Sticky(by=by, name=key_name, max_age=s.get("max_age", _duration, 86400.0))
 
