@@ -185,11 +185,12 @@ class Balancer:
         if is_down and not was_down:
             self.down.add(id(bh.backend))
             baseline = bh.route.backends[bh.route.baseline].name
+            if baseline == bh.backend.name:
+                where = "it is the baseline: its instances are all tried anyway"
+            else:
+                where = f"its traffic goes to the baseline {baseline} (unless that is down too)"
             log.warning(
-                "failover: route %s, backend %s has no healthy instance; its traffic goes to the baseline %s",
-                bh.route.name,
-                bh.backend.name,
-                baseline,
+                "failover: route %s, backend %s has no healthy instance; %s", bh.route.name, bh.backend.name, where
             )
         elif was_down and not is_down:
             self.down.discard(id(bh.backend))
