@@ -463,8 +463,15 @@ def _field_lines(fields: list[tuple[str, Mapping[str, Any]]], width: int) -> lis
 
 
 def _values_text(live: str, shadow: str, room: int) -> str:
-    """``live → shadow`` in ``room`` columns: a short value is kept whole, the other clipped."""
+    """``live → shadow`` in ``room`` columns: a short value is kept whole, the other clipped.
+    Two long values alike at the start are shown from a little before where they differ (cut
+    from the start, 5000 ``W`` against 5001 showed the same text twice)."""
     room -= len(" → ")
+    shorter = min(len(live), len(shadow))
+    common = next((i for i in range(shorter) if live[i] != shadow[i]), shorter)
+    if live != shadow and shorter > room // 2 and common > room // 2 - 12:
+        start = common - 8
+        live, shadow = "…" + live[start:], "…" + shadow[start:]
     short = min(len(live), len(shadow), room // 2)
     live = clip_end(live, room - min(len(shadow), room - short))
     return f"{live} → {clip_end(shadow, room - len(live))}"

@@ -187,6 +187,30 @@ def test_a_long_sample_puts_its_values_on_a_second_line_clipped() -> None:
     assert len(second) == 80
 
 
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        ('"' + "W" * 5000 + '"', '"' + "W" * 5001 + '"'),
+        ('"' + "a" * 50 + "X" + "b" * 40 + '"', '"' + "a" * 50 + "Y" + "b" * 40 + '"'),
+    ],
+    ids=["longer", "one-character-far-in"],
+)
+def test_two_long_values_alike_at_the_start_are_shown_where_they_differ(live: str, shadow: str) -> None:
+    """QA: both were cut from their start, so the line showed the same text twice."""
+    sample = {
+        "request": "GET /x",
+        "path": "$.w",
+        "live": live,
+        "shadow": shadow,
+        "live_status": 200,
+        "shadow_status": 200,
+    }
+    _, second = sample_lines(sample, 80)
+    shown_live, shown_shadow = second.strip().split(" → ")
+    assert shown_live != shown_shadow
+    assert len(second) <= 80
+
+
 # ---- running the command ---------------------------------------------------------------------
 
 
