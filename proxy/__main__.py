@@ -132,7 +132,8 @@ def _call_admin(args: argparse.Namespace, call: Call, render: Callable[[dict[str
         # into a traceback after the change has been made.
         sys.stdout.reconfigure(errors="replace")
     try:
-        answer = call(client_from(args.admin, timeout=args.timeout, environ=os.environ))
+        client = client_from(args.admin, timeout=args.timeout, environ=os.environ)
+        answer = call(client)
     except ClientError as exc:
         print(f"splitproxy: {exc.message}", file=sys.stderr)
         return exc.exit_code
@@ -140,7 +141,11 @@ def _call_admin(args: argparse.Namespace, call: Call, render: Callable[[dict[str
         text = json.dumps(answer, indent=2) if args.json else render(answer)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # A newer or older admin API with another shape: say so instead of a traceback.
-        print(f"splitproxy: unexpected answer from the admin API ({exc!r}); --json shows it as sent", file=sys.stderr)
+        print(
+            f"splitproxy: {client.base_url} answered, but not as splitproxy's admin API does"
+            f" ({exc!r}): is it the admin listener (admin.listen), not the proxy's? --json shows the answer",
+            file=sys.stderr,
+        )
         return 1
     try:
         print(text)

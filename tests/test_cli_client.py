@@ -37,7 +37,7 @@ from proxy.client import (
     weights_change_text,
 )
 
-from .conftest import SPLITPROXY, ProxyProcess, StartProcess, config_text, route
+from .conftest import SPLITPROXY, ProxyProcess, StartProcess, StartUpstream, config_text, route
 
 TOKEN = "s3cret-for-tests"
 HINT = "(is `splitproxy run` running? set --admin or SPLITPROXY_ADMIN)"
@@ -824,3 +824,12 @@ async def test_top_level_help_lists_the_client_commands() -> None:
     assert result.code == 0
     for command in CLIENT_COMMANDS:
         assert re.search(rf"^    {command} ", result.out, re.MULTILINE), (command, result.out)
+
+
+async def test_a_client_pointed_at_something_else_says_what_to_check(start_upstream: StartUpstream) -> None:
+    """QA: `status --admin <the proxy's port>` said "unexpected answer (KeyError('backends'))"."""
+    up = await start_upstream()  # a JSON-answering HTTP server, not an admin API
+    result = await splitproxy("status", admin=up.url)
+    assert result.code == 1
+    assert result.err.startswith(f"splitproxy: {up.url} answered, but not as splitproxy's admin API does")
+    assert "is it the admin listener (admin.listen)" in result.err
