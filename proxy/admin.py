@@ -112,7 +112,8 @@ async def browser_guard(request: web.Request, handler: Handler) -> web.StreamRes
     """
     host = request.headers.get("Host", "")
     if (
-        request.app[SERVER_KEY].admin_token is None
+        host  # a browser always sends one; an HTTP/1.0 tool may not
+        and request.app[SERVER_KEY].admin_token is None
         and request.path not in _OPEN_PATHS
         and not _is_ip_or_localhost(host)
     ):

@@ -803,6 +803,13 @@ async def test_a_change_from_this_listeners_own_origin_passes(
     assert await weights(session, px.admin_url) == {"stable": 0.0, "canary": 100.0}
 
 
+async def test_a_read_without_host_is_answered(ups: tuple[Upstream, Upstream], start_proxy: StartProxy) -> None:
+    """An HTTP/1.0 tool may send no Host at all; only a browser's Host is rebinding's concern."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    (resp,) = await raw_exchange(px.server.admin_port, b"GET /api/v1/routes HTTP/1.0\r\n\r\n")
+    assert resp.status == 200
+
+
 @pytest.mark.parametrize(
     ("token", "authorization", "status"),
     [
