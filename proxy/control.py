@@ -247,8 +247,7 @@ class Controller:
             return entry
 
     async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
-        only(body, ("weights", "reason"))
-        reason = parse_reason(body)
+        reason = parse_reason(body)  # and parse_weights refuses keys other than these two
         return await self.change(
             route, lambda r: parse_weights(r, body), actor=actor, reason=reason, kind="set", if_match=if_match
         )

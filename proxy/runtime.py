@@ -217,7 +217,7 @@ class Runtime:
                         conn.last_io = now
                     else:
                         conn.transport.abort()
-                elif ex.conn is not None:
+                elif ex.conn is not None and not ex.conn.finished:
                     ex.conn.timed_out()  # a time-out of the upstream's, counted as one
                 else:
                     conn.transport.abort()
