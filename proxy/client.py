@@ -20,6 +20,7 @@ import ipaddress
 import json
 import math
 import textwrap
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -157,18 +158,34 @@ def login_name() -> str | None:
 # ---- rendering (pure) ------------------------------------------------------------------------
 
 
+def cols(text: str) -> int:
+    """The terminal columns ``text`` takes: East Asian wide and fullwidth characters two,
+    combining marks none (``len`` counted CJK text half its width: tables out of line)."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_cols(ch) for ch in text)
+
+
+def _char_cols(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _pad(text: str, width: int, left: bool) -> str:
+    fill = " " * max(0, width - cols(text))
+    return text + fill if left else fill + text
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str, indent: str = "") -> list[str]:
     """Plain aligned columns, two spaces apart; ``align`` has one ``<`` (left) or ``>``
     (right) per column; headers of right-aligned columns are right-aligned too. Cells come
     from the API: control characters in them are shown as escapes (``_one_line``)."""
     body = [[_one_line(c) for c in r] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *body, strict=True)]
+    widths = [max(cols(str(c)) for c in col) for col in zip(headers, *body, strict=True)]
     lines = []
     for cells in [list(headers), *body]:
-        parts = [
-            cell.ljust(width) if a == "<" else cell.rjust(width)
-            for cell, width, a in zip(cells, widths, align, strict=True)
-        ]
+        parts = [_pad(cell, width, a == "<") for cell, width, a in zip(cells, widths, align, strict=True)]
         lines.append((indent + "  ".join(parts)).rstrip())
     return lines
 
@@ -304,7 +321,7 @@ def render_history(answer: Mapping[str, Any], width: int = 80) -> str:
     ]
     wide = ["VERSION", "TIME (UTC)", "ROUTE", "WEIGHTS BEFORE→AFTER", "ACTOR", "KIND", "REASON"]
     lines = table(wide, [[f[h] for h in wide] for f in fields], "><<<<<<")
-    if max(len(line) for line in lines) <= width:
+    if max(cols(line) for line in lines) <= width:
         return "\n".join(lines)
 
     narrow = ["VERSION", "TIME (UTC)", "ROUTE", "KIND", "ACTOR"]
@@ -382,17 +399,30 @@ def latency_text(latency: object) -> str:
 
 def clip_middle(text: str, width: int) -> str:
     """``$.data[*].attributes.colour`` → ``$.data[*…s.colour``: both ends of a path matter."""
-    if len(text) <= width:
+    if cols(text) <= width:
         return text
     if width <= 1:
         return "…"[:width]
     head = (width - 1) // 2
     tail = width - 1 - head
-    return text[:head] + "…" + (text[-tail:] if tail else "")
+    end = _fit(text[::-1], tail)[::-1] if tail else ""
+    return _fit(text, head) + "…" + end
 
 
 def clip_end(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    return text if cols(text) <= width else _fit(text, max(0, width - 1)) + "…"
+
+
+def _fit(text: str, width: int) -> str:
+    """The longest start of ``text`` that takes at most ``width`` columns."""
+    if text.isascii():
+        return text[:width]
+    used = 0
+    for i, ch in enumerate(text):
+        used += _char_cols(ch)
+        if used > width:
+            return text[:i]
+    return text
 
 
 def _one_line(text: str) -> str:
@@ -457,7 +487,7 @@ def _field_lines(fields: list[tuple[str, Mapping[str, Any]]], width: int) -> lis
     if not fields:
         return []
     rest = table([""] * 7, [_field_cells("", f) for _, f in fields], FIELD_ALIGN, indent=FIELD_INDENT)
-    room = max(MIN_KEY_WIDTH, width - max(len(line) for line in rest))
+    room = max(MIN_KEY_WIDTH, width - max(cols(line) for line in rest))
     rows = [_field_cells(clip_middle(_one_line(k), room), f) for k, f in fields]
     return table([""] * 7, rows, FIELD_ALIGN, indent=FIELD_INDENT)[1:]
 
@@ -472,9 +502,9 @@ def _values_text(live: str, shadow: str, room: int) -> str:
     if live != shadow and shorter > room // 2 and common > room // 2 - 12:
         start = common - 8
         live, shadow = "…" + live[start:], "…" + shadow[start:]
-    short = min(len(live), len(shadow), room // 2)
-    live = clip_end(live, room - min(len(shadow), room - short))
-    return f"{live} → {clip_end(shadow, room - len(live))}"
+    short = min(cols(live), cols(shadow), room // 2)
+    live = clip_end(live, room - min(cols(shadow), room - short))
+    return f"{live} → {clip_end(shadow, room - cols(live))}"
 
 
 def sample_lines(sample: Mapping[str, Any], width: int = 80) -> list[str]:
@@ -487,7 +517,7 @@ def sample_lines(sample: Mapping[str, Any], width: int = 80) -> list[str]:
     statuses = f"{count_text(sample.get('live_status'))}→{count_text(sample.get('shadow_status'))}"
     where = f"{_one_line(str(sample.get('request', '?')))}  {statuses}  {_one_line(str(sample.get('path', '?')))}"
     one = f"{SAMPLE_INDENT}{where}: {live} → {shadow}"
-    if len(one) <= width:
+    if cols(one) <= width:
         return [one]
     second = SAMPLE_INDENT + "  "
     return [
@@ -536,7 +566,7 @@ def report_route_lines(r: Mapping[str, Any], width: int = 80, *, samples: bool =
         for name, ep in endpoints.items()
     ]
     heads = table(headers, rows, "<>>>>>", indent="  ")
-    names_apart = max(len(line) for line in heads) > width
+    names_apart = max(cols(line) for line in heads) > width
     if names_apart:  # long endpoint names: each on its own line, the numbers under it
         heads = table(headers[1:], [row[1:] for row in rows], ">>>>>", indent="    ")
     lines += ["", heads[0]]

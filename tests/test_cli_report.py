@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.client import clip_middle, latency_text, render_cleared, render_report, sample_lines
+from proxy.client import clip_end, clip_middle, cols, latency_text, render_cleared, render_report, sample_lines, table
 
 from .conftest import ProxyProcess, StartProcess, StartUpstream, Upstream, config_text, route
 from .test_cli_client import CLIENT_ENV, Result
@@ -209,6 +209,26 @@ def test_two_long_values_alike_at_the_start_are_shown_where_they_differ(live: st
     shown_live, shown_shadow = second.strip().split(" → ")
     assert shown_live != shown_shadow
     assert len(second) <= 80
+
+
+def test_wide_characters_are_measured_in_columns() -> None:
+    """QA: CJK text was counted as one column a character: tables out of line, and a sample
+    line of 142 columns at COLUMNS=80."""
+    lines = table(["NAME", "N"], [["日本語のエンドポイント", "1"], ["ascii", "22"]], "<>")
+    assert len({cols(line) for line in lines}) == 1  # the right-aligned column lines up
+    sample = {
+        "request": "GET /商品/一覧",
+        "path": "$.名前",
+        "live": '"' + "価格" * 40 + '"',
+        "shadow": '"' + "値段" * 40 + '"',
+        "live_status": 200,
+        "shadow_status": 200,
+    }
+    for line in sample_lines(sample, 80):
+        assert cols(line) <= 80, (cols(line), line)
+    assert cols("日本") == 4
+    assert cols("e\u0301") == 1  # a combining accent takes no column
+    assert clip_end("日本語", 5) == "日本…"
 
 
 # ---- running the command ---------------------------------------------------------------------
