@@ -64,6 +64,11 @@ class Balancer:
         self.now = now
         self._on_event = on_event  # (metric, labels): ejections and failovers are counted
         self.cycles: dict[int, Iterator[UpstreamPool]] = {}
+        # The same round-robin for mirror and replay legs, on a cursor of their own: sharing
+        # the live one, a replay after every live request sent every live request of a
+        # two-instance backend to the same instance.
+        self.mirror_cycles: dict[int, Iterator[UpstreamPool]] = {}
+        self.current: dict[tuple[str, str], int] = {}  # (route, backend) -> id(BackendPlan) now
         self.down: set[int] = set()  # id(BackendPlan) of backends with no instance passing
         self.backends: dict[int, BackendHealth] = {}
         self.active_down: frozenset[Key] = frozenset()
@@ -101,13 +106,16 @@ class Balancer:
                     failing=any(o.failures for o in outliers),
                 )
         cycles: dict[int, Iterator[UpstreamPool]] = {}
+        mirror_cycles: dict[int, Iterator[UpstreamPool]] = {}
         down: set[int] = set()
         for bh in backends.values():
             pools, is_down = self._serving(bh)
             cycles[id(bh.backend)] = itertools.cycle(pools)
+            mirror_cycles[id(bh.backend)] = itertools.cycle(pools)
             if is_down:
                 down.add(id(bh.backend))
-        self.backends, self.cycles, self.down = backends, cycles, down
+        self.backends, self.cycles, self.mirror_cycles, self.down = backends, cycles, mirror_cycles, down
+        self.current = {bh.key: id(bh.backend) for bh in backends.values()}
         self.failing = {id(bh.backend) for bh in backends.values() if bh.failing}
         self._plan_next_change()
 
@@ -181,6 +189,7 @@ class Balancer:
     def _rebuild(self, bh: BackendHealth) -> None:
         pools, is_down = self._serving(bh)
         self.cycles[id(bh.backend)] = itertools.cycle(pools)
+        self.mirror_cycles[id(bh.backend)] = itertools.cycle(pools)
         was_down = id(bh.backend) in self.down
         if is_down and not was_down:
             self.down.add(id(bh.backend))

@@ -768,9 +768,10 @@ class ClientConnection(asyncio.Protocol):
                 self.rt.counts.count("splitproxy_failovers", (plan.name, backend.name))
                 ex.backend = backend = baseline
         failed = ex.pool
-        pool = self.rt.next_pool(backend)
+        pool = self.rt.next_pool(plan.name, backend) or failed
         if pool is failed and len(backend.upstreams) > 1:
-            pool = self.rt.next_pool(backend)  # another instance, when there is one
+            pool = self.rt.next_pool(plan.name, backend) or failed  # another instance, when there is one
+        assert pool is not None
         ex.pool = pool
         if ex.pending is None:
             ex.pending = []  # no body was buffered: the request is its head alone

@@ -94,9 +94,20 @@ class Runtime:
 
     # -- per request ----------------------------------------------------------------------
 
-    def next_pool(self, backend: BackendPlan) -> UpstreamPool:
-        """Round-robin over the backend's instances that take traffic (see ``balancer``)."""
-        return next(self.balancer.cycles[id(backend)])
+    def next_pool(self, route: str, backend: BackendPlan, *, mirror: bool = False) -> UpstreamPool | None:
+        """Round-robin over the backend's instances that take traffic (see ``balancer``);
+        ``mirror``: for a mirror or replay leg, on a cursor of its own. ``backend`` may be
+        of a plan a reload or weight change has since replaced (a mirror launched once its
+        request's body ended, a retry): then the backend of that name now, None if the
+        route has none (it was a KeyError: the live request got no answer)."""
+        cycles = self.balancer.mirror_cycles if mirror else self.balancer.cycles
+        cycle = cycles.get(id(backend))
+        if cycle is None:
+            now = self.balancer.current.get((route, backend.name))
+            if now is None:
+                return None
+            cycle = cycles[now]
+        return next(cycle)
 
     @staticmethod
     def new_sticky_key() -> bytes:

@@ -446,7 +446,11 @@ class ShadowManager:
         head = self._head(ex, mirror)
         target = plan.route.backend(shadow.backend)
         backend_plan = next(b for b in plan.backends if b.name == target.name)
-        legs = [ShadowLeg(mirror, "shadow", self.rt.next_pool(backend_plan), head)]
+        pool = self.rt.next_pool(plan.name, backend_plan, mirror=True)
+        if pool is None:  # a reload took the shadow backend away while the body was coming
+            self.cancel(mirror, ERROR)
+            return
+        legs = [ShadowLeg(mirror, "shadow", pool, head)]
         if ex.method in SAFE_METHODS and shadow.noise.percent > 0 and self.rt.random() * 100 < shadow.noise.percent:
             legs.append(ShadowLeg(mirror, "replay", self._replay_pool(ex), head))
         mirror.legs = legs
@@ -470,8 +474,11 @@ class ShadowManager:
         of one version is noise too), else the same."""
         assert ex.backend is not None
         assert ex.pool is not None
+        route = ex.plan.name if ex.plan is not None else ""
         for _ in range(len(ex.backend.upstreams)):
-            pool = self.rt.next_pool(ex.backend)
+            pool = self.rt.next_pool(route, ex.backend, mirror=True)
+            if pool is None:
+                break
             if pool is not ex.pool:
                 return pool
         return ex.pool

@@ -807,3 +807,58 @@ async def test_the_endpoint_cap_holds_across_restarts(tmp_path: Path, start_upst
     assert "GET /new/x" not in again
     assert again["GET {other}"]["compared"] == 2
     assert again["GET /e7/x"]["compared"] == 2
+
+
+async def test_a_mirrored_upload_that_ends_after_a_weight_change_is_answered_and_mirrored(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: a mirror is launched once its request's body is whole, on the plan of when the
+    request came; a weight change (or reload) meanwhile replaced the plan, the lookup of its
+    backend raised, and the live POST, already upstream, got no answer at all."""
+    live = await start_upstream("live")
+    shadow = await start_upstream("shadow")
+    canary = await start_upstream("canary")
+    r = route(stable=(live, 100), candidate=(shadow, 0), canary=(canary, 0))
+    r["shadow"] = {"backend": "candidate", "methods": ["POST"], "max_body": 100, "noise": {"percent": 0}}
+    px = await start_proxy([r])
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    try:
+        writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        await writer.drain()
+        async with aiohttp.ClientSession() as s:  # the head is routed meanwhile, on this loop
+            change = {"weights": {"canary": 1}}
+            async with s.put(f"{px.admin_url}/api/v1/routes/main/weights", json=change) as resp:
+                assert resp.status == 200, await resp.text()
+        writer.write(b"world")
+        async with asyncio.timeout(5):
+            answer = await read_response(reader)
+    finally:
+        writer.close()
+    assert answer.status == 200
+    await wait_outcome(px, "compared", 1)
+    await wait_seen(shadow)
+    assert shadow.seen[0]["body_len"] == 10
+
+
+async def test_mirror_and_replay_legs_leave_the_live_round_robin_alone(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: the legs took their instance from the live requests' round-robin, so with a
+    replay after every live request, every live request of a two-instance backend went to
+    the same instance (and every replay to the other)."""
+    a, b = await start_upstream("a"), await start_upstream("b")
+    shadow = await start_upstream("shadow")
+    r = route(stable=([a, b], 100), candidate=(shadow, 0))
+    r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
+    px = await start_proxy([r])
+    async with aiohttp.ClientSession() as s:
+        for i in range(20):
+            async with s.get(f"{px.url}/item/{i}") as resp:
+                assert resp.status == 200
+                await resp.read()
+    await wait_outcome(px, "compared", 20)
+
+    def live_hits(up: Upstream) -> int:
+        return sum(1 for seen in up.seen if "x-shadow-request" not in {k.lower() for k, _ in seen["headers"]})
+
+    assert (live_hits(a), live_hits(b)) == (10, 10)
