@@ -10,6 +10,17 @@ from __future__ import annotations
 class UpstreamError(Exception):
     status = 502
     reason = "reset"
+    local = False  # the proxy's own failure, not the upstream's: nothing is charged to it
+
+
+class ProxyOutOfResources(UpstreamError):
+    """No socket for the connection: the proxy's file descriptors (or the system's, or its
+    memory for buffers) ran out. The upstream did nothing wrong: neither counted as its
+    error nor towards ejecting it (it took healthy instances out), and not retried."""
+
+    status = 503
+    reason = "connect"
+    local = True
 
 
 class UpstreamConnectError(UpstreamError):

@@ -554,8 +554,9 @@ class ClientConnection(asyncio.Protocol):
             conn = await pool.connect(self.rt.connect_timeout)
         except UpstreamError as err:
             if self.active is ex and not self.closed:
-                # Nothing of the request reached any upstream: any method may go elsewhere.
-                self.upstream_failed(ex, err, retryable=True, sent=False)
+                # Nothing of the request reached any upstream: any method may go elsewhere
+                # (not when the proxy itself is out of sockets: a retry needs one too).
+                self.upstream_failed(ex, err, retryable=not err.local, sent=False)
             return
         if self.active is ex and not self.closed:
             conn.reused = False
@@ -735,7 +736,13 @@ class ClientConnection(asyncio.Protocol):
             return
         route = ex.plan.name if ex.plan else "-"
         backend = ex.backend.name if ex.backend else "-"
-        what = "upstream timed out" if err.status == 504 else "upstream unavailable"
+        what = (
+            "upstream timed out"
+            if err.status == 504
+            else "proxy out of sockets"
+            if err.local
+            else "upstream unavailable"
+        )
         self._local(ex, err.status, f"{what}: route {route}, backend {backend}")
 
     def _may_retry(self, ex: Exchange, sent: bool) -> bool:

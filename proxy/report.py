@@ -87,8 +87,16 @@ class Reports:
         for route, names in dirty.items():
             endpoints = self.routes[route].endpoints if route in self.routes else {}
             rows[route] = {name: endpoints[name].to_dict() for name in names if name in endpoints}
-        self.store.save_shadow_endpoints(rows)
-        self.last_persist = time.monotonic()
+        try:
+            self.store.save_shadow_endpoints(rows)
+        except BaseException:
+            # Still to be written: with the next turn (or at shutdown), not only when those
+            # endpoints next change (a locked database lost comparisons for good).
+            for route, names in dirty.items():
+                self._dirty.setdefault(route, set()).update(names)
+            raise
+        finally:
+            self.last_persist = time.monotonic()  # a failing database is tried again in PERSIST_SECONDS
         return self.expire()
 
     def expire(self) -> list[tuple[str, str]]:

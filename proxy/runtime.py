@@ -49,6 +49,7 @@ class Runtime:
         # millisecond resolution, too coarse for a proxy's latency histograms.
         self.now = time.monotonic
         self.clock = self.now()  # coarse clock for idle checks, advanced by tick()
+        self._local_logged = -1e9  # when the proxy's own shortage of sockets was last logged
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
@@ -170,6 +171,14 @@ class Runtime:
 
     def upstream_error(self, ex: Exchange, err: UpstreamError) -> None:
         plan, backend = ex.plan, ex.backend
+        if err.local:  # the proxy's own shortage: said once a second at most, nothing charged
+            now = self.now()
+            if now - self._local_logged >= 1.0:
+                self._local_logged = now
+                log.error(
+                    "%s (route=%s): requests fail with 503 until sockets free up", err, plan.name if plan else "-"
+                )
+            return
         log.warning(
             "upstream error: route=%s backend=%s upstream=%s reason=%s: %s",
             plan.name if plan else "-",

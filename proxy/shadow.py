@@ -187,7 +187,8 @@ class ShadowLeg:
         try:
             conn = await self.pool.connect(min(self.rt.connect_timeout, self.mirror.timeout))
         except UpstreamError as err:
-            self.mirror.manager.failed(self.pool, refused=True)
+            if not err.local:  # the proxy out of sockets: no reason to back off the shadow
+                self.mirror.manager.failed(self.pool, refused=True)
             self._end(TIMEOUT if isinstance(err, UpstreamTimeout) else ERROR)
             return
         if self.done:

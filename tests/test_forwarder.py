@@ -7,6 +7,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import os
 import socket
 import sys
 import time
@@ -1150,3 +1151,43 @@ async def test_answers_cut_mid_body_eject_the_instance(start_upstream: StartUpst
     assert counts.upstream_errors == {("main", "stable", "reset"): 3}
     assert sum(counts.extra_counters.get("splitproxy_outlier_ejections", {}).values()) == 1
     assert good.hits == 9
+
+
+async def test_the_proxy_out_of_sockets_is_not_the_upstreams_fault(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: with the proxy at its file-descriptor limit, every connect failed EMFILE and was
+    charged to the (healthy) upstream as a connect error: retried, and ejected for 30 s."""
+    import resource
+
+    a, b = await start_upstream("a"), await start_upstream("b")
+    rb = route("b", prefix="/b", stable=[b])
+    rb["outlier_detection"] = {"consecutive_failures": 1}
+    px = await start_proxy([route("a", prefix="/", stable=a), rb])
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")  # accepted, and a's connection made
+        assert (await read_response(reader)).status == 200
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
+        spare: list[int] = []
+        try:
+            with contextlib.suppress(OSError):
+                while True:  # take every descriptor left: none to spare
+                    spare.append(os.dup(0))
+            writer.write(b"GET /b/1 HTTP/1.1\r\nHost: x\r\n\r\n")  # b's first: a new connection
+            answer = await read_response(reader)
+        finally:
+            for fd in spare:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert answer.status == 503
+        assert b"proxy out of sockets" in answer.body
+        writer.write(b"GET /b/2 HTTP/1.1\r\nHost: x\r\n\r\n")  # sockets again: b serves, never ejected
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
+    counts = px.server.runtime.counts
+    assert counts.upstream_errors == {}
+    assert counts.extra_counters.get("splitproxy_outlier_ejections", {}) == {}
+    assert counts.extra_counters.get("splitproxy_retries", {}) == {}

@@ -466,6 +466,47 @@ def test_shadow_retention_drops_old_endpoints_then_the_least_recent_beyond_max_r
         assert store.prune_shadow(max_age=7 * day, max_rows=2) == []
 
 
+def test_a_report_write_that_fails_is_tried_again_without_new_traffic(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: a write refused by a locked database dropped the changed endpoints' marks, so
+    those comparisons were stored only if their endpoints got traffic again (lost at
+    shutdown otherwise)."""
+    from proxy import store as store_module
+    from proxy.diffing import Captured, RouteStats, compare
+    from proxy.report import Reports
+
+    from .test_diffing import NOISE
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.05)  # the lock below is not let go
+    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
+    batch = RouteStats()
+    batch.record(
+        "GET /x",
+        compare(live, shadow),
+        live=live,
+        shadow=shadow,
+        request="GET /x",
+        live_seconds=0.01,
+        shadow_seconds=0.01,
+        point=0.5,
+        noise=NOISE,
+    )
+    with Store(db) as store:
+        reports = Reports(store)
+        reports.absorb({"r": batch.to_dict()})
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="locked"):
+            reports.persist()
+        assert reports.dirty  # still to be written
+        locker.execute("ROLLBACK")
+        locker.close()
+        reports.persist()  # the next turn, with nothing new
+        assert store.shadow_endpoints()["r"]["GET /x"]["compared"] == 1
+        assert not reports.dirty
+
+
 def test_a_closed_store_is_a_store_error(db: Path) -> None:
     store = Store(db)
     store.close()
