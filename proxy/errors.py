@@ -6,6 +6,8 @@ One ``except UpstreamError as e`` turns any of them into a response with ``e.sta
 
 from __future__ import annotations
 
+import errno
+
 
 class UpstreamError(Exception):
     status = 502
@@ -42,3 +44,15 @@ class UpstreamReset(UpstreamError):
 
     status = 502
     reason = "reset"
+
+
+# socket() or connect() failing for want of the proxy's own resources, not the upstream's.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def connect_failed(address: str, exc: OSError) -> UpstreamError:
+    """The error a failed connect to ``address`` is. Here, not in proxy/upstream.py: every
+    name in that module's globals slows the lookups a request makes there."""
+    if exc.errno in _OUT_OF_RESOURCES:
+        return ProxyOutOfResources(f"no socket to connect to {address}: {exc.strerror or exc}")
+    return UpstreamConnectError(f"connect to {address} failed: {exc.strerror or exc}")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from .errors import ProxyOutOfResources, UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
+from .errors import UpstreamError, UpstreamReset, UpstreamTimeout, connect_failed
 from .headers import MAX_HEAD, RESPONSE_OWNED
 
 if TYPE_CHECKING:
@@ -378,10 +377,6 @@ def _head_size(lines: list[bytes], hdict: dict[bytes, bytes]) -> int:
     return sum(map(len, lines)) + sum(len(k) + len(v) + 4 for k, v in hdict.items())
 
 
-# socket() or connect() failing for want of the proxy's own resources, not the upstream's.
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
 class UpstreamPool:
     """Idle keep-alive connections to one upstream instance."""
 
@@ -421,9 +416,7 @@ class UpstreamPool:
         except TimeoutError:
             raise UpstreamTimeout(f"connect to {self.address} timed out") from None
         except OSError as exc:
-            if exc.errno in _OUT_OF_RESOURCES:
-                raise ProxyOutOfResources(f"no socket to connect to {self.address}: {exc.strerror or exc}") from None
-            raise UpstreamConnectError(f"connect to {self.address} failed: {exc.strerror or exc}") from None
+            raise connect_failed(self.address, exc) from None
         return conn
 
     def close(self) -> None:
