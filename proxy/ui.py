@@ -376,7 +376,7 @@ def static_file(name: str) -> bytes:
 
 
 def html_response(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")  # + _ui_headers
 
 
 async def ui_index(request: web.Request) -> web.Response:
@@ -414,8 +414,7 @@ async def ui_static(request: web.Request) -> web.Response:
     if content_type is None:
         text = await asyncio.to_thread(render, "not_found.html", what=f"file {name!r}")
         return html_response(text, status=404)
-    headers = {**SECURITY_HEADERS, "Content-Type": content_type}
-    return web.Response(body=static_file(name), headers=headers)
+    return web.Response(body=static_file(name), headers={"Content-Type": content_type})  # + _ui_headers
 
 
 async def ui_redirect(request: web.Request) -> web.Response:
