@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .config import Config, Route, parse_weight, with_weights
-from .store import ChangeKind, HistoryEntry, Store, reconcile, reconcile_changes
+from .store import Change, ChangeKind, HistoryEntry, RouteWeights, Store, reconcile, reconcile_changes
 
 Weights = dict[str, float]
 
@@ -156,6 +156,7 @@ class Controller:
         self.config: Config | None = None
         self.version = 0
         self.route_versions: dict[str, int] = {}
+        self._pending_start: tuple[list[Change], RouteWeights] | None = None
 
     @property
     def current(self) -> Config:
@@ -163,11 +164,33 @@ class Controller:
         return self.config
 
     async def start(self, file_config: Config) -> Config:
-        """Start-up: the file's config with the stored weights where they win (``store`` rule)."""
+        """Start-up: the file's config with the stored weights where they win (``store`` rule).
+
+        Nothing is recorded yet: ``commit_start`` records it once the proxy listens, so a
+        start that fails (a port taken) leaves the history and the config as last applied as
+        they were."""
         async with self._lock:
-            config = await self._apply_file(file_config, reason="start-up")
+            file_weights = config_weights(file_config)
+
+            def plan() -> tuple[dict[str, Weights], list[Change]]:
+                stored = self.store.latest_weights()
+                effective = reconcile(file_weights, stored, self.store.config_weights())
+                return effective, reconcile_changes(effective, stored, reason="start-up")
+
+            effective, changes = await asyncio.to_thread(plan)
+            self._pending_start = (changes, file_weights)
+            self.config = with_route_weights(file_config, effective)
+            return self.config
+
+    async def commit_start(self) -> None:
+        """Record what ``start`` put in force (its changes of weights, the file's weights as
+        last applied): called once the proxy listens, before any change can be made."""
+        async with self._lock:
+            assert self._pending_start is not None, "commit_start without start"
+            changes, file_weights = self._pending_start
+            self._note(await asyncio.to_thread(self.store.record_many, changes, config_weights=file_weights))
+            self._pending_start = None
             self._load_versions()
-            return config
 
     async def reload(self, file_config: Config) -> Config:
         """A reloaded file: applied with the same precedence rule as at start-up."""

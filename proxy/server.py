@@ -158,6 +158,15 @@ class Server:
             self._release_state()
             raise
         self.admin_port = self._admin.addresses[0][1]
+        # Both listen: only now is the start-up recorded (a start that failed left no trace).
+        # The controller's lock is taken before any admin request can run.
+        try:
+            await self.controller.commit_start()
+        except StoreError as exc:
+            await self._admin.cleanup()
+            await self.plane.stop(0, announce=False)
+            self._release_state()
+            raise StartupError(str(exc)) from None
         self.balance = await self.plane.balance()
         self.checker = HealthChecker(targets_from_config(config), self._health_changed, rng=random.Random())
         self.checker.start()

@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 
 from proxy.config import load_file
+from proxy.store import Store
 
 from .conftest import SPLITPROXY
 
@@ -242,6 +243,14 @@ def test_run_on_a_taken_port_says_so_in_one_line(tmp_path: Path, taken: str) -> 
     [line] = result.stderr.splitlines()
     assert "cannot listen" in line, line
     assert str(port) in line, line
+    # QA: a start that failed had already recorded its weights in the history (and the
+    # file's weights as last applied), as if it had run.
+    store = Store(tmp_path / "state.db")
+    try:
+        assert store.history("main") == []
+        assert store.config_weights() == {}
+    finally:
+        store.close()
 
 
 # ---- processes that keep running -------------------------------------------------------------
