@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .control import BadRequest, ControlError, NotFound, parse_if_match
-from .store import HistoryEntry, StoreError
+from .control import BadRequest, ControlError, NotFound, Outcome, parse_if_match
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .config import Route
@@ -212,9 +212,14 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def change_response(server: Server, entry: HistoryEntry) -> web.Response:
+def change_response(server: Server, outcome: Outcome) -> web.Response:
+    """``change``: the entry in force after the call; ``changed`` false when the weights
+    asked for were already in force (nothing recorded, ``change`` is the entry that set them)."""
+    entry = outcome.entry
     route = server.controller.route(entry.route)
-    resp = web.json_response({"route": route_json(server, route), "change": entry.to_json()})
+    resp = web.json_response(
+        {"route": route_json(server, route), "change": entry.to_json(), "changed": outcome.changed}
+    )
     resp.headers["ETag"] = etag(entry.version)
     return resp
 
@@ -257,7 +262,7 @@ async def get_route(request: web.Request) -> web.Response:
     return resp
 
 
-RouteChange = Callable[..., Awaitable[HistoryEntry]]
+RouteChange = Callable[..., Awaitable[Outcome]]
 
 
 async def _route_change(request: web.Request, change: RouteChange, *, body_optional: bool = False) -> web.Response:
@@ -268,8 +273,7 @@ async def _route_change(request: web.Request, change: RouteChange, *, body_optio
     server.controller.route(name)
     if_match = parse_if_match(request.headers.get("If-Match"))
     body = await read_json(request, optional=body_optional)
-    entry = await change(name, body, actor=actor_of(request), if_match=if_match)
-    return change_response(server, entry)
+    return change_response(server, await change(name, body, actor=actor_of(request), if_match=if_match))
 
 
 async def put_weights(request: web.Request) -> web.Response:
@@ -317,8 +321,7 @@ async def restore(request: web.Request) -> web.Response:
     if not 1 <= version <= MAX_VERSION:
         raise NotFound(f"no version {raw}", "version")
     body = await read_json(request, optional=True)
-    entry = await server.controller.restore(version, body, actor=actor_of(request))
-    return change_response(server, entry)
+    return change_response(server, await server.controller.restore(version, body, actor=actor_of(request)))
 
 
 def _report_route(request: web.Request) -> str | None:

@@ -342,7 +342,7 @@ def render_history(answer: Mapping[str, Any], width: int = 80) -> str:
 
 
 def render_change(answer: Mapping[str, Any]) -> str:
-    """The answer to a weights, promote, rollback or restore call: ``{"route", "change"}``."""
+    """The answer to a weights, promote, rollback or restore call: ``{"route", "change", "changed"}``."""
     change = answer["change"]
     before: Mapping[str, float] = change.get("before") or {}
     after: Mapping[str, float] = change["after"]
@@ -352,7 +352,13 @@ def render_change(answer: Mapping[str, Any]) -> str:
     why = f"{change.get('kind', 'change')} by {change.get('actor', '?')}"
     if change.get("reason"):
         why += f": {change['reason']}"
-    heading = _one_line(f"route {change['route']} is now at version {change['version']} ({why})")
+    if answer.get("changed") is False:  # the weights asked for were already in force
+        heading = _one_line(
+            f"route {change['route']} already has these weights: nothing changed, "
+            f"still at version {change['version']} ({why})"
+        )
+    else:
+        heading = _one_line(f"route {change['route']} is now at version {change['version']} ({why})")
     return "\n".join([heading, *table(headers, rows, "<>>>", indent="  ")])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config, Route, parse_weight, with_weights
 from .store import Change, ChangeKind, HistoryEntry, RouteWeights, Store, reconcile, reconcile_changes
@@ -148,6 +148,14 @@ def parse_if_match(value: str | None) -> int | None:
 Install = Callable[[Config], Awaitable[None]]
 
 
+class Outcome(NamedTuple):
+    """What a change of weights did: the history entry in force after it, and whether it
+    is new (False: the weights asked for were already in force; ``entry`` set them)."""
+
+    entry: HistoryEntry
+    changed: bool
+
+
 class Controller:
     def __init__(self, store: Store, install: Install) -> None:
         self.store = store
@@ -239,9 +247,13 @@ class Controller:
         reason: str,
         kind: ChangeKind,
         if_match: int | None = None,
-    ) -> HistoryEntry:
+    ) -> Outcome:
         """Validate, record, put in force, in that order; nothing changes if any step fails
-        before recording. ``make`` computes the new weights from the route as it is now."""
+        before recording. ``make`` computes the new weights from the route as it is now.
+
+        Weights equal to those in force are no change: nothing is recorded, the version
+        stays (another client's ``If-Match`` still holds, as an unchanged Kubernetes object
+        keeps its resourceVersion), and the outcome names the version that set them."""
         async with self._lock:
             route = self.route(route_name)
             if if_match is not None and if_match != self.route_versions.get(route_name, 0):
@@ -251,6 +263,10 @@ class Controller:
                 )
             before = weights_of(route)
             after = make(route)
+            if after == before:
+                (current,) = await asyncio.to_thread(self.store.history, route_name, limit=1) or (None,)
+                if current is not None and current.version == self.route_versions.get(route_name):
+                    return Outcome(current, changed=False)
             entry = await asyncio.to_thread(
                 self.store.record, route_name, before, after, actor=actor, reason=reason, kind=kind
             )
@@ -267,15 +283,15 @@ class Controller:
                     f"version {entry.version} is recorded and in force where a worker confirmed it, "
                     f"but not every worker did: {exc}"
                 ) from exc
-            return entry
+            return Outcome(entry, changed=True)
 
-    async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+    async def set_weights(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> Outcome:
         reason = parse_reason(body)  # and parse_weights refuses keys other than these two
         return await self.change(
             route, lambda r: parse_weights(r, body), actor=actor, reason=reason, kind="set", if_match=if_match
         )
 
-    async def promote(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+    async def promote(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> Outcome:
         if not isinstance(body, Mapping) or not isinstance(body.get("backend"), str):
             raise BadRequest('the body must be {"backend": "<name>"}', "backend")
         only(body, ("backend", "reason"))
@@ -285,14 +301,14 @@ class Controller:
             route, lambda r: all_to(r, backend), actor=actor, reason=reason, kind="promote", if_match=if_match
         )
 
-    async def rollback(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> HistoryEntry:
+    async def rollback(self, route: str, body: object, *, actor: str, if_match: int | None = None) -> Outcome:
         only(body, ("reason",))
         reason = parse_reason(body) or "rollback to baseline"
         return await self.change(
             route, lambda r: all_to(r, r.baseline), actor=actor, reason=reason, kind="rollback", if_match=if_match
         )
 
-    async def restore(self, version: int, body: object, *, actor: str) -> HistoryEntry:
+    async def restore(self, version: int, body: object, *, actor: str) -> Outcome:
         entry = await asyncio.to_thread(self.store.entry, version)
         if entry is None:
             raise NotFound(f"no version {version}", "version")

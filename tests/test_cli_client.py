@@ -363,6 +363,18 @@ async def test_weights_then_status_shows_them(proxy: ProxyProcess) -> None:
     assert "shop" not in one.out
 
 
+async def test_weights_already_in_force_say_nothing_changed(proxy: ProxyProcess) -> None:
+    admin = admin_of(proxy)
+    first = await splitproxy("weights", "shop", "canary=10", "--reason", "step 1", admin=admin)
+    again = await splitproxy("weights", "shop", "canary=10", "--reason", "step 1 again", admin=admin)
+    assert again.code == 0, again.err
+    assert again.out.startswith(
+        f"route shop already has these weights: nothing changed, still at version {first.version} (set by cli:"
+    ), again.out
+    assert again.out.splitlines()[0].endswith(": step 1)"), again.out  # the change that set them
+    assert again.row("canary") == ["canary", "5", "10", "9.5%"]
+
+
 async def test_weights_keeps_backends_not_named_and_honours_if_match(proxy: ProxyProcess) -> None:
     admin = admin_of(proxy)
     first = await splitproxy("weights", "shop", "canary=15", admin=admin)
@@ -766,10 +778,11 @@ async def test_json_output_is_the_apis_json(proxy: ProxyProcess) -> None:
     assert answer["change"]["after"] == {"stable": 95.0, "canary": 10.0}
     assert answer["route"]["version"] == answer["change"]["version"] == routes["version"] + 1
 
-    for args in (["promote", "shop", "canary"], ["rollback", "shop"], ["restore", str(routes["version"])]):
+    set_version = answer["change"]["version"]  # canary 10: a change after the rollback
+    for args in (["promote", "shop", "canary"], ["rollback", "shop"], ["restore", str(set_version)]):
         result = await splitproxy(*args, "--json", admin=admin)
         assert result.code == 0, result.err
-        assert set(json.loads(result.out)) == {"route", "change"}, args
+        assert set(json.loads(result.out)) == {"route", "change", "changed"}, args
 
     history = json.loads((await splitproxy("history", "--json", admin=admin)).out)
     assert set(history) == {"version", "entries"}
