@@ -92,7 +92,7 @@ class Server:
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
-        self.plane: DataPlane = LocalDataPlane() if workers == 1 else WorkerPool(workers, config_path)
+        self.plane: DataPlane = LocalDataPlane() if workers == 1 else WorkerPool(workers)
         self.admin_port = 0
         self.ready = False
         self._admin: web.AppRunner | None = None
@@ -129,9 +129,13 @@ class Server:
             self._release_state()
             raise StartupError(str(exc)) from None
         self.controller = Controller(self.store, self._install)
-        self.config = config = await self.controller.start(self.config)
         self.reports = Reports(self.store)
-        await asyncio.to_thread(self.reports.load)
+        try:
+            self.config = config = await self.controller.start(self.config)
+            await asyncio.to_thread(self.reports.load)
+        except StoreError as exc:  # a damaged database: refused by name, as one that is not SQLite
+            self._release_state()
+            raise StartupError(str(exc)) from None
         self.registry.register(
             SplitproxyCollector(
                 counts=lambda: self._counts,

@@ -11,32 +11,40 @@ Design:
   and closes it once every worker listens.
 - Supervisor and worker talk over a Unix socket pair, one JSON object per line, each
   request with a sequence number answered by the worker:
-  ``start`` (config text + weights), ``install`` (the same, after a change), ``counts``
-  (the worker's metric counts, summed by the supervisor for ``/metrics``), ``stop`` (drain).
+  ``start`` (the config in force, pickled), ``install`` (the same, after a change),
+  ``counts`` (the worker's metric counts, summed by the supervisor for ``/metrics``),
+  ``stop`` (drain). Workers get the supervisor's config itself, never the file: what they
+  serve is what the admin API shows, whatever the file says since (an edit not reloaded,
+  a reload refused, a value a reload cannot change).
 - A weight change is acknowledged by the admin API only after *every* worker has answered
   ``install``: when the API says 200, the change is in force everywhere.
-- A worker that dies is replaced with the config in force; a worker whose supervisor
-  is gone (its socket closes) drains and exits.
+- A worker that dies is replaced with the config in force (a replacement that fails to
+  start is tried again, at growing intervals); one that leaves a control message
+  unanswered for ``ANSWER_SECONDS`` is stuck (stopped, or its loop blocked): it is killed
+  and replaced, as gunicorn does with a worker past its timeout. Reads for ``/metrics``
+  wait ``READ_SECONDS`` at most and use a slow worker's last answer. A worker whose
+  supervisor is gone (its socket closes) drains and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from . import process, tasks
-from .config import Config, parse_text
-from .control import config_weights, with_route_weights
+from .config import Config
 from .diffing import RouteStats
 from .diffing import merge as merge_stats
 from .metrics import Counts, merge
@@ -45,6 +53,11 @@ log = logging.getLogger("splitproxy")
 
 # How long a worker may take to answer a control message before it counts as stuck.
 ANSWER_SECONDS = 10.0
+# How long a scrape of /metrics waits for the workers' counts (Prometheus's default scrape
+# timeout is 10 s): a worker slower than that is counted as of its last answer.
+READ_SECONDS = 2.0
+# A replacement worker that fails to start is tried again after 1 s, then 2, 4, ... 30.
+RESTART_MAX_SECONDS = 30.0
 
 
 class WorkerError(Exception):
@@ -75,9 +88,9 @@ class Worker:
             child.close()
         reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=64 << 20)
         self.gone.clear()
-        self._reader_task = tasks.spawn(self._read(reader), f"worker-{self.index}-reader")
+        self._reader_task = tasks.spawn(self._read(reader, self.writer), f"worker-{self.index}-reader")
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async for line in reader:
                 msg = json.loads(line)
@@ -92,6 +105,7 @@ class Worker:
                 if not fut.done():
                     fut.set_exception(WorkerError(f"worker {self.index} went away"))
             self._waiting.clear()
+            writer.close()  # the worker's end is gone: nothing more can be said to it
             self.gone.set()
 
     async def ask(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -102,9 +116,22 @@ class Worker:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = fut
         self.writer.write(json.dumps({"op": op, "seq": seq, **fields}).encode() + b"\n")
-        await self.writer.drain()
-        async with asyncio.timeout(ANSWER_SECONDS):
-            answer = await fut
+        try:
+            async with asyncio.timeout(ANSWER_SECONDS):
+                await self.writer.drain()
+                answer = await fut
+        except TimeoutError:
+            self._waiting.pop(seq, None)
+            if self.proc is not None and self.proc.returncode is None:
+                log.error(
+                    "worker %d (pid %d) left %r unanswered for %.0fs: stuck; killing it (a new one replaces it)",
+                    self.index,
+                    self.proc.pid,
+                    op,
+                    ANSWER_SECONDS,
+                )
+                self.proc.kill()
+            raise WorkerError(f"worker {self.index} did not answer {op!r} within {ANSWER_SECONDS:.0f}s") from None
         if not answer.get("ok"):
             raise WorkerError(f"worker {self.index}: {answer.get('error', 'failed')}")
         return answer
@@ -124,15 +151,11 @@ class Worker:
 class WorkerPool:
     """The data plane as N worker processes (see the module docstring)."""
 
-    def __init__(self, count: int, config_path: str | Path | None) -> None:
-        if config_path is None:
-            raise ValueError("worker processes read the config file: a config path is required")
+    def __init__(self, count: int) -> None:
         self.count = count
-        self.config_path = Path(config_path)
         self.port = 0
         self.workers = [Worker(i) for i in range(count)]
         self._config: Config | None = None
-        self._text = ""
         self._stopping = False
         self._active_down: frozenset[tuple[str, str, str]] = frozenset()
         self._last_counts: dict[int, Counts] = {}
@@ -141,11 +164,11 @@ class WorkerPool:
         self._known: Mapping[str, list[str]] = {}  # admit_endpoints: for workers started later too
 
     def _message(self, config: Config) -> dict[str, Any]:
-        # Workers parse the same file text, then take the weights in force on top.
-        return {"text": self._text, "source": str(self.config_path), "weights": config_weights(config)}
+        # The config in force itself (a frozen dataclass; the worker is this program, on
+        # the other end of a private socket pair): never the file, which may say otherwise.
+        return {"config": base64.b64encode(pickle.dumps(config)).decode("ascii")}
 
     async def start(self, config: Config) -> None:
-        self._text = self.config_path.read_text()
         self._config = config
         # Resolve the port (port 0) and hold the address until the workers listen on it.
         family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
@@ -155,6 +178,7 @@ class WorkerPool:
         try:
             holder.bind((config.listen.host, config.listen.port))
             self.port = holder.getsockname()[1]
+            _refuse_a_listener_there(family, config.listen.host, self.port)
             await asyncio.gather(*(self._start_worker(w) for w in self.workers))
         except BaseException:
             await self._kill_all()
@@ -176,7 +200,7 @@ class WorkerPool:
             raise OSError(f"worker {worker.index} could not start: {exc}") from None
 
     async def _watch(self, worker: Worker) -> None:
-        """Replace a worker that died, with the config in force."""
+        """Replace a worker that died (or was killed as stuck), with the config in force."""
         while not self._stopping:
             await worker.gone.wait()
             if self._stopping:
@@ -186,21 +210,29 @@ class WorkerPool:
             code = worker.proc.returncode if worker.proc else None
             log.error("worker %d exited unexpectedly (code %s); starting a new one", worker.index, code)
             self._retired = merge([self._retired, self._last_counts.pop(worker.index, Counts())])
-            try:
-                await self._start_worker(worker)
-            except OSError as exc:
-                log.error("%s; retrying in 1s", exc)
-                await asyncio.sleep(1)
+            delay = 1.0
+            while not self._stopping:
+                try:
+                    await self._start_worker(worker)
+                    break
+                except OSError as exc:
+                    # The process that failed to start is ended, or ``gone`` would never be
+                    # set again and the worker never replaced.
+                    if worker.proc is not None and worker.proc.returncode is None:
+                        worker.proc.kill()
+                    await worker.wait_exit(5)
+                    await worker.gone.wait()  # its reader is done: the next one starts clean
+                    log.error("%s; retrying in %.0fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RESTART_MAX_SECONDS)
 
     async def install(self, config: Config) -> None:
-        text = self.config_path.read_text() if config is not self._config else self._text
-        self._text = text
         self._config = config
         # Every worker must confirm before the change is acknowledged.
         await asyncio.gather(*(w.ask("install", **self._message(config)) for w in self.workers))
 
     async def counts(self) -> Counts:
-        answers = await asyncio.gather(*(w.ask("counts") for w in self.workers), return_exceptions=True)
+        answers = await self._read_all("counts")
         for worker, answer in zip(self.workers, answers, strict=True):
             if isinstance(answer, dict):
                 self._last_counts[worker.index] = Counts.from_json(answer["counts"])
@@ -240,7 +272,7 @@ class WorkerPool:
     async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """Each worker ejects on its own traffic: an instance is shown ejected (and not
         serving) when any worker has it ejected."""
-        answers = await asyncio.gather(*(w.ask("balance") for w in self.workers), return_exceptions=True)
+        answers = await self._read_all("balance")
         merged: dict[tuple[str, str, str], dict[str, object]] = {}
         for answer in answers:
             if not isinstance(answer, dict):
@@ -256,6 +288,20 @@ class WorkerPool:
                     mine["ejected_for"] = max(float(mine["ejected_for"]), float(state["ejected_for"]))  # type: ignore[arg-type]
                     mine["failures"] = max(int(mine["failures"]), int(state["failures"]))  # type: ignore[call-overload]
         return merged
+
+    async def _read_all(self, op: str) -> list[object]:
+        """Every worker's answer to a read, waiting ``READ_SECONDS`` at most: a worker slower
+        than that (an exception in its place) is left to finish, or to be found stuck."""
+
+        async def one(worker: Worker) -> object:
+            try:
+                return await worker.ask(op)
+            except (WorkerError, OSError) as exc:  # ask() logged a stuck worker already
+                return exc
+
+        asks = [tasks.spawn(one(w), f"worker-{w.index}-{op}") for w in self.workers]
+        done, _slow = await asyncio.wait(asks, timeout=READ_SECONDS)
+        return [task.result() if task in done else TimeoutError() for task in asks]
 
     async def stop(self, grace: float, *, announce: bool = True) -> None:
         self._stopping = True
@@ -280,9 +326,30 @@ class WorkerPool:
 # ---- the worker process ----------------------------------------------------------------------
 
 
-def _in_force(parsed: Config, weights: Mapping[str, Mapping[str, float]], port: int) -> Config:
-    """The file's config with the weights in force, on the port the supervisor resolved."""
-    config = with_route_weights(parsed, weights)
+def _refuse_a_listener_there(family: socket.AddressFamily, host: str, port: int) -> None:
+    """OSError (EADDRINUSE) when a socket listens on (host, port) already. The workers bind
+    with SO_REUSEPORT, which would let them join another program's listeners there (another
+    ``splitproxy run --workers``) and split its connections with it; a socket bound without
+    it is refused by any listener, while the supervisor's own holder (bound, not
+    listening, SO_REUSEADDR) lets it through."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                errno.EADDRINUSE,
+                f"error while attempting to bind on address ({host!r}, {port}): address already in use",
+            ) from None
+        raise
+    finally:
+        probe.close()
+
+
+def _in_force(message: Mapping[str, Any], port: int) -> Config:
+    """The supervisor's config in force, on the port the supervisor resolved."""
+    config: Config = pickle.loads(base64.b64decode(message["config"]))
     return dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
 
 
@@ -298,14 +365,12 @@ async def worker_main(fd: int) -> None:
     plane = LocalDataPlane(reuse_port=True)
     port = 0
     grace = 30.0
-    last_text = ""
-    parsed: Config | None = None
 
     def answer(seq: int, **fields: Any) -> None:
         writer.write(json.dumps({"seq": seq, **fields}).encode() + b"\n")
 
     async def serve_control() -> None:
-        nonlocal port, grace, last_text, parsed
+        nonlocal port, grace
         async for line in reader:
             msg = json.loads(line)
             seq, op = msg["seq"], msg["op"]
@@ -313,11 +378,7 @@ async def worker_main(fd: int) -> None:
                 if op in ("start", "install"):
                     if op == "start":
                         port = msg["port"]
-                    if msg["text"] != last_text or parsed is None:
-                        # Parsed again only when the file changed, not for a weight change.
-                        parsed = parse_text(msg["text"], msg["source"])
-                        last_text = msg["text"]
-                    config = _in_force(parsed, msg["weights"], port)
+                    config = _in_force(msg, port)
                     if op == "start":
                         await plane.start(config)
                         process.settle()

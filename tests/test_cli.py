@@ -230,6 +230,26 @@ def test_run_refuses_a_bad_config_without_starting(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+def test_run_refuses_a_damaged_state_database_by_name(tmp_path: Path) -> None:
+    """QA: a database damaged past its header (a page overwritten) was a traceback, exit 1;
+    one that is not SQLite at all was already refused by name, exit 2."""
+    path = small_config(tmp_path)
+    store = Store(tmp_path / "state.db")
+    store.record("main", {}, {"only": 1.0}, actor="config", reason="start-up", kind="initial")
+    store.close()
+    db = tmp_path / "state.db"
+    data = bytearray(db.read_bytes())
+    assert len(data) > 8192
+    data[4096:8192] = bytes(range(256)) * 16  # the second page: the tables' contents
+    db.write_bytes(bytes(data))
+    result = cli("run", "-c", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"splitproxy: {db}: cannot "), line
+    assert "malformed" in line, line
+
+
 @pytest.mark.parametrize("taken", ["listen", "admin"])
 def test_run_on_a_taken_port_says_so_in_one_line(tmp_path: Path, taken: str) -> None:
     with socket.socket() as holder:

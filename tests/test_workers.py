@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import aiohttp
 
-from .conftest import StartProcess, StartProxy, StartUpstream, Upstream, config_text, read_response, route
+from .conftest import SPLITPROXY, StartProcess, StartProxy, StartUpstream, Upstream, config_text, read_response, route
 
 KEYS = [f"user-{i}" for i in range(200)]
 
@@ -157,3 +160,150 @@ async def test_rollout_is_monotone_under_load(start_upstream: StartUpstream, sta
     shares = [sum(1 for seen in history.values() if seen[i] == "canary") / len(KEYS) for i in range(5)]
     assert shares == sorted(shares)
     assert shares[2] > 0.1  # around 25 %
+
+
+# ---- the supervisor: what workers serve, stuck and failing workers, the port ----------------
+
+
+def worker_pids(px_pid: int) -> list[int]:
+    children = Path(f"/proc/{px_pid}/task/{px_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+async def put(admin: str, weights: dict[str, float]) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.put(f"{admin}/api/v1/routes/main/weights", json={"weights": weights}) as r,
+    ):
+        return r.status, await r.text()
+
+
+async def test_workers_serve_the_config_in_force_not_the_file(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA: a weight change made every worker read the file again. An edit not reloaded was
+    put in force (in the workers only: the API still showed the old upstreams), and after a
+    reload the proxy had refused, every change (a rollback too) was a 503 that no worker
+    applied while the API said it was in force."""
+    stable, elsewhere, canary = [await start_upstream(n) for n in ("stable", "elsewhere", "canary")]
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [route(stable=(stable, 50), canary=(canary, 50))]))
+    px = await proxy_process(cfg, "--workers", "2")
+    admin = f"http://127.0.0.1:{px.admin_port}"
+
+    cfg.write_text(config_text(tmp_path, [route(stable=(elsewhere, 50), canary=(canary, 50))]))  # no SIGHUP
+    assert (await put(admin, {"stable": 100, "canary": 0}))[0] == 200
+    served = await asyncio.gather(*(one_request(px.port) for _ in range(40)))
+    assert {a["upstream"] for a in served} == {"stable"}
+
+    cfg.write_text(cfg.read_text().replace("weight: 50", "weight: -1"))
+    mark = len(px.lines)
+    px.signal(signal.SIGHUP)
+    await px.wait_for("failed; the running config stays", after=mark)
+    status, body = await put(admin, {"stable": 0, "canary": 100})
+    assert status == 200, body
+    served = await asyncio.gather(*(one_request(px.port) for _ in range(40)))
+    assert {a["upstream"] for a in served} == {"canary"}
+
+
+async def test_a_stuck_worker_is_killed_and_replaced(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA: a stopped worker (SIGSTOP, a blocked loop) made every change a 503 after 10 s,
+    for ever, with nothing logged; the kernel kept handing it new connections."""
+    stable, canary = await start_upstream("stable"), await start_upstream("canary")
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [route(stable=(stable, 100), canary=(canary, 0))]))
+    px = await proxy_process(cfg, "--workers", "2")
+    admin = f"http://127.0.0.1:{px.admin_port}"
+    stuck, _other = worker_pids(px.proc.pid)
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{admin}/metrics") as r:
+            assert r.status == 200  # the stuck worker's counts as of its last answer
+        mark = len(px.lines)
+        status, body = await put(admin, {"stable": 0, "canary": 100})
+        assert status == 503, body  # recorded, not confirmed by the stuck worker
+        line = await px.wait_for("stuck; killing it", after=mark, within=30)
+        assert f"(pid {stuck})" in line, line
+        await px.wait_for("exited unexpectedly", after=mark, within=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    await px.wait_for("allocator:", after=mark, within=30)  # the replacement started
+    assert stuck not in worker_pids(px.proc.pid)
+    assert (await put(admin, {"stable": 0, "canary": 99}))[0] == 200  # every worker confirms again
+    served = await asyncio.gather(*(one_request(px.port) for _ in range(40)))
+    assert {a["upstream"] for a in served} == {"canary"}
+
+
+async def test_a_replacement_that_fails_to_start_is_tried_again(tmp_path: Path, start_upstream: StartUpstream) -> None:
+    """QA: a replacement worker that failed to start was never tried again (its watcher
+    waited for it to exit, and the process that had failed lived on): one listener fewer,
+    and every change a 503 until a restart."""
+    from proxy.config import parse_text
+    from proxy.workers import WorkerError, WorkerPool
+
+    up = await start_upstream("stable")
+    config = parse_text(config_text(tmp_path, [route(stable=up)]), "test")
+    pool = WorkerPool(1)
+    await pool.start(config)
+    try:
+        [worker] = pool.workers
+        real_ask = worker.ask
+        refused: list[int] = []
+        started = asyncio.Event()
+
+        async def ask(op: str, **fields: object) -> dict:
+            if op == "start" and not refused:
+                assert worker.proc is not None
+                refused.append(worker.proc.pid)  # this process spawned, then failed to start
+                raise WorkerError("worker 0: could not start (made to fail)")
+            answer = await real_ask(op, **fields)
+            if op == "start":
+                started.set()
+            return answer
+
+        worker.ask = ask  # type: ignore[method-assign]
+        assert worker.proc is not None
+        first = worker.proc.pid
+        worker.proc.kill()
+        async with asyncio.timeout(30):
+            await started.wait()
+        assert worker.proc.pid not in (first, *refused)
+        assert worker.proc.returncode is None
+        assert (await one_request(pool.port))["upstream"] == "stable"
+        await pool.install(config)  # the replacement confirms changes
+    finally:
+        await pool.stop(1)
+
+
+async def test_two_worker_pools_cannot_share_a_port(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA: a second ``run --workers 2`` on a port the first one serves joined its listeners
+    (SO_REUSEPORT) and took half its connections; with one worker it exits 1."""
+    up = await start_upstream("stable")
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    cfg = first_dir / "splitproxy.yaml"
+    cfg.write_text(config_text(first_dir, [route(stable=up)]))
+    px = await proxy_process(cfg, "--workers", "2")
+    other = second_dir / "splitproxy.yaml"
+    other.write_text(config_text(second_dir, [route(stable=up)], listen=f"127.0.0.1:{px.port}"))
+    proc = await asyncio.create_subprocess_exec(
+        SPLITPROXY, "run", "-c", str(other), "--workers", "2", stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # it served (the defect): stop it
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, err
+    assert (
+        f"cannot listen: [Errno 98] error while attempting to bind on address ('127.0.0.1', {px.port})" in err.decode()
+    )
+    assert "Traceback" not in err.decode()
