@@ -63,7 +63,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     backends = sum(len(r.backends) for r in config.routes)
-    print(f"{args.config}: ok ({len(config.routes)} routes, {backends} backends)")
+    routes = len(config.routes)
+    counted = f"{routes} route{'' if routes == 1 else 's'}, {backends} backend{'' if backends == 1 else 's'}"
+    print(f"{args.config}: ok ({counted})")
     return 0
 
 

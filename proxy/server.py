@@ -297,7 +297,11 @@ class Server:
             name for name in ("listen", "admin", "state", "access_log") if getattr(old, name) != getattr(config, name)
         ]
         if fixed:
-            log.warning("reload: %s need a restart to change; the running values stay", ", ".join(fixed))
+            log.warning(
+                "reload: %s %s a restart to change; the running values stay",
+                ", ".join(fixed),
+                "needs" if len(fixed) == 1 else "need",
+            )
             config = dataclasses.replace(
                 config, listen=old.listen, admin=old.admin, state=old.state, access_log=old.access_log
             )

@@ -274,8 +274,12 @@ class StateLock:
             raise StoreError(
                 f"{db}: in use by another running splitproxy (pid {holder}); give each proxy its own state.path"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % os.getpid())
+        try:  # the pid, for the message above (a full disk: say so here, not as "cannot listen")
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % os.getpid())
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"{db}: cannot write its lock file {self.path}: {e.strerror or e}") from e
         self._fd: int | None = fd
 
     @property

@@ -494,6 +494,7 @@ def test_docker_config_passes_check() -> None:
     result = cli("check", "-c", "config/docker.yaml")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+    assert result.stdout == "config/docker.yaml: ok (1 route, 2 backends)\n"  # QA: it said "1 routes"
 
 
 def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:

@@ -677,3 +677,30 @@ def test_apply_across_restarts(db: Path) -> None:
     with Store(db) as store:
         assert [e.kind for e in store.history()] == ["reload", "set", "initial"]
         assert store.history()[0].before == {"stable": 70.0, "canary": 30.0}
+
+
+def test_a_lock_file_that_cannot_be_written_is_a_store_error(tmp_path: Path) -> None:
+    """QA: on a full disk the lock file was created but its pid could not be written, and
+    ``run`` said "cannot listen: [Errno 28] No space left on device" (exit 1). The file-size
+    limit of a child process makes the same write fail here (EFBIG), for real."""
+    import resource
+
+    script = (
+        "import sys\nfrom proxy.store import StateLock, StoreError\n"
+        "try:\n    StateLock(sys.argv[1])\nexcept StoreError as e:\n    print(e)\n"
+    )
+
+    def no_file_growth() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    db = tmp_path / "state.db"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(db)],
+        check=False,
+        capture_output=True,
+        text=True,
+        preexec_fn=no_file_growth,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{db}: cannot write its lock file {db}.lock: File too large", result.stdout
