@@ -279,7 +279,11 @@ class ClientConnection(asyncio.Protocol):
             log.exception("internal error while handling a request")
             self.transport.abort()
         except httptools.HttpParserError as exc:
-            self._bad_request(str(exc))
+            why = str(exc)
+            if why == "Invalid HTTP version":  # HTTP/1.2, 3.0: llhttp parses 0.9 to 2.0 only
+                self._bad_request("this HTTP version is not supported: HTTP/1.1 or 1.0", 505)
+            else:
+                self._bad_request(why)
             return
         ex = self.parsing
         if ex is not None and ex.head_read > MAX_HEAD:  # and still not whole
@@ -459,6 +463,9 @@ class ClientConnection(asyncio.Protocol):
         path = url.partition(b"?")[0]
         host = hdict.get(b"host")
         lines = ex.lines
+        if ex.method == b"CONNECT":  # before the target: CONNECT's is host:port
+            self._local(ex, 405, "CONNECT is not supported")
+            return
         if path[:1] != b"/":
             # absolute-form (RFC 9112 §3.2.2): route by the URL's own host and path, and
             # send that host as Host, replacing the client's.
@@ -473,16 +480,23 @@ class ClientConnection(asyncio.Protocol):
                 url = path + (b"?" + url.partition(b"?")[2] if b"?" in url else b"")
                 ex.url = url
                 lines = [*h.without_options(lines, _HOST), b"Host", b": ", host, b"\r\n"]
-            elif ex.method != b"OPTIONS" or path != b"*":
+            elif ex.method == b"OPTIONS" and path == b"*":
+                # RFC 9110 §9.3.7: the server's own options, forwarded as they came (as
+                # Envoy does), on the route that serves the host's "/".
+                path = b"/"
+            else:
                 self._local(ex, 400, "request target must be a path")
                 return
         elif host is None and ex.http11:
             ex.keep_alive = False  # as any malformed request's connection
             self._local(ex, 400, "bad request: Host header missing (required in HTTP/1.1)")
             return
-        if ex.method == b"CONNECT":
-            self._local(ex, 405, "CONNECT is not supported")
-            return
+        if host is not None and host not in rt.hosts_seen:  # nearly every request: one lookup
+            if not h.valid_host(host):
+                ex.keep_alive = False  # RFC 9112 §3.2: 400, as any malformed request
+                self._local(ex, 400, "bad request: Host is not a host name or address with an optional port")
+                return
+            rt.saw_host(host)
         plan = rt.table.match(host, path)
         if plan is None:
             self._local(ex, 404, f"no route for {(host or b'').decode('latin-1')}{path.decode('latin-1')}")

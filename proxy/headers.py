@@ -8,6 +8,8 @@ these functions add what the proxy owns.
 
 from __future__ import annotations
 
+import itertools
+import re
 from http import HTTPStatus
 from typing import Final
 
@@ -31,7 +33,7 @@ HOP_BY_HOP = frozenset(
 # Request headers the proxy rewrites itself rather than passing on as they came:
 # framing (we choose it), Expect (we answer 100-continue ourselves, as nginx does),
 # and the X-Forwarded-* set (appended to or replaced).
-REQUEST_OWNED = HOP_BY_HOP | {
+_OWNED = HOP_BY_HOP | {
     b"content-length",
     b"expect",
     b"x-forwarded-for",
@@ -40,6 +42,33 @@ REQUEST_OWNED = HOP_BY_HOP | {
     b"x-request-id",
     b"x-shadow-request",  # set on mirrors only: a client's own would pass a live request as one
 }
+
+
+def _spellings(name: bytes) -> set[bytes]:
+    """``name`` with each ``-`` also spelt ``_``: CGI, WSGI and Rack fold both to ``_``
+    (``HTTP_X_FORWARDED_FOR``), so ``X_Forwarded_For`` passed on would reach such an app as
+    the header the proxy sets. nginx drops every name with ``_`` for this reason
+    (``underscores_in_headers off``); only the spellings of the proxy's own are dropped here."""
+    pieces = name.split(b"-")
+    return {
+        pieces[0] + b"".join(sep + piece for sep, piece in zip(seps, pieces[1:], strict=True))
+        for seps in itertools.product((b"-", b"_"), repeat=len(pieces) - 1)
+    }
+
+
+# The set above in every spelling (one set lookup a header, whatever its size).
+REQUEST_OWNED = frozenset(spelt for name in _OWNED for spelt in _spellings(name))
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [":" port], where uri-host is an IP literal or
+# a reg-name (IPv4 addresses are reg-names by their characters). RFC 9112 §3.2: a Host
+# with an invalid value MUST be answered 400; RFC 9110 §4.2.1: an empty host is invalid.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::[0-9]{0,5})?")
+
+
+def valid_host(value: bytes) -> bool:
+    """A ``Host`` value (or an absolute URI's authority) that names a host, with its port."""
+    return _HOST.fullmatch(value) is not None
+
 
 # The largest head (request line or status line, and the fields) read from a client or an
 # upstream (Envoy's default is 60 KiB; nginx answers 400 past 32 KiB): httptools has no limit

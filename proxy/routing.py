@@ -247,11 +247,15 @@ def valid_sticky_key(key: bytes) -> bool:
 
 
 def _host_of(host_header: bytes) -> bytes:
-    """``Host`` value without port, lower-case (RFC 9110 §7.2; IPv6 literals kept whole)."""
+    """``Host`` value without port or a trailing dot, lower-case (RFC 9110 §7.2; IPv6
+    literals kept whole)."""
     if host_header.startswith(b"["):
         end = host_header.find(b"]")
         return host_header[: end + 1].lower() if end > 0 else host_header.lower()
-    return host_header.partition(b":")[0].lower()
+    name = host_header.partition(b":")[0].lower()
+    # A fully qualified name's trailing dot names the same host (nginx drops it too):
+    # ``A.EXAMPLE.`` missed a.example's route and reached another route's upstream.
+    return name[:-1] if name[-1:] == b"." else name
 
 
 class Table:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("splitproxy")
 
+MAX_HOSTS_SEEN = 4096
+
 
 class Runtime:
     def __init__(
@@ -62,6 +64,8 @@ class Runtime:
         # Request ids (made in forwarder._start): a random per-process prefix and a
         # counter, unique without a syscall per request.
         self.rid_prefix = os.urandom(6).hex().encode() + b"-"
+        # Host values already found valid (headers.valid_host), so that each is checked once.
+        self.hosts_seen: set[bytes] = set()
         self.rid_counter = itertools.count(1)
         self.balancer = Balancer(self.now, self.counts.count)
         self.install(config)
@@ -109,6 +113,12 @@ class Runtime:
                 return None
             cycle = cycles[now]
         return next(cycle)
+
+    def saw_host(self, host: bytes) -> None:
+        """Remember a valid Host value (bounded: a client inventing names empties it)."""
+        if len(self.hosts_seen) >= MAX_HOSTS_SEEN:
+            self.hosts_seen.clear()
+        self.hosts_seen.add(host)
 
     @staticmethod
     def new_sticky_key() -> bytes:

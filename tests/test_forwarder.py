@@ -493,6 +493,8 @@ async def test_an_upstream_that_answers_head_with_a_body_does_not_cross_the_next
     ("head", "status"),
     [
         pytest.param(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, id="http-2.0-in-an-http-1-line"),
+        pytest.param(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505, id="http-1.2"),  # QA: was 400
+        pytest.param(b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505, id="http-3.0"),
         pytest.param(
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, id="te-gzip"
         ),
@@ -953,6 +955,15 @@ async def test_every_connection_line_counts(start_proxy: StartProxy) -> None:
         pytest.param(b"GET /cb#access_token=x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment"),
         pytest.param(b"GET /a?b=1#&token=x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment-after-query"),
         pytest.param(b"GET http://a/cb#x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="fragment-in-absolute-form"),
+        # QA: an invalid Host was routed and forwarded as it came (RFC 9112 §3.2: 400).
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400, id="host-with-space-slash-at"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a.example:80/evil\r\n\r\n", 400, id="host-with-a-path"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a.example\\b\r\n\r\n", 400, id="host-with-backslash"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a.example:x\r\n\r\n", 400, id="host-port-not-digits"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a.example:99999999\r\n\r\n", 400, id="host-port-too-long"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost:\r\n\r\n", 400, id="host-empty"),
+        pytest.param(b"GET /x HTTP/1.0\r\nHost:\r\n\r\n", 400, id="host-empty-http-1.0"),
+        pytest.param(b"GET http://:80/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-port-only"),
     ],
 )
 async def test_framing_and_targets_refused(
@@ -964,6 +975,89 @@ async def test_framing_and_targets_refused(
     assert resp.status == status
     assert resp.header("connection") == "close"
     assert up.seen == []
+
+
+def recording(heads: list[bytes]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A raw upstream's handler: keeps each request head byte for byte, answers 200 "ok"."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    return handle
+
+
+async def test_connect_in_authority_form_is_named_unsupported(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: ``CONNECT host:443`` was "request target must be a path"."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    (resp,) = await raw_exchange(px.port, b"CONNECT ex.com:443 HTTP/1.1\r\nHost: ex.com:443\r\n\r\n")
+    assert (resp.status, resp.body) == (405, b"CONNECT is not supported\n")
+    assert up.hits == 0
+
+
+async def test_options_asterisk_is_forwarded_on_the_route_of_slash(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: ``OPTIONS *`` was let through, then "404 no route for ex.com*" (no prefix can
+    match ``*``). A proxy forwards it (RFC 9110 §9.3.7), as Envoy does."""
+    api = await start_upstream("api")
+    heads: list[bytes] = []
+    async with raw_upstream(recording(heads)) as site:
+        px = await start_proxy([route("api", "/api", stable=api), route("site", "/", stable=site)])
+        (resp,) = await raw_exchange(px.port, b"OPTIONS * HTTP/1.1\r\nHost: ex.com\r\n\r\n")
+    assert resp.status == 200, resp
+    assert api.hits == 0
+    [head] = heads
+    assert head.startswith(b"OPTIONS * HTTP/1.1\r\n"), head
+
+
+async def test_a_valid_host_in_every_form_is_forwarded(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    hosts = [b"a.example", b"a.example:8080", b"127.0.0.1:80", b"[::1]:8080", b"[::1]", b"xn--bcher-kva.example"]
+    heads: list[bytes] = []
+    async with raw_upstream(recording(heads)) as up:
+        px = await start_proxy([route(stable=up)])
+        for host in hosts:
+            (resp,) = await raw_exchange(px.port, b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert resp.status == 200, host
+    assert [b"\r\nHost: " + host + b"\r\n" in head for host, head in zip(hosts, heads, strict=True)] == [True] * 6
+
+
+async def test_a_host_with_a_trailing_dot_takes_its_hosts_route(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: ``Host: A.EXAMPLE.`` (the same host, fully qualified) missed a.example's route and
+    reached the catch-all route's upstream, which reads it as a.example."""
+    tenant, other = await start_upstream("tenant"), await start_upstream("other")
+    px = await start_proxy([route("tenant", "/", host="a.example", stable=tenant), route("any", "/", stable=other)])
+    for host in (b"A.EXAMPLE.", b"a.example.:8080", b"a.example"):
+        (resp,) = await raw_exchange(px.port, b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert resp.status == 200
+    assert (tenant.hits, other.hits) == (3, 0)
+
+
+async def test_underscore_spellings_of_the_proxys_own_headers_are_dropped(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: CGI, WSGI and Rack read ``X_Shadow_Request`` as ``X-Shadow-Request``
+    (``HTTP_X_SHADOW_REQUEST``): a client could pass a live request as a mirror and forge
+    ``X-Forwarded-*`` and ``X-Request-Id`` for such apps. nginx drops them too."""
+    forged = [b"X_Shadow_Request", b"X_Forwarded_For", b"x_forwarded-proto", b"X-Forwarded_Host", b"X_Request_Id"]
+    request = b"GET /x HTTP/1.1\r\nHost: a\r\nX_Custom_Name: kept\r\n"
+    request += b"".join(name + b": forged\r\n" for name in forged)
+    heads: list[bytes] = []
+    async with raw_upstream(recording(heads)) as up:
+        px = await start_proxy([route(stable=up)])
+        (resp,) = await raw_exchange(px.port, request + b"\r\n")
+    assert resp.status == 200
+    [head] = heads
+    assert b"forged" not in head, head
+    assert b"\r\nX_Custom_Name: kept\r\n" in head  # other names with "_" pass, unlike nginx's default
 
 
 async def test_a_request_answered_locally_after_an_upgrade_closes_its_connection(
