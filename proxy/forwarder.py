@@ -816,9 +816,9 @@ class ClientConnection(asyncio.Protocol):
             # now on: kept open, a request pipelined behind it waited for the idle time-out.
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.write(
-            h.local_response(status, text, keep_alive=keep, head_only=ex.method == b"HEAD", request_id=ex.request_id)
-        )
+        resp = h.local_response(status, text, keep_alive=keep, head_only=ex.method == b"HEAD", request_id=ex.request_id)
+        ex.bytes_out += h.body_size(resp)  # counted as an upstream's body is (nginx's $body_bytes_sent)
+        self.write(resp)
         ex.keep_alive = keep
         self._finish(ex)
 
@@ -882,7 +882,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, ex: Exchange, status: int, why: str) -> None:
         if not self.closed:
-            self.write(h.local_response(status, _rejection(status, why), keep_alive=False))
+            resp = h.local_response(status, _rejection(status, why), keep_alive=False)
+            ex.bytes_out += h.body_size(resp)
+            self.write(resp)
         ex.resp_started = True
         self.closing = True
         self.rt.finished(self, ex)

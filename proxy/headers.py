@@ -181,6 +181,11 @@ def local_response(
     return b"".join(parts)
 
 
+def body_size(response: bytes) -> int:
+    """The body's length in a whole response the proxy wrote (``local_response``)."""
+    return len(response) - response.find(b"\r\n\r\n") - 4
+
+
 def set_cookie(name: bytes, value: bytes, max_age: int) -> bytes:
     """The sticky-session cookie line (RFC 6265 §4.1)."""
     return b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (name, value, max_age)

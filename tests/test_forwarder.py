@@ -668,6 +668,27 @@ async def test_access_log_has_one_line_per_request(start_upstream: StartUpstream
     assert second["bytes_out"] > 0
 
 
+async def test_access_log_counts_the_body_of_answers_the_proxy_writes(start_proxy: StartProxy) -> None:
+    """QA: a 502, 504, 404 or 400 written by the proxy was logged with ``bytes_out: 0``
+    (nginx's $body_bytes_sent counts those bytes)."""
+    px = await start_proxy([route("dead", "/dead", stable="http://127.0.0.1:9")])
+    exchanges = [
+        b"GET /dead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"HEAD /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /dead HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET /dead HTTP/9.1\r\nHost: x\r\n\r\n",
+    ]
+    sizes = []
+    for request in exchanges:
+        (resp,) = await raw_exchange(px.port, request, head=request.startswith(b"HEAD"))
+        sizes.append((resp.status, len(resp.body)))
+    assert [status for status, _ in sizes] == [502, 404, 404, 400, 505]
+    await px.server.stop()
+    assert [(line["status"], line["bytes_out"]) for line in px.access_lines()] == sizes
+    assert [n > 0 for _, n in sizes] == [True, True, False, True, True]  # HEAD: no body
+
+
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 async def test_a_response_without_length_ends_at_the_upstreams_close(start_proxy: StartProxy, version: str) -> None:
     """RFC 9112 §6.3 (8): neither Content-Length nor chunked, the body ends when the upstream
