@@ -288,6 +288,18 @@ async def rollback(request: web.Request) -> web.Response:
     return await _route_change(request, request.app[SERVER_KEY].controller.rollback, body_optional=True)
 
 
+def check_query(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """400 for a query parameter the endpoint does not take, or one given twice: a typo
+    (``?Route=``, ``?rout=``) would otherwise be ignored, and a ``DELETE`` of one route's
+    report would clear every route's."""
+    for name in request.query:
+        if name not in allowed:
+            takes = ", ".join(f"?{a}" for a in allowed) or "no parameters"
+            raise BadRequest(f"unknown query parameter ?{name}; this endpoint takes {takes}", name)
+        if len(request.query.getall(name)) > 1:
+            raise BadRequest(f"?{name} is given more than once", name)
+
+
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
@@ -303,6 +315,7 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
 
 async def history(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    check_query(request, ("route", "limit", "before"))
     route = request.query.get("route")
     limit = _int_param(request, "limit", 100, 1, 1000)
     before = _int_param(request, "before", None, 1, MAX_VERSION)
@@ -326,6 +339,7 @@ async def restore(request: web.Request) -> web.Response:
 
 def _report_route(request: web.Request) -> str | None:
     server = request.app[SERVER_KEY]
+    check_query(request, ("route",))
     route = request.query.get("route")
     if route is not None:
         server.controller.route(route)  # 404 for an unknown route

@@ -1017,6 +1017,17 @@ async def test_a_change_a_worker_fails_to_confirm_is_503_and_still_the_state_of_
     assert await hits(session, px.url, 5) == {"canary": 5}
 
 
+async def test_history_refuses_unknown_and_repeated_query_parameters(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    for query, where in (("rout=main", "rout"), ("limit=1&limit=2", "limit"), ("Route=main", "Route")):
+        r = await call(session, "GET", px.admin_url + "/api/v1/history?" + query)
+        assert (r.status, r.body["error"]["where"]) == (400, where), r.body
+    r = await call(session, "GET", px.admin_url + "/api/v1/history?route=main&limit=1&before=5")
+    assert r.status == 200, r.body
+
+
 async def test_a_second_proxy_on_the_same_state_file_is_refused(
     ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
 ) -> None:

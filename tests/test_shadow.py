@@ -708,6 +708,13 @@ async def test_report_api_get_filter_delete_and_restart(tmp_path: Path, start_up
             async with s.get(f"{admin}/api/v1/shadow/report?route=main") as resp:
                 again = (await resp.json())["routes"][0]
             assert again["endpoints"]["GET /shop/items/{id}"]["compared"] == 30
+            # QA: a misspelt or repeated parameter cleared every route's report (200).
+            for query in ("Route=main", "rout=main", "route=main&route=other"):
+                async with s.delete(f"{admin}/api/v1/shadow/report?{query}") as resp:
+                    assert resp.status == 400, query
+                    assert (await resp.json())["error"]["where"] in ("Route", "rout", "route")
+            async with s.get(f"{admin}/api/v1/shadow/report?route=main") as resp:
+                assert (await resp.json())["routes"][0]["compared"] == 30  # nothing cleared
             # ...and DELETE clears it, in memory and on disk.
             async with s.delete(f"{admin}/api/v1/shadow/report?route=main") as resp:
                 assert resp.status == 200
