@@ -445,6 +445,28 @@ def _starting_with(prefix: str, example: str) -> Convert[str]:
     return convert
 
 
+def _endpoint_template(value: object) -> str:
+    """A ``diff.endpoints`` template: a path whose segments are each a literal or a whole
+    ``{name}``. Each refused form used to pass ``check`` and then never match (a query, a
+    placeholder inside a segment, an unbalanced or empty brace), or match any segment
+    (``{a}-{b}``)."""
+    text = _starting_with("/", "/users/{id}")(value)
+    if "?" in text or "#" in text:
+        raise ValueError(f"is a path only: requests are grouped without their query, got {_show(value)}")
+    if ";" in text:
+        raise ValueError(f"requests are grouped without their path parameters (;...), got {_show(value)}")
+    for segment in text.split("/"):
+        if segment.startswith("{") and segment.endswith("}") and len(segment) > 2 and "{" not in segment[1:-1]:
+            if "}" in segment[1:-1]:
+                break
+            continue
+        if "{" in segment or "}" in segment:
+            break
+    else:
+        return text
+    raise ValueError(f"each segment is a literal or a whole {{name}} (one segment), got {segment!r} in {_show(value)}")
+
+
 def _field_path(example: str) -> Convert[str]:
     """A field path pattern (proxy/fieldpath.py), parsed here as the diff will parse it: a
     pattern `check` passed used to fail only at run time, every comparison with it."""
@@ -1110,7 +1132,7 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
         diff=ShadowDiff(
             ignore_headers=tuple(dict.fromkeys(ignore_headers)),
             ignore_fields=diff.get_list("ignore_fields", _field_path("$.meta.id"), ()),
-            endpoints=diff.get_list("endpoints", _starting_with("/", "/users/{id}"), ()),
+            endpoints=diff.get_list("endpoints", _endpoint_template, ()),
             redact_fields=diff.get_list("redact_fields", _field_path("$.user.email"), ()),
         ),
     )

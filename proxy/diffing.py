@@ -102,6 +102,8 @@ ALWAYS_REDACTED_HEADERS: Final = frozenset({"authorization", "cookie", "set-cook
 # Query parameters whose values are replaced in a sample's request line.
 SENSITIVE_QUERY_PARAMS: Final = frozenset(
     {"access_token", "api_key", "apikey", "auth", "key", "password", "secret", "sig", "signature", "token"}
+    # Session ids sent in the URL (a path parameter, /cart;jsessionid=...): a Cookie's worth.
+    | {"jsessionid", "phpsessid", "sessionid", "session_id", "sid"}
 )
 REDACTED: Final = "[redacted]"
 OTHER_ENDPOINT: Final = "{other}"
@@ -153,12 +155,15 @@ def _path_only(target: str) -> str:
     path = target.partition("?")[0].partition("#")[0]
     if not path.startswith("/") and "://" in path:  # absolute-form request target
         path = "/" + path.partition("://")[2].partition("/")[2]
+    if ";" in path:  # RFC 3986 §3.3 path parameters (;jsessionid=...): not the endpoint's
+        path = _PATH_PARAMS.sub("", path)
     if "%" in path:  # RFC 3986 §6.2.2.2: /t/%31%32 is /t/12, and its id folds like it
         path = _PERCENT.sub(_unreserved, path)
     return path or "/"
 
 
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_PATH_PARAMS: Final = re.compile(r";[^/]*")
 _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 

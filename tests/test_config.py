@@ -978,6 +978,24 @@ ERRORS = [
         8,
         "must start with '/'",
     ),
+    # QA: templates that can never match (or match any segment) passed check.
+    *(
+        (
+            f"shadow-endpoint-{name}",
+            route(f"shadow:\n  backend: v2\n  diff: {{endpoints: ['/ok/{{id}}', '{template}']}}\n"),
+            "routes[0].shadow.diff.endpoints[1]",
+            8,
+            message,
+        )
+        for name, template, message in (
+            ("query", "/users/{id}?x=1", "is a path only"),
+            ("path-parameter", "/a;v=1/{id}", "without their path parameters"),
+            ("brace-in-segment", "/t/{id}.json", "got '{id}.json'"),
+            ("two-in-a-segment", "/w/{a}-{b}", "got '{a}-{b}'"),
+            ("unbalanced", "/v/{id", "got '{id'"),
+            ("empty-name", "/k/{}", "got '{}'"),
+        )
+    ),
     (
         "shadow-ignore-header",
         route("shadow: {backend: v2, diff: {ignore_headers: ['x y']}}\n"),

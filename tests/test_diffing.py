@@ -88,6 +88,12 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "http://h.example/u/7?x", (), "GET /u/{id}", id="absolute-form"),
         pytest.param("POST", "/a/1/b/2", (), "POST /a/{id}/b/{id}", id="two-ids"),
         pytest.param("GET", "/u/٣", (), "GET /u/٣", id="non-ascii-digit-kept"),
+        # QA: each session was an endpoint (and a metric label) of its own.
+        pytest.param("GET", "/cart;jsessionid=A1B2C3", (), "GET /cart", id="path-parameter-dropped"),
+        pytest.param("GET", "/users/123;jsessionid=abc?x=1", (), "GET /users/{id}", id="path-parameter-then-id"),
+        pytest.param("GET", "/a;v=1/b;w=2/42", (), "GET /a/b/{id}", id="path-parameters-in-segments"),
+        pytest.param("GET", "/a%3Bb/7", (), "GET /a%3Bb/{id}", id="escaped-semicolon-is-data"),
+        pytest.param("GET", "/users/x;s=1", ("/users/{id}",), "GET /users/{id}", id="template-path-parameter"),
         pytest.param("GET", "/users/alice", ("/users/{id}",), "GET /users/{id}", id="template-param"),
         pytest.param(
             "GET",
@@ -780,6 +786,8 @@ def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> No
         pytest.param("GET /a?token=x#frag", "GET /a?token=[redacted]#frag", id="fragment"),
         pytest.param("GET /cb#access_token=x&t=1", "GET /cb#access_token=[redacted]&t=1", id="in-fragment"),
         pytest.param("GET /a?b=1#&token=x", "GET /a?b=1#&token=[redacted]", id="in-fragment-after-query"),
+        pytest.param("GET /cart;jsessionid=A1B2", "GET /cart;jsessionid=[redacted]", id="session-path-parameter"),
+        pytest.param("GET /a?PHPSESSID=x&sid=y", "GET /a?PHPSESSID=[redacted]&sid=[redacted]", id="session-ids"),
     ],
 )
 def test_redact_request(request_line: str, expected: str) -> None:
