@@ -425,7 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the proxy (data listener + admin listener)")
+    run = sub.add_parser(
+        "run",
+        help="run the proxy (data listener + admin listener)",
+        description="Run the proxy on a config file: the data listener, the admin API, health checks and "
+        "shadow mirroring. SIGHUP re-reads the file (a bad one is refused and the running config stays); "
+        "SIGTERM or Ctrl-C drains in-flight requests for up to --grace, then exits 0. Exit 2: a bad config "
+        "or state database; exit 1: a port that cannot be listened on.",
+    )
     run.add_argument("-c", "--config", required=True, help="YAML config file (see config/example.yaml)")
     run.add_argument(
         "--grace",
@@ -443,7 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a config: exit 0, or print every problem and exit 2")
+    check = sub.add_parser(
+        "check",
+        help="validate a config: exit 0, or print every problem and exit 2",
+        description="Validate a config file as run would, without starting anything: print "
+        "'FILE: ok (N routes, M backends)' and exit 0, or every problem as 'where: what (line N)' and exit 2.",
+    )
     check.add_argument("-c", "--config", required=True, help="YAML config file")
     check.set_defaults(func=cmd_check)
 
@@ -451,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="start two built-in demo versions (v1, v2) and a proxy in front of them",
         description="Start two built-in versions of a small JSON API and splitproxy in front of them "
-        "(90/10 canary, sticky by cookie, X-Canary override), and print the URLs to try.",
+        "(90/10 canary, sticky by cookie, the X-Canary header and canary=1 cookie overrides; every GET "
+        "mirrored to v2 and a quarter of them replayed to the live version, for noise), and print the URLs "
+        "to try. The state database is "
+        "in a new temporary directory unless $SPLITPROXY_DEMO_STATE names one; the two versions listen "
+        "on free loopback ports.",
     )
     demo.add_argument("--listen", default="127.0.0.1:8080", help="proxy address (default 127.0.0.1:8080)")
     demo.add_argument("--admin-listen", default="127.0.0.1:9901", help="admin address (default 127.0.0.1:9901)")

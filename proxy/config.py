@@ -839,10 +839,23 @@ _HEALTH_KEYS = (
 )
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: YAML 1.1 needs a dot (``1.0e6``), so
+    ``weight: 1e6`` was the string '1e6', refused as "must be a number", and the API's own
+    way to print a large weight (``1e+06``) could not be pasted back into the file."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML ``text``; raise ConfigError listing every problem found."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = e.problem or "invalid YAML"

@@ -433,6 +433,22 @@ def test_yaml_anchors_and_merge_keys() -> None:
     assert b.health_check == HealthCheck(interval=10.0, timeout=3.0)
 
 
+@pytest.mark.parametrize(
+    ("spelt", "weight"),
+    [("1e6", 1e6), ("1e+06", 1e6), ("2.5E-1", 0.25), ("1_000", 1000.0), ("7", 7.0)],
+)
+def test_weights_are_read_as_yaml_1_2_numbers(spelt: str, weight: float) -> None:
+    """QA: ``weight: 1e6`` was "must be a number, got '1e6'" (YAML 1.1 needs a dot), and the
+    API and CLI print a large weight as ``1e+06``, which could not be pasted back."""
+    config = parse_text(BASE.replace("weight: 1}", f"weight: {spelt}}}"))
+    assert config.routes[0].backends[0].weight == weight
+
+
+def test_a_number_like_string_stays_a_string_when_quoted() -> None:
+    config = parse_text(route('overrides: [{header: X-Canary, value: "1e6", backend: v2}]\n'))
+    assert config.routes[0].overrides[0].value == "1e6"
+
+
 def test_with_weights_replaces_only_named_backends() -> None:
     original = parse_text(route("")).routes[0]
     changed = with_weights(original, {"v2": 7, "nope": 1})
