@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import Final, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -360,6 +360,24 @@ def parse_weight(value: object) -> float:
     return float(value) + 0.0  # -0.0 is 0.0
 
 
+# YAML 1.2's floats without a dot (``1e6``, ``1e+06``), which YAML 1.1, and so PyYAML,
+# reads as strings. Read as numbers where a number is wanted only: a backend named ``1e3``
+# stays a name.
+_YAML12_FLOAT: Final = re.compile(r"[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+")
+
+
+def _as_number(value: object) -> object:
+    """``value``, or the float a YAML 1.2 reader makes of it (``weight: 1e6``, and the
+    ``1e+06`` the API and CLI print a large weight as, pasted back into the file)."""
+    if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value):
+        return float(value.replace("_", ""))
+    return value
+
+
+def _file_weight(value: object) -> float:
+    return parse_weight(_as_number(value))
+
+
 def _integer(low: int, high: int | None = None) -> Convert[int]:
     def convert(value: object) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -372,6 +390,7 @@ def _integer(low: int, high: int | None = None) -> Convert[int]:
 
 def _number(low: float, high: float | None = None) -> Convert[float]:
     def convert(value: object) -> float:
+        value = _as_number(value)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"must be a number, got {_show(value)}")
         if not math.isfinite(value):
@@ -839,23 +858,10 @@ _HEALTH_KEYS = (
 )
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, with YAML 1.2's floats: YAML 1.1 needs a dot (``1.0e6``), so
-    ``weight: 1e6`` was the string '1e6', refused as "must be a number", and the API's own
-    way to print a large weight (``1e+06``) could not be pasted back into the file."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def parse_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML ``text``; raise ConfigError listing every problem found."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = e.problem or "invalid YAML"
@@ -1069,7 +1075,7 @@ def _backends(route: _Map) -> tuple[Backend, ...]:
                 b.items("upstreams")[i].fail(f"duplicate upstream (also upstreams[{first[u.url]}])")
             first.setdefault(u.url, i)
         before = b.problem_count
-        weight = b.get("weight", parse_weight, 0.0)
+        weight = b.get("weight", _file_weight, 0.0)
         weights_read = weights_read and b.problem_count == before
         backends.append(Backend(name, upstreams, weight))
     # Judged only when every weight was read, so that one wrong weight is one problem.

@@ -103,7 +103,7 @@ ALWAYS_REDACTED_HEADERS: Final = frozenset({"authorization", "cookie", "set-cook
 SENSITIVE_QUERY_PARAMS: Final = frozenset(
     {"access_token", "api_key", "apikey", "auth", "key", "password", "secret", "sig", "signature", "token"}
     # Session ids sent in the URL (a path parameter, /cart;jsessionid=...): a Cookie's worth.
-    | {"jsessionid", "phpsessid", "sessionid", "session_id", "sid"}
+    | {"jsessionid", "phpsessid", "sessionid", "session_id"}
 )
 REDACTED: Final = "[redacted]"
 OTHER_ENDPOINT: Final = "{other}"
@@ -1719,10 +1719,13 @@ def redact_request(request: str) -> str:
     parts = _QUERY_PARTS.split(request)  # the path, then separators and pairs by turns
     if len(parts) == 1:
         return request
+    in_path = True  # before any "?" or "#": ";" starts a path parameter, whose value ends at "/"
     for i in range(2, len(parts), 2):
-        name, eq, _ = parts[i].partition("=")
+        in_path = in_path and parts[i - 1] == ";"
+        name, eq, value = parts[i].partition("=")
         if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS:
-            parts[i] = f"{name}={REDACTED}"
+            rest = "/" + value.partition("/")[2] if in_path and "/" in value else ""
+            parts[i] = f"{name}={REDACTED}{rest}"
     return "".join(parts)
 
 

@@ -480,11 +480,12 @@ class ClientConnection(asyncio.Protocol):
                 url = path + (b"?" + url.partition(b"?")[2] if b"?" in url else b"")
                 ex.url = url
                 lines = [*h.without_options(lines, _HOST), b"Host", b": ", host, b"\r\n"]
-            elif ex.method == b"OPTIONS" and path == b"*":
+            elif ex.method == b"OPTIONS" and url == b"*":  # exactly "*" (RFC 9112 §3.2.4)
                 # RFC 9110 §9.3.7: the server's own options, forwarded as they came (as
                 # Envoy does), on the route that serves the host's "/".
                 path = b"/"
             else:
+                ex.keep_alive = False  # as any malformed request's connection
                 self._local(ex, 400, "request target must be a path")
                 return
         elif host is None and ex.http11:

@@ -100,6 +100,10 @@ class Worker:
                 fut = self._waiting.pop(msg.get("seq", -1), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
+        except ConnectionResetError:
+            # A worker killed with a message it had not read yet: the kernel resets its
+            # socket rather than closing it. Gone all the same (no traceback in the log).
+            pass
         finally:
             for fut in self._waiting.values():
                 if not fut.done():
@@ -124,7 +128,7 @@ class Worker:
             self._waiting.pop(seq, None)
             if self.proc is not None and self.proc.returncode is None:
                 log.error(
-                    "worker %d (pid %d) left %r unanswered for %.0fs: stuck; killing it (a new one replaces it)",
+                    "worker %d (pid %d) left %r unanswered for %.0fs: stuck; killing it",
                     self.index,
                     self.proc.pid,
                     op,

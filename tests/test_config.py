@@ -444,9 +444,25 @@ def test_weights_are_read_as_yaml_1_2_numbers(spelt: str, weight: float) -> None
     assert config.routes[0].backends[0].weight == weight
 
 
-def test_a_number_like_string_stays_a_string_when_quoted() -> None:
-    config = parse_text(route('overrides: [{header: X-Canary, value: "1e6", backend: v2}]\n'))
-    assert config.routes[0].overrides[0].value == "1e6"
+def test_number_like_names_stay_names() -> None:
+    """Review: reading ``1e3`` as a number everywhere broke a route or backend named so
+    (a short commit hash), which passed check before."""
+    config = parse_text(
+        text("""
+        routes:
+          - name: 2e1
+            backends:
+              1e3: {upstreams: ["http://127.0.0.1:8001"], weight: 1e0}
+              7e2: {upstreams: ["http://127.0.0.1:8002"], weight: 0}
+            baseline: 1e3
+            overrides: [{header: X-Build, value: 1e5, backend: 7e2}]
+            shadow: {backend: 7e2, percent: 1e1}
+        """)
+    )
+    [r] = config.routes
+    assert (r.name, [b.name for b in r.backends], r.baseline) == ("2e1", ["1e3", "7e2"], "1e3")
+    assert (r.overrides[0].value, r.overrides[0].backend) == ("1e5", "7e2")
+    assert (r.backends[0].weight, r.shadow is not None and r.shadow.percent) == (1.0, 10.0)
 
 
 def test_with_weights_replaces_only_named_backends() -> None:

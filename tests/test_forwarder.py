@@ -985,6 +985,8 @@ async def test_every_connection_line_counts(start_proxy: StartProxy) -> None:
         pytest.param(b"GET /x HTTP/1.1\r\nHost:\r\n\r\n", 400, id="host-empty"),
         pytest.param(b"GET /x HTTP/1.0\r\nHost:\r\n\r\n", 400, id="host-empty-http-1.0"),
         pytest.param(b"GET http://:80/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="absolute-form-port-only"),
+        pytest.param(b"OPTIONS *?a=1 HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="asterisk-form-with-a-query"),
+        pytest.param(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="asterisk-form-not-options"),
     ],
 )
 async def test_framing_and_targets_refused(
