@@ -255,7 +255,7 @@ def _host_of(host_header: bytes) -> bytes:
     name = host_header.partition(b":")[0].lower()
     # A fully qualified name's trailing dot names the same host (nginx drops it too):
     # ``A.EXAMPLE.`` missed a.example's route and reached another route's upstream.
-    return name[:-1] if name[-1:] == b"." else name
+    return name[:-1] if name and name[-1] == 46 else name  # 46: ord("."), no slice made to test it
 
 
 class Table:
