@@ -94,7 +94,13 @@ class Balancer:
                 outliers = []
                 for url in urls:
                     kept = old.get((plan.name, backend.name, url))
-                    outliers.append(kept if kept is not None and kept.policy == policy else OutlierState(policy))
+                    if kept is not None and od.enabled:
+                        # Kept through any change of the settings (they apply from now on):
+                        # new settings used to wipe every ejection and streak of the route.
+                        kept.policy = policy
+                        outliers.append(kept)
+                    else:  # new, or detection turned off: no ejection outlives it
+                        outliers.append(OutlierState(policy))
                 active = [(plan.name, backend.name, url) not in self.active_down for url in urls]
                 backends[id(backend)] = BackendHealth(
                     route=plan,

@@ -222,7 +222,15 @@ class Server:
         state of record from here on, even if a worker fails to confirm it."""
         self.config = config
         if self.checker is not None:
-            self.checker.update(targets_from_config(config))
+            targets = targets_from_config(config)
+            self.checker.update(targets)
+            # An instance no longer probed (health_check removed, the instance or its route
+            # gone) is not down by checks any more: it stayed down for good, as no probe
+            # would ever report it up (a later probe of it starts healthy).
+            probed = {t.key for t in targets}
+            if not self._active_down <= probed:
+                self._active_down = self._active_down & probed
+                await self._push_health()
         await self.plane.install(config)
 
     # -- views for the admin API -----------------------------------------------------------

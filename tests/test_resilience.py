@@ -8,7 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from .conftest import Load, StartProxy, read_response
+from proxy.config import parse_text
+
+from .conftest import Load, StartProxy, config_text, read_response
 
 
 class Instance:
@@ -299,3 +301,79 @@ async def test_health_is_visible_in_the_admin_api_and_metrics(start_proxy: Start
     assert 'splitproxy_backend_healthy_upstreams{backend="stable",route="main"} 1.0' in text
     await up.close()
     await down.close()
+
+
+async def test_a_reload_keeps_ejections_through_new_outlier_settings_and_ends_them_when_off(
+    start_proxy: StartProxy,
+) -> None:
+    """QA: any change of `outlier_detection` wiped every ejection and failure streak of the
+    route (users got the bad instance's 500s again at once), while `enabled: false` kept an
+    instance ejected for up to max_ejection after the operator had turned detection off."""
+    bad = await Instance("bad", status=500).start()
+    good = await Instance("good").start()
+
+    def routes(**outliers: Any) -> list[dict[str, Any]]:
+        od = {"consecutive_failures": 1, "base_ejection": "30s", "max_ejection_percent": 50, **outliers}
+        return [{"name": "main", "backends": backends(stable=([bad, good], 1)), "outlier_detection": od}]
+
+    px = await start_proxy(routes(), access_log="off")
+    balancer = px.server.runtime.balancer
+
+    def bad_state() -> Any:
+        (bh,) = balancer.backends.values()
+        return bh.avail.outliers[0]
+
+    async with aiohttp.ClientSession() as s, asyncio.timeout(10):
+        while not bad_state().is_ejected(px.server.runtime.now()):
+            async with s.get(px.url + "/") as r:
+                await r.read()
+        until = bad_state().ejected_until
+        await px.server.controller.reload(
+            parse_text(config_text(px.tmp, routes(max_ejection_percent=60), access_log="off"))
+        )
+        assert bad_state().ejected_until == until  # kept, under the new settings
+        assert bad_state().policy.max_ejection_percent == 60
+        hits = bad.hits
+        for _ in range(4):
+            async with s.get(px.url + "/") as r:
+                assert r.status == 200
+        assert bad.hits == hits
+        await px.server.controller.reload(parse_text(config_text(px.tmp, routes(enabled=False), access_log="off")))
+        assert not bad_state().is_ejected(px.server.runtime.now())
+        for _ in range(4):
+            async with s.get(px.url + "/") as r:
+                await r.read()
+        assert bad.hits == hits + 2  # back in the round-robin at once
+    await bad.close()
+    await good.close()
+
+
+async def test_an_instance_down_by_checks_serves_again_once_it_is_no_longer_probed(start_proxy: StartProxy) -> None:
+    """QA: an instance down by its health checks when a reload stopped probing it (the
+    check removed, the instance or its route gone) stayed down for good: no probe would
+    ever report it up, and its backend failed over until a restart."""
+    stable = await Instance("stable").start()
+    canary = await Instance("canary", status=500).start()
+
+    def routes(checked: bool) -> list[dict[str, Any]]:
+        r: dict[str, Any] = {"name": "main", "backends": backends(stable=([stable], 0), canary=([canary], 1))}
+        r["baseline"] = "stable"
+        if checked:
+            r["health_check"] = {"path": "/hc", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1}
+        return [r]
+
+    px = await start_proxy(routes(checked=True), access_log="off")
+    balancer = px.server.runtime.balancer
+    await balancer_settles(balancer, lambda: bool(balancer.down))  # the canary failed its probe
+    canary.status = 200
+    await px.server.controller.reload(parse_text(config_text(px.tmp, routes(checked=False), access_log="off")))
+    assert px.server._active_down == frozenset()
+    assert not balancer.down
+    before = (stable.hits, canary.hits)  # the probes stopped with the reload
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.get(px.url + "/") as r:
+                assert r.status == 200
+    assert (stable.hits, canary.hits) == (before[0], before[1] + 3)  # its own traffic, no failover
+    await stable.close()
+    await canary.close()
