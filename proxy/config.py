@@ -412,6 +412,15 @@ def _duration(value: object) -> float:
     return seconds
 
 
+def _cookie_max_age(value: object) -> float:
+    """A cookie's ``Max-Age``, whole seconds: under 1 s it was sent as ``Max-Age=0``, which
+    deletes the cookie at once (RFC 6265 §5.2.2): stickiness silently off."""
+    seconds = _duration(value)
+    if seconds < 1:
+        raise ValueError(f"must be at least 1s (a cookie's Max-Age is whole seconds), got {_show(value)}")
+    return seconds
+
+
 def _size(low: int) -> Convert[int]:
     def convert(value: object) -> int:
         size = parse_size(value)
@@ -1027,7 +1036,7 @@ def _route(m: _Map, match: Match) -> Route:
         key_name = s.need("name", _query_name)
     elif s.take("name") is not None and by_given:
         s.fail("name", f"is not used with by: {by}; remove it")
-    sticky = Sticky(by=by, name=key_name, max_age=s.get("max_age", _duration, 86400.0))
+    sticky = Sticky(by=by, name=key_name, max_age=s.get("max_age", _cookie_max_age, 86400.0))
 
     return Route(
         name=name,
@@ -1120,6 +1129,8 @@ def _override_value(m: _Map, kind: str) -> str:
         at.fail(f"must be a cookie value (no spaces, quotes, ',', ';' or '\\'), got {text!r}")
     elif re.search(r"[\x00-\x08\x0a-\x1f\x7f]", text):  # RFC 9110 §5.5: no CTLs but HTAB
         at.fail(f"must not contain control characters, got {text!r}")
+    elif text != text.strip(" \t"):  # RFC 9110 §5.5: not part of a field value, never matched
+        at.fail(f"must not start or end with spaces or tabs (a header value never does), got {text!r}")
     return text
 
 

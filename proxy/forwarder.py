@@ -661,7 +661,9 @@ class ClientConnection(asyncio.Protocol):
                 lines = h.without_options(lines, options)
         head += lines
         if status == 101 and ex.upgrade:
-            head.append(b"Connection: upgrade\r\nUpgrade: %s\r\n\r\n" % hdict.get(b"upgrade", b""))
+            head.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % hdict.get(b"upgrade", b""))
+            self._sticky_cookie(ex, head)  # a browser keeps a handshake's cookies too
+            head.append(b"\r\n")
             self.write(b"".join(head))
             self._start_tunnel(ex, conn)
             return
@@ -688,15 +690,22 @@ class ClientConnection(asyncio.Protocol):
         elif not ex.http11:
             head.append(b"Connection: keep-alive\r\n")
         decision = ex.decision
-        if decision is not None and decision.set_cookie is not None and ex.plan is not None:
-            sticky = ex.plan.route.sticky
-            head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
+        if decision is not None and decision.set_cookie is not None:
+            self._sticky_cookie(ex, head)
         head.append(b"\r\n")
         if ex.mirror is not None:
             ex.mirror.live_head(status, lines, hdict)
         # Held until the end of the upstream's data_received, so that the head and the
         # first body bytes leave in one write (one syscall fewer per request).
         self.out.append(b"".join(head))
+
+    @staticmethod
+    def _sticky_cookie(ex: Exchange, head: list[bytes]) -> None:
+        """The new sticky key's Set-Cookie line, when the decision issued one."""
+        decision = ex.decision
+        if decision is not None and decision.set_cookie is not None and ex.plan is not None:
+            sticky = ex.plan.route.sticky
+            head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
 
     def response_body(self, ex: Exchange, body: bytes) -> None:
         if ex is not self.active:

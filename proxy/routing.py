@@ -42,6 +42,7 @@ __all__ = [
     "parse_cookie",
     "pick",
     "query_param",
+    "sticky_cookie",
 ]
 
 # How a decision was reached; used in the access log and in tests.
@@ -97,6 +98,24 @@ def parse_cookie(header: bytes, name: bytes) -> bytes | None:
             if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
                 v = v[1:-1]
             return v
+    return None
+
+
+def sticky_cookie(header: bytes, name: bytes) -> bytes | None:
+    """The first *valid* sticky key among the cookies named ``name`` (None: none valid).
+
+    A browser sends every cookie of that name whose Path and Domain match, the longest
+    path first (RFC 6265 §5.4): a stale copy set for ``/app`` or a parent domain (which the
+    proxy's ``Path=/`` cookie can never replace) came first, was taken as garbled, and the
+    user got a new key and a random backend on every request."""
+    for part in header.split(b";"):
+        k, eq, v = part.strip().partition(b"=")
+        if eq and k == name:
+            v = v.strip()
+            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                v = v[1:-1]
+            if valid_sticky_key(v):
+                return v
     return None
 
 
@@ -204,7 +223,9 @@ class RoutePlan:
         the returned key is hashed like a presented one and comes back in ``set_cookie``.
         """
         for name, value, backend in self.header_overrides:
-            if header(name) == value:
+            got = header(name)
+            # llhttp keeps whitespace after a value, which is not part of it (RFC 9110 §5.5).
+            if got is not None and (got == value or got.rstrip(b" \t") == value):
                 return self.by_override[backend]
         cookie_header = header(b"cookie") if self.wants_cookies else None
         if cookie_header is not None:
@@ -221,12 +242,14 @@ class RoutePlan:
         fresh = None
         key: bytes | None
         if by == "cookie":
-            key = parse_cookie(cookie_header, self.sticky_name) if cookie_header else None
-            if key is None or not valid_sticky_key(key):
+            key = sticky_cookie(cookie_header, self.sticky_name) if cookie_header else None
+            if key is None:
                 # A forged or garbled cookie is treated as absent: a new key is issued.
                 key = fresh = new_key()
         elif by == "header":
             key = header(self.sticky_name)
+            if key:
+                key = key.rstrip(b" \t")  # "42 " is the user "42" (RFC 9110 §5.5)
         elif by == "query":
             key = query_param(url, self.sticky_name)
         else:  # ip

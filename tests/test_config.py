@@ -831,6 +831,23 @@ ERRORS = [
         6,
         "> 0",
     ),
+    (  # QA: sent as Max-Age=0, which deletes the cookie at once
+        "sticky-max-age-under-a-second",
+        route("sticky: {by: cookie, max_age: 500ms}\n"),
+        "routes[0].sticky.max_age",
+        6,
+        "must be at least 1s",
+    ),
+    *(
+        (  # QA: a value with a space around it could never match (or matched only so)
+            f"override-value-{name}",
+            route(f'overrides: [{{header: X-T, value: "{value}", backend: v2}}]\n'),
+            "routes[0].overrides[0].value",
+            6,
+            "must not start or end with spaces or tabs",
+        )
+        for name, value in (("leading-space", " always"), ("trailing-space", "always "), ("trailing-tab", "always\\t"))
+    ),
     # overrides
     (
         "overrides-mapping",

@@ -574,6 +574,24 @@ async def test_websocket_is_tunnelled(start_upstream: StartUpstream, start_proxy
         assert (await ws.receive_bytes()) == payload
 
 
+async def test_a_websocket_handshake_carries_the_new_sticky_cookie(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: the 101 of a client's first request (a WebSocket) had no Set-Cookie, so its next
+    request drew a new key, and maybe another backend."""
+    up = await start_upstream()
+    r = route(stable=up)
+    r["sticky"] = {"by": "cookie", "name": "sp_main", "max_age": "1h"}
+    px = await start_proxy([r])
+    jar = aiohttp.CookieJar(unsafe=True)  # unsafe: it keeps cookies of an IP address
+    async with aiohttp.ClientSession(cookie_jar=jar) as s, s.ws_connect(px.url + "/ws") as ws:
+        [cookie] = [c for c in jar if c.key == "sp_main"]  # as set, with its attributes
+        await ws.send_str("hi")
+        assert (await ws.receive_str()) == "echo:hi"
+    assert len(cookie.value) == 32
+    assert (cookie["max-age"], cookie["path"], cookie["httponly"]) == ("3600", "/", True)
+
+
 async def test_weighted_split_of_10000_requests(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     stable = await start_upstream("stable")
     canary = await start_upstream("canary")

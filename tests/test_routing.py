@@ -339,12 +339,9 @@ OVERRIDES = (
             ("stable", BY_STICKY),
             id="header-value-mismatch",
         ),
-        pytest.param(
-            {"x-canary": "1 ", "x-user": "u1"},
-            0.0,
-            ("stable", BY_STICKY),
-            id="header-value-is-exact",
-        ),
+        pytest.param({"x-canary": "1 ", "x-user": "u1"}, 0.0, ("canary", BY_OVERRIDE), id="trailing-space-not-part"),
+        pytest.param({"x-canary": "1\t", "x-user": "u1"}, 0.0, ("canary", BY_OVERRIDE), id="trailing-tab-not-part"),
+        pytest.param({"x-canary": "1 1", "x-user": "u1"}, 0.0, ("stable", BY_STICKY), id="header-value-is-exact"),
         pytest.param({"x-canary": "", "x-user": "u1"}, 0.0, ("stable", BY_STICKY), id="header-value-empty"),
         pytest.param(
             {"cookie": "beta=no", "x-user": "u1"},
@@ -468,6 +465,11 @@ NEW_KEY = b"fedcba9876543210" * 2
         pytest.param("sp_shopx=" + VALID_KEY, True, id="longer-cookie-name"),
         pytest.param("sp_shop=" + VALID_KEY, False, id="valid"),
         pytest.param(f'a=1; sp_shop="{VALID_KEY}"; b=2', False, id="valid-quoted-among-others"),
+        # QA: a browser sends a stale copy (set for a longer path) first; the valid one
+        # after it was ignored, and the user got a new key on every request.
+        pytest.param(f"sp_shop=stale; sp_shop={VALID_KEY}", False, id="valid-after-a-stale-copy"),
+        pytest.param(f"sp_shop={VALID_KEY}; sp_shop=stale", False, id="valid-before-a-stale-copy"),
+        pytest.param("sp_shop=stale; sp_shop=" + VALID_KEY.upper(), True, id="no-valid-copy"),
     ],
 )
 def test_sticky_cookie_issues_a_key_only_when_needed(cookie: str | None, issued: bool) -> None:
@@ -486,6 +488,14 @@ def test_sticky_cookie_issues_a_key_only_when_needed(cookie: str | None, issued:
         else:
             assert d == Decision(sticky_expected(VALID_KEY.encode()).backend, BY_STICKY, None)
     assert len(calls) == (2 if issued else 0)
+
+
+def test_sticky_header_value_is_hashed_without_trailing_whitespace() -> None:
+    """QA: ``X-User: 42 `` and ``X-User: 42`` were two users on two backends."""
+    plan = header_plan({"a": 1.0, "b": 1.0, "c": 1.0})
+    for i in range(50):
+        key = b"user-%d" % i
+        assert assign(plan, key + b" ") == assign(plan, key + b"\t") == assign(plan, key)
 
 
 def test_sticky_cookie_reissue_hashes_the_new_key_not_the_garbled_one() -> None:
@@ -584,7 +594,10 @@ def test_query_param(url: bytes, expected: bytes | None) -> None:
 
 NAMES = ("a", "b", "c", "d", "e")
 FIXED_KEYS = [f"k{i}".encode() for i in range(200)]
-sticky_keys = st.lists(st.binary(min_size=1, max_size=24), max_size=30).map(lambda ks: FIXED_KEYS + ks)
+# Header values as they are: whitespace after one is not part of it (RFC 9110 §5.5), and
+# choose() hashes a value without it.
+_header_values = st.binary(min_size=1, max_size=24).map(lambda k: k.rstrip(b" \t")).filter(bool)
+sticky_keys = st.lists(_header_values, max_size=30).map(lambda ks: FIXED_KEYS + ks)
 positive_weights = st.one_of(st.integers(1, 1000).map(float), st.floats(1e-3, 1e6))
 
 
