@@ -42,7 +42,6 @@ __all__ = [
     "parse_cookie",
     "pick",
     "query_param",
-    "sticky_cookie",
 ]
 
 # How a decision was reached; used in the access log and in tests.
@@ -89,32 +88,19 @@ def hrw_choice(route: bytes, names: tuple[bytes, ...], weights: tuple[float, ...
     return best
 
 
-def parse_cookie(header: bytes, name: bytes) -> bytes | None:
-    """The value of cookie ``name`` in a ``Cookie`` header, or None (RFC 6265 §5.4 form)."""
+def parse_cookie(header: bytes, name: bytes, accept: Callable[[bytes], bool] | None = None) -> bytes | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None (RFC 6265 §5.4 form).
+
+    With ``accept``, the first value it accepts: a browser sends every cookie of that name
+    whose Path and Domain match, the longest path first (§5.4), so a stale copy set for a
+    longer path or a parent domain may come before the one that counts."""
     for part in header.split(b";"):
         k, eq, v = part.strip().partition(b"=")
         if eq and k == name:
             v = v.strip()
             if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
                 v = v[1:-1]
-            return v
-    return None
-
-
-def sticky_cookie(header: bytes, name: bytes) -> bytes | None:
-    """The first *valid* sticky key among the cookies named ``name`` (None: none valid).
-
-    A browser sends every cookie of that name whose Path and Domain match, the longest
-    path first (RFC 6265 §5.4): a stale copy set for ``/app`` or a parent domain (which the
-    proxy's ``Path=/`` cookie can never replace) came first, was taken as garbled, and the
-    user got a new key and a random backend on every request."""
-    for part in header.split(b";"):
-        k, eq, v = part.strip().partition(b"=")
-        if eq and k == name:
-            v = v.strip()
-            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
-                v = v[1:-1]
-            if valid_sticky_key(v):
+            if accept is None or accept(v):
                 return v
     return None
 
@@ -242,7 +228,9 @@ class RoutePlan:
         fresh = None
         key: bytes | None
         if by == "cookie":
-            key = sticky_cookie(cookie_header, self.sticky_name) if cookie_header else None
+            # The first valid key: a stale copy sent before it (a Path=/app one, which the
+            # proxy's Path=/ cookie can never replace) meant a new key on every request.
+            key = parse_cookie(cookie_header, self.sticky_name, valid_sticky_key) if cookie_header else None
             if key is None:
                 # A forged or garbled cookie is treated as absent: a new key is issued.
                 key = fresh = new_key()
