@@ -178,14 +178,7 @@ class Controller:
         start that fails (a port taken) leaves the history and the config as last applied as
         they were."""
         async with self._lock:
-            file_weights = config_weights(file_config)
-
-            def plan() -> tuple[dict[str, Weights], list[Change]]:
-                stored = self.store.latest_weights()
-                effective = reconcile(file_weights, stored, self.store.config_weights())
-                return effective, reconcile_changes(effective, stored, reason="start-up")
-
-            effective, changes = await asyncio.to_thread(plan)
+            effective, changes, file_weights = await self._plan(file_config, reason="start-up")
             self._pending_start = (changes, file_weights)
             self.config = with_route_weights(file_config, effective)
             return self.config
@@ -207,17 +200,24 @@ class Controller:
             await self._install(config)
             return config
 
-    async def _apply_file(self, file_config: Config, reason: str) -> Config:
+    async def _plan(
+        self, file_config: Config, reason: str
+    ) -> tuple[dict[str, Weights], list[Change], dict[str, Weights]]:
+        """The weights in force for a file (``reconcile``), the changes to record for them,
+        and the file's own weights."""
         file_weights = config_weights(file_config)
 
-        def record() -> tuple[dict[str, dict[str, float]], list[HistoryEntry]]:
+        def plan() -> tuple[dict[str, Weights], list[Change]]:
             stored = self.store.latest_weights()
             effective = reconcile(file_weights, stored, self.store.config_weights())
-            changes = reconcile_changes(effective, stored, reason=reason)
-            return effective, self.store.record_many(changes, config_weights=file_weights)
+            return effective, reconcile_changes(effective, stored, reason=reason)
 
-        effective, entries = await asyncio.to_thread(record)
-        self._note(entries)
+        effective, changes = await asyncio.to_thread(plan)
+        return effective, changes, file_weights
+
+    async def _apply_file(self, file_config: Config, reason: str) -> Config:
+        effective, changes, file_weights = await self._plan(file_config, reason)
+        self._note(await asyncio.to_thread(self.store.record_many, changes, config_weights=file_weights))
         self.config = with_route_weights(file_config, effective)
         return self.config
 
