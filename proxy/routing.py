@@ -236,7 +236,7 @@ class RoutePlan:
                 key = fresh = new_key()
         elif by == "header":
             key = header(self.sticky_name)
-            if key:
+            if key and (key[-1] == 32 or key[-1] == 9):  # a byte test: rstrip() on every request cost ~400 instructions
                 key = key.rstrip(b" \t")  # "42 " is the user "42" (RFC 9110 §5.5)
         elif by == "query":
             key = query_param(url, self.sticky_name)
