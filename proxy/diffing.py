@@ -1723,12 +1723,23 @@ def redact_request(request: str) -> str:
     for i in range(2, len(parts), 2):
         in_path = in_path and parts[i - 1] == ";"
         name, eq, value = parts[i].partition("=")
-        if eq and unquote_plus(name).lower() in SENSITIVE_QUERY_PARAMS:
+        if eq and _sensitive_param(name):
             rest = "/" + value.partition("/")[2] if in_path and "/" in value else ""
             parts[i] = f"{name}={REDACTED}{rest}"
     return "".join(parts)
 
 
+def _sensitive_param(name: str) -> bool:
+    """Whether a query parameter's value is a secret: its name, decoded and stripped as an
+    app's form parser reads it, is one of SENSITIVE_QUERY_PARAMS, or names one in brackets
+    (``token[]``, an array as PHP and Rails send it; ``user[password]``, a nested field)."""
+    key = unquote_plus(name).strip().lower()
+    if key in SENSITIVE_QUERY_PARAMS:
+        return True
+    return "[" in key and any(part.strip() in SENSITIVE_QUERY_PARAMS for part in _BRACKETS.split(key))
+
+
+_BRACKETS: Final = re.compile(r"[\[\]]")
 # "?" and "#", which start the query and the fragment; "&", and ";" which older servers (and
 # the HTML 4 recommendation) also split a query on.
 _QUERY_PARTS: Final = re.compile(r"([?#&;])")

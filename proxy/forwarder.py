@@ -109,6 +109,7 @@ class Exchange:
         "head_read",
         "held",
         "held_body",
+        "host_filled",
         "http11",
         "keep_alive",
         "lines",
@@ -148,6 +149,9 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
         self.head = b""
+        # The Host the proxy filled in for an HTTP/1.0 request without one: its upstream's
+        # host:port, changed in the head when another upstream takes the request.
+        self.host_filled = b""
         # Bytes of the head read in pieces after the one it began in (the first is checked
         # whole in data_received); -1 once the head is parsed.
         self.head_read = 0
@@ -530,6 +534,7 @@ class ClientConnection(asyncio.Protocol):
             if options:
                 lines = h.without_options(lines, options)
         if host is None:
+            ex.host_filled = pool.hostport
             lines = [*lines, b"Host", b": ", pool.hostport, b"\r\n"]
         ex.head = h.request_head(
             ex.method,
@@ -804,6 +809,9 @@ class ClientConnection(asyncio.Protocol):
             pool = self.rt.next_pool(plan.name, backend) or failed  # another instance, when there is one
         assert pool is not None
         ex.pool = pool
+        if ex.host_filled and pool.hostport != ex.host_filled:
+            ex.head = h.with_host(ex.head, ex.host_filled, pool.hostport)
+            ex.host_filled = pool.hostport
         if ex.pending is None:
             ex.pending = []  # no body was buffered: the request is its head alone
         conn = pool.take_idle()

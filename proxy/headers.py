@@ -151,6 +151,12 @@ def request_head(  # noqa: PLR0917  # positional-friendly: called once per reque
     return b"".join(parts)
 
 
+def with_host(head: bytes, old: bytes, new: bytes) -> bytes:
+    """``head`` with the Host line the proxy filled in (``old``: a request that came without
+    one, HTTP/1.0) naming ``new``: the only Host line such a head has."""
+    return head.replace(b"\r\nHost: " + old + CRLF, b"\r\nHost: " + new + CRLF, 1)
+
+
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 

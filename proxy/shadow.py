@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 
 from .diffing import Captured, EndpointCap, RouteStats, compare, endpoint_template, merge
 from .errors import UpstreamError, UpstreamReset, UpstreamTimeout
+from .headers import with_host
 
 if TYPE_CHECKING:
     from .config import ShadowDiff
@@ -451,9 +452,10 @@ class ShadowManager:
         if pool is None:  # a reload took the shadow backend away while the body was coming
             self.cancel(mirror, ERROR)
             return
-        legs = [ShadowLeg(mirror, "shadow", pool, head)]
+        legs = [ShadowLeg(mirror, "shadow", pool, self._host_for(ex, head, pool))]
         if ex.method in SAFE_METHODS and shadow.noise.percent > 0 and self.rt.random() * 100 < shadow.noise.percent:
-            legs.append(ShadowLeg(mirror, "replay", self._replay_pool(ex), head))
+            replay = self._replay_pool(ex)
+            legs.append(ShadowLeg(mirror, "replay", replay, self._host_for(ex, head, replay)))
         mirror.legs = legs
         for leg in legs:
             leg.start()
@@ -469,6 +471,14 @@ class ShadowManager:
             before, _, after = head.rpartition(b"Transfer-Encoding: chunked\r\n")
             head = before + b"Content-Length: %d\r\n" % mirror.body_size + after
         return head[:-2] + SHADOW_HEADER + b"\r\n"
+
+    @staticmethod
+    def _host_for(ex: Exchange, head: bytes, pool: UpstreamPool) -> bytes:
+        """A request that came without Host (HTTP/1.0) goes to each upstream with that
+        upstream's host:port as its Host, as the live request does."""
+        if ex.host_filled and pool.hostport != ex.host_filled:
+            return with_host(head, ex.host_filled, pool.hostport)
+        return head
 
     def _replay_pool(self, ex: Exchange) -> UpstreamPool:
         """Another instance of the live backend when there is one (noise between instances

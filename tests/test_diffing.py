@@ -791,6 +791,13 @@ def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> No
         # Review: the path after a redacted path parameter was cut from the sample.
         pytest.param("GET /a;jsessionid=S/b/c?x=1", "GET /a;jsessionid=[redacted]/b/c?x=1", id="path-param-mid-path"),
         pytest.param("GET /a?token=x/y", "GET /a?token=[redacted]", id="slash-in-a-query-value"),
+        # QA: names an app's form parser reads as a listed one kept their values in clear.
+        pytest.param("GET /a?token%5B%5D=x", "GET /a?token%5B%5D=[redacted]", id="array-brackets-encoded"),
+        pytest.param("GET /a?token[]=x&token[]=y", "GET /a?token[]=[redacted]&token[]=[redacted]", id="array"),
+        pytest.param("GET /a?user[password]=x", "GET /a?user[password]=[redacted]", id="nested-field"),
+        pytest.param("GET /a?token+=x", "GET /a?token+=[redacted]", id="trailing-plus-space"),
+        pytest.param("GET /a?%20token=x", "GET /a?%20token=[redacted]", id="leading-encoded-space"),
+        pytest.param("GET /a?tokens=x&user[name]=y", "GET /a?tokens=x&user[name]=y", id="near-names-kept"),
     ],
 )
 def test_redact_request(request_line: str, expected: str) -> None:

@@ -153,6 +153,21 @@ async def test_http10_client_gets_a_close_delimited_body(
     assert info
 
 
+async def test_http10_request_without_host_retried_on_another_instance_names_it(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: the Host the proxy fills in for an HTTP/1.0 request without one named the first
+    instance tried; a retry on another instance (a refused connection) kept that name."""
+    up = await start_upstream()
+    dead = f"http://127.0.0.1:{free_port()}"
+    px = await start_proxy([route(stable=([dead, up], 1))])
+    for _ in range(2):  # round-robin: one of the two tries the dead instance first
+        (resp,) = await raw_exchange(px.port, b"GET /e HTTP/1.0\r\n\r\n")
+        assert resp.status == 200
+        assert header_map(json.loads(resp.body))["host"] == [f"127.0.0.1:{up.port}"]
+    assert px.server.runtime.counts.extra_counters.get("splitproxy_retries")
+
+
 async def test_http10_keep_alive(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     up = await start_upstream()
     px = await start_proxy([route(stable=up)])

@@ -508,6 +508,28 @@ async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstre
     assert sorted(x["upstream"] for x in live) == ["live-a", "live-a", "live-b", "live-b"]
 
 
+async def test_http10_request_without_host_gets_each_upstreams_own_host(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: the mirror and the replay of an HTTP/1.0 request without Host carried the live
+    upstream's host:port, which a shadow behind name-based virtual hosting would misroute."""
+    a = await start_upstream("live-a")
+    b = await start_upstream("live-b")
+    shadow = await start_upstream("shadow")
+    r = route(stable=([a, b], 100), candidate=(shadow, 0))
+    r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
+    px = await start_proxy([r])
+    for _ in range(2):
+        (resp,) = await raw_exchange(px.port, b"GET /h10 HTTP/1.0\r\n\r\n")
+        assert resp.status == 200
+    await wait_outcome(px, "compared", 2)
+    for up in (a, b, shadow):
+        assert len(up.seen) == 2  # each instance: a live request and the other's replay
+        for seen in up.seen:
+            hosts = [v for k, v in seen["headers"] if k.lower() == "host"]
+            assert hosts == [f"127.0.0.1:{up.port}"], (up.name, seen["headers"])
+
+
 async def test_1gib_upload_with_mirroring_on_is_streamed_and_skipped(
     tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
 ) -> None:
