@@ -107,6 +107,7 @@ SENSITIVE_QUERY_PARAMS: Final = frozenset(
 )
 REDACTED: Final = "[redacted]"
 OTHER_ENDPOINT: Final = "{other}"
+_OTHER_SUFFIX: Final = " " + OTHER_ENDPOINT
 DEFAULT_MAX_ENDPOINTS: Final = 100
 
 MAX_VALUE_CHARS: Final = 200  # FieldDiff.live / .shadow
@@ -129,6 +130,30 @@ _ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
 def is_id(segment: str) -> bool:
     """A path segment or object key that names one thing: digits, a UUID, or >= 16 hex digits."""
     return _ID_RE.fullmatch(segment) is not None
+
+
+def is_id_segment(segment: str) -> bool:
+    """A path segment that names one thing, not a kind of thing, so it folds to ``{id}``:
+    what ``is_id`` folds; a number in any notation (``-5``, ``1.5``, ``2024-01-01``,
+    ``12:30``); anything with an ``@`` (an e-mail address); three digits in a row in five
+    or more characters (``ORD-7781``, ``user1234``); a token of 12 or more characters with a
+    letter and a digit (``aB3xY9zQk2Lm_Tq``); and any segment over 64 characters. Words
+    stay (``/users/alice``): a ``diff.endpoints`` template folds those."""
+    if len(segment) > MAX_ENDPOINT_SEGMENT or "@" in segment or "%40" in segment:
+        return True
+    if _NUMBER_SEGMENT.fullmatch(segment) is not None or is_id(segment):
+        return True
+    if len(segment) >= 5 and _DIGIT_RUN.search(segment) is not None:
+        return True
+    return len(segment) >= 12 and _DIGIT.search(segment) is not None and _LETTER.search(segment) is not None
+
+
+MAX_ENDPOINT_SEGMENT: Final = 64
+MAX_ENDPOINT_CHARS: Final = 256  # a longer endpoint name (after folding) is counted as {other}
+_NUMBER_SEGMENT: Final = re.compile(r"[+-]?[0-9]+(?:[.,:_-][0-9]+)*")
+_DIGIT_RUN: Final = re.compile(r"[0-9]{3}")
+_DIGIT: Final = re.compile(r"[0-9]")
+_LETTER: Final = re.compile(r"[A-Za-z]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +209,8 @@ def endpoint_template(method: str, path: str, templates: tuple[str, ...] = ()) -
 
     The query string is dropped. A configured template (``/orgs/{org}/repos/{repo}``,
     ``{name}`` matches one non-empty segment) wins when it matches, the one with most
-    literal segments first. Otherwise numeric, UUID and long-hex segments fold to ``{id}``.
+    literal segments first. Otherwise id-like segments fold to ``{id}`` (``is_id_segment``),
+    and a name still longer than MAX_ENDPOINT_CHARS is the method's ``{other}``.
     """
     path = _path_only(path)
     segments = path.split("/")
@@ -192,7 +218,8 @@ def endpoint_template(method: str, path: str, templates: tuple[str, ...] = ()) -
         for t in _compile_templates(templates).get(len(segments), ()):
             if all((p is None and s) or p == s for p, s in zip(t.parts, segments, strict=True)):
                 return f"{method} {t.text}"
-    return method + " " + "/".join("{id}" if s and is_id(s) else s for s in segments)
+    name = method + " " + "/".join("{id}" if s and is_id_segment(s) else s for s in segments)
+    return name if len(name) <= MAX_ENDPOINT_CHARS else overflow_endpoint(name)
 
 
 def overflow_endpoint(endpoint: str) -> str:
@@ -224,7 +251,7 @@ class EndpointCap:
 
     def admit(self, endpoint: str) -> str:
         got = capped_endpoint(endpoint, self._known, self.limit)
-        if got == endpoint:
+        if got == endpoint and not endpoint.endswith(_OTHER_SUFFIX):  # {other} takes no slot
             self._known.add(endpoint)
         return got
 
@@ -360,6 +387,26 @@ def _clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _clip_pair(a: str | None, b: str | None) -> tuple[str | None, str | None]:
+    """Both values of a difference in MAX_VALUE_CHARS characters each, cut so that where they
+    first differ shows: two long strings that differ near their end read the same once each
+    was cut at its start. Values come here in RENDER_CHARS at most (``_render``)."""
+    limit = MAX_VALUE_CHARS
+    if a is None or b is None or (len(a) <= limit and len(b) <= limit):
+        return (None if a is None else _clip(a)), (None if b is None else _clip(b))
+    same, n = 0, min(len(a), len(b))
+    while same < n and a[same] == b[same]:
+        same += 1
+    if same < limit - _CONTEXT_CHARS:  # the plain cut shows it, with what follows
+        return _clip(a), _clip(b)
+    start = same - _CONTEXT_CHARS
+    return _clip("…" + a[start:]), _clip("…" + b[start:])
+
+
+RENDER_CHARS: Final = 4000  # a value is rendered this far before _clip_pair cuts it
+_CONTEXT_CHARS: Final = 50  # what a cut value shows before its first difference
+
+
 def _parse_json(body: bytes) -> Any:
     """orjson where it can (parsing is most of a JSON diff's cost, and orjson parses several
     times faster), the standard library for what orjson refuses but JSON bodies in the wild
@@ -393,14 +440,14 @@ def _render(value: object) -> str | None:
     # encoder writes ints and finite floats with their repr, and the three constants.
     t = type(value)
     if t is float and math.isfinite(cast(float, value)):
-        return _clip(float.__repr__(cast(float, value)))
+        return _clip(float.__repr__(cast(float, value)), RENDER_CHARS)
     if t is int:
-        return _clip(int.__repr__(cast(int, value)))
+        return _clip(int.__repr__(cast(int, value)), RENDER_CHARS)
     if value is None or t is bool:
         return _CONSTANTS[cast(bool | None, value)]
-    if t is str and len(cast(str, value)) > 4 * MAX_VALUE_CHARS:
-        value = cast(str, value)[: 4 * MAX_VALUE_CHARS]  # do not JSON-escape 1 MB to show 200 characters
-    return _clip(_ENCODE(value))
+    if t is str and len(cast(str, value)) > RENDER_CHARS:
+        value = cast(str, value)[:RENDER_CHARS]  # do not JSON-escape 1 MB to show 200 characters
+    return _clip(_ENCODE(value), RENDER_CHARS)
 
 
 _CONSTANTS: Final[dict[bool | None, str]] = {None: "null", True: "true", False: "false"}
@@ -533,6 +580,7 @@ class _Acc:
         if key not in self.differing:
             self.differing.add(key)
             if len(self.diffs) < MAX_DIFFS:
+                live, shadow = _clip_pair(live, shadow)
                 self.diffs.append(FieldDiff(path, kind, live, shadow, key))
 
     def found_values(self, path: str, key: str, kind: DiffKind, live: object, shadow: object) -> None:
@@ -882,13 +930,12 @@ def _diff_text(a: str, b: str, acc: _Acc) -> None:
         if len(out) >= MAX_TEXT_DIFFS:
             break
     if not out:  # cannot happen for a != b, but never report "equal" for different bodies
-        out.append(("body", "changed", _clip(a), _clip(b)))
+        out.append(("body", "changed", a[:RENDER_CHARS], b[:RENDER_CHARS]))
     acc.differing.add("body")
     for path, kind, la, lb in out:
         if len(acc.diffs) < MAX_DIFFS:
-            acc.diffs.append(
-                FieldDiff(path, kind, None if la is None else _clip(la), None if lb is None else _clip(lb), "body")
-            )
+            shown = _clip_pair(None if la is None else la[:RENDER_CHARS], None if lb is None else lb[:RENDER_CHARS])
+            acc.diffs.append(FieldDiff(path, kind, *shown, "body"))
 
 
 def _bytes_summary(body: bytes) -> str:
@@ -1072,8 +1119,8 @@ def _diff_headers(lh: dict[str, str], sh: dict[str, str], ignored: frozenset[str
             key,
             key,
             kind,
-            None if live_value is None else _clip(live_value),
-            None if shadow_value is None else _clip(shadow_value),
+            None if live_value is None else live_value[:RENDER_CHARS],
+            None if shadow_value is None else shadow_value[:RENDER_CHARS],
         )
 
 
@@ -2367,6 +2414,7 @@ __all__ = [
     "endpoint_template",
     "field_order",
     "is_id",
+    "is_id_segment",
     "merge",
     "overflow_endpoint",
     "parse_field_path",

@@ -76,10 +76,24 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "/o/3F2504E0-4F89-11D3-9A0C-0305E82C3301/x", (), "GET /o/{id}/x", id="uuid-upper"),
         pytest.param("GET", "/blob/0123456789abcdef", (), "GET /blob/{id}", id="hex-16"),
         pytest.param("GET", "/blob/0123456789ABCDEF01", (), "GET /blob/{id}", id="hex-18-upper"),
-        pytest.param("GET", "/blob/0123456789abcde", (), "GET /blob/0123456789abcde", id="hex-15-kept"),
         pytest.param("GET", "/api/v2/items", (), "GET /api/v2/items", id="version-kept"),
-        pytest.param("GET", "/d/2024-05-01", (), "GET /d/2024-05-01", id="date-kept"),
-        pytest.param("GET", "/u/abc123", (), "GET /u/abc123", id="mixed-word-kept"),
+        pytest.param("GET", "/u/abc12", (), "GET /u/abc12", id="two-digits-kept"),
+        pytest.param("GET", "/v/h264/oauth2/x86_64", (), "GET /v/h264/oauth2/x86_64", id="short-names-kept"),
+        pytest.param("GET", "/users/alice/profile", (), "GET /users/alice/profile", id="words-kept"),
+        pytest.param("GET", f"/a/{'w' * 64}", (), f"GET /a/{'w' * 64}", id="segment-of-64-kept"),
+        # QA: user names, tokens and order numbers in paths became endpoints and metric
+        # labels ("no user, session or raw-path labels"), and a path of 8,000 characters
+        # one label of that length.
+        pytest.param("GET", "/blob/0123456789abcde", (), "GET /blob/{id}", id="hex-15-is-a-token"),
+        pytest.param("GET", "/d/2024-05-01", (), "GET /d/{id}", id="date"),
+        pytest.param("GET", "/p/-5/1.5/12:30", (), "GET /p/{id}/{id}/{id}", id="numbers-in-any-notation"),
+        pytest.param("GET", "/u/abc123", (), "GET /u/{id}", id="three-digits-in-a-row"),
+        pytest.param("GET", "/api/v1/orders/ORD-7781", (), "GET /api/v1/orders/{id}", id="order-number"),
+        pytest.param("GET", "/reset/aB3xY9zQk2Lm_Tq", (), "GET /reset/{id}", id="token"),
+        pytest.param("GET", "/users/alice@example.com/profile", (), "GET /users/{id}/profile", id="e-mail"),
+        pytest.param("GET", "/users/alice%40example.com", (), "GET /users/{id}", id="e-mail-escaped"),
+        pytest.param("GET", f"/a/{'w' * 65}", (), "GET /a/{id}", id="segment-over-64"),
+        pytest.param("GET", "/a" * 200, (), "GET {other}", id="name-over-256-is-other"),
         pytest.param("GET", "/t/%31%32%33", (), "GET /t/{id}", id="percent-encoded-digits"),
         pytest.param("GET", "/t/a%2fb/%7e%41", (), "GET /t/a%2Fb/~A", id="percent-unreserved-only"),
         pytest.param("GET", "/u/42/", (), "GET /u/{id}/", id="trailing-slash-kept"),
@@ -115,6 +129,13 @@ def test_module_is_pure() -> None:
 )
 def test_endpoint_template(method: str, path: str, templates: tuple[str, ...], expected: str) -> None:
     assert endpoint_template(method, path, templates) == expected
+
+
+def test_endpoint_cap_gives_other_no_slot() -> None:
+    cap = EndpointCap(1)
+    assert cap.admit("GET {other}") == "GET {other}"  # a name too long to keep (endpoint_template)
+    assert cap.admit("GET /a") == "GET /a"
+    assert len(cap) == 1
 
 
 def test_endpoint_cap_admits_up_to_limit_then_overflows_per_method() -> None:
@@ -320,6 +341,40 @@ def test_long_values_are_clipped() -> None:
     assert len(d.live) == 200
     assert d.live.endswith("…")
     assert d.shadow.startswith('"yyy')
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        pytest.param(j({"tail": "y" * 300 + "live"}), j({"tail": "y" * 300 + "shadow"}), id="json-string"),
+        pytest.param(
+            Captured(200, (*TEXT, ("x-a", "y" * 300 + "live")), b"t"),
+            Captured(200, (*TEXT, ("x-a", "y" * 300 + "shadow")), b"t"),
+            id="header",
+        ),
+        pytest.param(
+            Captured(200, TEXT, b"y" * 3000 + b"live"), Captured(200, TEXT, b"y" * 3000 + b"shadow"), id="text-line"
+        ),
+    ],
+)
+def test_long_values_are_cut_where_they_differ(live: Captured, shadow: Captured) -> None:
+    """QA: a difference past character 200 of a value was cut off both sides, and the sample
+    showed two equal values."""
+    diffs = [d for d in diff(live, shadow) if d.live is not None and "y" * 40 in d.live]
+    (d,) = diffs
+    assert d.live is not None
+    assert d.shadow is not None
+    assert len(d.live) <= 200
+    assert len(d.shadow) <= 200
+    assert d.live.startswith("…")
+    assert "live" in d.live
+    assert "shadow" in d.shadow
+
+
+def test_a_value_cut_where_it_differs_keeps_context_and_its_end() -> None:
+    (d,) = diff(j({"a": "y" * 300 + "L" + "z" * 1000}), j({"a": "y" * 300 + "S" + "z" * 1000}))
+    assert d.live == "…" + "y" * 50 + "L" + "z" * 147 + "…"
+    assert d.shadow == "…" + "y" * 50 + "S" + "z" * 147 + "…"
 
 
 # ---- ignore_fields -----------------------------------------------------------------------------

@@ -723,8 +723,8 @@ RENDERED = st.recursive(
 
 
 def _encoded(value: Any) -> str:
-    shown = value[: 4 * diffing.MAX_VALUE_CHARS] if isinstance(value, str) else value
-    return _clip(json.dumps(shown, ensure_ascii=False, separators=(",", ":")))
+    shown = value[: diffing.RENDER_CHARS] if isinstance(value, str) else value
+    return _clip(json.dumps(shown, ensure_ascii=False, separators=(",", ":")), diffing.RENDER_CHARS)
 
 
 @pytest.mark.parametrize(
@@ -736,6 +736,7 @@ def test_rendered_scalars_are_what_the_json_encoder_writes(value: Any) -> None:
     """``_render``'s shortcuts for numbers and constants give the encoder's own text, clipped
     (10**300 is longer than a sample shows; NaN and the infinities go to the encoder)."""
     assert diffing._render(value) == _encoded(value)
+    assert diffing._clip_pair(diffing._render(value), "x")[0] == _clip(_encoded(value))
 
 
 @settings(max_examples=300, deadline=None)
