@@ -106,7 +106,12 @@ def _announced(value: bytes) -> int:
 
 
 class Capture:
-    """A response as it streams, kept up to ``cap`` bytes of body."""
+    """A response as it streams, kept up to ``cap`` bytes of body.
+
+    ``t_start`` .. ``t_end``: from the moment the whole request was at hand (the mirror's
+    launch, for the live answer and each leg alike) to the response's head. Not to its last
+    byte: the live answer's end waits for the client (a slow reader holds the upstream back),
+    which a leg's never does, so live and shadow would not compare."""
 
     __slots__ = ("body", "cap", "lines", "size", "status", "t_end", "t_start", "truncated")
 
@@ -136,6 +141,10 @@ class Capture:
 
     def captured(self) -> Captured:
         return Captured(self.status, parse_lines(self.lines), b"".join(self.body), self.truncated)
+
+    def seconds(self) -> float:
+        # 0 for a live answer that came before its request's body was whole (an early 401).
+        return max(0.0, self.t_end - self.t_start)
 
 
 class ShadowLeg:
@@ -216,6 +225,7 @@ class ShadowLeg:
             self.upstream_failed(ex, UpstreamReset("upstream switched protocols unasked"), retryable=False)
             return
         self.resp_started = True
+        self.capture.t_end = self.rt.now()
         cl = hdict.get(b"content-length")
         extra = [b"content-length: " + cl + b"\r\n"] if cl is not None else []
         self.capture.head(status, lines, extra)
@@ -270,7 +280,6 @@ class ShadowLeg:
             return
         self.done = True
         self.outcome = outcome
-        self.capture.t_end = self.rt.now()
         self.mirror.leg_done()
 
 
@@ -309,7 +318,7 @@ class Mirror:
         self.body: list[bytes] = []
         self.body_size = 0
         self.wants_body = ex.req_chunked or bool(ex.content_length)
-        self.live = Capture(self.cap, ex.t0)
+        self.live = Capture(self.cap, 0.0)  # t_start: at launch
         self.live_done = False
         self.launched = False
         self.legs: list[ShadowLeg] = []
@@ -328,6 +337,7 @@ class Mirror:
 
     def live_head(self, status: int, lines: list[bytes], hdict: dict[bytes, bytes]) -> None:
         cl = hdict.get(b"content-length")
+        self.live.t_end = self.rt.now()
         self.live.head(status, lines, [b"content-length: " + cl + b"\r\n"] if cl is not None else [])
 
     def live_body(self, data: bytes) -> None:
@@ -338,7 +348,6 @@ class Mirror:
         """The live exchange ended; ``ok``: a whole response reached the client."""
         self.ex = None
         self.live_done = True
-        self.live.t_end = self.rt.now()
         if not ok:
             self.manager.cancel(self, ERROR)
         elif not self.launched:
@@ -442,6 +451,7 @@ class ShadowManager:
         if mirror.launched or ex is None:
             return
         mirror.launched = True
+        mirror.live.t_start = self.rt.now()  # the legs' Captures start now too
         plan = mirror.plan
         shadow = plan.route.shadow
         assert shadow is not None
@@ -523,8 +533,8 @@ class ShadowManager:
         route = mirror.plan.name
         self._count(route, COMPARED)
         counts = self.rt.counts
-        counts.shadow_duration(route, "live", mirror.live.t_end - mirror.live.t_start)
-        counts.shadow_duration(route, "shadow", shadow_leg.capture.t_end - shadow_leg.capture.t_start)
+        counts.shadow_duration(route, "live", mirror.live.seconds())
+        counts.shadow_duration(route, "shadow", shadow_leg.capture.seconds())
         if self.on_complete is not None:
             # Compared in a callback of its own: never inside the live request's callbacks.
             self.rt.loop.call_soon(self._compare, mirror)
@@ -611,8 +621,8 @@ class DiffRecorder:
             live=live,
             shadow=shadow_answer,
             request=request,
-            live_seconds=mirror.live.t_end - mirror.live.t_start,
-            shadow_seconds=leg.capture.t_end - leg.capture.t_start,
+            live_seconds=mirror.live.seconds(),
+            shadow_seconds=leg.capture.seconds(),
             point=self.rt.random(),
             noise=shadow.noise,
             redact_fields=diff_config.redact_fields,

@@ -508,6 +508,44 @@ async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstre
     assert sorted(x["upstream"] for x in live) == ["live-a", "live-a", "live-b", "live-b"]
 
 
+def slow_body_app(seconds: float) -> Any:
+    """Answers its head at once and its body ``seconds`` later."""
+
+    def factory(up: Upstream) -> web.Application:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            up.hits += 1
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await asyncio.sleep(seconds)
+            await resp.write(b'{"late": true}')
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        return app
+
+    return factory
+
+
+async def test_live_and_shadow_latency_end_at_the_response_head(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: the live latency ran to the last byte written to the client, which a slow reader
+    (or a body that streams) holds back, and no shadow leg ever is: an unchanged candidate
+    always looked faster. Both now run from the mirror's launch to the response head."""
+    live = await start_upstream("live", slow_body_app(0.6))
+    shadow = await start_upstream("shadow", slow_body_app(0.6))
+    px = await start_proxy([shadowed(live, shadow)])
+    await drive(px.url, ["/a", "/b"], 1)
+    await wait_outcome(px, "compared", 2)
+    durations = px.server.runtime.counts.shadow_durations
+    for role in ("live", "shadow"):
+        hist = durations[("main", role)]
+        assert sum(hist.buckets) == 2
+        assert hist.total < 0.6, (role, hist.total)  # two heads; the bodies took 0.6 s each
+
+
 async def test_http10_request_without_host_gets_each_upstreams_own_host(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
