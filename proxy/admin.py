@@ -71,22 +71,33 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     is_read = request.method in ("GET", "HEAD")
     if is_read and not server.config.admin.protect_reads:
         return await handler(request)
-    given = request.headers.get("Authorization", "")
-    scheme, _, presented = given.partition(" ")
-    # hmac.compare_digest: the time taken does not depend on where the strings differ. On
-    # bytes: aiohttp decodes a header's bytes that are not UTF-8 as lone surrogates
-    # (surrogateescape), which a plain .encode() refuses; surrogatepass encodes any string.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
-    ):
+    if not _token_presented(request, token):
         resp = error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="splitproxy"'
         return resp
     return await handler(request)
 
 
+def _token_presented(request: web.Request, token: str) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    # hmac.compare_digest: the time taken does not depend on where the strings differ. On
+    # bytes: aiohttp decodes a header's bytes that are not UTF-8 as lone surrogates
+    # (surrogateescape), which a plain .encode() refuses; surrogatepass encodes any string.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    )
+
+
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def is_loopback(host: str) -> bool:
+    """A listen address that only this machine can reach."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip_or_localhost(host: str) -> bool:
@@ -109,15 +120,24 @@ async def browser_guard(request: web.Request, handler: Handler) -> web.StreamRes
       labelled JSON (``read_json``), which no HTML form can send.
     - DNS rebinding: without a token, only a ``Host`` that is an IP address or
       ``localhost`` is answered; a page on a name that resolves to this listener is not.
+      With a token on a loopback listener, another name needs the token too, reads
+      included (``protect_reads`` off leaves them open to local tools, not to such a page).
     """
     host = request.headers.get("Host", "")
-    if (
-        host  # a browser always sends one; an HTTP/1.0 tool may not
-        and request.app[SERVER_KEY].admin_token is None
-        and request.path not in _OPEN_PATHS
-        and not _is_ip_or_localhost(host)
-    ):
-        return error(403, f"Host {host!r} refused: without a token the admin API answers an IP address or localhost")
+    # A browser always sends a Host; an HTTP/1.0 tool may not.
+    if host and request.path not in _OPEN_PATHS and not _is_ip_or_localhost(host):
+        server = request.app[SERVER_KEY]
+        token = server.admin_token
+        if token is None:
+            return error(
+                403, f"Host {host!r} refused: without a token the admin API answers an IP address or localhost"
+            )
+        if is_loopback(server.config.admin.listen.host) and not _token_presented(request, token):
+            return error(
+                403,
+                f"Host {host!r} refused: on a loopback listener a name other than localhost needs the token, "
+                "reads too (DNS rebinding)",
+            )
     if request.method not in _SAFE_METHODS:
         origin = request.headers.get("Origin")
         site = request.headers.get("Sec-Fetch-Site")
@@ -248,6 +268,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def list_routes(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    check_query(request, ())
     routes = [route_json(server, r) for r in server.config.routes]
     resp = web.json_response({"version": server.controller.version, "routes": routes})
     resp.headers["ETag"] = etag(server.controller.version)
@@ -257,6 +278,7 @@ async def list_routes(request: web.Request) -> web.Response:
 async def get_route(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     route = server.controller.route(request.match_info["route"])
+    check_query(request, ())
     resp = web.json_response(route_json(server, route))
     resp.headers["ETag"] = etag(server.controller.route_versions.get(route.name, 0))
     return resp
@@ -271,6 +293,7 @@ async def _route_change(request: web.Request, change: RouteChange, *, body_optio
     server = request.app[SERVER_KEY]
     name = request.match_info["route"]
     server.controller.route(name)
+    check_query(request, ())  # PUT ...?dry_run=1 was applied, and the body's backend beat ?backend=
     if_match = parse_if_match(request.headers.get("If-Match"))
     body = await read_json(request, optional=body_optional)
     return change_response(server, await change(name, body, actor=actor_of(request), if_match=if_match))
@@ -286,6 +309,10 @@ async def promote(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     return await _route_change(request, request.app[SERVER_KEY].controller.rollback, body_optional=True)
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def check_query(request: web.Request, allowed: tuple[str, ...]) -> None:
@@ -304,10 +331,9 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"?{name} must be a whole number, got {raw!r}", name) from None
+    if not _is_digits(raw):
+        raise BadRequest(f"?{name} must be a whole number, got {raw!r}", name)
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"?{name} must be between {low} and {high}, got {value}", name)
     return value
@@ -327,12 +353,12 @@ async def history(request: web.Request) -> web.Response:
 async def restore(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     raw = request.match_info["version"]
-    try:
-        version = int(raw)
-    except ValueError:
-        raise NotFound(f"no version {raw!r}", "version") from None
+    if not _is_digits(raw):  # int() takes " 1", "+1" and full-width digits too
+        raise NotFound(f"no version {raw!r}", "version")
+    version = int(raw)
     if not 1 <= version <= MAX_VERSION:
         raise NotFound(f"no version {raw}", "version")
+    check_query(request, ())
     body = await read_json(request, optional=True)
     return change_response(server, await server.controller.restore(version, body, actor=actor_of(request)))
 

@@ -327,6 +327,11 @@ class Controller:
 
     async def history(self, route: str | None, *, limit: int = 100, before: int | None = None) -> list[HistoryEntry]:
         entries = await asyncio.to_thread(self.store.history, route, limit=limit, before_version=before)
-        if route is not None and not entries and before is None:
-            self.route(route)  # 404 for a route neither configured nor in the history
+        # 404 for a route neither configured nor in the history, with ?before too.
+        if (
+            route is not None
+            and not entries
+            and (before is None or not await asyncio.to_thread(self.store.history, route, limit=1))
+        ):
+            self.route(route)
         return entries

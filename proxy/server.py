@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from . import data_plane_build, process, tasks
 from .accesslog import AccessLog, AccessLogError
+from .admin import is_loopback
 from .checker import HealthChecker, targets_from_config
 from .config import Config, ConfigError, load_file
 from .control import Controller, config_weights
@@ -56,12 +56,7 @@ def admin_token(config: Config) -> str | None:
     if config.admin.protect_reads:
         where = f"${env}" if env else "an environment variable named by admin.token_env"
         raise StartupError(f"admin.protect_reads is true but there is no token: set one in {where}")
-    host = config.admin.listen.host
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(config.admin.listen.host):
         where = f"${env}" if env else "an environment variable named by admin.token_env"
         raise StartupError(
             f"admin.listen {config.admin.listen} is not a loopback address: set a bearer token in {where}, "

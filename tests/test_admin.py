@@ -838,6 +838,36 @@ async def test_a_change_from_this_listeners_own_origin_passes(
     assert await weights(session, px.admin_url) == {"stable": 0.0, "canary": 100.0}
 
 
+@pytest.mark.parametrize(
+    ("host", "authorization", "status"),
+    [
+        pytest.param("rebound.attacker.example:{port}", None, 403, id="rebound-name"),
+        pytest.param("rebound.attacker.example:{port}", f"Bearer {TOKEN}", 200, id="rebound-name-with-token"),
+        pytest.param("127.0.0.1:{port}", None, 200, id="ip"),
+        pytest.param("localhost:{port}", None, 200, id="localhost"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/v1/shadow/report", "/api/v1/history", "/ui/"])
+async def test_with_a_token_reads_on_loopback_are_not_open_to_a_rebound_name(
+    *,
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    authorization: str | None,
+    status: int,
+    path: str,
+) -> None:
+    """QA: with a token set and reads open (``protect_reads`` off), a page on a name rebound
+    to the loopback listener read the report (samples of live bodies), the history and /ui/."""
+    px = await start_with_token(ups, start_proxy, monkeypatch)
+    head = f"GET {path} HTTP/1.1\r\nHost: {host.format(port=px.server.admin_port)}\r\nConnection: close\r\n"
+    if authorization:
+        head += f"Authorization: {authorization}\r\n"
+    (resp,) = await raw_exchange(px.server.admin_port, (head + "\r\n").encode())
+    assert resp.status == status, resp.body
+
+
 async def test_a_read_without_host_is_answered(ups: tuple[Upstream, Upstream], start_proxy: StartProxy) -> None:
     """An HTTP/1.0 tool may send no Host at all; only a browser's Host is rebinding's concern."""
     px = await start_proxy([pair(*ups, 100, 0)])
@@ -1026,6 +1056,58 @@ async def test_history_refuses_unknown_and_repeated_query_parameters(
         assert (r.status, r.body["error"]["where"]) == (400, where), r.body
     r = await call(session, "GET", px.admin_url + "/api/v1/history?route=main&limit=1&before=5")
     assert r.status == 200, r.body
+    r = await call(session, "GET", px.admin_url + "/api/v1/history?route=main&before=1")
+    assert (r.status, r.body["entries"]) == (200, [])  # a route with history, none before 1
+    for query in ("route=nope", "route=nope&before=5"):  # QA: 404 without ?before, 200 [] with it
+        r = await call(session, "GET", px.admin_url + "/api/v1/history?" + query)
+        assert r.status == 404, (query, r.body)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MUTATIONS, ids=MUTATION_IDS)
+async def test_a_change_with_a_query_parameter_is_refused_and_changes_nothing(
+    *,
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: object,
+) -> None:
+    """QA: ``PUT .../weights?dry_run=1`` was applied, and ``promote?backend=v1`` promoted the
+    body's backend; no change endpoint takes a query parameter."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    r = await call(session, method, px.admin_url + path + "?dry_run=1", body)
+    assert (r.status, r.body["error"]["where"]) == (400, "dry_run"), r.body
+    assert len(await history(session, px.admin_url)) == 1
+    assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/api/v1/routes?x=1", 400, id="routes"),
+        pytest.param("/api/v1/routes/main?x=1", 400, id="route"),
+        pytest.param("/api/v1/history?limit=+5", 400, id="signed-limit"),
+        pytest.param("/api/v1/history?limit=%205", 400, id="spaced-limit"),
+        pytest.param("/api/v1/history?limit=%EF%BC%95", 400, id="full-width-limit"),
+    ],
+)
+async def test_reads_refuse_what_they_do_not_take(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession, path: str, status: int
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    r = await call(session, "GET", px.admin_url + path)
+    assert r.status == status, r.body
+
+
+@pytest.mark.parametrize("version", ["%201", "+1", "%EF%BC%91"], ids=["space", "sign", "full-width-digit"])
+async def test_restore_of_a_version_not_written_in_digits_is_404(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession, version: str
+) -> None:
+    px = await start_proxy([pair(*ups, 0, 100)])
+    r = await call(session, "POST", f"{px.admin_url}/api/v1/history/{version}/restore")
+    assert r.status == 404, r.body
+    assert len(await history(session, px.admin_url)) == 1
 
 
 async def test_a_second_proxy_on_the_same_state_file_is_refused(
