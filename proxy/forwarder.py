@@ -804,7 +804,15 @@ class ClientConnection(asyncio.Protocol):
                 self.rt.counts.count("splitproxy_failovers", (plan.name, backend.name))
                 ex.backend = backend = baseline
         failed = ex.pool
-        pool = self.rt.next_pool(plan.name, backend) or failed
+        pool = self.rt.next_pool(plan.name, backend)
+        if pool is None:
+            # A reload removed the backend since the request began (it retried the instance
+            # that had just failed): the route's baseline now takes it, as a failover.
+            now = self.rt.table.plans.get(plan.name)
+            if now is not None:
+                ex.backend = backend = now.backends[now.baseline]
+                pool = self.rt.next_pool(plan.name, backend)
+        pool = pool or failed  # the route itself is gone: only that instance is left
         if pool is failed and len(backend.upstreams) > 1:
             pool = self.rt.next_pool(plan.name, backend) or failed  # another instance, when there is one
         assert pool is not None

@@ -163,9 +163,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = None
         self.ex = None
         if reusable and not self.closed and self.keep_alive:
-            idle = self.pool.idle
-            if len(idle) < MAX_IDLE_PER_UPSTREAM:  # UpstreamPool.put, inlined: once per request
-                idle.append(self)
+            pool = self.pool
+            if len(pool.idle) < pool.max_idle:  # UpstreamPool.put, inlined: once per request
+                pool.idle.append(self)
                 return
         self.close()
 
@@ -380,7 +380,7 @@ def _head_size(lines: list[bytes], hdict: dict[bytes, bytes]) -> int:
 class UpstreamPool:
     """Idle keep-alive connections to one upstream instance."""
 
-    __slots__ = ("address", "host", "hostport", "idle", "port")
+    __slots__ = ("address", "host", "hostport", "idle", "max_idle", "port")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -388,6 +388,7 @@ class UpstreamPool:
         self.address = f"{host}:{port}"
         self.hostport = self.address.encode()
         self.idle: list[UpstreamConnection] = []
+        self.max_idle = MAX_IDLE_PER_UPSTREAM  # 0 once closed: a connection given back is closed
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -399,7 +400,7 @@ class UpstreamPool:
         return None
 
     def put(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) < MAX_IDLE_PER_UPSTREAM:
+        if len(self.idle) < self.max_idle:
             self.idle.append(conn)
         else:
             conn.close()
@@ -420,6 +421,9 @@ class UpstreamPool:
         return conn
 
     def close(self) -> None:
+        """Close the idle connections, and each one in use when its request ends (a reload
+        dropped this upstream: they were kept open, and their file descriptors, for good)."""
+        self.max_idle = 0
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
