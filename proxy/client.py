@@ -34,7 +34,9 @@ from . import __version__
 ADMIN_ENV = "SPLITPROXY_ADMIN"
 TOKEN_ENV = "SPLITPROXY_ADMIN_TOKEN"
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
-DEFAULT_TIMEOUT = 10.0
+# Longer than the proxy takes to give up on a worker that does not confirm a change (10 s,
+# proxy.workers.ANSWER_SECONDS), so its 503 saying so arrives instead of a time-out here.
+DEFAULT_TIMEOUT = 30.0
 
 # What a failed connection should make the user check.
 UNREACHABLE_HINT = f"is `splitproxy run` running? set --admin or {ADMIN_ENV}"
@@ -89,6 +91,8 @@ def admin_url(text: str) -> str:
     """
     raw = text.strip()
     if raw and "://" not in raw:
+        if "/" in raw:  # "http//127.0.0.1:9901" was host "http"; a path needs the scheme
+            raise UsageError(f"--admin: expected a URL such as {DEFAULT_ADMIN} or HOST:PORT, got {text!r}")
         raw = "http://" + raw
     try:
         parts = urllib.parse.urlsplit(raw)
@@ -105,6 +109,8 @@ def admin_url(text: str) -> str:
         raise UsageError(f"--admin: a user or password in the URL is not supported; set the token in {TOKEN_ENV}")
     if parts.query or parts.fragment:
         raise UsageError(f"--admin: a base URL has no query or fragment, got {text!r}")
+    if parts.path.rstrip("/").endswith(("/api/v1", "/api", "/ui")):
+        raise UsageError(f"--admin: the admin listener's base URL, without {parts.path.rstrip('/')!r}, got {text!r}")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -191,15 +197,24 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str, ind
 
 
 def weight_text(weight: object) -> str:
-    """``90.0`` → ``90``; ``2.5`` → ``2.5``; missing → ``-``."""
+    """``90.0`` → ``90``; ``2.5`` → ``2.5``; ``10.0000001`` as it is (``:g`` showed ``10``,
+    and a change from 10 to it read ``10 → 10``); missing → ``-``."""
     if isinstance(weight, int | float) and not isinstance(weight, bool):
-        return f"{weight:g}"
+        if float(weight).is_integer() and abs(weight) < 1e15:
+            return str(int(weight))
+        return repr(float(weight))
     return "-"
 
 
 def share_text(share: object) -> str:
+    """``0.25`` → ``25.0%``; a share that rounds to 0 or 100 but is not says so."""
     if isinstance(share, int | float) and not isinstance(share, bool):
-        return f"{share * 100:.1f}%"
+        text = f"{share * 100:.1f}%"
+        if text == "0.0%" and share > 0:
+            return "<0.1%"
+        if text == "100.0%" and share < 1:
+            return ">99.9%"
+        return text
     return "-"
 
 
@@ -347,18 +362,21 @@ def render_change(answer: Mapping[str, Any]) -> str:
     before: Mapping[str, float] = change.get("before") or {}
     after: Mapping[str, float] = change["after"]
     share = shares(after)
-    headers = ["BACKEND", "WAS", "WEIGHT", "SHARE"]
-    rows = [[name, weight_text(before.get(name)), weight_text(w), share_text(share[name])] for name, w in after.items()]
     why = f"{change.get('kind', 'change')} by {change.get('actor', '?')}"
     if change.get("reason"):
         why += f": {change['reason']}"
     if answer.get("changed") is False:  # the weights asked for were already in force
+        # The entry is the one that set them, earlier: its WAS is not a change made now.
         heading = _one_line(
             f"route {change['route']} already has these weights: nothing changed, "
             f"still at version {change['version']} ({why})"
         )
-    else:
-        heading = _one_line(f"route {change['route']} is now at version {change['version']} ({why})")
+        headers = ["BACKEND", "WEIGHT", "SHARE"]
+        rows = [[name, weight_text(w), share_text(share[name])] for name, w in after.items()]
+        return "\n".join([heading, *table(headers, rows, "<>>", indent="  ")])
+    heading = _one_line(f"route {change['route']} is now at version {change['version']} ({why})")
+    headers = ["BACKEND", "WAS", "WEIGHT", "SHARE"]
+    rows = [[name, weight_text(before.get(name)), weight_text(w), share_text(share[name])] for name, w in after.items()]
     return "\n".join([heading, *table(headers, rows, "<>>>", indent="  ")])
 
 
@@ -735,12 +753,18 @@ class AdminClient:
                     raw = b""
             raise self._error(exc.code, raw) from None
         except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
+            raise self._unreachable(exc.reason, method) from None
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets while reading
-            raise self._unreachable(exc) from None
+            raise self._unreachable(exc, method) from None
         return self._answer(status, raw)
 
-    def _unreachable(self, err: object) -> Unreachable:
+    def _unreachable(self, err: object, method: str = "GET") -> Unreachable:
+        if isinstance(err, TimeoutError) and method not in ("GET", "HEAD"):
+            # The request may have been read and the change made (a slow worker, a full disk).
+            return Unreachable(
+                f"no answer from the admin API at {self.base_url} within {self.timeout:g}s: the change may "
+                "have been made or not; `splitproxy history` shows which"
+            )
         return Unreachable(
             f"cannot reach the admin API at {self.base_url}: {_describe(err, self.timeout)} ({UNREACHABLE_HINT})"
         )

@@ -260,9 +260,13 @@ class StateLock:
 
     def __init__(self, path: str | Path) -> None:
         db = Path(path)
-        self.path = db.with_name(db.name + ".lock")
+        # The file itself, not the name it was given: a symlink to another proxy's database
+        # took a lock of its own beside the link. (A hard link still would: one file, two
+        # names, is not something this can see.)
+        real = Path(os.path.realpath(db))
+        self.path = real.with_name(real.name + ".lock")
         try:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            real.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise StoreError(f"{db}: cannot create its lock file {self.path}: {e.strerror or e}") from e

@@ -1193,6 +1193,10 @@ async def test_a_second_proxy_on_the_same_state_file_is_refused(
     px = await start_proxy([pair(*ups, 100, 0)])
     with pytest.raises(StartupError, match=r"in use by another running splitproxy \(pid \d+\)"):
         await start_proxy([pair(*ups, 100, 0)], state={"path": str(px.tmp / "state.db")})
+    link = px.tmp / "link.db"  # QA: a symlink to the file took a lock of its own
+    link.symlink_to(px.tmp / "state.db")
+    with pytest.raises(StartupError, match=r"in use by another running splitproxy \(pid \d+\)"):
+        await start_proxy([pair(*ups, 100, 0)], state={"path": str(link)})
     r = await call(session, "PUT", px.admin_url + "/api/v1/routes/main/weights", {"weights": {"canary": 5}})
     assert r.status == 200, r.body  # the first one is untouched
     await px.server.stop()

@@ -34,6 +34,8 @@ from proxy.client import (
     render_change,
     render_history,
     render_status,
+    share_text,
+    weight_text,
     weights_change_text,
 )
 
@@ -108,6 +110,12 @@ def test_admin_url(text: str, expected: str) -> None:
         pytest.param("[::1", id="unclosed-bracket-no-scheme"),
         pytest.param("http://user:pw@127.0.0.1:9901", id="user-and-password"),
         pytest.param("http://user@127.0.0.1:9901", id="user"),
+        # QA: host "http" (exit 1, "Name or service not known"), and a 404 that did not say why.
+        pytest.param("http//127.0.0.1:9901", id="scheme-without-colon"),
+        pytest.param("127.0.0.1:9901/x", id="path-without-scheme"),
+        pytest.param("http://127.0.0.1:9901/api/v1", id="api-path"),
+        pytest.param("http://127.0.0.1:9901/api/v1/", id="api-path-slash"),
+        pytest.param("http://127.0.0.1:9901/ui", id="ui-path"),
     ],
 )
 def test_admin_url_refuses(text: str) -> None:
@@ -130,6 +138,31 @@ def test_a_token_that_cannot_be_a_header_is_a_usage_error(token: str, message: s
     with pytest.raises(UsageError, match=message) as caught:
         client_from(DEFAULT_ADMIN, environ={"SPLITPROXY_ADMIN_TOKEN": token})
     assert token not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("weight", "text"),
+    [
+        (90.0, "90"),
+        (2.5, "2.5"),
+        (0, "0"),
+        (10.0000001, "10.0000001"),  # QA: shown as 10, and a change to it read "10 → 10"
+        (123456.7891, "123456.7891"),  # QA: shown as 123457
+        (1e-6, "1e-06"),
+        (1e6, "1000000"),
+        (None, "-"),
+    ],
+)
+def test_weight_text_shows_the_weight_exactly(weight: object, text: str) -> None:
+    assert weight_text(weight) == text
+
+
+@pytest.mark.parametrize(
+    ("share", "text"),
+    [(0.25, "25.0%"), (0.0, "0.0%"), (1.0, "100.0%"), (0.5 / 1e6, "<0.1%"), (1 - 0.5 / 1e6, ">99.9%"), (None, "-")],
+)
+def test_share_text_never_rounds_a_share_to_none_or_all(share: object, text: str) -> None:
+    assert share_text(share) == text
 
 
 CHANGES = {
@@ -372,7 +405,9 @@ async def test_weights_already_in_force_say_nothing_changed(proxy: ProxyProcess)
         f"route shop already has these weights: nothing changed, still at version {first.version} (set by cli:"
     ), again.out
     assert again.out.splitlines()[0].endswith(": step 1)"), again.out  # the change that set them
-    assert again.row("canary") == ["canary", "5", "10", "9.5%"]
+    # QA: it showed that entry's WAS (canary 5 → 10), a change not made now.
+    assert again.row("canary") == ["canary", "10", "9.5%"]
+    assert "WAS" not in again.out
 
 
 async def test_weights_keeps_backends_not_named_and_honours_if_match(proxy: ProxyProcess) -> None:
@@ -677,6 +712,23 @@ async def test_a_silent_admin_times_out() -> None:
         result = await splitproxy("status", "--timeout", "300ms", admin=admin)
     assert result.code == 1
     assert result.err == f"splitproxy: cannot reach the admin API at {admin}: no answer within 0.3s {HINT}\n"
+
+
+async def test_a_change_left_unanswered_says_it_may_have_been_made() -> None:
+    """QA: with a stopped worker the proxy made the change and answered 503 after its 10 s
+    wait, but the CLI, also at 10 s, said it could not reach the admin API."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        admin = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = await splitproxy("weights", "main", "canary=5", "--timeout", "300ms", admin=admin)
+    assert result.code == 1
+    assert result.err == (
+        f"splitproxy: no answer from the admin API at {admin} within 0.3s: the change may have been made or not; "
+        "`splitproxy history` shows which\n"
+    )
+    helped = await splitproxy("weights", "--help", admin=None)
+    assert "default 30s" in helped.out
 
 
 async def test_restore_of_a_version_beyond_sqlite_integers_is_404(proxy: ProxyProcess) -> None:
