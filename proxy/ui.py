@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
@@ -40,6 +41,10 @@ HISTORY_SHOWN: Final = 20
 # Every /ui response. No script may run: default-src 'none' leaves only what is named, and
 # styles come from our own static file, never inline. frame-ancestors: not framable (clickjacking).
 MAX_INDENT: Final = 24  # levels of indentation in a pretty-printed sample body
+# Characters of sample-body HTML one page holds: the rest of its samples show their values
+# and a link to their endpoint's page, which starts a budget of its own. Every body of 100
+# endpoints made pages of 15 to 60 MB that took seconds to render (and the data plane's CPU).
+PAGE_BODY_CHARS: Final = 1 << 20
 
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
@@ -125,15 +130,31 @@ def _json_leaf(value: object) -> str:
     return _esc(json.dumps(value, ensure_ascii=False))
 
 
-def _json_html(value: object, target: Sequence[object] | None, level: int) -> str:
+def _json_html(value: object, target: Sequence[object] | None, level: int, compact: bool = False) -> str:
     """``value`` pretty-printed (indent 2) as escaped HTML; the node at ``target`` (the rest
-    of the path while we are on it, else None) wrapped in ``<mark>``."""
+    of the path while we are on it, else None) wrapped in ``<mark>``. ``compact``: on one
+    line, for a body whose pretty form would be too large (``body_html``). An array of
+    scalars is on one line either way: one number a line made a page of a 2 KB body 50 KB."""
     if target is not None and not target:
-        return _mark(_json_html(value, None, level))
+        return _mark(_json_html(value, None, level, compact))
+    head = target[0] if target else None
+    if compact or (isinstance(value, list) and not any(isinstance(v, dict | list) for v in value)):
+        if isinstance(value, dict) and value:
+            parts = []
+            for k, v in value.items():
+                sub = target[1:] if target and isinstance(head, str) and head == k else None
+                parts.append(f"{_json_leaf(k)}: {_json_html(v, sub, level + 1, True)}")
+            return "{" + ", ".join(parts) + "}"
+        if isinstance(value, list) and value:
+            parts = []
+            for i, v in enumerate(value):
+                sub = target[1:] if target and type(head) is int and head == i else None
+                parts.append(_json_html(v, sub, level + 1, True))
+            return "[" + ", ".join(parts) + "]"
+        return _json_leaf(value)
     # Indentation stops growing at MAX_INDENT levels: a body nested hundreds deep made a
     # page of the square of its size (a 1.2 KB body, 700 KB of spaces).
     pad, end = "  " * min(level + 1, MAX_INDENT), "  " * min(level, MAX_INDENT)
-    head = target[0] if target else None
     if isinstance(value, dict) and value:
         items = []
         for k, v in value.items():
@@ -193,7 +214,10 @@ def body_html(body: str, path: str, value: str | None) -> Markup:
         if segments is not None:
             try:
                 doc = json.loads(body)
-                return Markup(_json_html(doc, segments, 0))  # built from escaped pieces only
+                pretty = _json_html(doc, segments, 0)
+                if len(pretty) > 4 * len(body) + 1024:  # deep nesting: its indentation dominates
+                    pretty = _json_html(doc, segments, 0, compact=True)
+                return Markup(pretty)  # built from escaped pieces only
             except (ValueError, RecursionError):
                 pass
         return Markup(_mark_unique(body, value))
@@ -217,9 +241,25 @@ def body_html(body: str, path: str, value: str | None) -> Markup:
 _CLASS_RANK: Final = {"real": 0, "noise": 1, "none": 2}
 
 
-def sample_view(sample: Mapping[str, Any]) -> dict[str, Any]:
+class Budget:
+    """What is left of a page's PAGE_BODY_CHARS."""
+
+    def __init__(self, chars: int = PAGE_BODY_CHARS) -> None:
+        self.left = chars
+
+
+def sample_view(sample: Mapping[str, Any], budget: Budget | None = None) -> dict[str, Any]:
     path = str(sample.get("path", ""))
     live, shadow = sample.get("live"), sample.get("shadow")
+    withheld = budget is not None and budget.left <= 0
+    bodies: dict[str, Markup | None] = {"live_body": None, "shadow_body": None}
+    if not withheld:
+        bodies = {
+            "live_body": body_html(str(sample.get("live_body", "")), path, live),
+            "shadow_body": body_html(str(sample.get("shadow_body", "")), path, shadow),
+        }
+        if budget is not None:
+            budget.left -= len(bodies["live_body"] or "") + len(bodies["shadow_body"] or "")
     return {
         "request": sample.get("request", ""),
         "path": path,
@@ -229,12 +269,12 @@ def sample_view(sample: Mapping[str, Any]) -> dict[str, Any]:
         "live_status": sample.get("live_status"),
         "shadow_status": sample.get("shadow_status"),
         "status_differs": path == "status",
-        "live_body": body_html(str(sample.get("live_body", "")), path, live),
-        "shadow_body": body_html(str(sample.get("shadow_body", "")), path, shadow),
+        "withheld": withheld,
+        **bodies,
     }
 
 
-def endpoint_view(name: str, ep: Mapping[str, Any]) -> dict[str, Any]:
+def endpoint_view(name: str, ep: Mapping[str, Any], budget: Budget | None = None, route: str = "") -> dict[str, Any]:
     fields = []
     for key, f in ep.get("fields", {}).items():
         cls = f.get("classification", "real")
@@ -244,7 +284,7 @@ def endpoint_view(name: str, ep: Mapping[str, Any]) -> dict[str, Any]:
                 **f,
                 "classification": cls,
                 "help": CLASS_HELP.get(cls, ""),
-                "samples": [sample_view(s) for s in f.get("samples", ())],
+                "samples": [sample_view(s, budget) for s in f.get("samples", ())],
             }
         )
     # The report orders real first already; keep that whatever its order becomes.
@@ -255,15 +295,21 @@ def endpoint_view(name: str, ep: Mapping[str, Any]) -> dict[str, Any]:
         "name": name,
         "fields": fields,
         "real_fields": sum(1 for f in fields if f["classification"] == "real"),
+        "link": f"/ui/?route={quote(route, safe='')}&endpoint={quote(name, safe='')}",
         "latency": {side: latency.get(side, {}) for side in ("live", "shadow")},
     }
 
 
-def report_route_view(entry: Mapping[str, Any]) -> dict[str, Any]:
-    endpoints = [endpoint_view(name, ep) for name, ep in entry.get("endpoints", {}).items()]
-    # Worst first: where real differences are most frequent is where to look.
-    endpoints.sort(key=lambda e: (-float(e.get("real_diff_rate") or 0), -int(e.get("compared") or 0), e["name"]))
-    return {**entry, "endpoints": endpoints}
+def report_route_view(
+    entry: Mapping[str, Any], budget: Budget | None = None, only: str | None = None
+) -> dict[str, Any]:
+    """``only``: that endpoint alone (``?endpoint=``)."""
+    items = [(name, ep) for name, ep in entry.get("endpoints", {}).items() if only is None or name == only]
+    # Worst first: where real differences are most frequent is where to look, and where the
+    # page's budget of sample bodies goes.
+    items.sort(key=lambda kv: (-float(kv[1].get("real_diff_rate") or 0), -int(kv[1].get("compared") or 0), kv[0]))
+    route = str(entry.get("route", ""))
+    return {**entry, "endpoints": [endpoint_view(name, ep, budget, route) for name, ep in items]}
 
 
 def route_view(route: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,16 +360,21 @@ def page_context(
     history: Iterable[Mapping[str, Any]],
     report: Mapping[str, Any],
     generated_iso: str,
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """Everything ``index.html`` shows, from the API's JSON shapes."""
+    """Everything ``index.html`` shows, from the API's JSON shapes. ``endpoint``: that one of
+    the selected route's alone."""
+    budget = Budget()
     return {
         "version": version,
         "route_names": list(route_names),
         "selected": selected,
+        "endpoint": endpoint,
         "routes": [route_view(r) for r in routes],
         "history": [history_view(e) for e in history],
-        "shadow": [report_route_view(r) for r in report.get("routes", ())],
+        "shadow": [report_route_view(r, budget, endpoint) for r in report.get("routes", ())],
         "generated": generated_iso,
+        "page_body_kib": PAGE_BODY_CHARS >> 10,
     }
 
 
@@ -382,6 +433,7 @@ def html_response(text: str, status: int = 200) -> web.Response:
 async def ui_index(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER_KEY]
     selected = request.query.get("route")
+    endpoint = request.query.get("endpoint") if selected is not None else None
     if selected is not None:
         try:
             server.controller.route(selected)
@@ -401,6 +453,7 @@ async def ui_index(request: web.Request) -> web.Response:
         "history": [e.to_json() for e in entries],
         "report": report,
         "generated_iso": fmt_iso(datetime.fromtimestamp(report["generated_at"], UTC).isoformat()),
+        "endpoint": endpoint,
     }
     # Laying out and rendering a large report (every sample body is re-printed) takes a
     # while: off the event loop, which the admin API may share with the data plane.

@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,19 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.ui import body_html, environment, fmt_number, fmt_rate, fmt_seconds, fmt_weights, route_view, visible_bidi
+from proxy.ui import (
+    PAGE_BODY_CHARS,
+    body_html,
+    environment,
+    fmt_number,
+    fmt_rate,
+    fmt_seconds,
+    fmt_weights,
+    page_context,
+    render,
+    route_view,
+    visible_bidi,
+)
 
 from .conftest import RunningProxy, StartProxy, StartUpstream, Upstream, route
 
@@ -43,7 +56,7 @@ CSP = (
             '{"xs": [1, 2, 3]}',
             "$.xs[1]",
             "2",
-            '{\n  "xs": [\n    1,\n    <mark>2</mark>,\n    3\n  ]\n}',
+            '{\n  "xs": [1, <mark>2</mark>, 3]\n}',  # scalars on one line
             id="json-index",
         ),
         pytest.param('{"xs": {"1": 5}}', "$.xs[1]", "5", '{\n  "xs": {\n    "1": 5\n  }\n}', id="index-is-not-key"),
@@ -66,7 +79,14 @@ CSP = (
         pytest.param("one\n<two>\nthree", "body.line[2]", None, "one\n<mark>&lt;two&gt;</mark>\nthree", id="text-line"),
         pytest.param("one\n", "body.line[9]", None, "one\n", id="text-line-out-of-range"),
         pytest.param("<script>x</script>", "status", "500", "&lt;script&gt;x&lt;/script&gt;", id="status"),
-        pytest.param("[[1]]", "$[0][0]", "1", "[\n  [\n    <mark>1</mark>\n  ]\n]", id="nested-lists"),
+        pytest.param("[[1]]", "$[0][0]", "1", "[\n  [<mark>1</mark>]\n]", id="nested-lists"),
+        pytest.param(
+            '{"a":' * 60 + "1" + "}" * 60,
+            "$" + ".a" * 60,
+            "1",
+            '{"a": ' * 60 + "<mark>1</mark>" + "}" * 60,
+            id="deep-objects-on-one-line",
+        ),
         pytest.param(
             "page1\fpage2\nsame\nLIVE\n",
             "body.line[3]",
@@ -96,6 +116,24 @@ def test_body_html(body: str, path: str, value: str | None, expected: str) -> No
     assert "<b>" not in html
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("[" * 22 + ",".join(["0"] * 600) + "]" * 22, id="600-numbers-22-lists-deep"),
+        pytest.param('{"z":' * 22 + "[" + ",".join(["0"] * 600) + "]" + "}" * 22, id="under-22-objects"),
+        pytest.param("[" + ",".join(['{"a":[{"b":[{"c":1}]}]}'] * 60) + "]", id="many-nested-records"),
+    ],
+)
+def test_a_sample_body_is_never_many_times_its_size(body: str) -> None:
+    """QA: 600 numbers nested 22 deep, one a line at 24 levels of indentation: a compact
+    1.3 KB body was 50 KB of page, and a report of 20 such endpoints 62 MB."""
+    path = "$" + "[0]" * 23 if body.startswith("[[") else "$"
+    html = str(body_html(body, path, "0"))
+    assert len(html) <= 4 * len(body) + 1024 + len("<mark></mark>"), len(html)
+    shown = unescape(html.replace("<mark>", "").replace("</mark>", ""))
+    assert json.loads(shown) == json.loads(body)  # the same document, only laid out
+
+
 def test_body_html_survives_deep_nesting() -> None:
     body = "[" * 5000 + "]" * 5000
     assert str(body_html(body, "$[0]", None)).startswith("[[[")
@@ -107,6 +145,71 @@ def test_a_deeply_nested_body_is_shown_in_linear_size() -> None:
     html = str(body_html(body, "$.deep" + "[0]" * 600, "1"))
     assert "<mark>1</mark>" in html
     assert len(html) < 100 * len(body)
+
+
+def big_report(endpoints: int, body_chars: int) -> dict[str, Any]:
+    """A report in the API's shape: each endpoint one real field with 3 samples of two bodies."""
+    body = json.dumps({"pad": "p" * body_chars, "price": 10})
+    sample = {
+        "request": "GET /e",
+        "path": "$.price",
+        "kind": "changed",
+        "live": "10",
+        "shadow": "12",
+        "live_status": 200,
+        "shadow_status": 200,
+        "live_body": body,
+        "shadow_body": body.replace(": 10", ": 12"),
+    }
+    field = {
+        "classification": "real",
+        "compared": 3,
+        "differing": 3,
+        "rate": 1.0,
+        "noise_compared": 0,
+        "noise_differing": 0,
+        "noise_rate": 0.0,
+        "samples": [sample] * 3,
+    }
+    stats = {"compared": 3, "with_diff": 3, "with_real_diff": 3, "noise_compared": 0}
+    eps = {
+        f"GET /e{i}": {**stats, "diff_rate": 1.0, "real_diff_rate": 1.0, "latency": {}, "fields": {"$.price": field}}
+        for i in range(endpoints)
+    }
+    route = {"route": "r", "shadow": None, **stats, "thresholds": {"absolute": 0.03, "relative": 20}, "endpoints": eps}
+    return {"routes": [route]}
+
+
+def test_a_page_holds_a_bounded_amount_of_sample_bodies() -> None:
+    """QA: every sample body of every endpoint was on the page (100 endpoints: 15 to 60 MB, seconds
+    to render, and the data plane slowed meanwhile). Past the budget a sample shows its values
+    and a link to its endpoint's page, where the bodies are."""
+    report = big_report(100, 4000)
+
+    def page(endpoint: str | None = None) -> str:
+        return render(
+            "index.html",
+            **page_context(
+                version=1,
+                route_names=["r"],
+                selected="r",
+                routes=[],
+                history=[],
+                report=report,
+                generated_iso="now",
+                endpoint=endpoint,
+            ),
+        )
+
+    html = page()
+    assert len(html) < PAGE_BODY_CHARS + 1_000_000  # bodies within the budget, the rest of the page small
+    assert html.count("Bodies not shown") > 100
+    assert 'href="/ui/?route=r&amp;endpoint=GET%20%2Fe99"' in html
+    assert "GET /e99" in html  # every endpoint is listed, its values too
+    alone = page("GET /e99")
+    assert "Bodies not shown" not in alone
+    assert alone.count("&#34;price&#34;: <mark>12</mark>") == 3
+    assert "GET /e98" not in alone
 
 
 @pytest.mark.parametrize(
