@@ -8,12 +8,13 @@ too with ``admin.protect_reads``. The token is compared in constant time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -154,6 +155,18 @@ class UnsupportedMediaType(ControlError):
     status = 415
 
 
+class BodyTooLarge(ControlError):
+    status = 413
+
+
+class BodyTimeout(ControlError):
+    status = 408
+
+
+MAX_BODY: Final = 1 << 20  # the admin API's bodies are a few weights
+BODY_SECONDS: Final = 10.0
+
+
 def _is_json_media(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
@@ -174,7 +187,15 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
         if optional:
             return {}
         raise BadRequest("a JSON body is required", "body")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_SECONDS):  # a body that stops coming held the connection
+            raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the body is over the admin API's limit of {MAX_BODY >> 20} MiB", "body") from None
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {BODY_SECONDS:g}s", "body") from None
+    except ConnectionError:  # the client went away mid-body: its mistake, not ours to log
+        raise BadRequest("the connection closed before the body was whole", "body") from None
     if not raw.strip() and optional:
         return {}
     if not _is_json_media(request.headers.get("Content-Type", "")):
@@ -388,7 +409,7 @@ async def delete_report(request: web.Request) -> web.Response:
 
 
 def make_admin_app(server: Server) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, browser_guard, bearer_auth], client_max_size=1 << 20)
+    app = web.Application(middlewares=[errors_as_json, browser_guard, bearer_auth], client_max_size=MAX_BODY)
     app[SERVER_KEY] = server
     r = app.router
     r.add_get("/healthz", healthz)

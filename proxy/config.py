@@ -161,10 +161,13 @@ class Limits:
     max_request_body: int = 10 << 20
 
 
+DEFAULT_TOKEN_ENV: Final = "SPLITPROXY_ADMIN_TOKEN"
+
+
 @dataclass(frozen=True, slots=True)
 class Admin:
     listen: Address = Address("127.0.0.1", 9901)
-    token_env: str | None = "SPLITPROXY_ADMIN_TOKEN"
+    token_env: str | None = DEFAULT_TOKEN_ENV
     protect_reads: bool = False
 
 

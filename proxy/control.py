@@ -314,13 +314,20 @@ class Controller:
             raise NotFound(f"no version {version}", "version")
         only(body, ("reason",))
         reason = parse_reason(body) or f"restore version {version}"
+        if entry.route not in {r.name for r in self.current.routes}:
+            raise NotFound(f"version {version} is of route {entry.route!r}, which the config no longer has", "version")
 
         def weights(route: Route) -> Weights:
             # The version's weights, fitted to the route as it is now: backends removed
             # since are dropped, backends added since get 0.
             restored = {b.name: float(entry.after.get(b.name, 0.0)) for b in route.backends}
             if sum(restored.values()) <= 0:
-                raise BadRequest(f"version {version} has no positive weight for the route's current backends")
+                had = ", ".join(f"{name} {w:g}" for name, w in entry.after.items()) or "none"
+                now = ", ".join(b.name for b in route.backends)
+                raise BadRequest(
+                    f"version {version} has no positive weight for the route's current backends ({now}); it had {had}",
+                    "version",
+                )
             return restored
 
         return await self.change(entry.route, weights, actor=actor, reason=reason, kind="restore")

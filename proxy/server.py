@@ -25,7 +25,7 @@ from . import data_plane_build, process, tasks
 from .accesslog import AccessLog, AccessLogError
 from .admin import is_loopback
 from .checker import HealthChecker, targets_from_config
-from .config import Config, ConfigError, load_file
+from .config import DEFAULT_TOKEN_ENV, Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane
 from .metrics import Counts, GaugeSample, SplitproxyCollector
@@ -62,6 +62,9 @@ def admin_token(config: Config) -> str | None:
             f"admin.listen {config.admin.listen} is not a loopback address: set a bearer token in {where}, "
             "or listen on 127.0.0.1"
         )
+    if env and env != DEFAULT_TOKEN_ENV:
+        # A variable named on purpose and not set: the operator meant a token (QA).
+        log.warning("admin API without a token: $%s is not set; changes are open to local processes", env)
     return None
 
 

@@ -29,7 +29,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from .admin import SERVER_KEY, route_json
+from .admin import SERVER_KEY, check_query, route_json
 from .control import NotFound
 from .diffing import parse_field_path
 
@@ -432,6 +432,7 @@ def html_response(text: str, status: int = 200) -> web.Response:
 
 async def ui_index(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER_KEY]
+    check_query(request, ("route", "endpoint"))  # ?route=a&route=b showed a, as if b were not asked
     selected = request.query.get("route")
     endpoint = request.query.get("endpoint") if selected is not None else None
     if selected is not None:
@@ -471,7 +472,14 @@ async def ui_static(request: web.Request) -> web.Response:
 
 
 async def ui_redirect(request: web.Request) -> web.Response:
-    raise web.HTTPPermanentRedirect("/ui/")
+    query = request.query_string
+    raise web.HTTPPermanentRedirect("/ui/" + (f"?{query}" if query else ""))  # ?route= kept, as nginx keeps it
+
+
+async def ui_not_found(request: web.Request) -> web.Response:
+    """Any other path under /ui/ (``/ui/static/``, ``/ui/x``): the page's 404, not the API's JSON."""
+    text = await asyncio.to_thread(render, "not_found.html", what=f"page {request.path!r}")
+    return html_response(text, status=404)
 
 
 async def _ui_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -487,3 +495,4 @@ def add_ui_routes(app: web.Application) -> None:
     app.router.add_get("/ui", ui_redirect)
     app.router.add_get("/ui/", ui_index)
     app.router.add_get("/ui/static/{name}", ui_static)
+    app.router.add_get("/ui/{tail:.+}", ui_not_found)  # after the others: they match first

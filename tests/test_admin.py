@@ -8,6 +8,7 @@ the proxy check which upstream answers.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import socket
@@ -1074,6 +1075,39 @@ async def test_a_retry_after_a_reload_removed_the_backend_goes_to_the_baseline_n
         old.close()
 
 
+async def test_restoring_what_the_config_no_longer_has_says_what_is_gone(
+    ups: tuple[Upstream, Upstream], file_servers: FileServers, session: aiohttp.ClientSession
+) -> None:
+    """QA: a version of a removed route answered "no route 'api'", and one whose backends were
+    all removed "no positive weight" without naming the version as the field at fault."""
+    gone = route("gone", prefix="/gone", stable=(ups[0], 1))
+    file_servers.write([pair(*ups, name="main"), gone])
+    px = await file_servers.start()
+    r = await call(session, "PUT", px.admin_url + "/api/v1/routes/gone/weights", {"weights": {"stable": 3}})
+    assert r.status == 200, r.body
+    gone_version = r.body["change"]["version"]
+    r = await call(
+        session, "PUT", px.admin_url + "/api/v1/routes/main/weights", {"weights": {"stable": 0, "canary": 100}}
+    )
+    assert r.status == 200, r.body
+    main_version = r.body["change"]["version"]
+    file_servers.write([route("main", fresh=(ups[1], 1))])
+    assert await px.server.reload_file()
+    r = await call(session, "POST", f"{px.admin_url}/api/v1/history/{gone_version}/restore")
+    assert r.status == 404
+    assert r.body["error"] == {
+        "status": 404,
+        "message": f"version {gone_version} is of route 'gone', which the config no longer has",
+        "where": "version",
+    }
+    r = await call(session, "POST", f"{px.admin_url}/api/v1/history/{main_version}/restore")
+    assert (r.status, r.body["error"]["where"]) == (400, "version"), r.body
+    assert r.body["error"]["message"] == (
+        f"version {main_version} has no positive weight for the route's current backends (fresh); "
+        "it had stable 0, canary 100"
+    )
+
+
 async def test_the_history_of_a_route_removed_by_a_reload_can_still_be_filtered(
     ups: tuple[Upstream, Upstream], file_servers: FileServers, session: aiohttp.ClientSession
 ) -> None:
@@ -1136,6 +1170,53 @@ async def test_history_refuses_unknown_and_repeated_query_parameters(
     for query in ("route=nope", "route=nope&before=5"):  # QA: 404 without ?before, 200 [] with it
         r = await call(session, "GET", px.admin_url + "/api/v1/history?" + query)
         assert r.status == 404, (query, r.body)
+
+
+async def test_a_body_over_the_limit_is_413_naming_it(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    px = await start_proxy([pair(*ups, 100, 0)])
+    big = b'{"weights": {"canary": 5}, "reason": "' + b"x" * (2 << 20) + b'"}'
+    headers = {"Content-Type": "application/json"}
+    async with session.put(px.admin_url + "/api/v1/routes/main/weights", data=io.BytesIO(big), headers=headers) as r:
+        assert r.status == 413
+        error = (await r.json())["error"]
+    assert error == {"status": 413, "message": "the body is over the admin API's limit of 1 MiB", "where": "body"}
+
+
+async def test_a_body_that_stops_coming_is_408_and_one_that_is_cut_logs_no_traceback(
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA: a half-sent body held an admin connection with no end, and a client closing
+    mid-body was logged as an ERROR with a traceback (the path for a bug of ours)."""
+    monkeypatch.setattr("proxy.admin.BODY_SECONDS", 0.2)
+    px = await start_proxy([pair(*ups, 100, 0)])
+    head = (
+        b"PUT /api/v1/routes/main/weights HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.server.admin_port)
+    writer.write(head)
+    async with asyncio.timeout(5):
+        answer = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(v for k, _, v in (h.partition(b": ") for h in answer.split(b"\r\n")) if k.lower() == b"content-length")
+        )
+        answer += await reader.readexactly(length)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"did not arrive within 0.2s" in answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.server.admin_port)
+    writer.write(head)
+    await writer.drain()
+    writer.transport.abort()  # gone mid-body
+    async with aiohttp.ClientSession() as s:  # the API answers on, and a later call sees nothing odd
+        r = await call(s, "GET", px.admin_url + "/api/v1/routes")
+        assert r.status == 200
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR" or rec.exc_info], caplog.records
 
 
 @pytest.mark.parametrize(("method", "path", "body"), MUTATIONS, ids=MUTATION_IDS)
@@ -1202,6 +1283,26 @@ async def test_a_second_proxy_on_the_same_state_file_is_refused(
     await px.server.stop()
     again = await start_proxy([pair(*ups, 100, 0)])  # stopped, it let go of the file
     assert await weights(session, again.admin_url) == {"stable": 100.0, "canary": 5.0}
+
+
+async def test_a_token_variable_named_but_unset_is_warned_of(
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA: ``token_env: QAG_TOKEN`` with the variable unset started an open admin API and
+    logged only "listening"."""
+    monkeypatch.delenv("SPLITPROXY_TEST_UNSET_VAR", raising=False)
+    monkeypatch.delenv("SPLITPROXY_ADMIN_TOKEN", raising=False)
+    await start_proxy([pair(*ups)], admin={"listen": "127.0.0.1:0", "token_env": "SPLITPROXY_TEST_UNSET_VAR"})
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "admin API without a token: $SPLITPROXY_TEST_UNSET_VAR is not set; changes are open to local processes"
+    ]
+    caplog.clear()
+    await start_proxy([pair(*ups)], admin={"listen": "127.0.0.1:0"})  # the default name: the usual loopback set-up
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 async def test_protected_reads_without_a_token_are_refused(

@@ -428,6 +428,17 @@ async def test_ui_static_files_and_redirect(start_upstream: StartUpstream, start
     status, _, html = await fetch(f"{px.admin_url}/ui/")
     assert status == 200
     assert "No shadowed route." in text_of(html)
+    # QA: the redirect dropped the query; /ui/static/ was the API's JSON 404; a route asked
+    # for twice showed the first.
+    async with aiohttp.ClientSession() as s, s.get(f"{px.admin_url}/ui?route=main", allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (308, "/ui/?route=main")
+    for path in ("/ui/static/", "/ui/nope/x"):
+        status, headers, html = await fetch(px.admin_url + path)
+        assert (status, headers["Content-Type"]) == (404, "text/html; charset=utf-8"), path
+        assert "Not found" in html
+    status, _, body = await fetch(f"{px.admin_url}/ui/?route=main&route=other")
+    assert status == 400
+    assert "given more than once" in body
 
 
 async def test_ui_reads_need_the_token_with_protect_reads(
