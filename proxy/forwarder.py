@@ -204,6 +204,7 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "closing",
         "draining",
+        "head_began",
         "ip",
         "last_io",
         "out",
@@ -239,6 +240,10 @@ class ClientConnection(asyncio.Protocol):
         self.rejected: tuple[Exchange, int, str] | None = None  # a broken pipelined request
         self.tunnel: UpstreamConnection | None = None  # after a WebSocket upgrade
         self.last_io = rt.clock
+        # When the first byte of a request head still coming arrived (coarse clock), 0 when
+        # none is coming: a method trickled a byte at a time reset the idle time-out with
+        # each one, before any Exchange (on_url) timed the head (Runtime.tick).
+        self.head_began = 0.0
         self.unsent = -1  # bytes not yet taken by the client when last looked (sending())
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -258,6 +263,8 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = self.parsing
         if ex is None:
+            if not self.head_began:
+                self.head_began = self.last_io
             # A request starts with this read: its head must end within MAX_HEAD bytes.
             if len(data) > MAX_HEAD and data.find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0:
                 self._bad_request(HEAD_TOO_LARGE, 431)
@@ -388,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.head_read > 0 and _head_size(ex) > MAX_HEAD:  # a head read in pieces: measured
             raise _Refused(431, HEAD_TOO_LARGE)
         ex.head_read = -1
+        self.head_began = 0.0
         p = self.parser
         ex.method = p.get_method()
         version = p.get_http_version()
@@ -883,7 +891,12 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:  # the request line itself did not parse
             ex = Exchange(self.rt.now())
             ex.method = b""
+        elif ex.head_read >= 0 and self.parser is not None:
+            # Its method is parsed (on_url came after it) but copied only once the head is
+            # whole: a POST refused in its head was logged as a GET.
+            ex.method = self.parser.get_method()
         self.parsing = None
+        self.head_began = 0.0
         ex.status = status
         ex.keep_alive = False
         ex.head_read = -1

@@ -217,12 +217,15 @@ class Runtime:
             ex = conn.active
             if ex is None:
                 head = conn.parsing
-                if head is not None and head.head_read >= 0:
-                    # A head still coming after the idle time-out, however often its lines
+                began = conn.head_began  # its first byte, before its method was whole too
+                if head is not None and head.head_read >= 0 and (not began or head.t0 < began):
+                    began = head.t0  # a pipelined head, begun in an earlier request's read
+                if began:
+                    # A head still coming after the idle time-out, however often its bytes
                     # come (a slow-loris client): 408, as nginx's client_header_timeout.
-                    # Timed from the head's start alone (last_io, on the coarse clock, would
-                    # close the connection silently a tick before).
-                    if now - head.t0 > idle:
+                    # Timed from the head's start alone (last_io would close the connection
+                    # silently instead).
+                    if now - began > idle:
                         conn.head_timed_out()
                 elif conn.tunnel is None and now - conn.last_io > idle:
                     conn.shutdown()

@@ -555,6 +555,52 @@ async def test_a_request_head_must_come_whole_within_the_idle_time_out(
     assert up.hits == 0
 
 
+async def test_a_method_trickled_a_byte_at_a_time_gets_408_within_the_idle_time_out(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: until the method was whole (httptools' first callback is the target) the head was
+    not timed and each byte reset the idle time-out: "UNSUBSCRIBE" a byte every 2.5 s held a
+    connection 33 s against an idle time-out of 3 s."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "600ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    t0 = time.monotonic()
+
+    async def one_byte_every_300_ms() -> None:
+        for byte in b"UNSUBSCRIBE /x HTTP/1.1\r\nHost: x\r\n":
+            if writer.is_closing():
+                return
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.3)
+
+    trickle = asyncio.create_task(one_byte_every_300_ms())
+    try:
+        resp = await read_response(reader)
+    finally:
+        trickle.cancel()
+        writer.close()
+    assert resp.status == 408
+    # The method alone takes 3.6 s to come: a head timed from its target answers after that.
+    assert time.monotonic() - t0 < 3.3
+    assert up.hits == 0
+
+
+async def test_a_request_refused_in_its_head_is_counted_with_its_method(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA: a POST refused while its headers were read (Content-Length and chunked) was logged
+    and counted as a GET."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    (resp,) = await raw_exchange(
+        px.port, b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    assert resp.status == 400
+    assert px.server.runtime.counts.requests == {("", "", "POST", "400"): 1}
+    px.server.runtime.access_log.flush()
+    assert [line["method"] for line in px.access_lines()] == ["POST"]
+
+
 async def test_a_broken_request_behind_a_good_one_is_answered_in_its_turn(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
