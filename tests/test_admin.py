@@ -23,6 +23,7 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admin import json_pieces
 from proxy.config import ConfigError, load_file
 from proxy.server import Server, StartupError
 
@@ -1170,6 +1171,21 @@ async def test_history_refuses_unknown_and_repeated_query_parameters(
     for query in ("route=nope", "route=nope&before=5"):  # QA: 404 without ?before, 200 [] with it
         r = await call(session, "GET", px.admin_url + "/api/v1/history?" + query)
         assert r.status == 404, (query, r.body)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        [],
+        {"routes": [{"route": "r", "endpoints": {"GET /a": {"fields": {"$.x": {"samples": [1, "é\u2028"]}}}}}]},
+        [1, [2, [3, [4, [5, {"k": None}]]]]],
+        {'k"ey': 1.5, "n": None, "t": True, 2: 2, False: 3, None: 4},
+    ],
+)
+@pytest.mark.parametrize("depth", range(7))
+def test_json_pieces_are_json_dumps_in_pieces(value: Any, depth: int) -> None:
+    assert "".join(json_pieces(value, depth)) == json.dumps(value)
 
 
 async def test_a_body_over_the_limit_is_413_naming_it(
