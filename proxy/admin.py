@@ -388,8 +388,8 @@ def _report_route(request: web.Request) -> str | None:
     server = request.app[SERVER_KEY]
     check_query(request, ("route",))
     route = request.query.get("route")
-    if route is not None:
-        server.controller.route(route)  # 404 for an unknown route
+    if route is not None and not server.reports.has(route):
+        server.controller.route(route)  # 404 for a route neither configured nor reported on
     return route
 
 

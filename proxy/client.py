@@ -457,6 +457,11 @@ def _one_line(text: str) -> str:
 
 def _report_heading(r: Mapping[str, Any]) -> str:
     shadow = r.get("shadow")
+    if r.get("removed"):
+        return _one_line(
+            f"route {r['route']}: no longer in the config (the report is from before; "
+            f"`splitproxy report --route {r['route']} --clear` clears it)"
+        )
     if not shadow:
         return _one_line(f"route {r['route']}: no shadow configured now (the report is from before)")
     methods = ", ".join(shadow.get("methods") or []) or "no methods"

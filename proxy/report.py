@@ -148,4 +148,14 @@ class Reports:
             }
             entry.update(report(stats or RouteStats(), noise=noise))
             out.append(entry)
+        # Routes the config no longer has, with a report still stored: shown (and so can be
+        # cleared) until cleared or expired. They were kept, invisible, and came back with
+        # the route's name.
+        configured = {r.name for r in config.routes}
+        for name in sorted(self.routes.keys() - configured):
+            if route is None or name == route:
+                out.append({"route": name, "shadow": None, "removed": True, **report(self.routes[name], noise=None)})
         return {"generated_at": time.time(), "routes": out}
+
+    def has(self, route: str) -> bool:
+        return route in self.routes

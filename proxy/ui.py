@@ -435,7 +435,7 @@ async def ui_index(request: web.Request) -> web.Response:
     check_query(request, ("route", "endpoint"))  # ?route=a&route=b showed a, as if b were not asked
     selected = request.query.get("route")
     endpoint = request.query.get("endpoint") if selected is not None else None
-    if selected is not None:
+    if selected is not None and not server.reports.has(selected):  # a removed route's report too
         try:
             server.controller.route(selected)
         except NotFound:

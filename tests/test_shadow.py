@@ -9,6 +9,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -788,6 +789,53 @@ async def test_report_api_get_filter_delete_and_restart(tmp_path: Path, start_up
     try:
         await server.collect_shadow(persist=False)
         assert server.reports.to_json(server.config, "main")["routes"][0]["compared"] == 0
+    finally:
+        await server.stop()
+
+
+async def test_the_report_of_a_route_the_config_no_longer_has_is_shown_and_can_be_cleared(
+    tmp_path: Path, start_upstream: StartUpstream
+) -> None:
+    """QA: once a route was removed, its stored report was in no answer, a GET or DELETE of
+    it was 404, and it came back with a route of the same name; only clearing every route's
+    report removed it."""
+    from proxy.config import parse_text
+    from proxy.server import Server
+
+    from .conftest import config_text as make_config
+
+    live = await start_upstream("live", json_app({"price": 10}))
+    shadow = await start_upstream("shadow", json_app({"price": 1000}))
+    plain = await start_upstream("plain")
+    r = shadowed(live, shadow)
+    r["match"]["path_prefix"] = "/shop"
+    other = route(name="other", prefix="/", stable=plain)
+    server = Server(parse_text(make_config(tmp_path, [r, other])), grace=1)
+    await server.start()
+    try:
+        await drive(f"http://127.0.0.1:{server.data_port}", ["/shop/items/1"], 3)
+        await wait_outcome(SimpleNamespace(server=server), "compared", 3)
+    finally:
+        await server.stop()
+    server = Server(parse_text(make_config(tmp_path, [other])), grace=1)  # "main" removed
+    await server.start()
+    try:
+        admin = f"http://127.0.0.1:{server.admin_port}/api/v1/shadow/report"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(admin) as resp:
+                (gone,) = (await resp.json())["routes"]
+            assert (gone["route"], gone["shadow"], gone["removed"], gone["compared"]) == ("main", None, True, 3)
+            async with s.get(admin + "?route=main") as resp:
+                assert resp.status == 200
+            async with s.get(f"http://127.0.0.1:{server.admin_port}/ui/?route=main") as resp:
+                assert resp.status == 200
+                assert "no longer in the config" in await resp.text()
+            async with s.delete(admin + "?route=main") as resp:
+                assert resp.status == 200
+            async with s.get(admin) as resp:
+                assert (await resp.json())["routes"] == []
+            async with s.get(admin + "?route=main") as resp:
+                assert resp.status == 404  # neither configured nor reported on now
     finally:
         await server.stop()
 
