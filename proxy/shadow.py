@@ -77,8 +77,21 @@ def _parse_text(text: str) -> tuple[tuple[str, str], ...]:
     for line in text.split("\r\n"):
         if line:
             name, _, value = line.partition(":")
-            out.append((name.strip().lower(), value.strip()))
+            value = value.strip()
+            if not value.isascii():
+                value = _utf8_or_latin1(value)
+            out.append((name.strip().lower(), value))
     return tuple(out)
+
+
+def _utf8_or_latin1(value: str) -> str:
+    """A value decoded as Latin-1 read as the UTF-8 it most likely is (``X-Name: Zoë`` was
+    shown as ``ZoÃ«``); kept as Latin-1 when its bytes are not UTF-8. Value by value, so one
+    header that is not UTF-8 does not change how the others read (a false difference)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def parse_lines(lines: list[bytes]) -> tuple[tuple[str, str], ...]:

@@ -387,11 +387,19 @@ def page_context(
 _BIDI: Final = {c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
+# Control characters but tab and line ends (ESC, BEL from a body or a history reason), as
+# `splitproxy report` shows them: \x1b.
+_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0))}
+_INVISIBLE: Final = {**_BIDI, **_CONTROLS}
+_HAS_INVISIBLE: Final = re.compile("[" + re.escape("".join(map(chr, _INVISIBLE))) + "]")
+
+
 def visible_bidi(value: object) -> object:
     """Every ``{{ }}`` of the templates goes through here (``finalize``): bidirectional
-    controls in text, escaped or not, become ``\\u202e``-style escapes."""
-    if isinstance(value, str) and not value.isascii():
-        shown = str.translate(value, _BIDI)
+    controls and control characters in text, escaped or not, become ``\\u202e``- and
+    ``\\x1b``-style escapes."""
+    if isinstance(value, str) and _HAS_INVISIBLE.search(value) is not None:
+        shown = str.translate(value, _INVISIBLE)
         return Markup(shown) if isinstance(value, Markup) else shown  # markup stays markup
     return value
 

@@ -748,6 +748,12 @@ def test_rendered_values_are_what_the_json_encoder_writes(value: Any) -> None:
 # ---- shadow.parse_lines -------------------------------------------------------------------------
 
 
+def test_header_values_read_as_utf_8_where_they_are() -> None:
+    """QA: a UTF-8 value (``X-Name: Zoë``) was shown as ``ZoÃ«`` in the report and viewer."""
+    head = [b"X-Name: Zo\xc3\xab\r\n", b"X-Latin: \xe9t\xe9\r\n", b"X-Ascii: a\r\n"]
+    assert parse_lines(head) == (("x-name", "Zoë"), ("x-latin", "été"), ("x-ascii", "a"))
+
+
 @pytest.mark.parametrize(
     "lines",
     [

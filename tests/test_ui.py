@@ -246,6 +246,16 @@ def test_bidirectional_controls_from_upstreams_are_shown_as_escapes() -> None:
     assert visible_bidi("plain ascii") == "plain ascii"
 
 
+def test_control_characters_from_upstreams_are_shown_as_escapes() -> None:
+    """QA: ESC and BEL from a text body or a history reason went into the page raw, where
+    `splitproxy report` shows them escaped; tabs and line ends stay."""
+    page = environment().from_string("<p>{{ x }}</p><pre>{{ body }}</pre>")
+    body = body_html("a\tb\r\n\x1b[2J\x07\x9bz", "body.line[2]", None)
+    assert page.render(x="why\x1b]0;pwned\x07", body=body) == (
+        "<p>why\\x1b]0;pwned\\x07</p><pre>a\tb\r\n<mark>\\x1b[2J\\x07\\x9bz</mark></pre>"
+    )
+
+
 def test_upstream_notes_read_as_json() -> None:
     view = route_view(
         {
