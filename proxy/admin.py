@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .control import BadRequest, ControlError, NotFound, Outcome, parse_if_match
@@ -438,7 +439,21 @@ async def delete_report(request: web.Request) -> web.Response:
     return web.json_response({"cleared": route if route is not None else "all"})
 
 
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header with a DEL byte) as an ERROR with
+    a traceback, and answers it 400: the client's mistake, not a fault to look into, and any
+    local process could fill the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500)
+
+
+_CLIENT_MISTAKES: Final = _ClientMistakes()
+
+
 def make_admin_app(server: Server) -> web.Application:
+    logging.getLogger("aiohttp.server").addFilter(_CLIENT_MISTAKES)  # a second add is a no-op
     app = web.Application(middlewares=[errors_as_json, browser_guard, bearer_auth], client_max_size=MAX_BODY)
     app[SERVER_KEY] = server
     r = app.router

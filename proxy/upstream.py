@@ -362,7 +362,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def timed_out(self) -> None:
         if self.client is not None and self.ex is not None and not self.finished:
-            self._failed(UpstreamTimeout("upstream did not answer in time"))
+            # Its answer begun, the upstream stalled mid-body (Runtime.tick): said as such.
+            what = "stalled mid-answer" if self.got_bytes else "did not answer in time"
+            self._failed(UpstreamTimeout(f"upstream {what}"))
 
     def _failed(self, err: UpstreamError) -> None:
         client, ex = self.client, self.ex

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import signal
 import socket
 from collections import Counter
@@ -1233,6 +1234,16 @@ async def test_a_body_that_stops_coming_is_408_and_one_that_is_cut_logs_no_trace
         r = await call(s, "GET", px.admin_url + "/api/v1/routes")
         assert r.status == 200
     assert not [rec for rec in caplog.records if rec.levelname == "ERROR" or rec.exc_info], caplog.records
+
+
+async def test_a_request_aiohttp_cannot_parse_is_400_and_logs_no_error(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: a header with a DEL byte was logged by aiohttp as an ERROR with a traceback."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    (resp,) = await raw_exchange(px.server.admin_port, b"GET /api/v1/routes HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n")
+    assert resp.status == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.records
 
 
 @pytest.mark.parametrize(("method", "path", "body"), MUTATIONS, ids=MUTATION_IDS)

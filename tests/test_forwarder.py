@@ -1254,9 +1254,12 @@ async def test_a_client_that_stops_reading_is_cut_and_the_upstream_not_blamed(st
     assert px.server.runtime.counts.upstream_errors == {}
 
 
-async def test_a_response_whose_upstream_stalls_mid_body_is_an_upstream_time_out(start_proxy: StartProxy) -> None:
+async def test_a_response_whose_upstream_stalls_mid_body_is_an_upstream_time_out(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
     """QA: cut after timeouts.idle, as before, and now counted as the upstream's time-out
-    (towards ejecting it): it was counted nowhere."""
+    (towards ejecting it): it was counted nowhere. Logged as a stall, not as "did not
+    answer in time" (QA, fourth round: it had answered)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -1274,6 +1277,9 @@ async def test_a_response_whose_upstream_stalls_mid_body_is_an_upstream_time_out
         writer.close()
     assert data.endswith(b"partial")  # the head and what came, then the cut
     assert px.server.runtime.counts.upstream_errors == {("main", "stable", "timeout"): 1}
+    assert [r.getMessage().rpartition("reason=")[2] for r in caplog.records if "upstream error" in r.getMessage()] == [
+        "timeout: upstream stalled mid-answer"
+    ]
 
 
 async def test_a_head_that_stops_coming_is_answered_408_not_dropped(
