@@ -35,6 +35,13 @@ def shadowed(live: Upstream | str, shadow: Upstream | str, **shadow_cfg: Any) ->
     return r
 
 
+def any_path(handler: Any) -> web.Application:
+    """An upstream app that answers every method and path with ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
 def sleepy_app(seconds: float) -> Any:
     def factory(up: Upstream) -> web.Application:
         async def handler(request: web.Request) -> web.Response:
@@ -43,9 +50,7 @@ def sleepy_app(seconds: float) -> Any:
             await asyncio.sleep(seconds)
             return web.json_response({"late": True})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        return app
+        return any_path(handler)
 
     return factory
 
@@ -67,9 +72,7 @@ def huge_app(size: int) -> Any:
                 up.event("cut").set()
             return resp
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        return app
+        return any_path(handler)
 
     return factory
 
@@ -522,9 +525,7 @@ def slow_body_app(seconds: float) -> Any:
             await resp.write_eof()
             return resp
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        return app
+        return any_path(handler)
 
     return factory
 
@@ -651,9 +652,7 @@ def json_app(extra: dict[str, Any]) -> Any:
             up.hits += 1
             return web.json_response({"id": 7, "name": "kettle", **extra, "nonce": __import__("uuid").uuid4().hex})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        return app
+        return any_path(handler)
 
     return factory
 
