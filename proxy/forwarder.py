@@ -263,7 +263,9 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = self.parsing
         if ex is None:
-            if not self.head_began:
+            # Not for the empty lines a client may send between requests (RFC 9112 §2.2:
+            # a CRLF after a POST body), which would turn a keep-alive close into a 408.
+            if not self.head_began and data[0] != 13 and data[0] != 10:
                 self.head_began = self.last_io
             # A request starts with this read: its head must end within MAX_HEAD bytes.
             if len(data) > MAX_HEAD and data.find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0:

@@ -570,6 +570,24 @@ async def test_a_request_head_must_come_whole_within_the_idle_time_out(
     assert up.hits == 0
 
 
+async def test_an_empty_line_after_a_request_is_no_head_and_idles_out_silently(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """RFC 9112 §2.2: a server ignores empty lines before a request (old clients send a CRLF
+    after a POST body). Timed as a head coming, it turned the idle close into a 408."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "300ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    writer.write(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+    resp = await read_response(reader)
+    assert resp.status == 200
+    writer.write(b"\r\n")  # a read of its own
+    async with asyncio.timeout(5):
+        rest = await reader.read()  # closed after the idle time-out
+    writer.close()
+    assert rest == b""
+
+
 async def test_a_request_refused_in_its_head_is_counted_with_its_method(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
