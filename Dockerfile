@@ -33,7 +33,7 @@ COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY native ./native
 COPY proxy ./proxy
 # The dependencies and mypy first: mypyc type-checks the modules against them.
-RUN pip install --no-cache-dir setuptools wheel "mypy>=1.10,<2" types-PyYAML . \
+RUN pip install --no-cache-dir setuptools wheel "mypy>=2.2,<3" types-PyYAML . \
  && SPLITPROXY_COMPILE=1 pip wheel --no-cache-dir --no-build-isolation --no-deps -w /wheels .
 
 FROM python:3.11-slim
