@@ -91,7 +91,7 @@ def admin_url(text: str) -> str:
     """
     raw = text.strip()
     if raw and "://" not in raw:
-        if "/" in raw:  # "http//127.0.0.1:9901" was host "http"; a path needs the scheme
+        if "/" in raw.rstrip("/"):  # "http//127.0.0.1:9901" was host "http"; a path needs the scheme
             raise UsageError(f"--admin: expected a URL such as {DEFAULT_ADMIN} or HOST:PORT, got {text!r}")
         raw = "http://" + raw
     try:
@@ -109,8 +109,8 @@ def admin_url(text: str) -> str:
         raise UsageError(f"--admin: a user or password in the URL is not supported; set the token in {TOKEN_ENV}")
     if parts.query or parts.fragment:
         raise UsageError(f"--admin: a base URL has no query or fragment, got {text!r}")
-    if parts.path.rstrip("/").endswith(("/api/v1", "/api", "/ui")):
-        raise UsageError(f"--admin: the admin listener's base URL, without {parts.path.rstrip('/')!r}, got {text!r}")
+    if parts.path.rstrip("/").endswith("/api/v1"):  # the API's own prefix, which the CLI adds
+        raise UsageError(f"--admin: the admin listener's base URL, without '/api/v1', got {text!r}")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -757,9 +757,9 @@ class AdminClient:
                 except (OSError, http.client.HTTPException):
                     raw = b""
             raise self._error(exc.code, raw) from None
-        except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason, method) from None
-        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets while reading
+        except urllib.error.URLError as exc:  # connecting or sending: no answer was awaited yet
+            raise self._unreachable(exc.reason) from None
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets while reading the answer
             raise self._unreachable(exc, method) from None
         return self._answer(status, raw)
 

@@ -136,9 +136,11 @@ def is_id_segment(segment: str) -> bool:
     """A path segment that names one thing, not a kind of thing, so it folds to ``{id}``:
     what ``is_id`` folds; a number in any notation (``-5``, ``1.5``, ``2024-05-01``,
     ``12:30``); anything with an ``@`` (an e-mail address); three digits in a row in five
-    or more characters (``ORD-7781``, ``user1234``); a token of 12 or more characters with a
-    letter and a digit (``aB3xY9zQk2Lm_Tq``); and any segment over 64 characters. Words
-    stay (``/users/alice``): a ``diff.endpoints`` template folds those. One regex call at
+    or more characters (``ORD-7781``, ``user1234``); a token, letters, digits, ``_`` and
+    ``-`` only, of 12 or more characters with a digit and both cases (``aB3xY9zQk2Lm_Tq``)
+    or of 20 or more with a letter and a digit; and any segment over 64 characters. Names
+    stay (``/users/alice``, ``oauth2callback``, ``jquery-3.6.0.min.js``): a
+    ``diff.endpoints`` template folds those. One regex call at
     most: it runs for every mirrored request whose URL the endpoint cache has not seen."""
     if segment.isalpha() and len(segment) < 16:  # most segments ("users"): no regex at all
         return False
@@ -152,7 +154,8 @@ _SEGMENT_ID: Final = re.compile(
     rf"|{_UUID}|[0-9A-Fa-f]{{16,}}"  # is_id's
     r"|.*(?:@|%40).*"  # an e-mail address
     r"|(?=.{5}).*[0-9]{3}.*"  # three digits in a row
-    r"|(?=.{12})(?=.*[0-9])(?=.*[A-Za-z]).*"  # a token
+    r"|(?=[A-Za-z0-9_-]{12,}\Z)(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z]).*"  # a token, both cases
+    r"|(?=[A-Za-z0-9_-]{20,}\Z)(?=.*[0-9])(?=.*[A-Za-z]).*"  # a long token
     rf"|.{{{MAX_ENDPOINT_SEGMENT + 1},}}"  # long
 )
 

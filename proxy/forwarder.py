@@ -255,6 +255,7 @@ class ClientConnection(asyncio.Protocol):
         self.rt.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        last_io = self.last_io
         self.last_io = self.rt.clock
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
@@ -263,10 +264,14 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = self.parsing
         if ex is None:
-            # Not for the empty lines a client may send between requests (RFC 9112 §2.2:
-            # a CRLF after a POST body), which would turn a keep-alive close into a 408.
-            if not self.head_began and data[0] != 13 and data[0] != 10:
-                self.head_began = self.last_io
+            if not self.head_began:
+                if data[0] != 13 and data[0] != 10:
+                    self.head_began = self.last_io
+                elif not data.strip(b"\r\n"):
+                    # Empty lines alone, which a client may send between requests (RFC 9112
+                    # §2.2: a CRLF after a POST body): no head (a 408 instead of the idle
+                    # close), and no activity either (a CRLF a second held the connection).
+                    self.last_io = last_io
             # A request starts with this read: its head must end within MAX_HEAD bytes.
             if len(data) > MAX_HEAD and data.find(b"\r\n\r\n", 0, MAX_HEAD + 4) < 0:
                 self._bad_request(HEAD_TOO_LARGE, 431)
@@ -820,6 +825,7 @@ class ClientConnection(asyncio.Protocol):
             # that had just failed): the route's baseline now takes it, as a failover.
             now = self.rt.table.plans.get(plan.name)
             if now is not None:
+                self.rt.counts.count("splitproxy_failovers", (plan.name, backend.name))
                 ex.backend = backend = now.backends[now.baseline]
                 pool = self.rt.next_pool(plan.name, backend)
         pool = pool or failed  # the route itself is gone: only that instance is left

@@ -30,7 +30,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from .admin import SERVER_KEY, check_query, route_json
-from .control import NotFound
+from .control import BadRequest, NotFound
 from .diffing import parse_field_path
 
 if TYPE_CHECKING:
@@ -364,7 +364,9 @@ def page_context(
 ) -> dict[str, Any]:
     """Everything ``index.html`` shows, from the API's JSON shapes. ``endpoint``: that one of
     the selected route's alone."""
-    budget = Budget()
+    # One endpoint's own page shows all of its samples (at most 16 fields x 3 of them, each
+    # body cut at 2048 characters): its link is where the budget sends them.
+    budget = Budget() if endpoint is None else None
     return {
         "version": version,
         "route_names": list(route_names),
@@ -440,9 +442,15 @@ def html_response(text: str, status: int = 200) -> web.Response:
 
 async def ui_index(request: web.Request) -> web.Response:
     server: Server = request.app[SERVER_KEY]
-    check_query(request, ("route", "endpoint"))  # ?route=a&route=b showed a, as if b were not asked
+    try:
+        check_query(request, ("route", "endpoint"))  # ?route=a&route=b showed a, as if b were not asked
+        if "endpoint" in request.query and "route" not in request.query:
+            raise BadRequest("?endpoint= names an endpoint of a route: give ?route= too", "endpoint")
+    except BadRequest as exc:  # the page's own 400, as its 404 (the API's is JSON)
+        text = await asyncio.to_thread(render, "bad_request.html", why=str(exc))
+        return html_response(text, status=400)
     selected = request.query.get("route")
-    endpoint = request.query.get("endpoint") if selected is not None else None
+    endpoint = request.query.get("endpoint")
     if selected is not None and not server.reports.has(selected):  # a removed route's report too
         try:
             server.controller.route(selected)
@@ -480,7 +488,7 @@ async def ui_static(request: web.Request) -> web.Response:
 
 
 async def ui_redirect(request: web.Request) -> web.Response:
-    query = request.query_string
+    query = request.rel_url.raw_query_string  # as sent: decoded, a %23 became a fragment
     raise web.HTTPPermanentRedirect("/ui/" + (f"?{query}" if query else ""))  # ?route= kept, as nginx keeps it
 
 

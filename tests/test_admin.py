@@ -1073,6 +1073,8 @@ async def test_a_retry_after_a_reload_removed_the_backend_goes_to_the_baseline_n
         reply = await pending
         assert reply.status == 200, reply.body
         assert reply.body["upstream"] == ups[0].name
+        failovers = px.server.runtime.counts.extra_counters["splitproxy_failovers"]
+        assert failovers == {("main", "gone"): 1}  # review: a failover, not counted as one
     finally:
         old.close()
 

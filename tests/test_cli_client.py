@@ -88,6 +88,11 @@ ADMIN_URLS = {
     "trailing-slash": ("http://127.0.0.1:9901/", "http://127.0.0.1:9901"),
     "no-scheme": ("127.0.0.1:9901", "http://127.0.0.1:9901"),
     "https-with-prefix": ("https://admin.example.com/splitproxy/", "https://admin.example.com/splitproxy"),
+    # Review: a bare HOST:PORT/ was refused as a path without a scheme; a prefix ending in
+    # /api or /ui (a reverse proxy's) was refused as the API's own.
+    "no-scheme-trailing-slash": ("127.0.0.1:9901/", "http://127.0.0.1:9901"),
+    "prefix-ending-in-api": ("http://h:1/team/api", "http://h:1/team/api"),
+    "prefix-ending-in-ui": ("http://h:1/ops/ui/", "http://h:1/ops/ui"),
     "ipv6": ("http://[::1]:9901", "http://[::1]:9901"),
 }
 
@@ -115,7 +120,6 @@ def test_admin_url(text: str, expected: str) -> None:
         pytest.param("127.0.0.1:9901/x", id="path-without-scheme"),
         pytest.param("http://127.0.0.1:9901/api/v1", id="api-path"),
         pytest.param("http://127.0.0.1:9901/api/v1/", id="api-path-slash"),
-        pytest.param("http://127.0.0.1:9901/ui", id="ui-path"),
     ],
 )
 def test_admin_url_refuses(text: str) -> None:
@@ -729,6 +733,19 @@ async def test_a_change_left_unanswered_says_it_may_have_been_made() -> None:
     )
     helped = await splitproxy("weights", "--help", admin=None)
     assert "default 30s" in helped.out
+
+
+async def test_a_change_that_could_not_be_sent_says_it_could_not_reach() -> None:
+    """Review: a time-out while connecting (urllib's URLError) also said the change "may have
+    been made", though nothing was sent."""
+    with socket.socket() as full, socket.socket() as filler:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # one connection waits in the queue, never accepted; the next cannot connect
+        filler.connect(full.getsockname())
+        admin = f"http://127.0.0.1:{full.getsockname()[1]}"
+        result = await splitproxy("weights", "main", "canary=5", "--timeout", "500ms", admin=admin)
+    assert result.code == 1
+    assert result.err.startswith(f"splitproxy: cannot reach the admin API at {admin}: "), result.err
 
 
 async def test_restore_of_a_version_beyond_sqlite_integers_is_404(proxy: ProxyProcess) -> None:

@@ -80,6 +80,15 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "/u/abc12", (), "GET /u/abc12", id="two-digits-kept"),
         pytest.param("GET", "/v/h264/oauth2/x86_64", (), "GET /v/h264/oauth2/x86_64", id="short-names-kept"),
         pytest.param("GET", "/users/alice/profile", (), "GET /users/alice/profile", id="words-kept"),
+        # Review: names with a digit folded as tokens.
+        pytest.param(
+            "GET",
+            "/auth/oauth2callback/saml2-response/healthcheck-v2/covid19-stats/jquery-3.6.0.min.js",
+            (),
+            "GET /auth/oauth2callback/saml2-response/healthcheck-v2/covid19-stats/jquery-3.6.0.min.js",
+            id="names-with-a-digit-kept",
+        ),
+        pytest.param("GET", "/t/k3j4h5g6f7d8s9a0q1w2", (), "GET /t/{id}", id="long-one-case-token"),
         pytest.param("GET", f"/a/{'w' * 64}", (), f"GET /a/{'w' * 64}", id="segment-of-64-kept"),
         # QA: user names, tokens and order numbers in paths became endpoints and metric
         # labels ("no user, session or raw-path labels"), and a path of 8,000 characters

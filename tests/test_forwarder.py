@@ -588,6 +588,34 @@ async def test_an_empty_line_after_a_request_is_no_head_and_idles_out_silently(
     assert rest == b""
 
 
+async def test_empty_lines_alone_do_not_hold_a_connection_open(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """Review: each read reset the idle time-out, and empty lines start no head, so a CRLF a
+    second held a connection for good (nginx's client_header_timeout is not reset by bytes)."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], timeouts={"idle": "600ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    t0 = time.monotonic()
+
+    async def a_crlf_every_200_ms() -> None:
+        for _ in range(30):
+            if writer.is_closing():
+                return
+            writer.write(b"\r\n")
+            await asyncio.sleep(0.2)
+
+    sending = asyncio.create_task(a_crlf_every_200_ms())
+    try:
+        async with asyncio.timeout(10):
+            rest = await reader.read()
+    finally:
+        sending.cancel()
+        writer.close()
+    assert rest == b""  # closed as an idle connection, no answer
+    assert time.monotonic() - t0 < 3  # the CRLFs would have gone on for 6 s
+
+
 async def test_a_request_refused_in_its_head_is_counted_with_its_method(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
