@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import blake2b
 
 from .config import Config, Route, Upstream
@@ -155,6 +155,11 @@ class RoutePlan:
     by_weight: tuple[Decision, ...]
     by_override: tuple[Decision, ...]
     by_sticky: tuple[Decision, ...]
+    # key -> hrw_choice(key) for this plan's weights: a returning user's key costs a dict
+    # lookup instead of a blake2b and a log per backend (~1.8 us for two). A memo of a pure
+    # function, so no state of the route's: a weight change compiles a new plan, and a new
+    # memo. Bounded (cleared when full; short keys only).
+    sticky_memo: dict[bytes, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def compile(cls, route: Route) -> RoutePlan:
@@ -244,10 +249,19 @@ class RoutePlan:
             key = client_ip
         if not key:
             return self.by_weight[pick(self.cumulative, point)]
-        chosen = hrw_choice(self.bname, self.names, self.weights, key)
+        memo = self.sticky_memo
+        chosen = memo.get(key, -1)
+        if chosen < 0:
+            chosen = hrw_choice(self.bname, self.names, self.weights, key)
+            if len(key) <= STICKY_MEMO_KEY_MAX:
+                if len(memo) >= STICKY_MEMO_MAX:
+                    memo.clear()
+                memo[key] = chosen
         return self.by_sticky[chosen] if fresh is None else Decision(chosen, BY_STICKY, fresh)
 
 
+STICKY_MEMO_MAX = 16384  # keys remembered per route plan: ~1.5 MB at most
+STICKY_MEMO_KEY_MAX = 64  # longer keys (a long header value) are hashed every time
 _KEY_CHARS = frozenset(b"0123456789abcdef")
 STICKY_KEY_LEN = 32  # 128 random bits, hex
 

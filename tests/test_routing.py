@@ -758,3 +758,24 @@ def test_unit_hash_stays_below_one_for_the_largest_digests(monkeypatch: pytest.M
     monkeypatch.setattr(routing, "blake2b", AllOnes)
     assert hrw_choice(b"shop", (b"stable", b"canary"), (90.0, 10.0), b"k") in (0, 1)
     assert 0.0 < routing._unit_hash(b"shop", b"stable", b"k") < 1.0
+
+
+# ---- the sticky memo -------------------------------------------------------------------------
+
+
+def test_the_sticky_memo_answers_as_the_hash_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A returning key is looked up, not hashed again; the answer is hrw_choice's, for keys
+    seen and unseen, long and short; a weight change is a new plan with a new memo."""
+    monkeypatch.setattr(routing, "STICKY_MEMO_MAX", 50)  # the pure module, as the shell reads it
+    plan = RoutePlan.compile(make_route(weights=[("stable", 70), ("canary", 30)], sticky=Sticky("header", "x-user")))
+    keys = [f"user-{i}".encode() for i in range(200)] + [b"k" * 65, b"k" * 64]
+    for _ in range(2):
+        for key in keys:
+            got = plan.choose(lambda name, key=key: key if name == b"x-user" else None, b"/", b"ip", 0.5, no_new_key)
+            assert got.backend == hrw_choice(plan.bname, plan.names, plan.weights, key), key
+            assert len(plan.sticky_memo) <= routing.STICKY_MEMO_MAX
+    assert b"k" * 65 not in plan.sticky_memo  # over STICKY_MEMO_KEY_MAX: hashed each time
+    moved = RoutePlan.compile(make_route(weights=[("stable", 10), ("canary", 90)], sticky=Sticky("header", "x-user")))
+    assert moved.sticky_memo == {}
+    assert plan != moved
+    assert plan == RoutePlan.compile(plan.route)  # the memo is not part of the plan's value
