@@ -260,7 +260,7 @@ class RoutePlan:
         return self.by_sticky[chosen] if fresh is None else Decision(chosen, BY_STICKY, fresh)
 
 
-STICKY_MEMO_MAX = 16384  # keys remembered per route plan: ~1.5 MB at most
+STICKY_MEMO_MAX = 16384  # keys remembered per route plan: ~3 MB at most (64-byte keys)
 STICKY_MEMO_KEY_MAX = 64  # longer keys (a long header value) are hashed every time
 _KEY_CHARS = frozenset(b"0123456789abcdef")
 STICKY_KEY_LEN = 32  # 128 random bits, hex
