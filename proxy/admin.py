@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .client import is_loopback
 from .control import BadRequest, ControlError, NotFound, Outcome, parse_if_match
 from .store import StoreError
 
@@ -92,14 +93,6 @@ def _token_presented(request: web.Request, token: str) -> bool:
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-def is_loopback(host: str) -> bool:
-    """A listen address that only this machine can reach."""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_ip_or_localhost(host: str) -> bool:

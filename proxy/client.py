@@ -636,7 +636,8 @@ def render_cleared(answer: Mapping[str, Any], route: str | None = None) -> str:
 # ---- the HTTP client (I/O) -------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A host (an admin URL's, a listen address) that only this machine can reach."""
     if host == "localhost":
         return True
     try:
@@ -669,7 +670,7 @@ class AdminClient:
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         # An http_proxy in the environment must not carry a loopback admin call to another
         # machine (urllib honours it unless no_proxy lists the host); remote ones follow it.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(host) else []
         object.__setattr__(self, "_opener", urllib.request.build_opener(*handlers))
 
     # -- the API, one method per endpoint ---------------------------------------------------

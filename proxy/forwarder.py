@@ -833,7 +833,7 @@ class ClientConnection(asyncio.Protocol):
             pool = self.rt.next_pool(plan.name, backend) or failed  # another instance, when there is one
         assert pool is not None
         ex.pool = pool
-        if ex.host_filled and pool.hostport != ex.host_filled:
+        if ex.host_filled:
             ex.head = h.with_host(ex.head, ex.host_filled, pool.hostport)
             ex.host_filled = pool.hostport
         if ex.pending is None:

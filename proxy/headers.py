@@ -153,7 +153,10 @@ def request_head(  # noqa: PLR0917  # positional-friendly: called once per reque
 
 def with_host(head: bytes, old: bytes, new: bytes) -> bytes:
     """``head`` with the Host line the proxy filled in (``old``: a request that came without
-    one, HTTP/1.0) naming ``new``: the only Host line such a head has."""
+    one, HTTP/1.0) naming ``new``: the only Host line such a head has. ``head`` itself when
+    the proxy filled in none (``old`` empty) or ``new`` is that upstream."""
+    if not old or old == new:
+        return head
     return head.replace(b"\r\nHost: " + old + CRLF, b"\r\nHost: " + new + CRLF, 1)
 
 

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from . import data_plane_build, process, tasks
 from .accesslog import AccessLog, AccessLogError
-from .admin import is_loopback
 from .checker import HealthChecker, targets_from_config
+from .client import is_loopback
 from .config import DEFAULT_TOKEN_ENV, Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane

@@ -475,10 +475,12 @@ class ShadowManager:
         if pool is None:  # a reload took the shadow backend away while the body was coming
             self.cancel(mirror, ERROR)
             return
-        legs = [ShadowLeg(mirror, "shadow", pool, self._host_for(ex, head, pool))]
+        # A request that came without Host (HTTP/1.0) names each leg's own upstream, as the
+        # live request does.
+        legs = [ShadowLeg(mirror, "shadow", pool, with_host(head, ex.host_filled, pool.hostport))]
         if ex.method in SAFE_METHODS and shadow.noise.percent > 0 and self.rt.random() * 100 < shadow.noise.percent:
             replay = self._replay_pool(ex)
-            legs.append(ShadowLeg(mirror, "replay", replay, self._host_for(ex, head, replay)))
+            legs.append(ShadowLeg(mirror, "replay", replay, with_host(head, ex.host_filled, replay.hostport)))
         mirror.legs = legs
         for leg in legs:
             leg.start()
@@ -494,14 +496,6 @@ class ShadowManager:
             before, _, after = head.rpartition(b"Transfer-Encoding: chunked\r\n")
             head = before + b"Content-Length: %d\r\n" % mirror.body_size + after
         return head[:-2] + SHADOW_HEADER + b"\r\n"
-
-    @staticmethod
-    def _host_for(ex: Exchange, head: bytes, pool: UpstreamPool) -> bytes:
-        """A request that came without Host (HTTP/1.0) goes to each upstream with that
-        upstream's host:port as its Host, as the live request does."""
-        if ex.host_filled and pool.hostport != ex.host_filled:
-            return with_host(head, ex.host_filled, pool.hostport)
-        return head
 
     def _replay_pool(self, ex: Exchange) -> UpstreamPool:
         """Another instance of the live backend when there is one (noise between instances

@@ -491,13 +491,20 @@ async def test_max_in_flight_drops_are_counted(start_upstream: StartUpstream, st
     assert outcomes(px) == {"dropped_full": 7}
 
 
-async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+async def two_live_instances_replayed(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> tuple[Upstream, Upstream, Upstream, Any]:
+    """A live backend of two instances, every GET mirrored and replayed to it."""
     a = await start_upstream("live-a")
     b = await start_upstream("live-b")
     shadow = await start_upstream("shadow")
     r = route(stable=([a, b], 100), candidate=(shadow, 0))
     r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
-    px = await start_proxy([r])
+    return a, b, shadow, await start_proxy([r])
+
+
+async def test_noise_replay_goes_to_the_live_backend(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    a, b, _shadow, px = await two_live_instances_replayed(start_upstream, start_proxy)
     async with aiohttp.ClientSession() as s:
         for _ in range(4):
             async with s.get(px.url + "/n") as resp:
@@ -556,12 +563,7 @@ async def test_http10_request_without_host_gets_each_upstreams_own_host(
 ) -> None:
     """QA: the mirror and the replay of an HTTP/1.0 request without Host carried the live
     upstream's host:port, which a shadow behind name-based virtual hosting would misroute."""
-    a = await start_upstream("live-a")
-    b = await start_upstream("live-b")
-    shadow = await start_upstream("shadow")
-    r = route(stable=([a, b], 100), candidate=(shadow, 0))
-    r["shadow"] = {"backend": "candidate", "percent": 100, "noise": {"percent": 100}}
-    px = await start_proxy([r])
+    a, b, shadow, px = await two_live_instances_replayed(start_upstream, start_proxy)
     for _ in range(2):
         (resp,) = await raw_exchange(px.port, b"GET /h10 HTTP/1.0\r\n\r\n")
         assert resp.status == 200
