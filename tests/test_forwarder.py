@@ -608,7 +608,10 @@ async def test_empty_lines_alone_do_not_hold_a_connection_open(
     sending = asyncio.create_task(a_crlf_every_200_ms())
     try:
         async with asyncio.timeout(10):
-            rest = await reader.read()
+            try:
+                rest = await reader.read()
+            except ConnectionResetError:  # a CRLF that came after the close: the kernel resets
+                rest = b""
     finally:
         sending.cancel()
         writer.close()
