@@ -38,6 +38,26 @@ def policy_of(od: OutlierDetection) -> OutlierPolicy:
     )
 
 
+def going_on(
+    old: Iterator[UpstreamPool] | None, pools: list[UpstreamPool], order: list[UpstreamPool]
+) -> Iterator[UpstreamPool]:
+    """A round-robin over ``pools`` that goes on where ``old`` would have: from the instance
+    it would have handed out next, or, when that one no longer serves, from the next one
+    that does in the backend's own ``order``. Started afresh at the first instance, every
+    weight change, reload or health flip sent the next request to the same instance (ten
+    changes between ten requests: all ten to one)."""
+    if old is None or len(pools) < 2:
+        return itertools.cycle(pools)
+    nxt = next(old)
+    where = {id(p): i for i, p in enumerate(order)}
+    at = where.get(id(nxt))
+    if at is None:
+        return itertools.cycle(pools)
+    # The first serving instance at or after it, in the backend's order (wrapping round).
+    start = min(range(len(pools)), key=lambda i: (where.get(id(pools[i]), 0) - at) % len(order))
+    return itertools.cycle(pools[start:] + pools[:start])
+
+
 @dataclass
 class BackendHealth:
     route: RoutePlan
@@ -116,8 +136,9 @@ class Balancer:
         down: set[int] = set()
         for bh in backends.values():
             pools, is_down = self._serving(bh)
-            cycles[id(bh.backend)] = itertools.cycle(pools)
-            mirror_cycles[id(bh.backend)] = itertools.cycle(pools)
+            was = self.current.get(bh.key)
+            cycles[id(bh.backend)] = going_on(self.cycles.get(was) if was else None, pools, bh.pools)
+            mirror_cycles[id(bh.backend)] = going_on(self.mirror_cycles.get(was) if was else None, pools, bh.pools)
             if is_down:
                 down.add(id(bh.backend))
         self.backends, self.cycles, self.mirror_cycles, self.down = backends, cycles, mirror_cycles, down
@@ -194,8 +215,9 @@ class Balancer:
 
     def _rebuild(self, bh: BackendHealth) -> None:
         pools, is_down = self._serving(bh)
-        self.cycles[id(bh.backend)] = itertools.cycle(pools)
-        self.mirror_cycles[id(bh.backend)] = itertools.cycle(pools)
+        key = id(bh.backend)
+        self.cycles[key] = going_on(self.cycles.get(key), pools, bh.pools)
+        self.mirror_cycles[key] = going_on(self.mirror_cycles.get(key), pools, bh.pools)
         was_down = id(bh.backend) in self.down
         if is_down and not was_down:
             self.down.add(id(bh.backend))

@@ -80,7 +80,10 @@ class LocalDataPlane:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.runtime.tick()
+            try:
+                self.runtime.tick()
+            except Exception:  # our bug: logged, and the time-outs go on being kept
+                log.exception("internal error in the data plane's housekeeping tick")
 
     async def install(self, config: Config) -> None:
         self.runtime.install(config)

@@ -522,7 +522,8 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 404, f"no route for {(host or b'').decode('latin-1')}{path.decode('latin-1')}")
             return
         ex.plan = plan
-        if ex.content_length is not None and ex.content_length > rt.max_body:
+        if ex.bytes_in > rt.max_body or (ex.content_length is not None and ex.content_length > rt.max_body):
+            # bytes_in: a chunked body read past the limit while the request waited its turn
             self._too_large(ex)
             return
         decision = plan.choose(hdict.get, url, self.ip, rt.random(), rt.new_sticky_key)
@@ -743,6 +744,10 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.active:
             conn.release(reusable=False)
             return
+        # Detached before the last write: a write that fills the client's buffer pauses the
+        # reading of ex.conn (pause_writing), and a connection pooled paused hung the next
+        # request on it (any client's, or a mirror's) until its response time-out.
+        ex.conn = None
         out = self.out
         if ex.resp_mode == Exchange.CHUNKED:
             out.append(h.LAST_CHUNK)
@@ -750,7 +755,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         ex.complete = True
-        ex.conn = None
+        if self.write_paused:  # paused by an earlier write: it reads again before it is pooled
+            conn.transport.resume_reading()
         # A connection whose request body was not all sent cannot carry another request.
         conn.release(reusable=reusable and ex.req_complete)
         self._finish(ex)
@@ -928,7 +934,7 @@ class ClientConnection(asyncio.Protocol):
             self.rejected = (ex, status, why)  # nothing more is parsed; see _finish
 
     def _reject(self, ex: Exchange, status: int, why: str) -> None:
-        if not self.closed:
+        if not self.closed and not self.draining:
             resp = h.local_response(status, _rejection(status, why), keep_alive=False)
             ex.bytes_out += h.body_size(resp)
             self.write(resp)
@@ -971,10 +977,12 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
             self.rt.loop.call_later(LINGER_SECONDS, self.transport.close)
             return
+        # Requests pipelined behind the last answer are dropped unanswered, never sent
+        # upstream (as nginx does): their answers could not reach the client, and a POST
+        # would have run with the client left to retry it.
+        self.queue.clear()
+        self.draining = True  # nothing more is read, and Runtime.tick times only the way out
         self.transport.close()
-        if self.queue and self.active is None:
-            self._start(self.queue.popleft())
-        self.update_reading()
 
     def _start_tunnel(self, ex: Exchange, conn: UpstreamConnection) -> None:
         conn.tunnel = True

@@ -214,49 +214,69 @@ class Runtime:
         self.clock = now = self.now()
         idle = self.idle_timeout
         for conn in list(self.connections):
-            ex = conn.active
-            if ex is None:
-                head = conn.parsing
-                began = conn.head_began  # its first byte, before its method was whole too
-                if head is not None and head.head_read >= 0 and (not began or head.t0 < began):
-                    began = head.t0  # a pipelined head, begun in an earlier request's read
-                if began:
-                    # A head still coming after the idle time-out, however often its bytes
-                    # come (a slow-loris client): 408, as nginx's client_header_timeout.
-                    # Timed from the head's start alone (last_io would close the connection
-                    # silently instead).
-                    if now - began > idle:
-                        conn.head_timed_out()
-                elif conn.tunnel is None and now - conn.last_io > idle:
-                    conn.shutdown()
-            elif not ex.resp_started:
-                if ex.req_complete:
-                    # timeouts.response counts from the whole request sent (see _attach)
-                    if ex.conn is not None and now >= ex.deadline:
-                        ex.conn.timed_out()
-                elif now - conn.last_io > idle:
-                    # The body stopped coming for the idle time-out: the upstream's doing if
-                    # it stopped taking it (the client's reads are paused), else the client's.
-                    if conn.read_paused and ex.conn is not None:
-                        ex.conn.timed_out()
-                    else:
-                        conn.body_timed_out(ex)
-            elif now - conn.last_io > idle:
-                # A response that stalled mid-body for longer than the idle time-out: the
-                # client's doing if it stopped taking the body (as nginx's send_timeout: a
-                # slow reader still taking it is no stall), else the upstream's.
-                if conn.write_paused:
+            try:
+                self._tick_connection(conn, now, idle)
+            except Exception:  # our bug: that connection ends, the others are still timed
+                log.exception("internal error while timing a client connection; closing it")
+                conn.transport.abort()
+        self.shadow.tick(now)
+        self.balancer.tick(now)
+        self.access_log.flush()
+
+    @staticmethod
+    def _tick_connection(conn: ClientConnection, now: float, idle: float) -> None:
+        ex = conn.active
+        if ex is None:
+            if conn.draining:
+                # Answered and closing (forwarder._close): no head is timed, a pipelined one
+                # read away included (its 408 was written after write_eof, and the error
+                # ended this task). A client that takes none of the last bytes for the idle
+                # time-out is cut, as a stalled answer is below: uvloop's close() waits for
+                # the buffer to drain, for good.
+                if now - conn.last_io > idle and conn.transport.is_closing():
                     if conn.sending():
                         conn.last_io = now
                     else:
                         conn.transport.abort()
-                elif ex.conn is not None and not ex.conn.finished:
-                    ex.conn.timed_out()  # a time-out of the upstream's, counted as one
+                return
+            head = conn.parsing
+            began = conn.head_began  # its first byte, before its method was whole too
+            if head is not None and head.head_read >= 0 and (not began or head.t0 < began):
+                began = head.t0  # a pipelined head, begun in an earlier request's read
+            if began:
+                # A head still coming after the idle time-out, however often its bytes
+                # come (a slow-loris client): 408, as nginx's client_header_timeout.
+                # Timed from the head's start alone (last_io would close the connection
+                # silently instead).
+                if now - began > idle:
+                    conn.head_timed_out()
+            elif conn.tunnel is None and now - conn.last_io > idle:
+                conn.shutdown()
+        elif not ex.resp_started:
+            if ex.req_complete:
+                # timeouts.response counts from the whole request sent (see _attach)
+                if ex.conn is not None and now >= ex.deadline:
+                    ex.conn.timed_out()
+            elif now - conn.last_io > idle:
+                # The body stopped coming for the idle time-out: the upstream's doing if
+                # it stopped taking it (the client's reads are paused), else the client's.
+                if conn.read_paused and ex.conn is not None:
+                    ex.conn.timed_out()
+                else:
+                    conn.body_timed_out(ex)
+        elif now - conn.last_io > idle:
+            # A response that stalled mid-body for longer than the idle time-out: the
+            # client's doing if it stopped taking the body (as nginx's send_timeout: a
+            # slow reader still taking it is no stall), else the upstream's.
+            if conn.write_paused:
+                if conn.sending():
+                    conn.last_io = now
                 else:
                     conn.transport.abort()
-        self.shadow.tick(now)
-        self.balancer.tick(now)
-        self.access_log.flush()
+            elif ex.conn is not None and not ex.conn.finished:
+                ex.conn.timed_out()  # a time-out of the upstream's, counted as one
+            else:
+                conn.transport.abort()
 
     def close(self) -> None:
         for pool in self.pools.values():

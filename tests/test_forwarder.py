@@ -1535,3 +1535,238 @@ def test_a_proxied_request_leaves_no_memory_behind(
         rt.close()
         loop.close()
     assert grown < 300, f"{grown} memory blocks more after 3000 requests"
+
+
+# ---- QA, fifth round: how connections end ----------------------------------------------------
+
+
+async def _answer_until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An upstream whose answers end at its close (no length): the client's connection ends too."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close")
+        await writer.drain()
+        writer.close()
+
+
+async def test_a_head_pipelined_behind_the_last_answer_does_not_stop_the_time_outs(
+    start_upstream: StartUpstream, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA (fifth round): an answer that closes the connection, with the start of another head
+    pipelined behind it. The close read the rest away (lingering), the head then timed out,
+    and its 408 was written after the write side was shut: the exception ended the data
+    plane's housekeeping task for good, so no response time-out, idle close or access-log
+    write happened again in that process."""
+    slow = await start_upstream("slow")
+    async with raw_upstream(_answer_until_close) as url:
+        px = await start_proxy(
+            [route(name="ends", prefix="/ends", stable=url), route(name="slow", prefix="/", stable=slow)],
+            timeouts={"idle": "300ms", "response": "500ms"},
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(
+            b"GET /ends HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\nGET /partial HTTP/1.1\r\nHost: x\r\n"
+        )
+        async with asyncio.timeout(10):
+            data = await reader.read(-1)  # the answer, then the end of the proxy's writes
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        assert data.endswith(b"until-close")
+        # Kept open (the proxy reads it away for 2 s) while the head's idle time-out passes:
+        # the response time-out is still kept, a 504 and not a 200 a second later.
+        async with asyncio.timeout(10):
+            (resp,) = await raw_exchange(px.port, b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.close()
+    assert resp.status == 504
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_request_pipelined_behind_a_closing_answer_is_never_sent(
+    tmp_path: Path, start_proxy: StartProxy
+) -> None:
+    """QA (fifth round): after an answer that closes the connection, a request already read
+    behind it was still sent upstream and run (a POST!), its answer lost and logged as the
+    client's 499. Dropped unsent, as nginx does."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b" ", 2)[1])
+                if head.startswith(b"GET /ends"):
+                    writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil-close")
+                    await writer.drain()
+                    writer.close()
+                    return
+                if head.startswith(b"POST"):
+                    await reader.readexactly(3)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+        writer.write(
+            b"GET /ends HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+            b"POST /must-not-run HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        async with asyncio.timeout(10):
+            data = await reader.read(-1)
+        writer.close()
+        assert data.endswith(b"until-close")
+        async with asyncio.timeout(10):  # another connection's request, after the first is gone
+            (after,) = await raw_exchange(px.port, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0)
+    assert after.status == 200
+    assert seen[0] == b"/ends"
+    assert b"/must-not-run" not in seen
+    assert [(line["path"], line["status"]) for line in px.access_lines()] == [("/ends", 200), ("/after", 200)]
+
+
+async def test_a_pipelined_chunked_body_over_the_limit_is_a_413_not_cut(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (fifth round): a chunked body that passed max_request_body while its request
+    waited behind another was sent upstream cut at the limit and answered 200."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)], limits={"max_request_body": 10})
+    first, second = await raw_exchange(
+        px.port,
+        b"GET /slow?s=0.2 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nabcde\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        responses=2,
+    )
+    assert first.status == 200
+    assert second.status == 413
+    assert b"larger than 10 bytes" in second.body
+    assert [info["path"] for info in up.seen] == []  # /slow is not echoed; /upload never arrived
+    assert up.hits == 1
+
+
+class _Pausing(_Recording):
+    """A client transport whose buffer fills on a write that carries ``at`` (as uvloop's
+    does: pause_writing is called from within write)."""
+
+    def __init__(self, at: bytes) -> None:
+        super().__init__()
+        self.at = at
+        self.protocol: ClientConnection | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.protocol is not None and self.at in bytes(data):
+            self.protocol.pause_writing()
+
+
+class _Reading(_Recording):
+    """An upstream transport that says whether it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+@pytest.mark.parametrize("paused", ["by-the-last-write", "before-the-answer"])
+def test_an_upstream_connection_goes_back_to_its_pool_reading(paused: str) -> None:
+    """QA (fifth round): the last write of an answer that filled the client's buffer paused
+    the upstream connection's reading (pause_writing pauses the peer), and the connection
+    was pooled paused: the next request on it, any client's or a mirror's, hung until its
+    response time-out (504, the upstream charged a time-out). Also when the client's
+    buffer was full already and the answer's last bytes came in the same read."""
+    from proxy.config import parse_text
+    from proxy.runtime import Runtime
+    from proxy.upstream import UpstreamConnection
+
+    loop = asyncio.new_event_loop()
+    text = 'listen: "127.0.0.1:0"\naccess_log: "off"\nroutes:\n  - name: main\n    match: {path_prefix: /}\n'
+    text += '    backends:\n      stable: {upstreams: ["http://127.0.0.1:9"], weight: 1}\n'
+    rt = Runtime(parse_text(text, "<test>"), loop)
+    try:
+        pool = next(iter(rt.pools.values()))
+        upstream = UpstreamConnection(pool)
+        up_transport = _Reading()
+        upstream.connection_made(up_transport)
+        pool.put(upstream)
+        client = ClientConnection(rt)
+        transport = _Pausing(b"the-end" if paused == "by-the-last-write" else b"\x00never")
+        transport.protocol = client
+        client.connection_made(transport)
+        client.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert pool.idle == []  # taken by the request
+        if paused == "before-the-answer":
+            client.pause_writing()
+            assert not up_transport.reading
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nthe-end")
+        assert pool.idle == [upstream]
+        assert up_transport.reading
+        client.connection_lost(None)
+    finally:
+        rt.close()
+        loop.close()
+
+
+def test_a_closed_connection_whose_client_takes_nothing_is_cut_after_the_idle_time_out() -> None:
+    """QA (fifth round): an answer that closes its connection, to a client that never reads
+    it: uvloop's close() waits for the buffer to drain, and the idle check only closed it
+    again, so the socket and megabytes of buffer were held for good despite timeouts.idle."""
+    from proxy.config import parse_text
+    from proxy.runtime import Runtime
+
+    class Stuck(_Recording):
+        aborted = False
+
+        def get_write_buffer_size(self) -> int:
+            return 3 << 20  # what the client never takes
+
+        def abort(self) -> None:
+            self.aborted = True
+            self.closing = True
+
+    loop = asyncio.new_event_loop()
+    text = 'listen: "127.0.0.1:0"\naccess_log: "off"\ntimeouts: {idle: 1s}\nroutes:\n  - name: main\n'
+    text += "    match: {path_prefix: /nowhere}\n"
+    text += '    backends:\n      stable: {upstreams: ["http://127.0.0.1:9"], weight: 1}\n'
+    rt = Runtime(parse_text(text, "<test>"), loop)
+    try:
+        clock = [1000.0]
+        rt.now = lambda: clock[0]  # type: ignore[method-assign]
+        rt.clock = clock[0]
+        client = ClientConnection(rt)
+        transport = Stuck()
+        client.connection_made(transport)
+        client.data_received(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")  # a 404 from the proxy, and the close
+        assert client.draining
+        transport.close()  # what the lingering read's end does (call_later on a loop not run here)
+        assert client in rt.connections  # the buffer not drained: no connection_lost
+        for step in range(1, 40):  # 4 s of ticks
+            clock[0] = 1000.0 + step / 10
+            rt.tick()
+        assert transport.aborted
+    finally:
+        rt.close()
+        loop.close()
+
+
+async def test_round_robin_goes_on_where_it_was_across_weight_changes(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (fifth round): every weight change (and health flip) started each backend's
+    round-robin afresh at its first instance: ten changes between ten requests sent all
+    ten to one instance."""
+    a = await start_upstream("a")
+    b = await start_upstream("b")
+    c = await start_upstream("c")
+    px = await start_proxy([route(stable=([a, b], 100), canary=(c, 0))])
+    async with aiohttp.ClientSession() as s:
+        for i in range(10):
+            async with s.get(px.url + "/") as resp:
+                assert resp.status == 200
+            weights = {"weights": {"canary": i % 2 * 1e-6}}
+            async with s.put(px.admin_url + "/api/v1/routes/main/weights", json=weights) as resp:
+                assert resp.status == 200, await resp.text()
+    assert (a.hits, b.hits) == (5, 5)
