@@ -13,6 +13,7 @@ class UpstreamError(Exception):
     status = 502
     reason = "reset"
     local = False  # the proxy's own failure, not the upstream's: nothing is charged to it
+    answer = "upstream unavailable"  # what the proxy's own answer to the client says
 
 
 class ProxyOutOfResources(UpstreamError):
@@ -23,6 +24,7 @@ class ProxyOutOfResources(UpstreamError):
     status = 503
     reason = "connect"
     local = True
+    answer = "proxy out of sockets"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -37,6 +39,7 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     reason = "timeout"
+    answer = "upstream timed out"
 
 
 class UpstreamReset(UpstreamError):
@@ -44,6 +47,14 @@ class UpstreamReset(UpstreamError):
 
     status = 502
     reason = "reset"
+
+
+class UpstreamMalformed(UpstreamReset):
+    """The upstream answered, but not in HTTP/1.1 the proxy can pass on (a bad status line,
+    conflicting framing, a 101 nobody asked for). Counted as a ``reset``, as SPEC §6 names
+    the reasons; the client's answer says what happened (it said "unavailable")."""
+
+    answer = "upstream sent a malformed response"
 
 
 # socket() or connect() failing for want of the proxy's own resources, not the upstream's.

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
 from . import headers as h
-from .errors import UpstreamError, UpstreamReset
+from .errors import UpstreamError, UpstreamMalformed
 from .headers import MAX_HEAD
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 # How long a connection closed with an unread request body keeps reading it away.
 LINGER_SECONDS: Final = 2.0
+_METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
+UNKNOWN_METHOD: Final = (
+    "request method not implemented: the HTTP parser (llhttp) knows the standard methods and "
+    "the WebDAV, PATCH, PURGE, QUERY and a few more (README, Known limits)"
+)
 
 _STATUS_LINES = h.STATUS_LINES
 
@@ -300,6 +306,12 @@ class ClientConnection(asyncio.Protocol):
             why = str(exc)
             if why == "Invalid HTTP version":  # HTTP/1.2, 3.0: llhttp parses 0.9 to 2.0 only
                 self._bad_request("this HTTP version is not supported: HTTP/1.1 or 1.0", 505)
+            elif why == "Invalid method encountered" and _METHOD.fullmatch(data, 0, max(data.find(b" "), 0)):
+                # llhttp knows a fixed set of methods (README, Known limits): any other
+                # token is a method this proxy does not implement (RFC 9110 §15.6.2), not a
+                # bad request. (The read's first word: a pipelined request's own may be
+                # further on; it is told the same, and its connection closes either way.)
+                self._bad_request(UNKNOWN_METHOD, 501)
             else:
                 self._bad_request(why)
             return
@@ -483,12 +495,14 @@ class ClientConnection(asyncio.Protocol):
         host = hdict.get(b"host")
         lines = ex.lines
         if ex.method == b"CONNECT":  # before the target: CONNECT's is host:port
-            self._local(ex, 405, "CONNECT is not supported")
+            # 501, not 405: a 405 must list the methods the target allows (RFC 9110 §15.5.6).
+            self._local(ex, 501, "CONNECT is not supported")
             return
         if path[:1] != b"/":
             # absolute-form (RFC 9112 §3.2.2): route by the URL's own host and path, and
-            # send that host as Host, replacing the client's.
-            if path.startswith((b"http://", b"https://")):
+            # send that host as Host, replacing the client's. The scheme in any case
+            # (RFC 3986 §3.1: HTTP://x/ is http://x/).
+            if path[:8].lower().startswith((b"http://", b"https://")):
                 rest = path.partition(b"//")[2]
                 host, _, p = rest.partition(b"/")
                 if not host or b"@" in host:  # RFC 9110 §4.2.1, §4.2.4: no empty host, no userinfo
@@ -670,7 +684,7 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         if status == 101 and not ex.upgrade:
             # RFC 9110 §15.2.2: a switch to a protocol the client did not ask for.
-            self.upstream_failed(ex, UpstreamReset("upstream switched protocols unasked"), retryable=False)
+            self.upstream_failed(ex, UpstreamMalformed("upstream switched protocols unasked"), retryable=False)
             return
         ex.status = ex.upstream_status = status
         ex.resp_started = True
@@ -710,6 +724,8 @@ class ClientConnection(asyncio.Protocol):
             head.append(b"Connection: close\r\n")
         elif not ex.http11:
             head.append(b"Connection: keep-alive\r\n")
+        if not conn.dated:  # RFC 9110 §6.6.1: a recipient with a clock adds one (nginx, Envoy do)
+            head.append(self.rt.date_line)
         decision = ex.decision
         if decision is not None and decision.set_cookie is not None:
             self._sticky_cookie(ex, head)
@@ -786,14 +802,7 @@ class ClientConnection(asyncio.Protocol):
             return
         route = ex.plan.name if ex.plan else "-"
         backend = ex.backend.name if ex.backend else "-"
-        what = (
-            "upstream timed out"
-            if err.status == 504
-            else "proxy out of sockets"
-            if err.local
-            else "upstream unavailable"
-        )
-        self._local(ex, err.status, f"{what}: route {route}, backend {backend}")
+        self._local(ex, err.status, f"{err.answer}: route {route}, backend {backend}")
 
     def _may_retry(self, ex: Exchange, sent: bool) -> bool:
         """Retry only where it cannot do harm (issue 5): never once a response byte reached
@@ -864,7 +873,15 @@ class ClientConnection(asyncio.Protocol):
             # now on: kept open, a request pipelined behind it waited for the idle time-out.
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        resp = h.local_response(status, text, keep_alive=keep, head_only=ex.method == b"HEAD", request_id=ex.request_id)
+        resp = h.local_response(
+            status,
+            text,
+            keep_alive=keep,
+            head_only=ex.method == b"HEAD",
+            request_id=ex.request_id,
+            http11=ex.http11,
+            date=self.rt.date,
+        )
         ex.bytes_out += h.body_size(resp)  # counted as an upstream's body is (nginx's $body_bytes_sent)
         self.write(resp)
         ex.keep_alive = keep
@@ -935,7 +952,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, ex: Exchange, status: int, why: str) -> None:
         if not self.closed and not self.draining:
-            resp = h.local_response(status, _rejection(status, why), keep_alive=False)
+            resp = h.local_response(status, _rejection(status, why), keep_alive=False, date=self.rt.date)
             ex.bytes_out += h.body_size(resp)
             self.write(resp)
         ex.resp_started = True

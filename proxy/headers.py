@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
 
@@ -168,22 +169,41 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
+def http_date(t: float) -> bytes:
+    """``t`` as an HTTP-date (RFC 9110 §5.6.7: ``Fri, 04 Dec 2026 19:04:00 GMT``)."""
+    return formatdate(t, usegmt=True).encode()
+
+
 def local_response(
-    status: int, text: str, *, keep_alive: bool, head_only: bool = False, request_id: bytes = b""
+    status: int,
+    text: str,
+    *,
+    keep_alive: bool,
+    head_only: bool = False,
+    request_id: bytes = b"",
+    http11: bool = True,
+    date: bytes = b"",
 ) -> bytes:
     """A complete short plain-text response written by the proxy itself (errors, 404).
 
-    Never a traceback: ``text`` is one line naming what failed (route, backend).
+    Never a traceback: ``text`` is one line naming what failed (route, backend). ``date``:
+    the ``Date`` value (RFC 9110 §6.6.1: a server with a clock sends one). An HTTP/1.0
+    client is told ``Connection: keep-alive`` when the connection stays open (RFC 9112
+    Appendix C.2.2): without it, one reading to the end waited for the idle time-out.
     """
     body = text.encode() + b"\n"
     parts = [
         status_line(status),
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
     ]
+    if date:
+        parts.append(b"Date: " + date + CRLF)
     if request_id:
         parts.append(b"X-Request-Id: " + request_id + CRLF)
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
     parts.append(CRLF)
     if not head_only:
         parts.append(body)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from . import headers as h
 from . import tasks
 from .accesslog import AccessLog
 from .accesslog import where as log_where
@@ -51,6 +52,12 @@ class Runtime:
         # millisecond resolution, too coarse for a proxy's latency histograms.
         self.now = time.monotonic
         self.clock = self.now()  # coarse clock for idle checks, advanced by tick()
+        # The Date of the proxy's own answers and of upstream answers without one, made
+        # again by tick() (not per request): the value and the whole header line.
+        self.date = b""
+        self.date_line = b""
+        self._date_second = -1
+        self._date_now()
         self._local_logged = -1e9  # when the proxy's own shortage of sockets was last logged
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
@@ -212,6 +219,7 @@ class Runtime:
         every request, at the price of up to one tick of lateness.
         """
         self.clock = now = self.now()
+        self._date_now()
         idle = self.idle_timeout
         for conn in list(self.connections):
             try:
@@ -277,6 +285,13 @@ class Runtime:
                 ex.conn.timed_out()  # a time-out of the upstream's, counted as one
             else:
                 conn.transport.abort()
+
+    def _date_now(self) -> None:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self.date = h.http_date(second)
+            self.date_line = b"Date: " + self.date + b"\r\n"
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from .errors import UpstreamError, UpstreamReset, UpstreamTimeout, connect_failed
+from .errors import UpstreamError, UpstreamMalformed, UpstreamReset, UpstreamTimeout, connect_failed
 from .headers import MAX_HEAD, RESPONSE_OWNED
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "client",
         "closed",
+        "dated",
         "ended",
         "ex",
         "extra",
@@ -132,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex: Exchangeish | None = None
         self.lines: list[bytes] = []
         self.hdict: dict[bytes, bytes] = {}
+        self.dated = False  # the response being read has a Date (the forwarder adds one if not)
         self.closed = False
         self.reused = False
         self.got_bytes = False
@@ -220,9 +222,9 @@ class UpstreamConnection(asyncio.Protocol):
             if self.ended:  # garbage after a whole response: that response stands
                 self.extra = True
             else:
-                self._failed(UpstreamReset("upstream sent a malformed response"))
+                self._failed(UpstreamMalformed("upstream sent a malformed response"))
         if self.head_bytes > MAX_HEAD and not self.finished:  # and the head still not whole
-            self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
+            self._failed(UpstreamMalformed(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
         if self.ended and ex is not None:
             # Handed on only now: released from inside the parse, the connection could
             # be taken (by the client's next pipelined request) while the rest of this
@@ -285,6 +287,8 @@ class UpstreamConnection(asyncio.Protocol):
         # costs half of formatting a line with %, and b"".join makes the head once.
         if name in _PASSED_AS_IS:  # the common response headers: nothing to decide
             self.lines += (name, b": ", value, b"\r\n")
+            if name == b"Date":
+                self.dated = True
             return
         lname = name.lower()
         if lname in RESPONSE_OWNED:
@@ -295,9 +299,12 @@ class UpstreamConnection(asyncio.Protocol):
                 hdict[lname] = value
         else:
             self.lines += (name, b": ", value, b"\r\n")
+            if lname == b"date":
+                self.dated = True
 
     def on_headers_complete(self) -> None:
         if self.finished:
+            self.dated = False
             return  # extra data after the response (on_message_begin): not passed on
         lines, hdict = self.lines, self.hdict
         self.lines = []
@@ -306,22 +313,23 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_bytes > MAX_HEAD and _head_size(lines, hdict) > MAX_HEAD:
             # The head ended in the read that took the count past the limit (that read may
             # hold body bytes too): measured by its fields.
-            self._failed(UpstreamReset(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
+            self._failed(UpstreamMalformed(f"upstream response head larger than {MAX_HEAD // 1024} KiB"))
             return
         if not 100 <= status <= 599:
             # RFC 9110 §15: three digits from 100. Below, the head was dropped as interim
             # and its body passed on raw: a response of the upstream's making to the client.
-            self._failed(UpstreamReset(f"upstream sent status {status}"))
+            self._failed(UpstreamMalformed(f"upstream sent status {status}"))
             return
         te = hdict.get(b"transfer-encoding")
         if te is not None and te.strip().lower() != b"chunked":
             # A coding the proxy would drop while re-framing (gzip, chunked): refused, as nginx does.
-            self._failed(UpstreamReset(f"upstream sent transfer coding {te.decode('latin-1')!r}"))
+            self._failed(UpstreamMalformed(f"upstream sent transfer coding {te.decode('latin-1')!r}"))
             return
         if status < 200 and status != 101:
             # An interim response (103 Early Hints, a stray 100): not passed on.
             self.interim = True
             self.head_bytes = 0  # the final response's head follows
+            self.dated = False
             return
         self.head_bytes = -1
         # A connection that switched protocols is never pooled again, whoever took the 101.
@@ -330,8 +338,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = b"content-length" not in hdict and te is None
         client, ex = self.client, self.ex
         if client is None or ex is None:
+            self.dated = False
             return
         client.response_head(ex, self, status, lines, hdict)
+        self.dated = False
         if ex.method == b"HEAD" and status != 101 and not self.finished:
             # llhttp cannot be told that a response to HEAD has no body (RFC 9110 §9.3.2),
             # so the message ends here and the parser is replaced after this feed. A server

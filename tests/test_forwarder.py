@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import gc
 import hashlib
 import json
@@ -446,6 +447,7 @@ async def test_host_rules_of_rfc_9112(start_upstream: StartUpstream, start_proxy
     for head, host in [
         (b"GET http://other.test/abs?q=1 HTTP/1.1\r\nHost: hostheader.test\r\n\r\n", "other.test"),
         (b"GET http://other.test/abs HTTP/1.0\r\n\r\n", "other.test"),
+        (b"GET HTTP://other.test/abs HTTP/1.1\r\nHost: h\r\n\r\n", "other.test"),  # QA: a scheme in any case
         (b"GET / HTTP/1.1\r\nHost: x.test\r\nConnection: host, x-drop\r\nX-Drop: 1\r\n\r\n", "x.test"),
         (b"GET / HTTP/1.0\r\n\r\n", up.url.removeprefix("http://")),  # the upstream's own
     ]:
@@ -1133,7 +1135,7 @@ async def test_connect_in_authority_form_is_named_unsupported(
     up = await start_upstream()
     px = await start_proxy([route(stable=up)])
     (resp,) = await raw_exchange(px.port, b"CONNECT ex.com:443 HTTP/1.1\r\nHost: ex.com:443\r\n\r\n")
-    assert (resp.status, resp.body) == (405, b"CONNECT is not supported\n")
+    assert (resp.status, resp.body) == (501, b"CONNECT is not supported\n")  # 405 would need Allow
     assert up.hits == 0
 
 
@@ -1207,7 +1209,7 @@ async def test_a_request_answered_locally_after_an_upgrade_closes_its_connection
     writer.write(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
     async with asyncio.timeout(5):
         resp = await read_response(reader)
-        assert resp.status in (400, 405)
+        assert resp.status == 501
         assert await reader.read() == b""  # closed, not left waiting
     writer.close()
 
@@ -1257,7 +1259,7 @@ async def test_a_slow_reader_gets_its_whole_download(tmp_path: Path, proxy_proce
         async with asyncio.timeout(60):
             out, _ = await client.communicate()
     # ~3 s for the body; the proxy's head is its own: what matters is every byte of the body
-    assert size < int(out) < size + len(head)
+    assert size < int(out) < size + len(head) + len("Date: Fri, 04 Dec 2026 19:04:00 GMT\r\n")
     assert not [line for line in px.lines if "upstream error" in line]
 
 
@@ -1770,3 +1772,89 @@ async def test_round_robin_goes_on_where_it_was_across_weight_changes(
             async with s.put(px.admin_url + "/api/v1/routes/main/weights", json=weights) as resp:
                 assert resp.status == 200, await resp.text()
     assert (a.hits, b.hits) == (5, 5)
+
+
+# ---- QA, fifth round: what the proxy's own answers say ---------------------------------------
+
+
+async def test_an_http10_keep_alive_client_is_told_its_connection_stays_open(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (fifth round): the proxy's own answers (404, 502, ...) to an HTTP/1.0 client that
+    asked for keep-alive kept the connection open without saying so; a 1.0 client reading
+    to the end waited for the idle time-out after every such answer."""
+    up = await start_upstream()
+    px = await start_proxy([route(prefix="/here", stable=up)])
+    first, second = await raw_exchange(
+        px.port,
+        b"GET /elsewhere HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /here HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        responses=2,
+    )
+    assert (first.status, first.header("connection")) == (404, "keep-alive")
+    assert (second.status, second.header("connection")) == (200, "keep-alive")
+    (plain,) = await raw_exchange(px.port, b"GET /elsewhere HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert (plain.status, plain.header("connection")) == (404, "close")
+
+
+async def test_every_answer_carries_a_date(start_proxy: StartProxy) -> None:
+    """QA (fifth round): RFC 9110 §6.6.1. The proxy's own answers had no Date, and upstream
+    answers without one were passed on without one (nginx and Envoy add it); an upstream's
+    own Date is passed on as it came."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                date = b"Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n" if b"/dated" in head else b""
+                writer.write(b"HTTP/1.1 200 OK\r\n" + date + b"Content-Length: 2\r\n\r\nok")
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(prefix="/up", stable=url)])
+        undated, dated, local = await raw_exchange(
+            px.port,
+            b"GET /up HTTP/1.1\r\nHost: x\r\n\r\nGET /up/dated HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n",
+            responses=3,
+        )
+    now = time.time()
+    for resp in (undated, local):
+        (date,) = resp.all("date")
+        assert abs(email.utils.parsedate_to_datetime(date).timestamp() - now) < 5
+    assert dated.all("date") == ["Tue, 01 Dec 2026 00:00:00 GMT"]
+    assert local.status == 404
+
+
+async def test_a_method_the_parser_does_not_know_is_501_not_a_bad_request(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (fifth round): llhttp knows a fixed set of methods; any other (FOO, BREW) was "400
+    bad request: Invalid method encountered". It is a method this proxy does not implement
+    (RFC 9110 §15.6.2), and the README says so; PURGE, PATCH and QUERY are proxied."""
+    up = await start_upstream()
+    px = await start_proxy([route(stable=up)])
+    (resp,) = await raw_exchange(px.port, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == 501
+    assert resp.body.startswith(b"request method not implemented")
+    for method in (b"PURGE", b"PATCH", b"QUERY"):
+        (ok,) = await raw_exchange(px.port, method + b" /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert ok.status == 200
+        assert json.loads(ok.body)["method"] == method.decode()
+
+
+async def test_a_malformed_answer_is_named_so_in_the_502(start_proxy: StartProxy) -> None:
+    """QA (fifth round): an upstream that answered, but not in HTTP the proxy can pass on,
+    got a 502 saying "upstream unavailable" (one would look for a network fault). Still
+    counted as a reset: SPEC §6 names the reasons."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_upstream(handle) as url:
+        px = await start_proxy([route(stable=url)])
+        (resp,) = await raw_exchange(px.port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert (resp.status, resp.body) == (502, b"upstream sent a malformed response: route main, backend stable\n")
+    assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
