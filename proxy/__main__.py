@@ -92,10 +92,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .server import StartupError
 
     _setup_logging(args.verbose)
     try:
         _run_loop(run_demo(args.listen, args.admin_listen, traffic=args.traffic))
+    except ConfigError as exc:  # --listen / --admin-listen, as run says a config's problems
+        for problem in exc.problems:
+            print(f"splitproxy demo: {problem}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"splitproxy demo: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"splitproxy demo: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -466,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(90/10 canary, sticky by cookie, the X-Canary header and canary=1 cookie overrides; every GET "
         "mirrored to v2 and a quarter of them replayed to the live version, for noise), and print the URLs "
         "to try. The state database is "
-        "in a new temporary directory unless $SPLITPROXY_DEMO_STATE names one; the two versions listen "
+        "in a new temporary directory, removed when the demo stops, unless $SPLITPROXY_DEMO_STATE names one; "
+        "the two versions listen "
         "on free loopback ports.",
     )
     demo.add_argument("--listen", default="127.0.0.1:8080", help="proxy address (default 127.0.0.1:8080)")

@@ -260,7 +260,8 @@ def _route_heading(route: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _health_text(upstream: Mapping[str, Any]) -> str:
+def health_text(upstream: Mapping[str, Any]) -> str:
+    """An upstream's state in a word or three, as `status` and the viewer show it."""
     healthy = upstream.get("healthy")
     if healthy is None:
         return "unknown"
@@ -285,7 +286,7 @@ def route_lines(route: Mapping[str, Any]) -> list[str]:
                     weight_text(b.get("weight")) if first else "",
                     share_text(b.get("share")) if first else "",
                     str(up.get("url", "-")),
-                    _health_text(up) if up else "-",
+                    health_text(up) if up else "-",
                 ]
             )
     lines = _route_heading(route)

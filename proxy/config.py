@@ -306,6 +306,7 @@ _COOKIE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_DOTTED_RE = re.compile(r"[0-9.]+")
 _HOST_MATCH_RE = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _PORT_RE = re.compile(r"\d{1,5}", re.ASCII)
 _UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")  # controls and space
@@ -542,6 +543,11 @@ def _host(text: str, value: object) -> str:
             raise ValueError(f"has an invalid IPv6 address, got {_show(value)}") from None
     elif not _HOSTNAME_RE.fullmatch(host):
         raise ValueError(f"has an invalid host, got {_show(value)}")
+    elif _DOTTED_RE.fullmatch(host):  # 256.1.1.1 passed as a name, and could never be bound or reached
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"has an invalid IPv4 address, got {_show(value)}") from None
     return host
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -20,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import tasks
-from .config import parse_text
+from .config import Address, Config, parse_text
 from .server import Server, serve
 
 log = logging.getLogger("splitproxy")
@@ -128,30 +129,56 @@ routes:
 """
 
 
+def shares(config: Config) -> str:
+    """The demo route's weights in force as shares ("90 % v1, 10 % v2"): the banner said
+    90/10 whatever a kept state database had."""
+    backends = config.routes[0].backends
+    total = sum(b.weight for b in backends)
+    return ", ".join(f"{b.weight * 100 / total:.4g} % {b.name}" for b in backends)
+
+
 async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0) -> None:
+    """Raises ConfigError for a bad ``listen``/``admin`` and StartupError as ``run`` does.
+    The state directory is made for this run and removed after it, unless
+    $SPLITPROXY_DEMO_STATE names one."""
+    kept = os.environ.get("SPLITPROXY_DEMO_STATE")
+    state_dir = kept or tempfile.mkdtemp(prefix="splitproxy-demo-")
+    try:
+        await _run_demo(listen, admin, traffic=traffic, grace=grace, state_dir=state_dir)
+    finally:
+        if not kept:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def _run_demo(listen: str, admin: str, *, traffic: bool, grace: float, state_dir: str) -> None:
     upstreams = await start_demo_upstreams()
-    state_dir = os.environ.get("SPLITPROXY_DEMO_STATE") or tempfile.mkdtemp(prefix="splitproxy-demo-")
-    text = demo_config_text(
-        upstreams.ports["v1"],
-        upstreams.ports["v2"],
-        listen=listen,
-        admin=admin,
-        state_path=os.path.join(state_dir, "state.db"),
-    )
-    config = parse_text(text, "<demo>")
+    try:
+        text = demo_config_text(
+            upstreams.ports["v1"],
+            upstreams.ports["v2"],
+            listen=listen,
+            admin=admin,
+            state_path=os.path.join(state_dir, "state.db"),
+        )
+        await _serve_demo(parse_text(text, "<demo>"), upstreams, traffic=traffic, grace=grace)
+    finally:
+        await upstreams.close()
+
+
+async def _serve_demo(config: Config, upstreams: DemoUpstreams, *, traffic: bool, grace: float) -> None:
 
     def started(server: Server) -> None:
         # Printed once the listeners are bound, with the ports they got (port 0 works).
         proxy = (
             f"127.0.0.1:{server.data_port}"
             if config.listen.host in ("0.0.0.0", "::")
-            else f"{config.listen.host}:{server.data_port}"
+            else str(Address(config.listen.host, server.data_port))
         )
-        admin_at = f"{config.admin.listen.host}:{server.admin_port}"
+        admin_at = str(Address(config.admin.listen.host, server.admin_port))
         print(
             "splitproxy demo\n"
             f"  demo versions: v1 on 127.0.0.1:{upstreams.ports['v1']}, v2 on 127.0.0.1:{upstreams.ports['v2']}\n"
-            f"  proxy:   http://{proxy}/products   (90 % v1, 10 % v2, sticky by cookie sp_demo)\n"
+            f"  proxy:   http://{proxy}/products   ({shares(server.config)}, sticky by cookie sp_demo)\n"
             f"           curl -H 'X-Canary: always' http://{proxy}/products   forces v2\n"
             f"  admin:   http://{admin_at}/healthz\n"
             f"  routes:  http://{admin_at}/api/v1/routes\n"
@@ -164,10 +191,7 @@ async def run_demo(listen: str, admin: str, *, traffic: bool, grace: float = 5.0
         if traffic:
             tasks.spawn(_drive_traffic(proxy), "demo-traffic")
 
-    try:
-        await serve(config, None, grace=grace, on_started=started)
-    finally:
-        await upstreams.close()
+    await serve(config, None, grace=grace, on_started=started)
 
 
 async def _drive_traffic(listen: str, requests: int = 200) -> None:

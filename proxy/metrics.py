@@ -179,7 +179,8 @@ class SplitproxyCollector(Collector):
             ),
             CounterSpec(
                 "splitproxy_failovers",
-                "Requests for a backend with no healthy instance, sent to the route's baseline instead.",
+                "Requests sent to the route's baseline instead of their backend: down (no instance passing its health "
+                "checks), every instance refused the connection, or removed by a reload.",
                 ("route", "backend"),
             ),
             CounterSpec(
@@ -237,7 +238,8 @@ class SplitproxyCollector(Collector):
 
         healthy = GaugeMetricFamily(
             "splitproxy_backend_healthy_upstreams",
-            "Instances of a backend currently taking traffic.",
+            "Instances of a backend passing their active health checks (when it has some) and not ejected; "
+            "0 for a down backend, even one whose instances are tried anyway.",
             labels=("route", "backend"),
         )
         for sample in self._healthy():

@@ -25,7 +25,7 @@ from . import data_plane_build, process, tasks
 from .accesslog import AccessLog, AccessLogError
 from .checker import HealthChecker, targets_from_config
 from .client import is_loopback
-from .config import DEFAULT_TOKEN_ENV, Config, ConfigError, load_file
+from .config import DEFAULT_TOKEN_ENV, Address, Config, ConfigError, load_file
 from .control import Controller, config_weights
 from .dataplane import DataPlane, LocalDataPlane
 from .metrics import Counts, GaugeSample, SplitproxyCollector
@@ -175,11 +175,9 @@ class Server:
         self._shadow_task = tasks.spawn(self._shadow_loop(), "shadow-report")
         self.ready = True
         log.info(
-            "listening: proxy on %s:%d, admin on %s:%d (%d worker%s); data plane: %s",
-            config.listen.host,
-            self.data_port,
-            config.admin.listen.host,
-            self.admin_port,
+            "listening: proxy on %s, admin on %s (%d worker%s); data plane: %s",
+            Address(config.listen.host, self.data_port),
+            Address(config.admin.listen.host, self.admin_port),
             self.workers,
             "" if self.workers == 1 else "s",
             data_plane_build(),

@@ -30,6 +30,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from .admin import SERVER_KEY, check_query, route_json
+from .client import health_text
 from .control import BadRequest, NotFound
 from .diffing import parse_field_path
 
@@ -312,6 +313,23 @@ def report_route_view(
     return {**entry, "endpoints": [endpoint_view(name, ep, budget, route) for name, ep in items]}
 
 
+def check_text(check: object) -> str:
+    """An active health check's last probes in a line (empty when the route has none)."""
+    if not isinstance(check, Mapping):
+        return ""
+    age = check.get("last_probe_age")
+    if age is None:
+        return "active check: no probe yet"
+    run = check.get("consecutive_ok") if check.get("healthy") else check.get("consecutive_fail")
+    verdict = "passing" if check.get("healthy") else "failing"
+    last = f"last probe {age:g} s ago"
+    if check.get("last_error"):
+        last += f": {check['last_error']}"
+    elif check.get("last_status") is not None:
+        last += f": {check['last_status']}"
+    return f"active check {verdict} ({run} in a row, {last})"
+
+
 def route_view(route: Mapping[str, Any]) -> dict[str, Any]:
     """``route_json`` with the parts the template reads in one fixed shape."""
     backends = []
@@ -319,11 +337,11 @@ def route_view(route: Mapping[str, Any]) -> dict[str, Any]:
         upstreams = [
             {
                 "url": u.get("url", ""),
-                "healthy": bool(u.get("healthy", True)),
-                # the API's values as JSON writes them (false, null), not as Python's repr
-                "notes": {
-                    k: v if isinstance(v, str) else json.dumps(v) for k, v in u.items() if k not in ("url", "healthy")
-                },
+                "healthy": bool(u.get("healthy", True)) and not u.get("ejected"),
+                # what `splitproxy status` says (QA: the API's fields were dumped raw, a
+                # whole JSON object for an active check)
+                "state": health_text(u),
+                "check": check_text(u.get("check")),
             }
             for u in b.get("upstreams", ())
         ]

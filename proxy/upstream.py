@@ -397,7 +397,8 @@ class UpstreamPool:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.address = f"{host}:{port}"
+        # [v6]:port, as a Host header and a log line name it (RFC 3986 §3.2.2)
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.hostport = self.address.encode()
         self.idle: list[UpstreamConnection] = []
         self.max_idle = MAX_IDLE_PER_UPSTREAM  # 0 once closed: a connection given back is closed

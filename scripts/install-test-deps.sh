@@ -13,6 +13,8 @@ need=()
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)  # a developer's own machine: apt needs root
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi

@@ -421,6 +421,63 @@ async def test_demo_prints_the_bound_ports(tmp_path: Path, running: list[Running
     assert f"http://127.0.0.1:{m[2]}/healthz" in admin_line
 
 
+async def test_demo_banner_says_the_weights_in_force_and_its_temporary_state_goes(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    """QA (fifth round): the banner said "90 % v1, 10 % v2" whatever a kept state database
+    held, and each run left its temporary state directory behind."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    env = {**os.environ, "SPLITPROXY_DEMO_STATE": str(kept)}
+    demo = await Running.start("demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", env=env)
+    running.append(demo)
+    assert "(90 % v1, 10 % v2, sticky" in await demo.wait_for("out", "proxy:")
+    admin = re.search(r"(http://\S+)/healthz", await demo.wait_for("out", "admin:"))
+    assert admin, demo.out
+    async with aiohttp.ClientSession() as session:
+        change = {"weights": {"v1": 70, "v2": 30}}
+        async with session.put(admin[1] + "/api/v1/routes/demo/weights", json=change) as resp:
+            assert resp.status == 200, await resp.text()
+    assert await demo.stopped(signal.SIGINT) == 0
+    again = await Running.start("demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", env=env)
+    running.append(again)
+    assert "(70 % v1, 30 % v2, sticky" in await again.wait_for("out", "proxy:")
+    assert await again.stopped(signal.SIGINT) == 0
+    assert (kept / "state.db").exists()  # a directory the user named stays
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "SPLITPROXY_DEMO_STATE"} | {"TMPDIR": str(scratch)}
+    temporary = await Running.start("demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", env=env)
+    running.append(temporary)
+    state = re.search(r"state:\s+(\S+)", await temporary.wait_for("out", "state:"))
+    assert state, temporary.out
+    assert Path(state[1]).parent.parent == scratch
+    assert await temporary.stopped(signal.SIGINT) == 0
+    assert os.listdir(scratch) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"], "admin.listen: uses the same port as listen"),
+        (["--listen", "nonsense"], "listen: must be host:port"),
+    ],
+    ids=["same-port", "not-an-address"],
+)
+async def test_demo_with_bad_addresses_says_so_in_one_line(
+    tmp_path: Path, running: list[Running], args: list[str], says: str
+) -> None:
+    """QA (fifth round): a Python traceback, exit 1."""
+    env = {k: v for k, v in os.environ.items() if k != "SPLITPROXY_DEMO_STATE"} | {"TMPDIR": str(tmp_path)}
+    demo = await Running.start("demo", *args, env=env)
+    running.append(demo)
+    assert await demo.exited(within=30) == 2
+    assert len(demo.err) == 1, demo.err
+    assert demo.err[0].startswith("splitproxy demo: " + says), demo.err
+    assert os.listdir(tmp_path) == []  # no state directory left behind
+
+
 def run_args(tmp_path: Path) -> list[str]:
     return ["run", "-c", str(small_config(tmp_path))]
 

@@ -506,6 +506,8 @@ ERRORS = [
     ),
     ("listen-bad-ipv6", top('listen: "[::g]:80"\n'), "listen", 1, "has an invalid IPv6 address"),
     ("listen-bad-host", top('listen: "a b:80"\n'), "listen", 1, "has an invalid host"),
+    # QA (fifth round): passed as a host name, then `run` could not listen
+    ("listen-bad-ipv4", top('listen: "256.1.1.1:80"\n'), "listen", 1, "has an invalid IPv4 address"),
     ("admin-not-mapping", top("admin: yes\n"), "admin", 1, "must be a mapping, got true"),
     (
         "admin-same-port",

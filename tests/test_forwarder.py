@@ -1858,3 +1858,12 @@ async def test_a_malformed_answer_is_named_so_in_the_502(start_proxy: StartProxy
         (resp,) = await raw_exchange(px.port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert (resp.status, resp.body) == (502, b"upstream sent a malformed response: route main, backend stable\n")
     assert px.server.runtime.counts.upstream_errors == {("main", "stable", "reset"): 1}
+
+
+def test_an_ipv6_upstream_is_named_with_brackets() -> None:
+    """QA (fifth round): ``::1:8080`` in logs and, for an HTTP/1.0 request without Host, in
+    the Host sent upstream (RFC 3986 §3.2.2: ``[::1]:8080``)."""
+    from proxy.upstream import UpstreamPool
+
+    assert (UpstreamPool("::1", 8080).address, UpstreamPool("::1", 8080).hostport) == ("[::1]:8080", b"[::1]:8080")
+    assert UpstreamPool("127.0.0.1", 80).address == "127.0.0.1:80"

@@ -262,15 +262,23 @@ def test_control_characters_from_upstreams_are_shown_as_escapes() -> None:
     )
 
 
-def test_upstream_notes_read_as_json() -> None:
-    view = route_view(
-        {
-            "backends": [
-                {"name": "b", "upstreams": [{"url": "http://u", "healthy": True, "ejected": False, "check": None}]}
-            ]
-        }
-    )
-    assert view["backends"][0]["upstreams"][0]["notes"] == {"ejected": "false", "check": "null"}
+def test_upstreams_read_as_status_shows_them() -> None:
+    """QA (fifth round): each upstream showed the API's fields raw (``ejected: false
+    ejected_for: 0.0 failures: 0 check: null``, or a whole JSON object for an active check)."""
+    check = {"healthy": False, "consecutive_ok": 0, "consecutive_fail": 3, "probes": 9}
+    ups = [
+        {"url": "http://a", "healthy": True, "ejected": False, "ejected_for": 0.0, "failures": 0, "check": None},
+        {"url": "http://b", "healthy": True, "ejected": True, "ejected_for": 28.4, "failures": 5, "check": None},
+        {"url": "http://c", "healthy": False, "check": {**check, "last_probe_age": 4.5, "last_error": "refused"}},
+        {"url": "http://d", "healthy": True, "failures": 2, "check": {**check, "healthy": True, "consecutive_ok": 7}},
+    ]
+    view = route_view({"backends": [{"name": "b", "upstreams": ups}]})
+    assert [(u["state"], u["healthy"], u["check"]) for u in view["backends"][0]["upstreams"]] == [
+        ("healthy", True, ""),
+        ("EJECTED 28.4s", False, ""),
+        ("DOWN", False, "active check failing (3 in a row, last probe 4.5 s ago: refused)"),
+        ("healthy (2 failing)", True, "active check: no probe yet"),
+    ]
 
 
 # ---- tier 2: the page over real HTTP -----------------------------------------------------------
