@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,6 +71,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A SIGHUP before the server's handler is in place (a `systemctl reload` right after
+    # start) ended the process: ignored until then, when reload() says "still starting".
+    # Likewise SIGUSR1 (a log rotation's reopen).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     from .server import StartupError, serve
 
     try:
@@ -438,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the proxy (data listener + admin listener)",
         description="Run the proxy on a config file: the data listener, the admin API, health checks and "
         "shadow mirroring. SIGHUP re-reads the file (a bad one is refused and the running config stays); "
+        "SIGUSR1 reopens the access log (after a rotation); "
         "SIGTERM or Ctrl-C drains in-flight requests for up to --grace, then exits 0. Exit 2: a bad config "
         "or state database; exit 1: a port that cannot be listened on.",
     )

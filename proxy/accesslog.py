@@ -173,6 +173,23 @@ class AccessLog:
                 self._failing = False
                 log.warning("access log %s: writing again", self.target)
 
+    def reopen(self) -> None:
+        """SIGUSR1 (as nginx's ``-s reopen``): after logrotate moved the file away, lines go
+        to a new file at the configured path. If it cannot be opened, the old one is kept
+        and the error logged."""
+        if self._out is None or self._out is sys.stdout.buffer:
+            return
+        self.flush()
+        try:
+            new = open(self.target, "ab")  # noqa: SIM115  # kept open until the next reopen
+        except OSError as exc:
+            log.error("access log %s: cannot reopen, still writing to the old file: %s", self.target, exc)
+            return
+        old, self._out = self._out, new
+        with contextlib.suppress(OSError):
+            old.close()
+        log.info("access log %s: reopened", self.target)
+
     def close(self) -> None:
         self.flush()
         out, self._out = self._out, None

@@ -197,7 +197,13 @@ class Controller:
         """A reloaded file: applied with the same precedence rule as at start-up."""
         async with self._lock:
             config = await self._apply_file(file_config, reason="config reloaded")
-            await self._install(config)
+            try:
+                await self._install(config)
+            except Exception as exc:  # a worker gone or stuck: recorded all the same, as change() says
+                raise NotConfirmed(
+                    f"version {self.version} is recorded and in force where a worker confirmed it, "
+                    f"but not every worker did: {exc}"
+                ) from exc
             return config
 
     async def _plan(

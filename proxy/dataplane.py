@@ -46,6 +46,9 @@ class DataPlane(Protocol):
     async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """Per instance: served or not, ejected, failure streak (``Balancer.snapshot``)."""
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: every serving process reopens its access log (``AccessLog.reopen``)."""
+
     async def stop(self, grace: float, *, announce: bool = True) -> None: ...
 
 
@@ -105,6 +108,10 @@ class LocalDataPlane:
 
     async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
         return self.runtime.balancer.snapshot()
+
+    def reopen_logs(self) -> None:
+        if self.rt is not None:
+            self.rt.access_log.reopen()
 
     async def stop(self, grace: float, *, announce: bool = True) -> None:
         rt = self.runtime

@@ -82,7 +82,15 @@ class Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy.workers", str(child.fileno()), pass_fds=(child.fileno(),)
+                sys.executable,
+                "-m",
+                "proxy.workers",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                # A session of its own: a terminal's hangup or Ctrl-C, or a signal to the
+                # process group, reaches the supervisor alone, which decides (a SIGHUP to the
+                # group killed every worker, with the requests they were serving).
+                start_new_session=True,
             )
         finally:
             child.close()
@@ -100,9 +108,10 @@ class Worker:
                 fut = self._waiting.pop(msg.get("seq", -1), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-        except ConnectionResetError:
+        except ConnectionError:
             # A worker killed with a message it had not read yet: the kernel resets its
-            # socket rather than closing it. Gone all the same (no traceback in the log).
+            # socket rather than closing it (or the pipe is broken). Gone all the same (no
+            # traceback in the log).
             pass
         finally:
             for fut in self._waiting.values():
@@ -273,6 +282,12 @@ class WorkerPool:
         self._active_down = keys
         await asyncio.gather(*(w.ask("health", down=sorted(keys)) for w in self.workers))
 
+    def reopen_logs(self) -> None:
+        for w in self.workers:  # each writes its own lines to the file (worker_main's SIGUSR1)
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.proc.pid, signal.SIGUSR1)
+
     async def balance(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """Each worker ejects on its own traffic: an instance is shown ejected (and not
         serving) when any worker has it ejected."""
@@ -361,12 +376,15 @@ async def worker_main(fd: int) -> None:
     from .dataplane import LocalDataPlane
 
     loop = asyncio.get_running_loop()
-    # Ctrl-C reaches the whole process group: the supervisor decides, workers wait for "stop".
+    # A worker has a session of its own (Worker.start), but SIGINT and SIGHUP sent to it by
+    # hand are still the supervisor's to decide: workers wait for "stop" and "install".
     loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     stop_requested = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=64 << 20)
     plane = LocalDataPlane(reuse_port=True)
+    loop.add_signal_handler(signal.SIGUSR1, plane.reopen_logs)  # sent by WorkerPool.reopen_logs
     port = 0
     grace = 30.0
 

@@ -338,7 +338,9 @@ class ProxyProcess:
         self.admin_port = 0
 
     @classmethod
-    async def start(cls, config_path: Path, *args: str) -> ProxyProcess:
+    async def start(cls, config_path: Path, *args: str, session: bool = False) -> ProxyProcess:
+        """``session``: in a session (and process group) of its own, as a service manager or
+        a terminal starts it, so that a test may signal the group without signalling itself."""
         proc = await asyncio.create_subprocess_exec(
             SPLITPROXY,
             "run",
@@ -348,6 +350,7 @@ class ProxyProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=session,
         )
         self = cls(proc)
         line = await self.wait_for("listening:", within=20)
@@ -408,8 +411,8 @@ StartProcess = Callable[..., Awaitable[ProxyProcess]]
 async def proxy_process() -> AsyncIterator[StartProcess]:
     started: list[ProxyProcess] = []
 
-    async def start(config_path: Path, *args: str) -> ProxyProcess:
-        p = await ProxyProcess.start(config_path, *args)
+    async def start(config_path: Path, *args: str, session: bool = False) -> ProxyProcess:
+        p = await ProxyProcess.start(config_path, *args, session=session)
         started.append(p)
         return p
 

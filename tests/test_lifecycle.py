@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .conftest import (
     Load,
@@ -233,3 +235,29 @@ async def test_access_log_write_failures_and_changes_are_logged(
             assert r.status == 200
     assert sum("write failed" in ln for ln in px.lines) == 1
     assert not (tmp_path / "other.log").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigusr1_reopens_the_access_log_after_a_rotation(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess, workers: str
+) -> None:
+    """QA (fifth round): logrotate moves the file and sends SIGUSR1 (nginx's reopen, also
+    Envoy's and Traefik's habit). The lines kept going to the moved file, and SIGUSR1 killed
+    the proxy at once, without draining."""
+    up = await start_upstream()
+    px = await proxy_process(write_config(tmp_path, [route(stable=up)]), "--workers", workers)
+    log = tmp_path / "access.log"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(px.url + "/before") as r:
+            assert r.status == 200
+        rotated = tmp_path / "access.log.1"
+        mark = len(px.lines)
+        log.rename(rotated)  # a line not yet flushed goes to it too: reopen() flushes first
+        px.signal(signal.SIGUSR1)
+        for _ in range(int(workers)):
+            mark = px.lines.index(await px.wait_for("reopened", after=mark)) + 1
+        async with s.get(px.url + "/after") as r:
+            assert r.status == 200
+    assert await px.stop() == 0  # flushes every process's lines
+    assert [json.loads(line)["path"] for line in rotated.read_text().splitlines()] == ["/before"]
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/after"]

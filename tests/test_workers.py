@@ -297,3 +297,48 @@ async def test_two_worker_pools_cannot_share_a_port(
         f"cannot listen: [Errno 98] error while attempting to bind on address ('127.0.0.1', {px.port})" in err.decode()
     )
     assert "Traceback" not in err.decode()
+
+
+async def test_a_hangup_of_the_whole_process_group_reloads_and_drops_nothing(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA (fifth round): a SIGHUP to the process group (a terminal's hangup) killed every
+    worker with the requests they were serving, and the reload, its install unanswered,
+    ended in a traceback. Workers have a session of their own now: the supervisor reloads."""
+    up = await start_upstream()
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [route(stable=up)]))
+    px = await proxy_process(cfg, "--workers", "2", session=True)
+    slow = asyncio.ensure_future(one_request(px.port, path="/slow?s=1"))
+    async with asyncio.timeout(10):
+        await up.event("slow-started").wait()
+    os.killpg(px.proc.pid, signal.SIGHUP)
+    await px.wait_for("reloaded", within=20)
+    async with asyncio.timeout(10):
+        assert (await slow)["slept"] is True
+    assert (await one_request(px.port))["upstream"] == "up"
+    assert not [line for line in px.lines if "exited unexpectedly" in line or "Traceback" in line], px.lines
+    assert await px.stop() == 0
+
+
+async def test_a_reload_a_stuck_worker_leaves_unconfirmed_says_so_without_a_traceback(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess
+) -> None:
+    """QA (fifth round): a reload whose install a worker left unanswered was logged as
+    "background task reload failed" with a traceback, though it was recorded and in force."""
+    stable, canary = await start_upstream("stable"), await start_upstream("canary")
+    cfg = tmp_path / "splitproxy.yaml"
+    cfg.write_text(config_text(tmp_path, [route(stable=(stable, 100), canary=(canary, 0))]))
+    px = await proxy_process(cfg, "--workers", "2")
+    cfg.write_text(config_text(tmp_path, [route(stable=(stable, 0), canary=(canary, 100))]))
+    stuck, _other = worker_pids(px.proc.pid)
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        mark = len(px.lines)
+        px.signal(signal.SIGHUP)
+        line = await px.wait_for("reloaded", after=mark, within=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    assert "is recorded and in force where a worker confirmed it, but not every worker did" in line, line
+    assert not any("Traceback" in line or "failed" in line for line in px.lines[mark:]), px.lines[mark:]
