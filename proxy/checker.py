@@ -282,6 +282,13 @@ class HealthChecker:
         probe.last_duration = self._now() - started
         probe.last_status = status
         probe.last_error = error
+        log.debug(
+            "health check: %s%s: %s in %.1f ms",
+            probe.target.upstream.url,
+            probe.target.check.path,
+            error or f"status {status}",
+            probe.last_duration * 1000,
+        )
         flip = probe.state.record_probe(error is None)
         if flip is None:
             return

@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Final, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -439,7 +438,7 @@ def _name(value: object) -> str:
     """Route and backend names: they appear in admin URLs and metric labels."""
     text = _string(value)
     if not _NAME_RE.fullmatch(text):
-        raise ValueError(f"may only contain letters, digits, '_', '.' and '-', got {_show(value)}")
+        raise ValueError(f"may only contain ASCII letters, digits, '_', '.' and '-', got {_show(value)}")
     return text
 
 
@@ -904,15 +903,27 @@ def parse_text(text: str, source: str = "<config>") -> Config:
     return config
 
 
+# A config of thousands of routes is well under 1 MiB; a file past this is not one.
+MAX_CONFIG_BYTES: Final = 16 << 20
+
+
 def load_file(path: str | os.PathLike[str]) -> Config:
     """Read and parse the config file at ``path``."""
     name = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: `-c /dev/zero` ended in a MemoryError
     except OSError as e:
         raise ConfigError([Problem(name, f"cannot read: {e.strerror or e}")], name) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([Problem(name, f"is larger than {MAX_CONFIG_BYTES >> 20} MiB")], name)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError([Problem(name, f"is not UTF-8 text: {e.reason}")], name) from None
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        what = f"is not UTF-8 text: {e.reason} (byte 0x{data[e.start]:02x}, column {column})"
+        raise ConfigError([Problem(name, what, line)], name) from None
     return parse_text(text, source=name)
 
 

@@ -92,6 +92,13 @@ class Runtime:
         self.idle_timeout = config.timeouts.idle
         self.table = table
         self._close_unused_pools()
+        if log.isEnabledFor(logging.DEBUG):  # `-v`
+            log.debug(
+                "data plane: config installed: %s",
+                "; ".join(
+                    f"{r.name} " + ", ".join(f"{b.name}={b.weight:g}" for b in r.backends) for r in config.routes
+                ),
+            )
 
     def _pool(self, host: str, port: int) -> UpstreamPool:
         pool = self.pools.get((host, port))

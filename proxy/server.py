@@ -148,7 +148,9 @@ class Server:
             self._release_state()
             raise
         await self.plane.admit_endpoints(self.reports.known_endpoints())
-        self._admin = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
+        # `-v`: every admin request in the log (aiohttp's access log, at debug level only)
+        access = log if log.isEnabledFor(logging.DEBUG) else None
+        self._admin = web.AppRunner(make_admin_app(self), access_log=access, handle_signals=False)
         try:
             await self._admin.setup()
             site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)

@@ -563,6 +563,8 @@ class ShadowManager:
 
     def _count(self, route: str, outcome: str) -> None:
         self.rt.counts.count("splitproxy_shadow_requests", (route, outcome))
+        if log.isEnabledFor(logging.DEBUG):  # `-v`
+            log.debug("shadow: route=%s mirror %s", route, outcome)
         for listener in self.listeners:
             listener(route, outcome)
 

@@ -431,6 +431,8 @@ class UpstreamPool:
             raise UpstreamTimeout(f"connect to {self.address} timed out") from None
         except OSError as exc:
             raise connect_failed(self.address, exc) from None
+        if log.isEnabledFor(logging.DEBUG):  # `-v`: once per new connection, not per request
+            log.debug("upstream %s: connected (%d idle in the pool)", self.address, len(self.idle))
         return conn
 
     def close(self) -> None:

@@ -86,6 +86,7 @@ class Worker:
                 "-m",
                 "proxy.workers",
                 str(child.fileno()),
+                *(["debug"] if log.isEnabledFor(logging.DEBUG) else []),  # `run -v`
                 pass_fds=(child.fileno(),),
                 # A session of its own: a terminal's hangup or Ctrl-C, or a signal to the
                 # process group, reaches the supervisor alone, which decides (a SIGHUP to the
@@ -189,7 +190,13 @@ class WorkerPool:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            holder.bind((config.listen.host, config.listen.port))
+            try:
+                holder.bind((config.listen.host, config.listen.port))
+            except OSError as exc:  # named as asyncio names it with one process (QA: it did not say where)
+                where = (config.listen.host, config.listen.port)
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {where!r}: {(exc.strerror or '').lower()}"
+                ) from None
             self.port = holder.getsockname()[1]
             _refuse_a_listener_there(family, config.listen.host, self.port)
             await asyncio.gather(*(self._start_worker(w) for w in self.workers))
@@ -447,7 +454,7 @@ async def worker_main(fd: int) -> None:
 
 def main() -> None:
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.DEBUG if sys.argv[2:] == ["debug"] else logging.INFO,
         format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
         stream=sys.stderr,
     )

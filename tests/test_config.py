@@ -604,7 +604,7 @@ ERRORS = [
         BASE.replace("name: app", "name: my app"),
         "routes[0].name",
         2,
-        "may only contain letters, digits, '_', '.' and '-', got 'my app'",
+        "may only contain ASCII letters, digits, '_', '.' and '-', got 'my app'",
     ),
     (
         "name-number",
@@ -669,7 +669,7 @@ ERRORS = [
         BASE.replace("v2:", "v/2:"),
         "routes[0].backends.v/2",
         5,
-        "may only contain letters",
+        "may only contain ASCII letters",
     ),
     (
         "backend-not-mapping",
@@ -1362,6 +1362,24 @@ def test_file_problems_carry_the_file_name(tmp_path: Path) -> None:
         load_file(str(path))
     assert info.value.source == str(path)
     assert [str(p) for p in info.value.problems] == ["routes: must list at least one route (line 1)"]
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_byte(tmp_path: Path) -> None:
+    """QA (fifth round): "is not UTF-8 text: invalid continuation byte", nothing more."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes('listen: "127.0.0.1:8080"\nroutes:\n  - name: café\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}: is not UTF-8 text: invalid continuation byte (byte 0xe9, column 14) (line 3)"
+    ]
+
+
+def test_a_file_past_the_size_bound_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """QA (fifth round): `check -c /dev/zero` read until memory ran out (a MemoryError)."""
+    with pytest.raises(ConfigError) as info:
+        load_file("/dev/zero")
+    assert [str(p) for p in info.value.problems] == ["/dev/zero: is larger than 16 MiB"]
 
 
 # ---- robustness ------------------------------------------------------------------------------

@@ -261,3 +261,20 @@ async def test_sigusr1_reopens_the_access_log_after_a_rotation(
     assert await px.stop() == 0  # flushes every process's lines
     assert [json.loads(line)["path"] for line in rotated.read_text().splitlines()] == ["/before"]
     assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/after"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_verbose_logs_what_the_proxy_does(
+    tmp_path: Path, start_upstream: StartUpstream, proxy_process: StartProcess, workers: str
+) -> None:
+    """QA (fifth round): `-v` promised debug logging and gave none (not one debug call)."""
+    up = await start_upstream()
+    px = await proxy_process(write_config(tmp_path, [route(stable=up)]), "--workers", workers, "-v")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(px.url + "/x") as r:
+            assert r.status == 200
+        async with s.get(f"http://127.0.0.1:{px.admin_port}/api/v1/routes") as r:
+            assert r.status == 200
+    await px.wait_for(f"upstream 127.0.0.1:{up.port}: connected")
+    await px.wait_for("data plane: config installed: main stable=1")
+    await px.wait_for('"GET /api/v1/routes HTTP/1.1" 200')

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -342,3 +343,22 @@ async def test_a_reload_a_stuck_worker_leaves_unconfirmed_says_so_without_a_trac
             os.kill(stuck, signal.SIGCONT)
     assert "is recorded and in force where a worker confirmed it, but not every worker did" in line, line
     assert not any("Traceback" in line or "failed" in line for line in px.lines[mark:]), px.lines[mark:]
+
+
+async def test_with_workers_a_port_taken_is_named(tmp_path: Path, start_upstream: StartUpstream) -> None:
+    """QA (fifth round): "cannot listen: [Errno 98] Address already in use", without the
+    address (one process names it: with the admin listener too, which one?)."""
+    up = await start_upstream("stable")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "splitproxy.yaml"
+        cfg.write_text(config_text(tmp_path, [route(stable=up)], listen=f"127.0.0.1:{port}"))
+        proc = await asyncio.create_subprocess_exec(
+            SPLITPROXY, "run", "-c", str(cfg), "--workers", "2", stderr=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+    assert proc.returncode == 1, err
+    assert f"cannot listen: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port})" in err.decode()
