@@ -306,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
             why = str(exc)
             if why == "Invalid HTTP version":  # HTTP/1.2, 3.0: llhttp parses 0.9 to 2.0 only
                 self._bad_request("this HTTP version is not supported: HTTP/1.1 or 1.0", 505)
-            elif why == "Invalid method encountered" and _METHOD.fullmatch(data, 0, max(data.find(b" "), 0)):
+            elif why == "Invalid method encountered" and _METHOD.fullmatch(data.lstrip(b"\r\n").partition(b" ")[0]):
                 # llhttp knows a fixed set of methods (README, Known limits): any other
                 # token is a method this proxy does not implement (RFC 9110 §15.6.2), not a
                 # bad request. (The read's first word: a pipelined request's own may be
@@ -536,6 +536,7 @@ class ClientConnection(asyncio.Protocol):
             self._local(ex, 404, f"no route for {(host or b'').decode('latin-1')}{path.decode('latin-1')}")
             return
         ex.plan = plan
+        ex.request_id = hdict.get(b"x-request-id") or rt.rid_prefix + b"%x" % next(rt.rid_counter)
         if ex.bytes_in > rt.max_body or (ex.content_length is not None and ex.content_length > rt.max_body):
             # bytes_in: a chunked body read past the limit while the request waited its turn
             self._too_large(ex)
@@ -549,7 +550,6 @@ class ClientConnection(asyncio.Protocol):
         ex.backend = backend
         pool = next(rt.balancer.cycles[id(backend)])  # rt.next_pool, inlined
         ex.pool = pool
-        ex.request_id = hdict.get(b"x-request-id") or rt.rid_prefix + b"%x" % next(rt.rid_counter)
         if ex.upgrade:
             framing = b"Content-Length: %d\r\n" % ex.content_length if ex.content_length else b""
         elif ex.req_chunked:

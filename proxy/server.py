@@ -87,6 +87,7 @@ class Server:
         self.store: Store | None = None
         self.state_lock: StateLock | None = None
         self.stopping = False
+        self._reload_lock = asyncio.Lock()  # reload_file: one at a time
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -289,7 +290,14 @@ class Server:
         tasks.spawn(self.reload_file(), "reload")
 
     async def reload_file(self) -> bool:
-        """Re-read the config file; swap it in if valid, keep the running one if not."""
+        """Re-read the config file; swap it in if valid, keep the running one if not. One
+        reload at a time, each reading the file when its turn comes: with the parse in a
+        thread, a slow parse of an older file could finish last and be applied over a
+        newer one (review: two SIGHUPs left the older file in force)."""
+        async with self._reload_lock:
+            return await self._reload_file()
+
+    async def _reload_file(self) -> bool:
         if self.config_path is None:
             log.warning("reload: no config file to re-read")
             return False

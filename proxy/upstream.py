@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
 
@@ -91,6 +91,8 @@ _PASSED_AS_IS = frozenset(
         b"set-cookie",
     }
 )
+
+_DATE: Final = frozenset({b"Date", b"date"})  # its spellings in _PASSED_AS_IS
 
 # Idle keep-alive connections kept per upstream instance; more are closed on release.
 MAX_IDLE_PER_UPSTREAM = 256
@@ -287,7 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
         # costs half of formatting a line with %, and b"".join makes the head once.
         if name in _PASSED_AS_IS:  # the common response headers: nothing to decide
             self.lines += (name, b": ", value, b"\r\n")
-            if name == b"Date":
+            if name in _DATE:  # the forwarder adds a Date to an answer without one
                 self.dated = True
             return
         lname = name.lower()

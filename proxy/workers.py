@@ -75,6 +75,9 @@ class Worker:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self.gone = asyncio.Event()
+        # It answered "start": its signal handlers are in place (SIGUSR1 before them is
+        # the default, which ends the process).
+        self.ready = False
         # What the worker found while it drained (sent as its last line, unasked).
         self.final: dict[str, Any] | None = None
 
@@ -209,9 +212,11 @@ class WorkerPool:
 
     async def _start_worker(self, worker: Worker) -> None:
         assert self._config is not None
+        worker.ready = False
         await worker.spawn()
         try:
             await worker.ask("start", port=self.port, **self._message(self._config))
+            worker.ready = True
             if self._known:
                 await worker.ask("endpoints", known=self._known)
             if self._active_down:
@@ -291,7 +296,9 @@ class WorkerPool:
 
     def reopen_logs(self) -> None:
         for w in self.workers:  # each writes its own lines to the file (worker_main's SIGUSR1)
-            if w.proc is not None and w.proc.returncode is None:
+            # Only a worker that has started (one starting opens the file at its path anyway):
+            # before its handler is in place, SIGUSR1 ended it.
+            if w.ready and w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.proc.pid, signal.SIGUSR1)
 

@@ -460,8 +460,8 @@ async def test_demo_banner_says_the_weights_in_force_and_its_temporary_state_goe
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"], "admin.listen: uses the same port as listen"),
-        (["--listen", "nonsense"], "listen: must be host:port"),
+        (["--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"], "--admin-listen: uses the same port as listen"),
+        (["--listen", "nonsense"], "--listen: must be host:port"),
     ],
     ids=["same-port", "not-an-address"],
 )
@@ -475,6 +475,7 @@ async def test_demo_with_bad_addresses_says_so_in_one_line(
     assert await demo.exited(within=30) == 2
     assert len(demo.err) == 1, demo.err
     assert demo.err[0].startswith("splitproxy demo: " + says), demo.err
+    assert "(line" not in demo.err[0]  # no file to have lines
     assert os.listdir(tmp_path) == []  # no state directory left behind
 
 

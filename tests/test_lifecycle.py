@@ -278,3 +278,49 @@ async def test_verbose_logs_what_the_proxy_does(
     await px.wait_for(f"upstream 127.0.0.1:{up.port}: connected")
     await px.wait_for("data plane: config installed: main stable=1")
     await px.wait_for('"GET /api/v1/routes HTTP/1.1" 200')
+
+
+async def test_two_reloads_close_together_end_on_the_newer_file(
+    tmp_path: Path, start_upstream: StartUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (fifth round): with the file parsed in a thread, a slow parse of the older file
+    could finish after a quick parse of the newer one and be applied over it (a 5,000-route
+    file left in force after the file went back to one route). One reload at a time, each
+    reading the file when its turn comes."""
+    import threading
+
+    from proxy import server as server_module
+    from proxy.config import load_file as real_load_file
+    from proxy.server import Server
+
+    up = await start_upstream()
+    path = write_config(tmp_path, [route(name="first", stable=up)])
+    server = Server(real_load_file(path), path, grace=1.0)
+    await server.start()
+    try:
+        parsing, release = threading.Event(), threading.Event()
+        calls: list[int] = []
+
+        def slow_then_quick(p: object) -> object:
+            config = real_load_file(p)  # type: ignore[arg-type]  # the file as it is now
+            calls.append(len(calls))
+            if len(calls) == 1:
+                parsing.set()
+                release.wait(10)  # the older file's parse, still going when the newer SIGHUP comes
+            return config
+
+        monkeypatch.setattr(server_module, "load_file", slow_then_quick)
+        write_config(tmp_path, [route(name="older", stable=up)])
+        older = asyncio.ensure_future(server.reload_file())
+        assert await asyncio.to_thread(parsing.wait, 10)
+        write_config(tmp_path, [route(name="newer", stable=up)])
+        newer = asyncio.ensure_future(server.reload_file())
+        # The newer reload waits its turn (it finished first, before the fix), then the older
+        # parse ends.
+        await asyncio.wait({newer}, timeout=0.5)
+        release.set()
+        assert await older
+        assert await newer
+        assert [r.name for r in server.config.routes] == ["newer"]
+    finally:
+        await server.stop()

@@ -362,3 +362,28 @@ async def test_with_workers_a_port_taken_is_named(tmp_path: Path, start_upstream
             _, err = await proc.communicate()
     assert proc.returncode == 1, err
     assert f"cannot listen: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port})" in err.decode()
+
+
+async def test_sigusr1_reaches_only_workers_that_have_started() -> None:
+    """Review (fifth round): a worker still starting has SIGUSR1 at its default, which ends
+    it; reopen_logs signalled it all the same, and `run --workers 2` failed to start
+    ("worker 1 could not start"). A process that has not answered "start" is left alone."""
+    from proxy.workers import WorkerPool
+
+    pool = WorkerPool(2)
+    starting, started = (
+        await asyncio.create_subprocess_exec("sleep", "30"),
+        await asyncio.create_subprocess_exec("sleep", "30"),
+    )
+    try:
+        pool.workers[0].proc, pool.workers[1].proc = starting, started
+        pool.workers[1].ready = True
+        pool.reopen_logs()
+        async with asyncio.timeout(10):
+            assert await started.wait() == -signal.SIGUSR1  # `sleep` has no handler: it ends
+        assert starting.returncode is None
+    finally:
+        for proc in (starting, started):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
