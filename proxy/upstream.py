@@ -289,7 +289,9 @@ class UpstreamConnection(asyncio.Protocol):
         # costs half of formatting a line with %, and b"".join makes the head once.
         if name in _PASSED_AS_IS:  # the common response headers: nothing to decide
             self.lines += (name, b": ", value, b"\r\n")
-            if name in _DATE:  # the forwarder adds a Date to an answer without one
+            # The forwarder adds a Date to an answer without one. The length first: a set
+            # lookup per header cost ~110 instructions a header (callgrind).
+            if len(name) == 4 and name in _DATE:
                 self.dated = True
             return
         lname = name.lower()
