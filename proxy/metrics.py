@@ -157,10 +157,12 @@ class SplitproxyCollector(Collector):
 
     def __init__(
         self,
+        *,
         counts: Callable[[], Counts],
         weights: Callable[[], Mapping[str, Mapping[str, float]]],
         config_version: Callable[[], int],
         healthy_upstreams: Callable[[], Iterable[GaugeSample]],
+        reloads: Callable[[], tuple[Mapping[str, int], bool]] = lambda: ({}, True),
         extra_counters: Iterable[CounterSpec] = (
             CounterSpec(
                 "splitproxy_shadow_requests",
@@ -195,6 +197,7 @@ class SplitproxyCollector(Collector):
         self._weights = weights
         self._config_version = config_version
         self._healthy = healthy_upstreams
+        self._reloads = reloads
         self._extra = tuple(extra_counters)
 
     def collect(self) -> Iterator[Metric]:
@@ -249,6 +252,23 @@ class SplitproxyCollector(Collector):
         version = GaugeMetricFamily("splitproxy_config_version", "The version of the weights and config in force.")
         version.add_metric([], self._config_version())
         yield version
+
+        counts, last_ok = self._reloads()
+        reloads = CounterMetricFamily(
+            "splitproxy_config_reloads",
+            "Reloads of the config file (SIGHUP), by result: applied, or refused (a bad file: the running "
+            "config stays).",
+            labels=("result",),
+        )
+        for result, n in sorted(counts.items()):
+            reloads.add_metric([result], n)
+        yield reloads
+        last = GaugeMetricFamily(
+            "splitproxy_config_last_reload_successful",
+            "1 if the last reload of the config file was applied (or none was asked for), 0 if it was refused.",
+        )
+        last.add_metric([], 1 if last_ok else 0)
+        yield last
 
         for spec in self._extra:
             family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)

@@ -88,6 +88,8 @@ class Server:
         self.state_lock: StateLock | None = None
         self.stopping = False
         self._reload_lock = asyncio.Lock()  # reload_file: one at a time
+        self.reloads = {"applied": 0, "refused": 0}  # SIGHUP reloads, for /metrics
+        self.last_reload_ok = True
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -141,6 +143,7 @@ class Server:
                 weights=lambda: config_weights(self.config),
                 config_version=lambda: self.controller.version,
                 healthy_upstreams=self._healthy_samples,
+                reloads=lambda: (self.reloads, self.last_reload_ok),
             )
         )
         try:
@@ -295,7 +298,12 @@ class Server:
         thread, a slow parse of an older file could finish last and be applied over a
         newer one (review: two SIGHUPs left the older file in force)."""
         async with self._reload_lock:
-            return await self._reload_file()
+            applied = await self._reload_file()
+        # For automation that edits the file and sends SIGHUP (a refused reload showed only
+        # in the log): splitproxy_config_reloads_total and ..._last_reload_successful.
+        self.reloads["applied" if applied else "refused"] += 1
+        self.last_reload_ok = applied
+        return applied
 
     async def _reload_file(self) -> bool:
         if self.config_path is None:

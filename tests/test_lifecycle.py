@@ -324,3 +324,38 @@ async def test_two_reloads_close_together_end_on_the_newer_file(
         assert [r.name for r in server.config.routes] == ["newer"]
     finally:
         await server.stop()
+
+
+async def test_reloads_are_counted_in_metrics(tmp_path: Path, start_upstream: StartUpstream) -> None:
+    """QA (fifth round): a refused reload showed only in the log; automation that edits the
+    file and sends SIGHUP could not tell."""
+    from proxy.config import load_file
+    from proxy.server import Server
+
+    up = await start_upstream()
+    path = write_config(tmp_path, [route(stable=up)])
+    server = Server(load_file(path), path, grace=1.0)
+    await server.start()
+
+    async def scrape() -> list[str]:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.admin_port}/metrics") as r:
+            return [ln for ln in (await r.text()).splitlines() if ln.startswith("splitproxy_config_")]
+
+    try:
+        before = await scrape()
+        assert "splitproxy_config_last_reload_successful 1.0" in before
+        assert 'splitproxy_config_reloads_total{result="applied"} 0.0' in before  # both, from the start
+        assert 'splitproxy_config_reloads_total{result="refused"} 0.0' in before
+        path.write_text("routes: []\n")
+        assert not await server.reload_file()
+        refused = await scrape()
+        assert 'splitproxy_config_reloads_total{result="refused"} 1.0' in refused
+        assert "splitproxy_config_last_reload_successful 0.0" in refused
+        write_config(tmp_path, [route(stable=up)])
+        assert await server.reload_file()
+        applied = await scrape()
+        assert 'splitproxy_config_reloads_total{result="applied"} 1.0' in applied
+        assert 'splitproxy_config_reloads_total{result="refused"} 1.0' in applied
+        assert "splitproxy_config_last_reload_successful 1.0" in applied
+    finally:
+        await server.stop()
