@@ -1024,10 +1024,9 @@ def _routes(items: list[_At]) -> tuple[Route, ...]:
         key = (match.host, match.path_prefix)
         if match_read and key in by_match:
             other, other_path = by_match[key]
-            m.fail(
-                "match",
-                f"same host and path_prefix as route {other!r} ({other_path}): one of them would never be used",
-            )
+            # A route whose own name was wrong is named by where it is (it read as '').
+            named = f"route {other!r} ({other_path})" if other else f"the route at {other_path}"
+            m.fail("match", f"same host and path_prefix as {named}: one of them would never be used")
         elif match_read:
             by_match[key] = (route.name, at.path)
     return tuple(routes)

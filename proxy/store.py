@@ -310,6 +310,11 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create the directory {self.path.parent}: {e.strerror or e}") from e
+        if self.path.is_dir():  # SQLite says only "unable to open database file"
+            raise StoreError(
+                f"{self.path}: cannot open the state database: it is a directory;"
+                " state.path names the database file (e.g. .../state.db)"
+            )
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -321,7 +326,14 @@ class Store:
             raise
         except sqlite3.Error as e:
             conn.close()
-            raise StoreError(f"{self.path}: cannot use as the state database: {e}") from e
+            hint = ""
+            if "readonly" in str(e) and not os.access(self.path.parent, os.W_OK):
+                # The file itself may be writable: SQLite's message does not say what is not.
+                hint = (
+                    f" (the directory {self.path.parent} is not writable, and SQLite keeps its -wal and -shm files"
+                    " there)"
+                )
+            raise StoreError(f"{self.path}: cannot use as the state database: {e}{hint}") from e
         self._conn = conn
 
     def _open(self, conn: sqlite3.Connection) -> None:

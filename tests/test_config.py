@@ -1364,6 +1364,19 @@ def test_file_problems_carry_the_file_name(tmp_path: Path) -> None:
     assert [str(p) for p in info.value.problems] == ["routes: must list at least one route (line 1)"]
 
 
+def test_a_route_with_a_wrong_name_is_named_by_where_it_is() -> None:
+    """QA (fifth round): "same host and path_prefix as route '' (routes[0])"."""
+    text = (
+        "routes:\n"
+        '  - name: "shop/../x"\n    backends: {a: {upstreams: ["http://127.0.0.1:1"]}}\n'
+        '  - name: b\n    backends: {a: {upstreams: ["http://127.0.0.1:1"]}}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_text(text, "<t>")
+    matches = [p.what for p in info.value.problems if p.where == "routes[1].match"]
+    assert matches == ["same host and path_prefix as the route at routes[0]: one of them would never be used"]
+
+
 def test_a_file_that_is_not_utf8_names_the_line_and_byte(tmp_path: Path) -> None:
     """QA (fifth round): "is not UTF-8 text: invalid continuation byte", nothing more."""
     path = tmp_path / "latin1.yaml"

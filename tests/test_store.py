@@ -433,6 +433,7 @@ def test_a_directory_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open the state database") as caught:
         Store(tmp_path)
     assert str(tmp_path) in str(caught.value)
+    assert "it is a directory" in str(caught.value)  # QA (fifth round): SQLite's "unable to open database file"
 
 
 def test_a_file_in_place_of_the_directory_is_a_store_error(tmp_path: Path) -> None:
