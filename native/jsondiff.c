@@ -1737,7 +1737,18 @@ typedef struct {
     size_t n_pieces, cap_pieces;
     size_t spent, budget; /* bytes parsed or scanned, and where a whole parse is cheaper */
     Py_ssize_t descend_min;
+    /* A stretch both texts repeat: ta[same_a..same_to) is tb[same_b...] (common_prefix). It
+     * holds at any later ta[ia] in it whose tb[ib] is as far from same_b: one scan serves every
+     * array inside it, and another starts only past where the last one stopped, or where a
+     * shift moved the texts apart inside the value the last one stopped in: all the scans of a
+     * build read each byte about once (a scan for each element of an array cost O(n^2)). */
+    size_t same_a, same_b, same_to;
 } Align;
+
+/* ta[ia..al->same_to) is tb[ib...]: the stretch holds there (and is not empty) */
+static inline int in_stretch(const Align *al, size_t ia, size_t ib) {
+    return ia >= al->same_a && ia < al->same_to && ib - ia == al->same_b - al->same_a;
+}
 
 static inline int is_ws(char ch) { return ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t'; }
 static inline int is_delim(char ch) { return is_ws(ch) || ch == ',' || ch == ']' || ch == '}'; }
@@ -1908,6 +1919,18 @@ static size_t common_prefix(const char *a, const char *b, size_t n) {
     while (i < n && a[i] == b[i])
         i++;
     return i;
+}
+
+/* bytes of text read to find and follow stretches (find_stretch, next_in_stretch), since the
+ * module was loaded: scanned() */
+static unsigned long long g_n_scanned;
+
+/* the stretch both texts repeat from ta[ia] and tb[ib] on, as far as they agree */
+static void find_stretch(Align *al, size_t ia, size_t ib) {
+    size_t room = al->na - ia < al->nb - ib ? al->na - ia : al->nb - ib;
+    size_t same = common_prefix(al->ta + ia, al->tb + ib, room);
+    al->same_a = ia, al->same_b = ib, al->same_to = ia + same;
+    g_n_scanned += same;
 }
 
 static int out_reserve(Align *al, size_t more) {
@@ -2096,6 +2119,33 @@ static size_t removed_before(const Align *al, V *x, size_t i, size_t n, size_t e
     return 0;
 }
 
+/* Where the element after live element x begins, x's text beginning at ta[ia] inside the
+ * stretch (in_stretch): from the next element's own start when that tells (a string, a record);
+ * else from x's end found in the text, read no further than the stretch (a number or literal
+ * to its delimiter, a string by its value, a container by its brackets; one that runs past the
+ * stretch is followed by align_value, and the bytes read for it are charged). NO_POS: not told. */
+static size_t next_in_stretch(Align *al, V *x, size_t ia) {
+    size_t next = a_start(al, unsafe_yyjson_get_next(x)), e;
+    if (next != NO_POS)
+        return next;
+    if (unsafe_yyjson_is_str(x)) {
+        e = a_str_end(al, x);
+    } else if (unsafe_yyjson_is_ctn(x)) {
+        e = b_end(al->ta, al->same_to, ia);
+        g_n_scanned += (e ? e : al->same_to) - ia;
+        if (!e) {
+            al->spent += al->same_to - ia;
+            return NO_POS;
+        }
+    } else {
+        e = scalar_end(al->ta, al->same_to, ia);
+    }
+    e = skip_ws(al->ta, al->same_to, e);
+    if (e >= al->same_to || al->ta[e] != ',')
+        return NO_POS; /* the comma after x is not in the stretch (nor, for a number, its end) */
+    return skip_ws(al->ta, al->na, e + 1);
+}
+
 /* the elements of live array a (text from ta[sa] to ta[end_a]) against the shadow array at tb[sb] */
 static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t *eb, size_t end_a) {
     size_t n = unsafe_yyjson_get_len(a), ib = sb + 1, ia = skip_ws(al->ta, al->na, sa + 1), h = al->n_out, count = 0;
@@ -2104,11 +2154,11 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         return rc;
     V *x = unsafe_yyjson_get_first(a), *run = x; /* [run, x): elements copied, not put yet */
     size_t copied = 0;
-    /* A stretch of text both repeat, ta[ia..same_to) at tb[ib...], found (common_prefix) at
-     * an element's start after a copied element. The elements that end in it with the comma
+    /* A stretch of text both repeat (al->same_to), found at an element's start after a copied
+     * element, or by an array around this one. The elements that end in it with the comma
      * after them (the bulk of a long array that differs in a few) are copies, told by where the
      * next one starts: no look at their own ends or separators. */
-    size_t same_to = 0, i = 0, tries = 0; /* i: live elements passed; count: shadow elements put */
+    size_t i = 0, tries = 0; /* i: live elements passed; count: shadow elements put */
     int at_start = 0, last_copied = 1; /* ia, ib at an element's start already; x's predecessor copied */
     while (i < n) {
         if (!lines_up(count, copied))
@@ -2126,12 +2176,11 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
         }
         at_start = 0;
         if (i + 1 < n && depth < MAX_NEST && al->spent <= al->budget) {
-            if (ia >= same_to && last_copied) {
-                size_t room = end_a - ia < al->nb - ib ? end_a - ia : al->nb - ib;
-                same_to = ia + common_prefix(al->ta + ia, al->tb + ib, room);
-            }
-            size_t next = ia < same_to ? a_start(al, unsafe_yyjson_get_next(x)) : NO_POS;
-            if (next != NO_POS && next <= same_to && next > ia) {
+            int in = in_stretch(al, ia, ib);
+            if (!in && last_copied)
+                find_stretch(al, ia, ib), in = ia < al->same_to;
+            size_t next = in ? next_in_stretch(al, x, ia) : NO_POS;
+            if (next != NO_POS && next <= al->same_to && next > ia) {
                 /* x, whitespace, the comma, whitespace: the same bytes in both texts (the
                  * shadow's may have more whitespace before its next element) */
                 ib = skip_ws(al->tb, al->nb, ib + (next - ia)), ia = next;
@@ -2168,7 +2217,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                         if ((rc = piece(al, ib, &ib)))
                             return rc;
                     }
-                    ib = at, run = x, same_to = 0, at_start = last_copied = 1;
+                    ib = at, run = x, at_start = last_copied = 1;
                     continue; /* x again, now at tb[ib] */
                 }
                 if ((k = removed_before(al, x, i, n, end, end_a, ib, &at))) { /* x and k - 1 after it: gone */
@@ -2176,7 +2225,7 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
                         return rc;
                     for (size_t q = 0; q < k; q++)
                         x = unsafe_yyjson_get_next(x);
-                    i += k, ia = at, run = x, same_to = 0, at_start = last_copied = 1;
+                    i += k, ia = at, run = x, at_start = last_copied = 1;
                     continue; /* the element at ta[ia] against tb[ib] */
                 }
                 tries++;
@@ -2189,7 +2238,6 @@ static int align_array(Align *al, V *a, size_t sa, size_t sb, int depth, size_t 
             return rc;
         last_copied = al->src[at] != 0;
         copied += (size_t)last_copied;
-        same_to = 0; /* the texts may be apart by more or less from here */
         run = unsafe_yyjson_get_next(x);
         i++, count++, x = run;
     }
@@ -2664,6 +2712,13 @@ static PyObject *jd_counts(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(KK)", g_n_built, g_n_parsed);
 }
 
+PyDoc_STRVAR(scanned_doc, "scanned()\n--\n\n"
+                          "Bytes of text diff() read to find where the two texts agree and to follow\n"
+                          "the values there, since the module was loaded: about the shadow's length\n"
+                          "a build, whatever the shape of the document.");
+
+static PyObject *jd_scanned(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(g_n_scanned); }
+
 PyDoc_STRVAR(kept_doc, "kept()\n--\n\n"
                        "(warm, missed, kept, answers, bytes): calls whose documents were built on a kept\n"
                        "answer, calls whose live answer did not line up with the kept one, answers kept,\n"
@@ -2690,6 +2745,7 @@ static PyMethodDef methods[] = {{"diff", jd_diff, METH_VARARGS, diff_doc},
                                 {"build_on_live", jd_build_on_live, METH_VARARGS, build_doc},
                                 {"parse_only", jd_parse_only, METH_VARARGS, parse_only_doc},
                                 {"counts", jd_counts, METH_NOARGS, counts_doc},
+                                {"scanned", jd_scanned, METH_NOARGS, scanned_doc},
                                 {"kept", jd_kept, METH_NOARGS, kept_doc},
                                 {"forget", jd_forget, METH_NOARGS, forget_doc},
                                 {NULL, NULL, 0, NULL}};
