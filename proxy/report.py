@@ -14,6 +14,7 @@ keeps at most ``MAX_ROWS`` endpoints (least recently updated go first); within a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +39,10 @@ class Reports:
         self._dirty: dict[str, set[str]] = {}
         self.last_persist = 0.0
         self.last_expire = time.monotonic()
+        # The database side (persist, expire, clear_stored: worker threads) one at a time: a
+        # clear that came while a write was under way deleted first, and the write then put the
+        # cleared rows back (served again after a restart).
+        self._io = threading.Lock()
 
     def load(self) -> None:
         """The stored sums, retention applied first (a bad row is logged and skipped, never
@@ -82,25 +87,33 @@ class Reports:
     def persist(self) -> list[tuple[str, str]]:
         """Write the endpoints that changed and apply retention. Runs in a worker thread;
         returns what retention removed, for ``forget`` on the event loop."""
-        dirty, self._dirty = self._dirty, {}
-        rows = {}
-        for route, names in dirty.items():
-            endpoints = self.routes[route].endpoints if route in self.routes else {}
-            rows[route] = {name: endpoints[name].to_dict() for name in names if name in endpoints}
-        try:
-            self.store.save_shadow_endpoints(rows)
-        except BaseException:
-            # Still to be written: with the next turn (or at shutdown), not only when those
-            # endpoints next change (a locked database lost comparisons for good).
+        with self._io:
+            dirty, self._dirty = self._dirty, {}
+            rows = {}
             for route, names in dirty.items():
-                self._dirty.setdefault(route, set()).update(names)
-            raise
-        finally:
-            self.last_persist = time.monotonic()  # a failing database is tried again in PERSIST_SECONDS
-        return self.expire()
+                # .get, not a test and then [], here and below: the event loop may drop a route
+                # or an endpoint meanwhile (clear, forget); what is read is never changed.
+                stats = self.routes.get(route)
+                endpoints = stats.endpoints if stats is not None else {}
+                rows[route] = {name: ep.to_dict() for name in names if (ep := endpoints.get(name)) is not None}
+            try:
+                self.store.save_shadow_endpoints(rows)
+            except BaseException:
+                # Still to be written: with the next turn (or at shutdown), not only when those
+                # endpoints next change (a locked database lost comparisons for good).
+                for route, names in dirty.items():
+                    self._dirty.setdefault(route, set()).update(names)
+                raise
+            finally:
+                self.last_persist = time.monotonic()  # a failing database is tried again in PERSIST_SECONDS
+            return self._expire()
 
     def expire(self) -> list[tuple[str, str]]:
         """Apply retention to the stored rows (a worker thread); what went, for ``forget``."""
+        with self._io:
+            return self._expire()
+
+    def _expire(self) -> list[tuple[str, str]]:
         self.last_expire = time.monotonic()
         return self.store.prune_shadow(max_age=RETENTION_SECONDS, max_rows=MAX_ROWS)
 
@@ -117,13 +130,20 @@ class Reports:
                 del self.routes[route]
 
     def clear(self, route: str | None) -> None:
+        """Forget what was found, in memory: on the event loop, where batches are absorbed
+        (in a thread, an absorb under way could put the old sums back). ``clear_stored`` then."""
         if route is None:
             self.routes.clear()
             self._dirty.clear()
         else:
             self.routes.pop(route, None)
             self._dirty.pop(route, None)
-        self.store.clear_shadow(route)
+
+    def clear_stored(self, route: str | None) -> None:
+        """Delete the stored report (a worker thread, after ``clear``), after any write under
+        way: what it wrote goes too."""
+        with self._io:
+            self.store.clear_shadow(route)
 
     def to_json(self, config: Config, route: str | None = None) -> dict[str, Any]:
         """The report of every shadowed route (or one), with its shadow settings."""

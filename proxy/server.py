@@ -217,7 +217,8 @@ class Server:
 
     async def clear_shadow(self, route: str | None) -> None:
         await self.plane.clear_shadow(route)
-        await asyncio.to_thread(self.reports.clear, route)
+        self.reports.clear(route)
+        await asyncio.to_thread(self.reports.clear_stored, route)
 
     async def _install(self, config: Config) -> None:
         """Put a config in force (called by the controller, after recording the change): the

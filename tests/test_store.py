@@ -508,6 +508,74 @@ def test_a_report_write_that_fails_is_tried_again_without_new_traffic(
         assert not reports.dirty
 
 
+def test_a_clear_during_a_report_write_is_not_undone(db: Path) -> None:
+    """QA (sixth round): a DELETE of the report that came while the periodic write (a worker
+    thread) was under way deleted first; the write then put the cleared rows back, and they
+    were served again after a restart. The write is held inside the database call here, the
+    clear starts, and the write is let go once the clear waits for it."""
+    import threading
+
+    from proxy.diffing import Captured, RouteStats, compare
+    from proxy.report import Reports
+
+    from .test_diffing import NOISE
+
+    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
+    batch = RouteStats()
+    batch.record(
+        "GET /x",
+        compare(live, shadow),
+        live=live,
+        shadow=shadow,
+        request="GET /x",
+        live_seconds=0.01,
+        shadow_seconds=0.01,
+        point=0.5,
+        noise=NOISE,
+    )
+    writing, go_on, clear_waits = threading.Event(), threading.Event(), threading.Event()
+
+    class HeldStore(Store):
+        def save_shadow_endpoints(self, rows: Mapping[str, Mapping[str, Mapping[str, object]]]) -> None:
+            writing.set()
+            go_on.wait()
+            super().save_shadow_endpoints(rows)
+
+    class ObservedLock:
+        """The report's database lock, saying when a second thread starts to wait for it."""
+
+        def __init__(self) -> None:
+            self.inner, self.holder = threading.Lock(), None
+
+        def __enter__(self) -> None:
+            if self.holder is not None:
+                clear_waits.set()
+            self.inner.acquire()
+            self.holder = threading.current_thread()
+
+        def __exit__(self, *exc: object) -> None:
+            self.holder = None
+            self.inner.release()
+
+    with HeldStore(db) as store:
+        reports = Reports(store)
+        reports._io = ObservedLock()  # type: ignore[assignment]
+        reports.absorb({"r": batch.to_dict()})
+        with ThreadPoolExecutor(2) as pool:
+            write = pool.submit(reports.persist)
+            assert writing.wait(10)
+            reports.clear(None)  # on the event loop, in the server
+            cleared = pool.submit(reports.clear_stored, None)
+            clear_waits.wait(10)  # (the code before the fix never waited: the write then undid the clear)
+            go_on.set()
+            write.result(10)
+            cleared.result(10)
+        assert store.shadow_endpoints() == {}
+        assert reports.routes == {}
+    with Store(db) as store:  # after a restart too
+        assert store.shadow_endpoints() == {}
+
+
 def test_a_closed_store_is_a_store_error(db: Path) -> None:
     store = Store(db)
     store.close()
