@@ -397,6 +397,29 @@ def main() -> None:
         c = unseen[next(unseen_next) % len(unseen)]
         return compare(c, c, reuse=reuse)
 
+    # Long arrays whose elements do not say where they start (numbers, arrays): a time series
+    # and a list of ids, the last element changed. Building the shadow's document on the live
+    # text was O(n^2) on these until 2026-12-04 (~0.5 s for the series).
+    def last_changed(doc: Any, change: Callable[[Any], None]) -> tuple[Captured, Captured]:
+        other = json.loads(json.dumps(doc))
+        change(other)
+        return captured(doc), captured(other)
+
+    series = last_changed(
+        {"points": [[1_700_000_000 + 60 * i, 1.5 + i % 7 / 10] for i in range(52_000)]},
+        lambda d: d["points"][-1].__setitem__(1, 9.9),
+    )
+    ids = last_changed(list(range(32_000)), lambda d: d.__setitem__(-1, -1))
+    for name, (live, shadow) in (
+        ("compare, time series, last point differs", series),
+        ("compare, 32,000 ids, last differs", ids),
+    ):
+        label = f"{len(live.body) >> 10} KiB"
+        cases.append((name, label, comparing(live, shadow)))
+        if diffing._native is not None:
+            cases.append(("  the shadow parsed whole", label, parsed_whole(comparing(live, shadow))))
+        cases.append(("  the Python walk (orjson)", label, python_walk(comparing(live, shadow))))
+
     cases += [
         ("compare, identical bodies", "64 KiB", lambda: compare(big_live, big_live)),
         ("compare, identical bodies, fresh bytes", "64 KiB", lambda: compare(*fresh_twins())),
