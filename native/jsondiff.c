@@ -41,6 +41,8 @@ typedef yyjson_val V;
 #define MAX_NEST 500   /* deeper documents go to the Python walk (its parsers' limits) */
 #define MAX_PATH 256   /* segments on the path stack; the walk stops at max_depth <= 200 */
 #define MAX_NODES 8192 /* field-key nodes kept between calls, then cleared */
+#define MAX_NAME_BYTES (8 << 20) /* ... or when their names and exact paths come to this many bytes */
+#define MAX_KEY_NAME 64 /* proxy.diffing.MAX_KEY_NAME: a longer member name is an id */
 #define MAX_STATES 64  /* ignore-trie states at one point of the document */
 #define READ_FLAGS YYJSON_READ_BIGNUM_AS_RAW
 /* Both documents are parsed into one pool kept between calls: a fresh malloc per parse costs
@@ -156,7 +158,10 @@ static int node_new(PyObject *exact, int key) { /* steals exact */
     return g_n_nodes++;
 }
 
+static size_t g_name_bytes; /* names copied into g_slots, twice: their exact paths too */
+
 static int nodes_reset(void) {
+    g_name_bytes = 0;
     for (int i = 0; i < g_n_nodes; i++)
         Py_DECREF(g_nodes[i].exact);
     for (int i = 0; i < g_n_keys; i++)
@@ -537,6 +542,7 @@ static int child_of(Ctx *c, int parent, V *name) {
         j = (j + 1) & (g_cap_slots - 1);
     g_slots[j] = (Slot){h, copy, n, parent, id};
     g_used_slots++;
+    g_name_bytes += 2 * n;
     return id;
 }
 
@@ -1599,10 +1605,20 @@ static int hexdig(char ch) {
     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
 }
 
-/* proxy.diffing.is_id: digits, a UUID, or >= 16 hex digits */
+/* characters (code points) in UTF-8 text */
+static size_t utf8_chars(const char *s, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return k;
+}
+
+/* proxy.diffing.is_id: digits, a UUID, >= 16 hex digits, or over MAX_KEY_NAME characters */
 static int is_id(const char *s, size_t n) {
     if (!n)
         return 0;
+    if (n > MAX_KEY_NAME && utf8_chars(s, n) > MAX_KEY_NAME)
+        return 1;
     size_t digits = 0, hex = 0;
     for (size_t i = 0; i < n; i++) {
         digits += s[i] >= '0' && s[i] <= '9';
@@ -2532,7 +2548,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         g_busy = 0;
         return PyErr_NoMemory();
     }
-    if (!g_key_ids || g_n_nodes > MAX_NODES || g_n_keys > MAX_NODES) {
+    if (!g_key_ids || g_n_nodes > MAX_NODES || g_n_keys > MAX_NODES || g_name_bytes > MAX_NAME_BYTES) {
         if (nodes_reset() < 0)
             goto done;
     }

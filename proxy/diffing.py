@@ -52,6 +52,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import hashlib
+import heapq
 import json
 import math
 import re
@@ -111,14 +112,21 @@ _OTHER_SUFFIX: Final = " " + OTHER_ENDPOINT
 DEFAULT_MAX_ENDPOINTS: Final = 100
 
 MAX_VALUE_CHARS: Final = 200  # FieldDiff.live / .shadow
+MAX_SAMPLE_PATH: Final = 1000  # a sample's exact path (long member names make long paths)
 MAX_FIELDS: Final = 500  # field keys counted per comparison
 MAX_DIFFS: Final = 100  # FieldDiff samples per comparison
 MAX_TEXT_DIFFS: Final = 5  # differing lines reported per text body
 MAX_JSON_DEPTH: Final = 64  # deeper sub-trees are compared whole, as one field
 MAX_DECODED_BODY: Final = 8 << 20  # gzip/deflate output cap; beyond it the body counts as truncated
+# gzip members read in one body; beyond it the body counts as truncated. Each member's end
+# copies the rest of the body (zlib's unused_data): 131,000 empty members in 1 MiB took 1.8 s.
+MAX_GZIP_MEMBERS: Final = 32
 MAX_SIGNATURE_KEYS: Final = 32
 SAMPLE_BODY_CHARS: Final = 2048
-_DIFFLIB_MAX_CELLS: Final = 40_000  # differing-lines area above which lines are paired by position
+# Above this much work (differing lines n * m * min(n, m): difflib's worst case, lines that
+# repeat) the lines are paired by position. An area bound (n * m <= 40,000) let 200 by 200
+# repeated lines take 79 ms on the event loop; this one is ~5 ms at worst.
+_DIFFLIB_MAX_WORK: Final = 400_000
 
 
 # ---- endpoints ---------------------------------------------------------------------------------
@@ -127,9 +135,16 @@ _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f
 _ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
 
 
+# An object key longer than this is an id too (a URL, a sentence, a blob used as a key): field
+# keys stay short, and what is kept for them bounded (an upstream's 63 nested 15,000-character
+# names made 30 MB of field keys in one comparison, and GBs in the report and the database).
+MAX_KEY_NAME: Final = 64
+
+
 def is_id(segment: str) -> bool:
-    """A path segment or object key that names one thing: digits, a UUID, or >= 16 hex digits."""
-    return _ID_RE.fullmatch(segment) is not None
+    """A path segment or object key that names one thing: digits, a UUID, >= 16 hex digits,
+    or anything over MAX_KEY_NAME characters."""
+    return len(segment) > MAX_KEY_NAME or _ID_RE.fullmatch(segment) is not None
 
 
 def is_id_segment(segment: str) -> bool:
@@ -467,6 +482,8 @@ _CHILDREN_MAX: Final = 4096
 
 
 def _child(key: str, name: str) -> tuple[str, str]:
+    if len(name) > MAX_KEY_NAME:  # not remembered: 4,096 of them could be GBs
+        return ("." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"), key + ".{id}"
     kids = _CHILDREN.get(key)
     if kids is None:
         if len(_CHILDREN) >= _CHILDREN_MAX:
@@ -913,7 +930,7 @@ def _diff_text(a: str, b: str, acc: _Acc) -> None:
     mid_b = _lines(b[start : len(b) - tail])
     first = a.count("\n", 0, start) + 1  # 1-based line number of mid_a[0] (and of mid_b[0])
     out: list[tuple[str, DiffKind, str | None, str | None]] = []
-    if len(mid_a) * len(mid_b) <= _DIFFLIB_MAX_CELLS:
+    if len(mid_a) * len(mid_b) * min(len(mid_a), len(mid_b)) <= _DIFFLIB_MAX_WORK:
         ops = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False).get_opcodes()
     else:
         n = min(len(mid_a), len(mid_b))
@@ -1041,6 +1058,8 @@ def _inflate(body: bytes, wbits: int) -> tuple[bytes, bool] | None:
     size = 0
     rest = body
     while True:
+        if len(parts) >= MAX_GZIP_MEMBERS:
+            return b"".join(parts), True
         d = zlib.decompressobj(wbits=wbits)
         try:
             part = d.decompress(rest, MAX_DECODED_BODY - size)
@@ -1061,10 +1080,42 @@ def _inflate(body: bytes, wbits: int) -> tuple[bytes, bool] | None:
             return b"".join(parts), True
 
 
-def _text(body: bytes, charset: str | None) -> str | None:
+# The charsets a text body is decoded with: the WHATWG Encoding Standard's (what browsers
+# decode) that Python has, and ASCII, Latin-1, UTF-16 and UTF-32; by codec name. Any other
+# leaves the body compared as bytes: an upstream's charset must not buy CPU time or an error
+# (punycode decodes in quadratic time, 160 KB in 2.7 s; idna and "undefined" raise
+# UnicodeError, which lost the comparison).
+_TEXT_CHARSETS: Final = frozenset(
+    codecs.lookup(name).name
+    for name in (
+        *("utf-8", "ascii", "latin-1", "utf-16", "utf-16-be", "utf-16-le", "utf-32", "utf-32-be", "utf-32-le"),
+        *("cp866", "koi8-r", "koi8-u", "mac-roman", "mac-cyrillic", "cp874"),
+        *(f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16)),
+        *(f"cp{n}" for n in range(1250, 1259)),
+        *("gbk", "gb2312", "gb18030", "big5", "euc-jp", "iso2022-jp", "shift-jis", "euc-kr"),
+    )
+)
+
+
+@lru_cache(maxsize=64)
+def _text_codec(charset: str) -> str | None:
+    """The codec a declared charset names, if it is one a text body is decoded with."""
+    if len(charset) > 40:
+        return None
     try:
-        text = body.decode(charset or "utf-8")
-    except (UnicodeDecodeError, LookupError):
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return None
+    return name if name in _TEXT_CHARSETS else None
+
+
+def _text(body: bytes, charset: str | None) -> str | None:
+    codec = "utf-8" if not charset else _text_codec(charset)
+    if codec is None:
+        return None
+    try:
+        text = body.decode(codec)
+    except UnicodeError:
         return None
     return None if "\x00" in text else text
 
@@ -1220,8 +1271,9 @@ def _compare(  # noqa: PLR0917  # private: compare()'s arguments, in order
     differing = acc.differing
     diffs = acc.diffs
     if len(fields) > max_fields:
-        keep = sorted(differing, key=field_order)[:max_fields]
-        keep += sorted(fields - differing, key=field_order)[: max_fields - len(keep)]
+        # the first max_fields in field_order, as sorted()[:max_fields] without sorting all
+        keep = heapq.nsmallest(max_fields, differing, key=field_order)
+        keep += heapq.nsmallest(max_fields - len(keep), fields - differing, key=field_order)
         fields = set(keep)
         differing = differing & fields
         diffs = [d for d in diffs if d.field_key in fields]
@@ -1798,10 +1850,8 @@ _QUERY_PARTS: Final = re.compile(r"([?#&;])")
 
 def _looks_like_json(body: bytes, charset: str | None) -> bool:
     """Whether a body's text starts as a JSON object or array does (after any whitespace)."""
-    try:
-        codec = codecs.lookup(charset or "utf-8").name
-    except LookupError:  # a charset Python does not know
-        codec = "utf-8"
+    # a charset Python does not know, or not one a text body is decoded with: as UTF-8
+    codec = (_text_codec(charset) if charset else None) or "utf-8"
     if codec.startswith(("utf-16", "utf-32")):
         text = body.decode(codec, errors="ignore")  # rare: all of it, whitespace and text
     else:  # whitespace is ASCII's: skipped as bytes, however long it is
@@ -1836,7 +1886,8 @@ def _sample_body(c: Captured, root: _Node | None) -> str:
         return _clip(_ENCODE(redacted), SAMPLE_BODY_CHARS)
     head = body[: SAMPLE_BODY_CHARS * 4]
     if _is_json_type(mt) or _is_text_type(mt):
-        return _clip(head.decode(charset or "utf-8", errors="replace"), SAMPLE_BODY_CHARS)
+        codec = (_text_codec(charset) if charset else None) or "utf-8"  # as _looks_like_json
+        return _clip(head.decode(codec, errors="replace"), SAMPLE_BODY_CHARS)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -2010,6 +2061,7 @@ class EndpointStats:
             return
         root = _compile_paths(redact_fields)
         bodies: tuple[str, str] | None = None
+        redacted_request: str | None = None
         offered: set[str] = set()
         for d in comparison.diffs:
             key = d.field_key
@@ -2027,11 +2079,12 @@ class EndpointStats:
             if bodies is None:  # rendered once per request, and only when a sample is taken
                 bodies = (_sample_body(live, root), _sample_body(shadow, root))
                 json_typed = _json_for_redaction(live) or _json_for_redaction(shadow)
+                redacted_request = redact_request(request)
             hide = _redact_diff_value(d, root, redact_headers, json_typed)
             sample = Sample(
                 point=point,
-                request=redact_request(request),
-                path=d.path,
+                request=cast(str, redacted_request),
+                path=_clip(d.path, MAX_SAMPLE_PATH),
                 kind=d.kind,
                 live=REDACTED if hide and d.live is not None else d.live,
                 shadow=REDACTED if hide and d.shadow is not None else d.shadow,

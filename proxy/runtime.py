@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("splitproxy")
 
 MAX_HOSTS_SEEN = 4096
+MAX_HOST_REMEMBERED = 260
 
 
 class Runtime:
@@ -129,7 +130,11 @@ class Runtime:
         return next(cycle)
 
     def saw_host(self, host: bytes) -> None:
-        """Remember a valid Host value (bounded: a client inventing names empties it)."""
+        """Remember a valid Host value (bounded: a client inventing names empties it; and
+        only a short one, as long as a DNS name with a port can be: 4,096 Hosts of 60 KB
+        each held 240 MiB)."""
+        if len(host) > MAX_HOST_REMEMBERED:
+            return
         if len(self.hosts_seen) >= MAX_HOSTS_SEEN:
             self.hosts_seen.clear()
         self.hosts_seen.add(host)

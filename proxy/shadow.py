@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("splitproxy")
 
 ENDPOINT_CACHE = 4096  # remembered (route, method, url) -> endpoint; cleared when full
+ENDPOINT_CACHE_URL = 2048  # longest url remembered there
 
 # Back-off of a failing shadow instance: one that refused a connection (at once), or broke
 # FAILURES_IN_A_ROW answers in a row (a reset mid-body, garbage): 100 ms, doubling up to
@@ -646,9 +647,11 @@ class DiffRecorder:
         if cap is None:
             cap = self.caps[route] = EndpointCap()
         endpoint = cap.admit(endpoint_template(method, url, templates))
-        if len(self._endpoints) >= ENDPOINT_CACHE:
-            self._endpoints.clear()
-        got = self._endpoints[(route, bmethod, burl)] = (endpoint, f"{method} {url}", f"{route} {endpoint}")
+        got = (endpoint, f"{method} {url}", f"{route} {endpoint}")
+        if len(burl) <= ENDPOINT_CACHE_URL:  # a long target is not remembered (4,096 of 60 KB: 457 MiB)
+            if len(self._endpoints) >= ENDPOINT_CACHE:
+                self._endpoints.clear()
+            self._endpoints[(route, bmethod, burl)] = got
         return got
 
     def drain(self) -> dict[str, dict[str, object]]:

@@ -1873,3 +1873,22 @@ def test_an_ipv6_upstream_is_named_with_brackets() -> None:
 
     assert (UpstreamPool("::1", 8080).address, UpstreamPool("::1", 8080).hostport) == ("[::1]:8080", b"[::1]:8080")
     assert UpstreamPool("127.0.0.1", 80).address == "127.0.0.1:80"
+
+
+def test_only_short_hosts_are_remembered() -> None:
+    """QA (sixth round): every valid Host was remembered (up to 4,096, to skip validating it
+    again), however long: 4,096 Host values of 60 KB held 240 MiB. Only one as long as a
+    DNS name with a port can be is remembered; a longer one is checked each time."""
+    from proxy.config import parse_text
+    from proxy.runtime import MAX_HOST_REMEMBERED, Runtime
+
+    loop = asyncio.new_event_loop()
+    text = 'listen: "127.0.0.1:0"\naccess_log: "off"\nroutes:\n  - name: main\n    match: {path_prefix: /}\n'
+    text += '    backends:\n      stable: {upstreams: ["http://127.0.0.1:9"], weight: 1}\n'
+    rt = Runtime(parse_text(text, "<test>"), loop)
+    try:
+        rt.saw_host(b"shop.example.com:8080")
+        rt.saw_host(b"a" * (MAX_HOST_REMEMBERED + 1))
+        assert rt.hosts_seen == {b"shop.example.com:8080"}
+    finally:
+        loop.close()
