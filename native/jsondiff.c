@@ -2730,8 +2730,8 @@ static PyObject *jd_counts(PyObject *self, PyObject *unused) {
 
 PyDoc_STRVAR(scanned_doc, "scanned()\n--\n\n"
                           "Bytes of text diff() read to find where the two texts agree and to follow\n"
-                          "the values there, since the module was loaded: about the shadow's length\n"
-                          "a build, whatever the shape of the document.");
+                          "the values there, since the module was loaded: at most about twice the\n"
+                          "shadow's length a build, whatever the shape of the document.");
 
 static PyObject *jd_scanned(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(g_n_scanned); }
 

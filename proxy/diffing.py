@@ -542,8 +542,18 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
             return
         if elem.terminal:
             value[:] = [_IGNORED if replacement is None else replacement] * len(value)
-        elif elem.any_key is None and elem.id_key is None and all(c.terminal for c in elem.keys.values()):
+        elif (
+            elem.keys
+            and not elem.indexes
+            and elem.any_index is None
+            and elem.any_key is None
+            and elem.id_key is None
+            and all(c.terminal for c in elem.keys.values())
+        ):
             # "$.items[*].updated_at": drop the named members of every element, nothing deeper.
+            # (Only names: "$.rows[*][1]" continues by an index, and all() of no names is
+            # true; that pattern stripped nothing, and redact_fields left such values in the
+            # stored sample bodies.)
             names = tuple(elem.keys)
             for x in value:
                 if type(x) is dict:

@@ -141,9 +141,16 @@ class Reports:
 
     def clear_stored(self, route: str | None) -> None:
         """Delete the stored report (a worker thread, after ``clear``), after any write under
-        way: what it wrote goes too."""
+        way: what it wrote goes too. Then ``found_since_clear``."""
         with self._io:
             self.store.clear_shadow(route)
+
+    def found_since_clear(self, route: str | None) -> None:
+        """On the event loop, after ``clear_stored``: what was found between ``clear`` and the
+        delete (a write may have stored it just before the delete) is written again."""
+        for name, stats in self.routes.items():
+            if route is None or name == route:
+                self._dirty.setdefault(name, set()).update(stats.endpoints)
 
     def to_json(self, config: Config, route: str | None = None) -> dict[str, Any]:
         """The report of every shadowed route (or one), with its shadow settings."""

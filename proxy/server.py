@@ -219,6 +219,7 @@ class Server:
         await self.plane.clear_shadow(route)
         self.reports.clear(route)
         await asyncio.to_thread(self.reports.clear_stored, route)
+        self.reports.found_since_clear(route)
 
     async def _install(self, config: Config) -> None:
         """Put a config in force (called by the controller, after recording the change): the

@@ -793,6 +793,30 @@ def test_names_inside_a_redacted_value_are_not_kept() -> None:
     assert ep.samples["$.users[*].n"][0].path == "$.users[0].n"
 
 
+@pytest.mark.parametrize("pattern", ["$.users[*][1]", "$.users[*][*]", "$.users[*][1].pw", "$.users[*][*].pw"])
+def test_redact_fields_through_any_index_then_an_index_reach_the_stored_bodies(pattern: str) -> None:
+    """QA (sixth round): a pattern with ``[*]`` followed by an index or ``[*]`` stripped nothing
+    in the Python walk (the sample bodies are always redacted there): the secrets were stored
+    in clear in the samples' bodies, and the same patterns in ignore_fields did nothing
+    without the C walk."""
+    pw = pattern.endswith(".pw")
+
+    def secret(s: str) -> Any:
+        return {"pw": s} if pw else s
+
+    live = j({"users": [["alice", secret("s3cret-live")], ["bob", secret("hunter2-live")]]})
+    shadow = j({"users": [["alice", secret("s3cret-shadow")], ["bob", secret("hunter2-shadow")], ["eve", "x"]]})
+    stats = RouteStats()
+    record(stats, live, shadow, redact_fields=(pattern,))
+    stored = json.dumps(stats.to_dict())
+    for s in ("s3cret-live", "hunter2-live", "s3cret-shadow", "hunter2-shadow"):
+        assert s not in stored
+    if pattern.endswith("[*]"):
+        assert '"alice"' not in stored
+    else:
+        assert "alice" in stored  # the rest of the bodies is kept
+
+
 @pytest.mark.parametrize(
     ("keys", "patterns", "expected"),
     [

@@ -489,6 +489,21 @@ def test_long_member_names_fold_to_id(ignore: tuple[str, ...]) -> None:
         assert f"$.{long}.v" in {d.path for d in got.diffs}
 
 
+@pytest.mark.parametrize("ignore", [("$.points[*][1]",), ("$.points[*][*]",), ("$[*][0].t",)])
+@pytest.mark.usefixtures("python_walk")
+def test_the_python_walk_ignores_through_any_index_then_an_index(ignore: tuple[str, ...]) -> None:
+    # QA (sixth round): the Python walk left "$.points[*][1]" (a time series' values) compared;
+    # the C walk ignored it (the reference shared the Python walk's bug). Checked against
+    # ignoring by hand.
+    live = {"points": [[0, 1.5], [60, 70]], "n": 1}
+    shadow = {"points": [[0, 1.1], [60, 700]], "n": 2}
+    if ignore[0].startswith("$[*]"):
+        live, shadow = [[{"t": 1, "u": 1}], [{"t": 2, "u": 1}]], [[{"t": 3, "u": 1}], [{"t": 4, "u": 2}]]
+    got = compare(j(live), j(shadow), ignore_fields=ignore)
+    expected = {"$.points[*][1]": {"$.n"}, "$.points[*][*]": {"$.n"}, "$[*][0].t": {"$[*][*].u"}}[ignore[0]]
+    assert got.differing == expected
+
+
 def _edits(doc: Any) -> None:
     doc["items"][0] = 7  # an object becomes a number
     del doc["items"][10]["on"]  # members no longer line up

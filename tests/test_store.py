@@ -576,6 +576,31 @@ def test_a_clear_during_a_report_write_is_not_undone(db: Path) -> None:
         assert store.shadow_endpoints() == {}
 
 
+def test_what_is_found_between_a_clear_and_its_delete_is_stored_again(db: Path) -> None:
+    """Review: a write that takes the lock between a clear (in memory) and its delete stores
+    what was found since the clear; the delete then took it from the database, for good."""
+    from proxy.diffing import Captured, RouteStats, compare
+    from proxy.report import Reports
+
+    from .test_diffing import NOISE
+
+    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
+    batch = RouteStats()
+    batch.record("GET /x", compare(live, shadow), live=live, shadow=shadow, request="GET /x",
+                 live_seconds=0.01, shadow_seconds=0.01, point=0.5, noise=NOISE)  # fmt: skip
+    with Store(db) as store:
+        reports = Reports(store)
+        reports.absorb({"r": batch.to_dict()})
+        reports.persist()
+        reports.clear(None)
+        reports.absorb({"r": batch.to_dict()})  # found after the clear
+        reports.persist()  # the periodic write, first to the lock
+        reports.clear_stored(None)
+        reports.found_since_clear(None)
+        reports.persist()
+        assert store.shadow_endpoints()["r"]["GET /x"]["compared"] == 1
+
+
 def test_a_closed_store_is_a_store_error(db: Path) -> None:
     store = Store(db)
     store.close()
