@@ -1562,6 +1562,13 @@ static TNode *trie_from(PyObject *node) {
     while (PyDict_Next(keys, &pos, &k, &v)) {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+        if (!s && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            /* a name with a lone surrogate: no document the C walk takes has one (yyjson
+             * refuses them; such bodies go to Python), so it matches nothing here. It raised,
+             * and every comparison of the route was lost. */
+            PyErr_Clear();
+            continue;
+        }
         if (!s)
             goto fail;
         TKey *tk = &t->keys[t->nkeys++];
@@ -1577,10 +1584,15 @@ static TNode *trie_from(PyObject *node) {
     }
     pos = 0;
     while (PyDict_Next(idx, &pos, &k, &v)) {
+        Py_ssize_t index = PyLong_AsSsize_t(k);
+        if (index == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto fail;
+            PyErr_Clear(); /* an index beyond any array: it matches nothing (it raised) */
+            continue;
+        }
         TIdx *ti = &t->idx[t->nidx++];
-        ti->index = PyLong_AsSsize_t(k);
-        if (ti->index == -1 && PyErr_Occurred())
-            goto fail;
+        ti->index = index;
         if (!(ti->child = trie_from(v)))
             goto fail;
     }
