@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -27,6 +28,9 @@ from proxy.store import (
     reconcile,
     reconcile_changes,
 )
+
+if TYPE_CHECKING:
+    from proxy.diffing import RouteStats
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -467,6 +471,19 @@ def test_shadow_retention_drops_old_endpoints_then_the_least_recent_beyond_max_r
         assert store.prune_shadow(max_age=7 * day, max_rows=2) == []
 
 
+def _one_comparison() -> RouteStats:
+    """A report batch: one comparison of GET /x on route-less stats (a RouteStats)."""
+    from proxy.diffing import Captured, RouteStats, compare
+
+    from .test_diffing import NOISE
+
+    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
+    batch = RouteStats()
+    batch.record("GET /x", compare(live, shadow), live=live, shadow=shadow, request="GET /x",
+                 live_seconds=0.01, shadow_seconds=0.01, point=0.5, noise=NOISE)  # fmt: skip
+    return batch
+
+
 def test_a_report_write_that_fails_is_tried_again_without_new_traffic(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,25 +491,10 @@ def test_a_report_write_that_fails_is_tried_again_without_new_traffic(
     those comparisons were stored only if their endpoints got traffic again (lost at
     shutdown otherwise)."""
     from proxy import store as store_module
-    from proxy.diffing import Captured, RouteStats, compare
     from proxy.report import Reports
 
-    from .test_diffing import NOISE
-
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.05)  # the lock below is not let go
-    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
-    batch = RouteStats()
-    batch.record(
-        "GET /x",
-        compare(live, shadow),
-        live=live,
-        shadow=shadow,
-        request="GET /x",
-        live_seconds=0.01,
-        shadow_seconds=0.01,
-        point=0.5,
-        noise=NOISE,
-    )
+    batch = _one_comparison()
     with Store(db) as store:
         reports = Reports(store)
         reports.absorb({"r": batch.to_dict()})
@@ -515,24 +517,9 @@ def test_a_clear_during_a_report_write_is_not_undone(db: Path) -> None:
     clear starts, and the write is let go once the clear waits for it."""
     import threading
 
-    from proxy.diffing import Captured, RouteStats, compare
     from proxy.report import Reports
 
-    from .test_diffing import NOISE
-
-    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
-    batch = RouteStats()
-    batch.record(
-        "GET /x",
-        compare(live, shadow),
-        live=live,
-        shadow=shadow,
-        request="GET /x",
-        live_seconds=0.01,
-        shadow_seconds=0.01,
-        point=0.5,
-        noise=NOISE,
-    )
+    batch = _one_comparison()
     writing, go_on, clear_waits = threading.Event(), threading.Event(), threading.Event()
 
     class HeldStore(Store):
@@ -579,15 +566,9 @@ def test_a_clear_during_a_report_write_is_not_undone(db: Path) -> None:
 def test_what_is_found_between_a_clear_and_its_delete_is_stored_again(db: Path) -> None:
     """Review: a write that takes the lock between a clear (in memory) and its delete stores
     what was found since the clear; the delete then took it from the database, for good."""
-    from proxy.diffing import Captured, RouteStats, compare
     from proxy.report import Reports
 
-    from .test_diffing import NOISE
-
-    live, shadow = Captured(200, (), b"a"), Captured(200, (), b"b")
-    batch = RouteStats()
-    batch.record("GET /x", compare(live, shadow), live=live, shadow=shadow, request="GET /x",
-                 live_seconds=0.01, shadow_seconds=0.01, point=0.5, noise=NOISE)  # fmt: skip
+    batch = _one_comparison()
     with Store(db) as store:
         reports = Reports(store)
         reports.absorb({"r": batch.to_dict()})
