@@ -482,8 +482,9 @@ _CHILDREN_MAX: Final = 4096
 
 
 def _child(key: str, name: str) -> tuple[str, str]:
-    if len(name) > MAX_KEY_NAME:  # not remembered: 4,096 of them could be GBs
-        return ("." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"), key + ".{id}"
+    exact = "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
+    if len(name) > MAX_KEY_NAME:  # an id (is_id), not remembered: 4,096 of them could be GBs
+        return exact, key + ".{id}"
     kids = _CHILDREN.get(key)
     if kids is None:
         if len(_CHILDREN) >= _CHILDREN_MAX:
@@ -491,7 +492,6 @@ def _child(key: str, name: str) -> tuple[str, str]:
         _CHILDREN[key] = kids = {}
     elif len(kids) >= _CHILDREN_MAX:
         kids.clear()
-    exact = "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
     kids[name] = got = (exact, key + (".{id}" if is_id(name) else exact))
     return got
 
