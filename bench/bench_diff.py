@@ -410,9 +410,20 @@ def main() -> None:
         lambda d: d["points"][-1].__setitem__(1, 9.9),
     )
     ids = last_changed(list(range(32_000)), lambda d: d.__setitem__(-1, -1))
+    # Objects keyed by name: under ids (one field key for them all, a name each to look up),
+    # and under names of their own, within diffing.MAX_JSON_FIELD_KEYS and past it (then the
+    # pair compares as text; each such name cost a field key of ~1-2 us until 2026-12-04).
+    by_id = last_changed(
+        {str(100_000 + i): {"a": i, "b": "x"} for i in range(32_000)}, lambda d: d["100005"].update(a=-1)
+    )
+    within = last_changed({f"user{i}x": {"a": i} for i in range(2_000)}, lambda d: d["user5x"].update(a=-1))
+    past = last_changed({f"user{i}x": {"a": i, "b": "x"} for i in range(32_000)}, lambda d: d["user5x"].update(a=-1))
     for name, (live, shadow) in (
         ("compare, time series, last point differs", series),
         ("compare, 32,000 ids, last differs", ids),
+        ("compare, 32,000 members keyed by id", by_id),
+        ("compare, 2,000 members named, 4,001 keys", within),
+        ("compare, 32,000 members named, 96,001 keys", past),
     ):
         label = f"{len(live.body) >> 10} KiB"
         cases.append((name, label, comparing(live, shadow)))

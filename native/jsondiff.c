@@ -76,6 +76,7 @@ enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
 typedef struct {
     PyObject *ck; /* the field key */
     int star;     /* the key + "[*]", -1 until made */
+    int idk;      /* the key + ".{id}", -1 until made */
     uint32_t field_gen, diff_gen, scalars_gen, last_gen, run_gen;
     V *last; /* in call `last_gen`: the last object whose shape under this key was looked up */
     V *run;  /* in call `run_gen`: the last object diff_dicts met under this key, whose */
@@ -103,7 +104,8 @@ static Slot *g_slots;
 static size_t g_cap_slots, g_used_slots;
 static uint32_t g_gen;
 
-static PyObject *K_CHANGED, *K_TYPE, *K_MISSING, *K_EXTRA, *K_LENGTH, *S_ROOT, *S_STAR, *S_NULL, *S_TRUE, *S_FALSE;
+static PyObject *K_CHANGED, *K_TYPE, *K_MISSING, *K_EXTRA, *K_LENGTH, *S_ROOT, *S_STAR, *S_ID, *S_NULL, *S_TRUE,
+    *S_FALSE;
 #define MAX_VALUE_CHARS 200 /* proxy.diffing.MAX_VALUE_CHARS: _clip()'s limit */
 
 static uint64_t hash_name(int parent, const char *s, size_t n) {
@@ -145,7 +147,7 @@ static int key_of(PyObject *ck) {
         return -1;
     }
     Py_DECREF(id);
-    g_keys[g_n_keys] = (Key){.ck = ck, .star = -1};
+    g_keys[g_n_keys] = (Key){.ck = ck, .star = -1, .idk = -1};
     return g_n_keys++;
 }
 
@@ -241,6 +243,7 @@ typedef struct {
     PyObject *events; /* [(path, kind, live, shadow, key)], first difference per key */
     int *field_ids;   /* nodes counted as fields, in order */
     size_t n_fields, cap_fields;
+    size_t max_fields; /* more field keys than this: TooManyFields, the walk stops */
     Py_ssize_t room; /* differences whose values are still rendered (the rest get None) */
     int max_depth;
     uint32_t gen;
@@ -492,6 +495,64 @@ static inline int eqbit(const Ctx *c, V *x, V *y) { return x == y || (c->eq_a[x 
 
 /* ---- nodes for keys -------------------------------------------------------------------------- */
 
+static int is_id(const char *s, size_t n);
+
+/* key + ".{id}" */
+static int id_of(int parent) {
+    if (g_keys[parent].idk >= 0)
+        return g_keys[parent].idk;
+    PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, S_ID);
+    if (!ck)
+        return -1;
+    int id = key_of(ck);
+    if (id >= 0)
+        g_keys[parent].idk = id;
+    return id;
+}
+
+/* What _child(key, name) returns, made here for a name of printable ASCII without '"' or
+ * '\\' (what most names are): its exact path segment, ".name" for an identifier (ASCII's
+ * rule is str.isidentifier()'s), else '["name"]' (what _ENCODE makes of such a name); and
+ * the child's Key, that of key + ".{id}" for an id (is_id), else key + the segment. 0 with
+ * *exact NULL: a name for Python's _child. */
+static int plain_child(int parent, const char *s, size_t n, PyObject **exact, int *key) {
+    *exact = NULL;
+    if (!n)
+        return 0;
+    int ident = !(s[0] >= '0' && s[0] <= '9');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\')
+            return 0;
+        ident &= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_';
+    }
+    size_t len = ident ? n + 1 : n + 4;
+    PyObject *ex = PyUnicode_New((Py_ssize_t)len, 127);
+    if (!ex)
+        return -1;
+    char *d = (char *)PyUnicode_1BYTE_DATA(ex);
+    if (ident) {
+        d[0] = '.';
+        memcpy(d + 1, s, n);
+    } else {
+        memcpy(d, "[\"", 2);
+        memcpy(d + 2, s, n);
+        memcpy(d + 2 + n, "\"]", 2);
+    }
+    if (is_id(s, n)) {
+        *key = id_of(parent);
+    } else {
+        PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, ex);
+        *key = ck ? key_of(ck) : -1;
+    }
+    if (*key < 0) {
+        Py_DECREF(ex);
+        return -1;
+    }
+    *exact = ex;
+    return 0;
+}
+
 /* _child(key, name): the Node of member `name` under Key `parent` */
 static int child_of(Ctx *c, int parent, V *name) {
     const char *s = unsafe_yyjson_get_str(name);
@@ -503,32 +564,39 @@ static int child_of(Ctx *c, int parent, V *name) {
         if (sl->h == h && sl->parent == parent && sl->len == n && bytes_eq(sl->name, s, n))
             return sl->node;
     }
-    PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
-    if (!pname)
+    PyObject *exact;
+    int key;
+    if (plain_child(parent, s, n, &exact, &key) < 0)
         return -1;
-    PyObject *got = PyObject_CallFunctionObjArgs(c->child_fn, g_keys[parent].ck, pname, NULL);
-    Py_DECREF(pname);
-    if (!got)
-        return -1;
-    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2) {
+    if (!exact) {
+        PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
+        if (!pname)
+            return -1;
+        PyObject *got = PyObject_CallFunctionObjArgs(c->child_fn, g_keys[parent].ck, pname, NULL);
+        Py_DECREF(pname);
+        if (!got)
+            return -1;
+        if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2) {
+            Py_DECREF(got);
+            PyErr_SetString(PyExc_TypeError, "child() must return (exact, key)");
+            return -1;
+        }
+        exact = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+        PyObject *ck = Py_NewRef(PyTuple_GET_ITEM(got, 1));
         Py_DECREF(got);
-        PyErr_SetString(PyExc_TypeError, "child() must return (exact, key)");
-        return -1;
+        if ((key = key_of(ck)) < 0) {
+            Py_DECREF(exact);
+            return -1;
+        }
     }
-    PyObject *exact = Py_NewRef(PyTuple_GET_ITEM(got, 0)), *ck = Py_NewRef(PyTuple_GET_ITEM(got, 1));
-    Py_DECREF(got);
     char *copy = malloc(n ? n : 1);
     if (!copy) {
         Py_DECREF(exact);
-        Py_DECREF(ck);
         PyErr_NoMemory();
         return -1;
     }
     memcpy(copy, s, n);
-    int key = key_of(ck);
-    int id = key < 0 ? -1 : node_new(exact, key);
-    if (key < 0)
-        Py_DECREF(exact);
+    int id = node_new(exact, key);
     if (id < 0) {
         free(copy);
         return -1;
@@ -559,9 +627,15 @@ static int star_of(int parent) {
     return id;
 }
 
+static PyObject *TooManyFields; /* raised by mark_field past max_fields; diff() returns False */
+
 static int mark_field(Ctx *c, int node) {
     if (g_keys[node].field_gen == c->gen)
         return 0;
+    if (c->n_fields >= c->max_fields) {
+        PyErr_SetNone(TooManyFields);
+        return -1;
+    }
     g_keys[node].field_gen = c->gen;
     if (c->n_fields == c->cap_fields) {
         size_t cap = c->cap_fields ? 2 * c->cap_fields : 64;
@@ -2519,21 +2593,23 @@ static int prepare(Ctx *c, V *root, size_t n, TNode *trie, V **base, size_t *cou
 }
 
 PyDoc_STRVAR(diff_doc,
-             "diff(live, shadow, child, render, ignored, trie, max_depth, room, reuse=None)\n--\n\n"
+             "diff(live, shadow, child, render, ignored, trie, max_depth, room, reuse=None, max_fields=-1)\n--\n\n"
              "The JSON walk of proxy.diffing on two bodies (shadow None: live against itself).\n"
              "Returns (field keys, [(path, kind, live, shadow, key)]) with the first difference\n"
              "per key in walk order, as FieldDiff's fields: the values rendered as render() does\n"
              "(None where absent, and for all but the first `room` differences; 'length' ones\n"
              "carry str lengths); or None when the Python walk must do it. `reuse`: a str key\n"
              "under which the live answer's parse is kept for the next call with that key to\n"
-             "build its documents on (the same result either way).");
+             "build its documents on (the same result either way). `max_fields` >= 0: False\n"
+             "when the walk would count more field keys than that (it stops there; the cost of\n"
+             "a body of many distinct member names is bounded by it).");
 
 static PyObject *jd_diff(PyObject *self, PyObject *args) {
     PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj, *reuse = Py_None;
     int max_depth;
-    Py_ssize_t room;
-    if (!PyArg_ParseTuple(args, "SOOOOOin|O:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
-                          &max_depth, &room, &reuse))
+    Py_ssize_t room, max_fields = -1;
+    if (!PyArg_ParseTuple(args, "SOOOOOin|On:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
+                          &max_depth, &room, &reuse, &max_fields))
         return NULL;
     if (shadow != Py_None && !PyBytes_Check(shadow)) {
         PyErr_SetString(PyExc_TypeError, "shadow must be bytes or None");
@@ -2571,7 +2647,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         g_gen = 1;
     }
     *c = (Ctx){.child_fn = child_fn, .render_fn = render_fn, .ignored = ignored, .room = room, .max_depth = max_depth,
-               .gen = g_gen};
+               .gen = g_gen, .max_fields = max_fields < 0 ? SIZE_MAX : (size_t)max_fields};
     if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
         goto done;
     const yyjson_alc *alc = pool_for(live, shadow, &pool);
@@ -2668,6 +2744,10 @@ not_json:
     if (!PyErr_Occurred())
         result = Py_NewRef(Py_None);
 done:
+    if (!result && PyErr_ExceptionMatches(TooManyFields)) {
+        PyErr_Clear();
+        result = Py_NewRef(Py_False);
+    }
     align_free(&al);
     align_free(&al_l);
     if (g_cap_out > OUT_KEEP) {
@@ -2785,8 +2865,9 @@ PyMODINIT_FUNC PyInit__jsondiff(void) {
     if (!(K_CHANGED = PyUnicode_InternFromString("changed")) || !(K_TYPE = PyUnicode_InternFromString("type")) ||
         !(K_MISSING = PyUnicode_InternFromString("missing")) || !(K_EXTRA = PyUnicode_InternFromString("extra")) ||
         !(K_LENGTH = PyUnicode_InternFromString("length")) || !(S_ROOT = PyUnicode_InternFromString("$")) ||
-        !(S_STAR = PyUnicode_InternFromString("[*]")) || !(S_NULL = PyUnicode_InternFromString("null")) ||
-        !(S_TRUE = PyUnicode_InternFromString("true")) || !(S_FALSE = PyUnicode_InternFromString("false")))
+        !(S_STAR = PyUnicode_InternFromString("[*]")) || !(S_ID = PyUnicode_InternFromString(".{id}")) || !(S_NULL = PyUnicode_InternFromString("null")) ||
+        !(S_TRUE = PyUnicode_InternFromString("true")) || !(S_FALSE = PyUnicode_InternFromString("false")) ||
+        !(TooManyFields = PyErr_NewException("proxy._jsondiff.TooManyFields", NULL, NULL)))
         return NULL;
     return PyModule_Create(&module);
 }

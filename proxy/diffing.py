@@ -114,6 +114,11 @@ DEFAULT_MAX_ENDPOINTS: Final = 100
 MAX_VALUE_CHARS: Final = 200  # FieldDiff.live / .shadow
 MAX_SAMPLE_PATH: Final = 1000  # a sample's exact path (long member names make long paths)
 MAX_FIELDS: Final = 500  # field keys counted per comparison
+# A JSON pair whose walk would count more field keys than this compares as text (or bytes),
+# as a body that does not parse: each distinct key is a Python string made and hashed, ~1-2 us
+# apiece, and an upstream's 1.2 MB of 32,000 objects under names of their own made 96,000 of
+# them, ~0.2 s of the event loop per comparison. Both walks stop as they pass it.
+MAX_JSON_FIELD_KEYS: Final = 4096
 MAX_DIFFS: Final = 100  # FieldDiff samples per comparison
 MAX_TEXT_DIFFS: Final = 5  # differing lines reported per text body
 MAX_JSON_DEPTH: Final = 64  # deeper sub-trees are compared whole, as one field
@@ -481,6 +486,15 @@ _CHILDREN: dict[str, dict[str, tuple[str, str]]] = {}
 _CHILDREN_MAX: Final = 4096
 
 
+def _new_child(key: str, name: str, fields: set[str]) -> tuple[str, str]:
+    """``_child`` for the walk, where a name is not in ``_CHILDREN``: it stops the walk of a
+    body with too many field keys (checked here, as a new name is what makes a new key, and
+    again at the end of the walk: what ``_CHILDREN`` knew is not checked as it comes)."""
+    if len(fields) > MAX_JSON_FIELD_KEYS:
+        raise _TooManyFields
+    return _child(key, name)
+
+
 def _child(key: str, name: str) -> tuple[str, str]:
     exact = "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
     if len(name) > MAX_KEY_NAME:  # an id (is_id), not remembered: 4,096 of them could be GBs
@@ -596,11 +610,15 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
                 _strip(value[i], nxt, replacement)
 
 
+class _TooManyFields(Exception):
+    """The Python walk passed MAX_JSON_FIELD_KEYS (what ``_jsondiff.diff`` returns False for)."""
+
+
 class _Acc:
     __slots__ = ("differing", "diffs", "fields", "shapes")
 
     def __init__(self) -> None:
-        self.fields: set[str] = set()
+        self.fields: set[str] = set()  # the JSON walk's: at most MAX_JSON_FIELD_KEYS + 1
         self.differing: set[str] = set()
         self.diffs: list[FieldDiff] = []
         # (field key, shape) of equal sub-trees already visited: one exemplar per shape.
@@ -679,7 +697,7 @@ def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth
     kids = _CHILDREN.get(key) or {}
     matched = 0
     for k, va in a.items():
-        exact, ck = kids.get(k) or _child(key, k)
+        exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
         fields_add(ck)
         vb = b.get(k, _ABSENT)
         if vb is _ABSENT:
@@ -717,7 +735,7 @@ def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth
     if matched != len(b):
         for k, vb in b.items():
             if k not in a:
-                exact, ck = kids.get(k) or _child(key, k)
+                exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
                 acc.found_values(path + exact, ck, "extra", _ABSENT, vb)
 
 
@@ -790,7 +808,7 @@ def _diff_list_of_dicts(a: list[dict[str, Any]], b: list[Any], path: str, ck: st
             # Its member keys are resolved and counted once per run of one key tuple.
             if tuples[i] != keys:
                 keys = tuples[i]
-                children = [_CHILDREN.get(ck, {}).get(k) or _child(ck, k) for k in keys]
+                children = [_CHILDREN.get(ck, {}).get(k) or _new_child(ck, k, acc.fields) for k in keys]
                 acc.fields.update([c for _, c in children])
             _diff_members(x, y, children, path, i, depth + 1, acc)
         else:
@@ -845,7 +863,7 @@ def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  
         fields_add = acc.fields.add
         kids = _CHILDREN.get(key) or {}
         for k, va in a.items():
-            exact, ck = kids.get(k) or _child(key, k)
+            exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
             fields_add(ck)
             tva = type(va)
             if tva is dict:
@@ -888,6 +906,16 @@ def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  
                     _same(x, y, f"{path}[{i}]", ck, depth + 1, acc)
         elif tx is not ty and (tx is bool or ty is bool):
             acc.found_values(f"{path}[{i}]", ck, "type", x, y)
+
+
+def _json_walk(a: Any, b: Any) -> _Acc | None:
+    """The Python walk of two parsed (and stripped) documents; None past MAX_JSON_FIELD_KEYS."""
+    acc = _Acc()
+    try:
+        _diff_json(a, b, acc)
+    except _TooManyFields:
+        return None
+    return None if len(acc.fields) > MAX_JSON_FIELD_KEYS else acc
 
 
 def _diff_json(a: Any, b: Any, acc: _Acc) -> None:
@@ -1332,10 +1360,13 @@ def _diff_body(  # noqa: PLR0917  # private, one caller
 def _diff_json_body(  # noqa: PLR0917  # private, one caller
     live_body: bytes, shadow_body: bytes, same: bool, ignore_fields: tuple[str, ...], acc: _Acc, reuse: str | None
 ) -> bool:
-    """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse."""
+    """Diff two JSON bodies into ``acc``; False (and nothing added) when either does not parse,
+    or their walk would count more than MAX_JSON_FIELD_KEYS field keys."""
     if same:
         return _equal_json_body(live_body, ignore_fields, acc, reuse)
     got = _native_walk(live_body, shadow_body, ignore_fields, MAX_DIFFS - len(acc.diffs), reuse)
+    if got is False:
+        return False
     if got is not None:
         _absorb(got, acc)
         return True
@@ -1350,7 +1381,13 @@ def _diff_json_body(  # noqa: PLR0917  # private, one caller
             return True
         a = _strip(a, (root,), None)
         b = _strip(b, (root,), None)
-    _diff_json(a, b, acc)
+    walked = _json_walk(a, b)
+    if walked is None:
+        return False
+    # JSON keys ("$...") are none of status's and the headers' already in acc
+    acc.diffs += walked.diffs[: MAX_DIFFS - len(acc.diffs)]
+    acc.differing |= walked.differing
+    acc.fields |= walked.fields
     return True
 
 
@@ -1360,17 +1397,19 @@ _Walked: TypeAlias = tuple[list[str], list[tuple[str, str, str | None, str | Non
 
 def _native_walk(
     live: bytes, shadow: bytes | None, ignore_fields: tuple[str, ...], room: int, reuse: str | None
-) -> _Walked | None:
+) -> _Walked | Literal[False] | None:
     """The C walk of two bodies (``shadow`` None: ``live`` against itself): field keys and the
-    first difference per key. None where the Python walk must run instead: no C module, the
-    whole body ignored (``$``), or a body the C walk leaves to Python. ``reuse``: see
-    ``compare``."""
+    first difference per key; False past MAX_JSON_FIELD_KEYS. None where the Python walk must
+    run instead: no C module, the whole body ignored (``$``), or a body the C walk leaves to
+    Python. ``reuse``: see ``compare``."""
     if _native is None:
         return None
     root = _compile_paths(ignore_fields)
     if root is not None and root.terminal:
         return None
-    got: _Walked | None = _native.diff(live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room, reuse)
+    got: _Walked | Literal[False] | None = _native.diff(
+        live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room, reuse, MAX_JSON_FIELD_KEYS
+    )
     return got
 
 
@@ -1409,8 +1448,10 @@ def _equal_json_body(body: bytes, ignore_fields: tuple[str, ...], acc: _Acc, reu
 
 def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None) -> frozenset[str] | None:
     """The field keys of a JSON body walked against itself (C walk or Python walk); None when
-    it is not JSON."""
+    it is not JSON, or has more than MAX_JSON_FIELD_KEYS."""
     got = _native_walk(body, None, ignore_fields, 0, reuse)
+    if got is False:
+        return None
     if got is not None:
         fields, differing = set(got[0]), {d[4] for d in got[1]}
     else:
@@ -1423,8 +1464,9 @@ def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None) 
             if root.terminal:  # "$" ignores the whole body
                 return frozenset()
             a = _strip(a, (root,), None)
-        own = _Acc()
-        _diff_json(a, a, own)
+        own = _json_walk(a, a)
+        if own is None:
+            return None
         fields, differing = own.fields, own.differing
     if differing:  # pragma: no cover - one parsed value against itself differs nowhere
         raise AssertionError(f"a JSON body differs from itself: {sorted(differing)}")

@@ -27,8 +27,10 @@ from proxy.diffing import (
     _CHILDREN,
     DEFAULT_IGNORE_HEADERS,
     HOP_BY_HOP_HEADERS,
+    MAX_DIFFS,
     MAX_FIELDS,
     MAX_JSON_DEPTH,
+    MAX_JSON_FIELD_KEYS,
     BodyMode,
     Captured,
     Comparison,
@@ -250,8 +252,13 @@ def _ref_diff_body(  # noqa: PLR0917
                     return "json"
                 a = _strip(a, (root,), None)
                 b = a if b is a else _strip(b, (root,), None)
-            _ref_diff_json(a, b, acc)
-            return "json"
+            walked = _Acc()
+            _ref_diff_json(a, b, walked)
+            if len(walked.fields) <= MAX_JSON_FIELD_KEYS:  # else: compared as text, or bytes
+                acc.fields |= walked.fields
+                acc.differing |= walked.differing
+                acc.diffs += walked.diffs[: MAX_DIFFS - len(acc.diffs)]
+                return "json"
     if not opaque:
         ta = _text(live_body, live_cs if _is_text_type(live_mt) else None)
         tb = _text(shadow_body, shadow_cs if _is_text_type(shadow_mt) else None)

@@ -37,6 +37,7 @@ from proxy.diffing import (
     _IGNORED,
     MAX_DIFFS,
     MAX_JSON_DEPTH,
+    MAX_JSON_FIELD_KEYS,
     Captured,
     _child,
     _compile_paths,
@@ -940,11 +941,129 @@ def test_the_python_walk_still_agrees(live: Any, shadow: Any) -> None:
     agree(j(live), j(live), ignore_fields=("$.items[*].on",))
 
 
+# ---- member names and the bound on field keys ------------------------------------------------------
+
+UUID_NAME: Final = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+# Names the C walk makes (exact segment, field key) for itself: printable ASCII, no '"' or '\\'
+PLAIN_NAMES: Final = (
+    *("a", "_x9", "Z", "class", "None", "camelCase_2", "9lives", "a b", "a.b", "a[0]", "{id}", "it's"),
+    *("$", "-", "~", " ", "123", "0", "-1", "1.5", "deadbeefdeadbeef", "deadbeefdeadbee", "0xDEADBEEFDEADBEEF"),
+    *(UUID_NAME, UUID_NAME.upper(), UUID_NAME[:-1], "a" * 64, "a" * 65, "1 " * 33, "x." * 40),
+)
+# ... and names it asks _child for
+OTHER_NAMES: Final = ("", "\x7f", "\x1f", "tab\there", 'q"uote', "back\\slash", "é", "naïve", "a-é", "é" * 65, "日本")
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES + OTHER_NAMES)
+def test_member_names_get_the_segment_and_key__child_gives_them(shadow_document: str, name: str) -> None:
+    live = {name: {"x": 1}, "list": [{name: 1, "n": 0}] * 9}
+    shadow = {name: {"x": 2}, "list": [{name: 2, "n": 0}] * 9}
+    exact, key = _child("$", name)
+    _, list_key = _child("$.list[*]", name)
+    fields, events = native(json.dumps(live).encode(), json.dumps(shadow).encode())
+    assert sorted(fields) == sorted(["$", key, key + ".x", "$.list", "$.list[*]", list_key, "$.list[*].n"])
+    assert events == [
+        ("$" + exact + ".x", "changed", "1", "2", key + ".x"),
+        ("$.list[0]" + exact, "changed", "1", "2", list_key),
+    ]
+    agree(j(live), j(shadow))
+    agree(j(live), j(live))
+    calls: list[str] = []
+
+    def child(key: str, name: str) -> tuple[str, str]:
+        calls.append(name)
+        return _child(key, name)
+
+    nested = {f"n_{shadow_document}_{len(name)}": {name: 1}}  # under a key no call has met
+    assert diffing._native is not None
+    got = diffing._native.diff(json.dumps(nested).encode(), None, child, _render, _IGNORED, None, MAX_JSON_DEPTH, 0)
+    assert got is not None
+    assert calls == ([] if name in PLAIN_NAMES else [name])
+
+
+def _keyed(n: int, prefix: str = "k") -> dict[str, int]:
+    """An object of ``n`` members under names of their own: n + 1 field keys with "$"."""
+    return {f"{prefix}{i}": i for i in range(n)}
+
+
+def _nested(n: int) -> dict[str, Any]:
+    return {f"m{i}": {"v": 1} for i in range(n)}
+
+
+def bounded(live: bytes, shadow: bytes | None) -> Any:
+    """``native`` as compare() calls it: with the bound on field keys."""
+    assert diffing._native is not None
+    return diffing._native.diff(
+        live, shadow, _child, _render, _IGNORED, None, MAX_JSON_DEPTH, MAX_DIFFS, None, MAX_JSON_FIELD_KEYS
+    )
+
+
+def test_a_pair_past_the_field_key_bound_compares_as_text(shadow_document: str) -> None:
+    at = _keyed(MAX_JSON_FIELD_KEYS - 1)  # "$" and 4,095 members: at the bound
+    past = _keyed(MAX_JSON_FIELD_KEYS)
+    for live, shadow, body in (
+        (at, {**at, "k1": -1}, "json"),
+        (past, {**past, "k1": -1}, "text"),
+        (at, at, "json"),  # the body against itself
+        (past, past, "text"),
+        ({"k1": 1}, {**at, "k1": -1}, "json"),  # the shadow's extra members count as keys
+        ({"k1": 1}, {**past, "k1": -1}, "text"),
+        # keys from arrays and nesting: "$", "$.a", "$.a[*]", then 2 per member
+        ({"a": [_nested(2046)]}, {"a": [{**_nested(2046), "m0": {"v": 2}}]}, "json"),
+        ({"a": [_nested(2047)]}, {"a": [{**_nested(2047), "m0": {"v": 2}}]}, "text"),
+    ):
+        got_c = bounded(json.dumps(live).encode(), json.dumps(shadow).encode())
+        assert got_c is False if body == "text" else len(got_c[0]) <= MAX_JSON_FIELD_KEYS
+        got = compare(j(live), j(shadow))
+        assert got.body == body
+        if body == "text":
+            assert got.fields == {"status", "header.content-type", "body"}
+            assert got.differing == ({"body"} if live != shadow else set())
+        agree(j(live), j(shadow))
+    assert bounded(json.dumps(past).encode(), None) is False
+    assert bounded(json.dumps(at).encode(), None) is not False
+
+
+def test_the_walk_stops_at_the_field_key_bound(shadow_document: str) -> None:
+    names: list[str] = []
+
+    def child(key: str, name: str) -> tuple[str, str]:
+        names.append(name)
+        return _child(key, name)
+
+    garbage = {f"é_{shadow_document}_{i}": i for i in range(20_000)}  # names the C walk asks child for
+    assert diffing._native is not None
+    got = diffing._native.diff(
+        b'{"a": 1}', json.dumps(garbage).encode(), child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10, None, 100
+    )
+    assert got is False
+    assert len(names) == 99  # "$", "$.a" and 98 extra members counted, the 99th refused
+    names.clear()
+    got = diffing._native.diff(b'{"a": 1}', b'{"b": 2}', child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10, None, 3)
+    assert got == (["$", "$.a", "$.b"], [("$.a", "missing", "1", None, "$.a"), ("$.b", "extra", None, "2", "$.b")])
+
+
+@pytest.mark.usefixtures("python_walk")
+def test_the_python_walk_compares_a_pair_past_the_bound_as_text_too() -> None:
+    at = _keyed(MAX_JSON_FIELD_KEYS - 1)
+    past = _keyed(MAX_JSON_FIELD_KEYS)
+    repeated = b'{"k1": 1, "k1": 2, ' + json.dumps(past).encode()[1:]  # repeated names: the Python walk's
+    assert compare(j(at), j({**at, "k1": -1})).body == "json"
+    for live, shadow in ((past, {**past, "k1": -1}), (past, past), ({"k1": 1}, {**past, "k1": -1})):
+        got = compare(j(live), j(shadow))
+        assert got.body == "text"
+        assert got.fields == {"status", "header.content-type", "body"}
+        agree(j(live), j(shadow))
+    got = compare(Captured(200, JSON, repeated), j({"a": 1}))
+    assert (got.body, got.differing) == ("text", {"body"})
+
+
 # ---- errors, references, memory -----------------------------------------------------------------
 
 
 def test_errors_propagate(shadow_document: str) -> None:
-    new = f"zz_new_key_{shadow_document}".encode()  # a key no call has met (keys are kept)
+    # a key no call has met (keys are kept), not plain ASCII (the C walk makes those itself)
+    new = f"zz_new_kéy_{shadow_document}".encode()
 
     def broken(key: str, name: str) -> tuple[str, str]:
         raise RuntimeError(f"child({key!r}, {name!r})")
@@ -972,7 +1091,7 @@ def test_errors_propagate(shadow_document: str) -> None:
 
 
 def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> None:
-    key = f"reentry_key_{shadow_document}"  # a key no call has met: the callback runs
+    key = f"reentry_kéy_{shadow_document}"  # a key no call has met, not plain ASCII: the callback runs
     assert diffing._native is not None
     inner: list[object] = []
 
@@ -988,11 +1107,17 @@ def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> No
 
 
 def test_many_distinct_keys_reset_the_key_table_between_calls() -> None:
-    live = {f"k{i}": {"v": i} for i in range(9000)}  # beyond the 8192 kept between calls
-    shadow = {**live, "k1": {"v": -1}}
-    for _ in range(2):
+    # 8192 names or keys are kept between calls: past either, the next call starts afresh
+    for r in range(4):  # 3,001 keys a call (under MAX_JSON_FIELD_KEYS), 12,004 in all
+        live = {f"k{r}_{i}": {"v": i} for i in range(1500)}
+        shadow = {**live, f"k{r}_1": {"v": -1}}
         assert native(json.dumps(live).encode(), json.dumps(shadow).encode()) is not None
         agree(j(live), j(shadow))
+    ids = {str(i): {"v": i} for i in range(9000)}  # 9,000 names, three keys
+    for _ in range(2):
+        got = native(json.dumps(ids).encode(), json.dumps({**ids, "1": {"v": -1}}).encode())
+        assert got == (["$", "$.{id}", "$.{id}.v"], [('$["1"].v', "changed", "1", "-1", "$.{id}.v")])
+        agree(j(ids), j({**ids, "1": {"v": -1}}))
 
 
 def test_large_bodies_are_parsed_with_yyjsons_own_allocator() -> None:
@@ -1020,7 +1145,7 @@ def test_parse_only_is_the_parse_diff_makes_and_nothing_more(shadow_document: st
         parse_only(b"{}")  # a call inside diff() (its callback here; in general another thread)
         return _child(key, name)
 
-    new = f"parse_only_key_{shadow_document}".encode()  # a key no call has met: the callback runs
+    new = f"parse_only_kéy_{shadow_document}".encode()  # a key no call has met, not ASCII: the callback runs
     with pytest.raises(RuntimeError, match="during diff"):
         diffing._native.diff(b'{"%s": 1}' % new, None, child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10)
     assert parse_only(b"[]") == 1  # and free again after
