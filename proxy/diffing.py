@@ -50,6 +50,7 @@ bytes they hold; a repeat then costs a hash of the body instead of a parse and a
 from __future__ import annotations
 
 import codecs
+import copy
 import difflib
 import hashlib
 import heapq
@@ -57,7 +58,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Hashable, Iterable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -358,6 +359,21 @@ def _step_index(states: _States, index: int) -> tuple[_States, bool]:
     return tuple(nxt), False
 
 
+def _hides(value: Any, states: _States) -> bool:
+    """For redaction: whether a value that patterns continue into (``states``, none terminal)
+    is one they cannot step into, so that it is redacted whole: a scalar other than null and
+    the booleans, an object where they continue by index only, an array where they continue
+    by name only. A version that changes a record into a list of records, or a list into one
+    record, or an object into the string it held, sends the secret under another path; a
+    difference at such a path is withheld for the same reason (``_path_touches``)."""
+    t = type(value)
+    if t is dict:
+        return not any(n.keys or n.any_key is not None or n.id_key is not None for n in states)
+    if t is list:
+        return not any(n.indexes or n.any_index is not None for n in states)
+    return value is not None and t is not bool
+
+
 # ---- values ------------------------------------------------------------------------------------
 
 
@@ -543,7 +559,10 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
         for k, child in node.keys.items():
             if k in value:
                 if not child.terminal:
-                    _strip_node(value[k], child, replacement)
+                    if replacement is not None and _hides(value[k], (child,)):
+                        value[k] = replacement
+                    else:
+                        _strip_node(value[k], child, replacement)
                 elif replacement is None:
                     del value[k]
                 else:
@@ -569,7 +588,7 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
             # true; that pattern stripped nothing, and redact_fields left such values in the
             # stored sample bodies.)
             names = tuple(elem.keys)
-            for x in value:
+            for i, x in enumerate(value):
                 if type(x) is dict:
                     for k in names:
                         if k in x:
@@ -577,9 +596,17 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
                                 del x[k]
                             else:
                                 x[k] = replacement
-        else:
+                elif replacement is not None and _hides(x, (elem,)):
+                    value[i] = replacement
+        elif replacement is None:
             for x in value:
                 _strip_node(x, elem, replacement)
+        else:
+            for i, x in enumerate(value):
+                if _hides(x, (elem,)):
+                    value[i] = replacement
+                else:
+                    _strip_node(x, elem, replacement)
 
 
 def _strip_states(value: Any, states: _States, replacement: object) -> None:
@@ -596,7 +623,10 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
                 else:
                     value[k] = replacement
             elif nxt:
-                _strip(value[k], nxt, replacement)
+                if replacement is not None and _hides(value[k], nxt):
+                    value[k] = replacement
+                else:
+                    _strip(value[k], nxt, replacement)
     elif type(value) is list:
         if any(n.any_index is not None for n in states):
             indexes: Iterable[int] = range(len(value))
@@ -607,7 +637,10 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
             if hit:
                 value[i] = _IGNORED if replacement is None else replacement
             elif nxt:
-                _strip(value[i], nxt, replacement)
+                if replacement is not None and _hides(value[i], nxt):
+                    value[i] = replacement
+                else:
+                    _strip(value[i], nxt, replacement)
 
 
 class _TooManyFields(Exception):
@@ -1745,34 +1778,52 @@ def redact_json(value: Any, redact_fields: tuple[str, ...]) -> Any:
     root = _compile_paths(redact_fields)
     if root is None:
         return value
+    return _redact_body(copy.deepcopy(value), root)
+
+
+def _redact_body(value: Any, root: _Node) -> Any:
+    """A parsed body with ``redact_fields`` (``root``) applied, in place where it can be: each
+    match replaced by ``"[redacted]"``, and each value a pattern continues into but cannot
+    step into (``_hides``). The body itself is also read as the patterns' records when its
+    shape is not theirs: an array's elements where they name members (``$.user.email`` and
+    ``[{"user": ...}]``), an object as the one element where they index an array."""
     if root.terminal:
         return REDACTED
-    return _redact(value, (root,))
-
-
-def _redact(value: Any, states: _States) -> Any:
-    if type(value) is dict:
-        out: dict[str, Any] = {}
-        for k, child in value.items():
-            nxt, hit = _step_key(states, k)
-            out[k] = REDACTED if hit else _redact(child, nxt) if nxt else child
-        return out
-    if type(value) is list:
-        items: list[Any] = []
-        for i, child in enumerate(value):
-            nxt, hit = _step_index(states, i)
-            items.append(REDACTED if hit else _redact(child, nxt) if nxt else child)
-        return items
+    _strip(value, (root,), REDACTED)
+    if type(value) is list and (root.keys or root.any_key is not None or root.id_key is not None):
+        for i, x in enumerate(value):
+            if type(x) is dict or type(x) is list:
+                value[i] = _redact_body(x, root)
+    elif type(value) is dict:
+        elems = tuple(n for n in (*root.indexes.values(), root.any_index) if n is not None)
+        if any(n.terminal for n in elems):
+            return REDACTED
+        if elems and not _hides(value, elems):
+            _strip(value, elems, REDACTED)
     return value
 
 
 def _path_touches(path: str, root: _Node) -> bool:
-    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it."""
+    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it; also
+    with the body read as the patterns' records, as ``_redact_body`` reads it."""
     try:
         segments = parse_field_path(path)
     except ValueError:
         return False
-    states: _States = (root,)
+    if _touches(segments, (root,)):
+        return True
+    if segments and isinstance(segments[0], int) and (root.keys or root.any_key or root.id_key):
+        i = 0
+        while i < len(segments) and isinstance(segments[i], int):
+            i += 1
+        return _touches(segments[i:], (root,))
+    elems = tuple(n for n in (*root.indexes.values(), root.any_index) if n is not None)
+    return bool(segments) and isinstance(segments[0], str) and bool(elems) and _touches(segments, elems)
+
+
+def _touches(segments: Sequence[object], states: _States) -> bool:
+    if any(n.terminal for n in states):
+        return True
     for seg in segments:
         if isinstance(seg, int):
             states, hit = _step_index(states, seg)
@@ -1939,8 +1990,7 @@ def _sample_body(c: Captured, root: _Node | None) -> str:
             value = json.loads(body)
         except (ValueError, RecursionError):
             return "[withheld: a JSON body that does not parse cannot be redacted]"
-        redacted = REDACTED if root.terminal else _strip(value, (root,), REDACTED)
-        return _clip(_ENCODE(redacted), SAMPLE_BODY_CHARS)
+        return _clip(_ENCODE(_redact_body(value, root)), SAMPLE_BODY_CHARS)
     head = body[: SAMPLE_BODY_CHARS * 4]
     if _is_json_type(mt) or _is_text_type(mt):
         codec = (_text_codec(charset) if charset else None) or "utf-8"  # as _looks_like_json

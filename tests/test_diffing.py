@@ -793,6 +793,35 @@ def test_names_inside_a_redacted_value_are_not_kept() -> None:
     assert ep.samples["$.users[*].n"][0].path == "$.users[0].n"
 
 
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        ({"user": {"email": "S-live"}}, {"user": [{"email": "S-shadow"}]}),  # a record became a list
+        ({"users": [{"email": "S-live"}]}, {"users": {"email": "S-shadow"}}),  # a list became a record
+        ({"user": {"email": "S-live"}}, {"user": "S-shadow"}),  # a record became the string it held
+        ({"users": [{"email": "S-live"}]}, {"users": ["S-shadow"]}),
+        ([{"user": {"email": "S-live"}}], [{"user": {"email": "S-shadow"}}]),  # the records as the body
+        ({"email": "S-live"}, {"email": "S-shadow", "n": 1}),  # a body that is one record of "$.users[*]"'s
+    ],
+)
+def test_redact_fields_hold_when_the_other_version_changes_the_shape(live: Any, shadow: Any) -> None:
+    """QA (seventh round): a version that sends a redacted field under another shape (a record
+    turned into a list of records, or back) had it stored in clear in the sample's body; the
+    product withheld the differing values at that path, but not the body."""
+    patterns = ("$.user.email", "$.users[*].email", "$[*].email")
+    stats = RouteStats()
+    record(stats, j(live), j(shadow), redact_fields=patterns)
+    stored = json.dumps(stats.to_dict())
+    assert "S-live" not in stored
+    assert "S-shadow" not in stored
+    assert REDACTED in stored
+    assert redact_json({"user": None, "users": [True, None], "n": "kept"}, patterns) == {
+        "user": None,
+        "users": [True, None],
+        "n": "kept",
+    }
+
+
 @pytest.mark.parametrize("pattern", ["$.users[*][1]", "$.users[*][*]", "$.users[*][1].pw", "$.users[*][*].pw"])
 def test_redact_fields_through_any_index_then_an_index_reach_the_stored_bodies(pattern: str) -> None:
     """QA (sixth round): a pattern with ``[*]`` followed by an index or ``[*]`` stripped nothing
@@ -811,7 +840,8 @@ def test_redact_fields_through_any_index_then_an_index_reach_the_stored_bodies(p
     stored = json.dumps(stats.to_dict())
     for s in ("s3cret-live", "hunter2-live", "s3cret-shadow", "hunter2-shadow"):
         assert s not in stored
-    if pattern.endswith("[*]"):
+    if pattern.endswith("[*]") or pattern == "$.users[*][*].pw":
+        # matched; or a string where the pattern expects an object to step into (_hides)
         assert '"alice"' not in stored
     else:
         assert "alice" in stored  # the rest of the bodies is kept
