@@ -173,7 +173,8 @@ def cols(text: str) -> int:
 
 
 def _char_cols(ch: str) -> int:
-    if unicodedata.combining(ch):
+    # combining marks, and the nonspacing ones of class 0 (U+FE0F, the emoji variation selector)
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 

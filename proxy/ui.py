@@ -410,16 +410,32 @@ _BIDI: Final = {c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A
 # Control characters but tab and line ends (ESC, BEL from a body or a history reason), as
 # `splitproxy report` shows them: \x1b.
 _CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0))}
-_INVISIBLE: Final = {**_BIDI, **_CONTROLS}
-_HAS_INVISIBLE: Final = re.compile("[" + re.escape("".join(map(chr, _INVISIBLE))) + "]")
+# Characters that take no room (zero-width spaces and joiners, the soft hyphen, the BOM):
+# "$.zw\u200bx" looked like "$.zwx"; and lone surrogates (a JSON string's "\ud800" escape,
+# which Python's parser keeps), which UTF-8 cannot encode: the page failed with a 500.
+_INVISIBLE: Final = {
+    **_BIDI,
+    **_CONTROLS,
+    **{c: f"\\u{c:04x}" for c in (0x00AD, 0x180E, *range(0x200B, 0x200E), *range(0x2060, 0x2065), 0xFEFF)},
+    **{c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)},
+}
+_HAS_INVISIBLE: Final = re.compile(
+    "[" + re.escape("".join(chr(c) for c in _INVISIBLE if not 0xD800 <= c < 0xE000)) + "\ud800-\udfff]|\r(?!\n)"
+)
+
+
+def _shown(m: re.Match[str]) -> str:
+    ch = m.group()
+    return "\\r" if ch == "\r" else _INVISIBLE[ord(ch)]
 
 
 def visible_bidi(value: object) -> object:
     """Every ``{{ }}`` of the templates goes through here (``finalize``): bidirectional
-    controls and control characters in text, escaped or not, become ``\\u202e``- and
-    ``\\x1b``-style escapes."""
+    controls, control characters, characters that take no room and lone surrogates in text,
+    escaped or not, become ``\\u202e``- and ``\\x1b``-style escapes; a CR that does not end
+    a line becomes ``\\r`` (a browser breaks the line of a ``<pre>`` there; only LF ends one)."""
     if isinstance(value, str) and _HAS_INVISIBLE.search(value) is not None:
-        shown = str.translate(value, _INVISIBLE)
+        shown = _HAS_INVISIBLE.sub(_shown, value)
         return Markup(shown) if isinstance(value, Markup) else shown  # markup stays markup
     return value
 
@@ -455,7 +471,9 @@ def static_file(name: str) -> bytes:
 
 
 def html_response(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")  # + _ui_headers
+    # backslashreplace: what visible_bidi did not see (none is known) still makes a page
+    body = text.encode("utf-8", "backslashreplace")
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8")  # + _ui_headers
 
 
 async def ui_index(request: web.Request) -> web.Response:

@@ -228,6 +228,7 @@ def test_wide_characters_are_measured_in_columns() -> None:
         assert cols(line) <= 80, (cols(line), line)
     assert cols("日本") == 4
     assert cols("e\u0301") == 1  # a combining accent takes no column
+    assert cols("vs\ufe0f") == 2  # nor a variation selector (QA, seventh round: rows out of line)
     assert clip_end("日本語", 5) == "日本…"
 
 

@@ -25,6 +25,7 @@ from proxy.ui import (
     fmt_rate,
     fmt_seconds,
     fmt_weights,
+    html_response,
     page_context,
     render,
     route_view,
@@ -262,6 +263,21 @@ def test_control_characters_from_upstreams_are_shown_as_escapes() -> None:
     )
 
 
+def test_lone_surrogates_zero_width_characters_and_stray_crs_are_shown_as_escapes() -> None:
+    """QA (seventh round): a JSON string with a lone surrogate escape ("\\ud800", which Python's
+    parser keeps) made every page that showed it fail with a 500 (UTF-8 cannot encode it);
+    a zero-width space made "$.zw\u200bx" look like "$.zwx"; a CR inside a line broke the
+    line of a ``<pre>`` (only LF ends one)."""
+    page = environment().from_string("<p>{{ x }}</p><pre>{{ body }}</pre>")
+    body = body_html('{"lone": "\ud800live"}', "$.lone", '"\ud800live"')
+    assert page.render(x="$.zw\u200bx\ufeff\u00ad", body=body) == (
+        "<p>$.zw\\u200bx\\ufeff\\u00ad</p><pre>{\n  &#34;lone&#34;: <mark>&#34;\\ud800live&#34;</mark>\n}</pre>"
+    )
+    assert visible_bidi("RED\r OVER\r\n") == "RED\\r OVER\r\n"  # CRLF ends a line: kept
+    response = html_response("<p>\udc00</p>")  # anything that got past: still a page
+    assert response.body == b"<p>\\udc00</p>"
+
+
 def test_upstreams_read_as_status_shows_them() -> None:
     """QA (fifth round): each upstream showed the API's fields raw (``ejected: false
     ejected_for: 0.0 failures: 0 check: null``, or a whole JSON object for an active check)."""
@@ -414,6 +430,39 @@ async def test_ui_shows_routes_weights_history_and_the_real_difference(shadowed:
     # upstream bodies are text, never markup: the page has no script element at all
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html.lower()
+
+
+async def test_ui_shows_answers_with_lone_surrogates(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """QA (seventh round): one upstream answer with a lone surrogate escape in a string or a
+    member name made /ui/ answer 500 until the report was cleared (and after restarts)."""
+
+    def app(version: str) -> Any:
+        def factory(up: Upstream) -> web.Application:
+            async def lone(request: web.Request) -> web.Response:
+                up.hits += 1
+                text = '{"lone": "\\ud800VERSION", "\\udc00k": "VERSION"}'.replace("VERSION", version)
+                return web.Response(text=text, content_type="application/json")
+
+            application = web.Application()
+            application.router.add_get("/lone", lone)
+            return application
+
+        return factory
+
+    live = await start_upstream("live", app("live"))
+    shadow = await start_upstream("shadow", app("shadow"))
+    r = route("r", stable=(live, 100), candidate=(shadow, 0))
+    r["shadow"] = {"backend": "candidate", "percent": 100}
+    px = await start_proxy([r])
+    async with aiohttp.ClientSession() as s, s.get(f"{px.url}/lone") as resp:
+        assert resp.status == 200
+        await resp.read()
+    await wait_compared(px, 1)
+    for query in ("", "?route=r", "?route=r&endpoint=GET%20/lone"):
+        status, _, html = await fetch(f"{px.admin_url}/ui/{query}")
+        assert status == 200, (query, html[:300])
+        assert "\\ud800live" in html
+    assert "$[&#34;\\udc00k&#34;]" in html
 
 
 async def test_ui_one_route_and_unknown_route(shadowed: Shadowed) -> None:
