@@ -114,6 +114,8 @@ DEFAULT_MAX_ENDPOINTS: Final = 100
 
 MAX_VALUE_CHARS: Final = 200  # FieldDiff.live / .shadow
 MAX_SAMPLE_PATH: Final = 1000  # a sample's exact path (long member names make long paths)
+# a sample's request line, once redacted: a client's 60 KB query made 93 MB of report
+MAX_SAMPLE_REQUEST: Final = 1000
 MAX_FIELDS: Final = 500  # field keys counted per comparison
 # A JSON pair whose walk would count more field keys than this compares as text (or bytes),
 # as a body that does not parse: each distinct key is a Python string made and hashed, ~1-2 us
@@ -2186,7 +2188,7 @@ class EndpointStats:
             if bodies is None:  # rendered once per request, and only when a sample is taken
                 bodies = (_sample_body(live, root), _sample_body(shadow, root))
                 json_typed = _json_for_redaction(live) or _json_for_redaction(shadow)
-                redacted_request = redact_request(request)
+                redacted_request = _clip(redact_request(request), MAX_SAMPLE_REQUEST)
             hide = _redact_diff_value(d, root, redact_headers, json_typed)
             sample = Sample(
                 point=point,

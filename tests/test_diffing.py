@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from proxy import diffing
 from proxy.config import ShadowNoise
 from proxy.diffing import (
+    MAX_SAMPLE_REQUEST,
     REDACTED,
     Captured,
     Comparison,
@@ -734,6 +735,18 @@ def record(
         noise=NOISE,
         **kw,
     )
+
+
+def test_a_samples_request_line_is_redacted_then_cut() -> None:
+    """QA (seventh round): a client's 60 KB query was stored whole in every sample it made
+    (93 MB of report, database and page for 30 endpoints)."""
+    stats = RouteStats()
+    request = "GET /search?token=" + "s" * 70_000 + "&q=" + "x" * 60_000
+    record(stats, j({"a": 1}), j({"a": 2}), request=request)
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["$.a"]
+    assert sample.request.startswith("GET /search?token=[redacted]&q=xxx")
+    assert len(sample.request) == MAX_SAMPLE_REQUEST
+    assert "ssss" not in sample.request
 
 
 def test_samples_are_redacted_before_they_are_stored() -> None:
