@@ -853,7 +853,11 @@ class ClientConnection(asyncio.Protocol):
             ex.host_filled = pool.hostport
         if ex.pending is None:
             ex.pending = []  # no body was buffered: the request is its head alone
-        conn = pool.take_idle()
+        # After the keep-alive race (sent), on a new connection: the instance's other idle
+        # ones may be as dead as the one that failed (it died or restarted), and each took
+        # one of the retries, so the refused connect that would fail over to the baseline
+        # came too late (QA: a single-instance canary killed under load cost 502s).
+        conn = None if sent else pool.take_idle()
         if conn is not None:
             self._attach(ex, conn)
         else:

@@ -234,7 +234,11 @@ class Server:
             probed = {t.key for t in targets}
             if not self._active_down <= probed:
                 self._active_down = self._active_down & probed
+                # after the new table: pushed onto the old one, a removed route's backend
+                # was logged as "recovered" (QA)
+                await self.plane.install(config)
                 await self._push_health()
+                return
         await self.plane.install(config)
 
     # -- views for the admin API -----------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
 from proxy.config import parse_text
 
@@ -27,6 +29,7 @@ class Instance:
         self.writers: set[asyncio.StreamWriter] = set()
         self.handlers: set[asyncio.Task[None]] = set()
         self.close_after_request = False  # read the whole request, then close without answering
+        self.reset_on_request = False  # read the whole request, then reset the connection
         self.hold: asyncio.Event | None = None  # when set: requests wait for it before answering
         self.held = 0
         self.arrived = asyncio.Event()  # set whenever a request is held
@@ -57,6 +60,9 @@ class Instance:
                 self.bodies.append(body)
                 if self.close_after_request:
                     writer.close()
+                    return
+                if self.reset_on_request:
+                    writer.transport.abort()
                     return
                 if self.hold is not None and not self.hold.is_set():
                     self.held += 1
@@ -216,6 +222,41 @@ async def test_requests_in_flight_when_a_canary_dies_are_the_bound_on_failures(s
     assert after == [200] * 20  # nothing after the death fails
 
 
+async def test_a_canary_dead_behind_idle_connections_fails_over_to_the_baseline(start_proxy: StartProxy) -> None:
+    """QA (seventh round): a canary killed under load left idle pooled connections that only
+    failed once used; each keep-alive race retried on the next of them, the retries ran out
+    before the refused connect that fails over to the baseline, and the client got a 502."""
+    stable = await Instance("stable").start()
+    canary = await Instance("canary").start()
+    route = {"name": "main", "backends": backends(stable=([stable], 0), canary=([canary], 100)), "baseline": "stable"}
+    px = await start_proxy([route], access_log="off")
+    canary.hold = asyncio.Event()
+    async with aiohttp.ClientSession() as s:
+
+        async def get() -> tuple[int, str]:
+            async with s.get(px.url + "/x") as r:
+                return r.status, (await r.read()).decode()
+
+        warm = [asyncio.ensure_future(get()) for _ in range(4)]  # four connections to the canary
+        async with asyncio.timeout(5):
+            while canary.held < 4:
+                canary.arrived.clear()
+                await canary.arrived.wait()
+        canary.hold.set()
+        assert await asyncio.gather(*warm) == [(200, "canary")] * 4
+        # The canary dies as the proxy does not see: its port refuses, and each connection
+        # the proxy keeps is reset by the next request it carries.
+        assert canary.server is not None
+        canary.server.close()
+        canary.reset_on_request = True
+        assert await get() == (200, "stable")
+    await stable.close()
+    await canary.close()
+    assert canary.hits == 5  # the four, and the one request that met a dead connection
+    counts = px.server.runtime.counts.extra_counters.get("splitproxy_failovers", {})
+    assert counts == {("main", "canary"): 1}
+
+
 async def test_post_whose_body_was_sent_is_not_retried(start_proxy: StartProxy) -> None:
     a = await Instance("a").start()
     b = await Instance("b").start()
@@ -301,6 +342,28 @@ async def test_health_is_visible_in_the_admin_api_and_metrics(start_proxy: Start
     assert 'splitproxy_backend_healthy_upstreams{backend="stable",route="main"} 1.0' in text
     await up.close()
     await down.close()
+
+
+async def test_a_route_removed_while_down_is_not_logged_as_recovered(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA (seventh round): removing a route whose backend its checks had down logged
+    "recovered: route dead, backend ... takes its traffic again" (alerts key on that line)."""
+    live = await Instance("live").start()
+    dead = await Instance("dead", status=500).start()
+    check = {"path": "/hc", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1}
+    kept = {"name": "main", "backends": backends(stable=([live], 1))}
+    gone = {"name": "dead", "match": {"path_prefix": "/dead"}, "backends": backends(only=([dead], 1))}
+    px = await start_proxy([kept, {**gone, "health_check": check}], access_log="off")
+    balancer = px.server.runtime.balancer
+    await balancer_settles(balancer, lambda: bool(balancer.down))
+    caplog.set_level(logging.INFO, logger="splitproxy")
+    await px.server.controller.reload(parse_text(config_text(px.tmp, [kept], access_log="off")))
+    assert px.server._active_down == frozenset()
+    assert not balancer.down
+    assert [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()] == []
+    await live.close()
+    await dead.close()
 
 
 async def test_a_reload_keeps_ejections_through_new_outlier_settings_and_ends_them_when_off(
