@@ -316,6 +316,15 @@ class Store:
                 " state.path names the database file (e.g. .../state.db)"
             )
         try:
+            # Readable by its owner only: it holds the report's sample bodies (SQLite gives
+            # its -wal and -shm files the database's permissions). A file that exists keeps
+            # the ones it has.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create the state database: {e.strerror or e}") from e
+        try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open the state database: {e}") from e

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -76,6 +77,18 @@ def test_record_returns_the_stored_entry(store: Store) -> None:
     assert store.entry(1) == entry
     assert store.history() == [entry]
     assert store.current_version() == 1
+
+
+def test_a_new_database_is_readable_by_its_owner_only(db: Path) -> None:
+    """QA (seventh round): the database, its -wal and -shm were created -rw-r--r--; they hold
+    the report's sample bodies (its lock file was already 0600)."""
+    with Store(db, clock=ticking_clock()) as s:
+        s.record("shop", {}, {"stable": 100}, actor="a", reason="r", kind="set")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+    assert modes == {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600}
+    db.chmod(0o640)  # an existing file keeps what it has
+    Store(db).close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o640
 
 
 def test_empty_store(store: Store) -> None:
