@@ -84,6 +84,10 @@ class ShadowDiff:
     # JSON fields whose values are replaced by "[redacted]" in stored samples (Authorization,
     # Cookie and Set-Cookie headers always are).
     redact_fields: tuple[str, ...] = ()
+    # Response headers and query parameters redacted in stored samples besides the built-in
+    # ones (diffing.ALWAYS_REDACTED_HEADERS, SENSITIVE_QUERY_PARAMS); lower-case.
+    redact_headers: tuple[str, ...] = ()
+    redact_query: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1158,7 +1162,9 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
         return None
     d = Shadow(backend="")
     noise = m.section("noise", ("percent", "relative_threshold", "absolute_threshold"))
-    diff = m.section("diff", ("ignore_headers", "ignore_fields", "endpoints", "redact_fields"))
+    diff = m.section(
+        "diff", ("ignore_headers", "ignore_fields", "endpoints", "redact_fields", "redact_headers", "redact_query")
+    )
     methods = m.get_list(
         "methods",
         _method,
@@ -1183,6 +1189,8 @@ def _shadow(m: _Map, backends: list[str]) -> Shadow | None:
             ignore_fields=diff.get_list("ignore_fields", _field_path("$.meta.id"), ()),
             endpoints=diff.get_list("endpoints", _endpoint_template, ()),
             redact_fields=diff.get_list("redact_fields", _field_path("$.user.email"), ()),
+            redact_headers=tuple(dict.fromkeys(diff.get_list("redact_headers", _header_name, ()))),
+            redact_query=tuple(dict.fromkeys(n.lower() for n in diff.get_list("redact_query", _query_name, ()))),
         ),
     )
 

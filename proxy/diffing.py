@@ -100,12 +100,21 @@ HOP_BY_HOP_HEADERS: Final = frozenset(
         "proxy-authorization",
     }
 )
-ALWAYS_REDACTED_HEADERS: Final = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+ALWAYS_REDACTED_HEADERS: Final = frozenset(
+    {"authorization", "cookie", "set-cookie", "proxy-authorization"}
+    # API keys and tokens sent as headers of their own (QA, seventh round)
+    | {"x-api-key", "x-auth-token", "x-access-token", "x-amz-security-token", "x-goog-api-key", "x-csrf-token"}
+)
 # Query parameters whose values are replaced in a sample's request line.
 SENSITIVE_QUERY_PARAMS: Final = frozenset(
     {"access_token", "api_key", "apikey", "auth", "key", "password", "secret", "sig", "signature", "token"}
     # Session ids sent in the URL (a path parameter, /cart;jsessionid=...): a Cookie's worth.
     | {"jsessionid", "phpsessid", "sessionid", "session_id"}
+    # OAuth's (RFC 6749: codes, client secrets, refresh and id tokens), presigned URLs' (S3's
+    # X-Amz-*, Google Cloud Storage's X-Goog-*), and more names of passwords and keys; "-"
+    # reads as "_" (QA, seventh round)
+    | {"client_secret", "code", "refresh_token", "id_token", "passwd", "pwd", "private_key", "credential"}
+    | {"x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature", "x_goog_credential"}
 )
 REDACTED: Final = "[redacted]"
 OTHER_ENDPOINT: Final = "{other}"
@@ -1926,9 +1935,10 @@ def redact_comparison(c: Comparison, redact_fields: tuple[str, ...]) -> Comparis
     return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body)
 
 
-def redact_request(request: str) -> str:
+def redact_request(request: str, names: frozenset[str] = frozenset()) -> str:
     """``"GET /login?token=abc&page=2"`` -> ``"GET /login?token=[redacted]&page=2"``; the
-    same in a fragment (``#access_token=...``, as OAuth's implicit flow sends it)."""
+    same in a fragment (``#access_token=...``, as OAuth's implicit flow sends it). ``names``:
+    more parameter names to redact (``shadow.diff.redact_query``, lower-case)."""
     parts = _QUERY_PARTS.split(request)  # the path, then separators and pairs by turns
     if len(parts) == 1:
         return request
@@ -1936,20 +1946,23 @@ def redact_request(request: str) -> str:
     for i in range(2, len(parts), 2):
         in_path = in_path and parts[i - 1] == ";"
         name, eq, value = parts[i].partition("=")
-        if eq and _sensitive_param(name):
+        if eq and _sensitive_param(name, names):
             rest = "/" + value.partition("/")[2] if in_path and "/" in value else ""
             parts[i] = f"{name}={REDACTED}{rest}"
     return "".join(parts)
 
 
-def _sensitive_param(name: str) -> bool:
+def _sensitive_param(name: str, names: frozenset[str] = frozenset()) -> bool:
     """Whether a query parameter's value is a secret: its name, decoded and stripped as an
-    app's form parser reads it, is one of SENSITIVE_QUERY_PARAMS, or names one in brackets
-    (``token[]``, an array as PHP and Rails send it; ``user[password]``, a nested field)."""
+    app's form parser reads it, is one of SENSITIVE_QUERY_PARAMS ("-" read as "_") or of
+    ``names``, or names one in brackets (``token[]``, an array as PHP and Rails send it;
+    ``user[password]``, a nested field)."""
     key = unquote_plus(name).strip().lower()
-    if key in SENSITIVE_QUERY_PARAMS:
+    if key in names or key.replace("-", "_") in SENSITIVE_QUERY_PARAMS:
         return True
-    return "[" in key and any(part.strip() in SENSITIVE_QUERY_PARAMS for part in _BRACKETS.split(key))
+    return "[" in key and any(
+        p in names or p.replace("-", "_") in SENSITIVE_QUERY_PARAMS for p in map(str.strip, _BRACKETS.split(key))
+    )
 
 
 _BRACKETS: Final = re.compile(r"[\[\]]")
@@ -2120,6 +2133,7 @@ class EndpointStats:
         limits: Limits,
         redact_fields: tuple[str, ...] = (),
         redact_headers: frozenset[str] = frozenset(),
+        redact_query: frozenset[str] = frozenset(),
         prior: EndpointStats | None = None,
     ) -> Classification:
         self.compared += 1
@@ -2145,6 +2159,7 @@ class EndpointStats:
             limits=limits,
             redact_fields=redact_fields,
             redact_headers=redact_headers,
+            redact_query=redact_query,
         )
         if len(self.fields) > 2 * limits.fields or len(self.signatures) > 2 * limits.signatures:
             self.prune(limits)
@@ -2165,6 +2180,7 @@ class EndpointStats:
         limits: Limits,
         redact_fields: tuple[str, ...],
         redact_headers: frozenset[str],
+        redact_query: frozenset[str],
     ) -> None:
         if limits.samples_per_field <= 0 or limits.sampled_fields <= 0:
             return
@@ -2188,7 +2204,7 @@ class EndpointStats:
             if bodies is None:  # rendered once per request, and only when a sample is taken
                 bodies = (_sample_body(live, root), _sample_body(shadow, root))
                 json_typed = _json_for_redaction(live) or _json_for_redaction(shadow)
-                redacted_request = _clip(redact_request(request), MAX_SAMPLE_REQUEST)
+                redacted_request = _clip(redact_request(request, redact_query), MAX_SAMPLE_REQUEST)
             hide = _redact_diff_value(d, root, redact_headers, json_typed)
             sample = Sample(
                 point=point,
@@ -2340,6 +2356,7 @@ class RouteStats:
         noise: ShadowNoise,
         redact_fields: tuple[str, ...] = (),
         redact_headers: frozenset[str] = frozenset(),
+        redact_query: frozenset[str] = frozenset(),
         prior: RouteStats | None = None,
     ) -> Classification:
         """Add one live-vs-shadow comparison; return how this request classifies now.
@@ -2350,7 +2367,8 @@ class RouteStats:
         classification (for ``splitproxy_shadow_diffs_total{kind}``) sees the noise learnt
         so far. Samples are redacted here, before they are stored: Authorization, Cookie,
         Set-Cookie (and ``redact_headers``) and JSON fields matching ``redact_fields``
-        become ``"[redacted]"``, as do sensitive query parameters of ``request``; field keys
+        become ``"[redacted]"``, as do sensitive query parameters of ``request`` (and
+        ``redact_query``); field keys
         inside a redacted value are cut to its path (``redact_comparison``).
         """
         return self.endpoint(endpoint).record(
@@ -2365,6 +2383,7 @@ class RouteStats:
             limits=self.limits,
             redact_fields=redact_fields,
             redact_headers=redact_headers,
+            redact_query=redact_query,
             prior=None if prior is None else prior.endpoints.get(endpoint),
         )
 

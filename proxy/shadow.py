@@ -588,8 +588,9 @@ class DiffRecorder:
         # keeps the endpoint's last live answer to build the next ones on): the same URLs come
         # again and again.
         self._endpoints: dict[tuple[str, bytes, bytes], tuple[str, str, str]] = {}
-        # route -> (its diff config, ignore_headers as a set), rebuilt when a reload swaps it.
-        self._options: dict[str, tuple[ShadowDiff, frozenset[str]]] = {}
+        # route -> (its diff config; ignore_headers, redact_headers, redact_query as sets),
+        # rebuilt when a reload swaps it.
+        self._options: dict[str, tuple[ShadowDiff, frozenset[str], frozenset[str], frozenset[str]]] = {}
 
     def __call__(self, mirror: Mirror) -> None:
         plan = mirror.plan
@@ -601,8 +602,14 @@ class DiffRecorder:
         if options is None or options[0] is not shadow.diff:  # first time, or a reload
             if options is not None and options[0].endpoints != shadow.diff.endpoints:
                 self._endpoints.clear()  # URLs already seen are grouped by the new templates
-            options = self._options[route] = (shadow.diff, frozenset(shadow.diff.ignore_headers))
-        diff_config, ignore_headers = options
+            d = shadow.diff
+            options = self._options[route] = (
+                d,
+                frozenset(d.ignore_headers),
+                frozenset(d.redact_headers),
+                frozenset(d.redact_query),
+            )
+        diff_config, ignore_headers, redact_headers, redact_query = options
         known = self._endpoints.get((route, mirror.method, mirror.url))
         if known is None:
             known = self._endpoint(route, mirror.method, mirror.url, shadow.diff.endpoints)
@@ -636,6 +643,8 @@ class DiffRecorder:
             point=self.rt.random(),
             noise=shadow.noise,
             redact_fields=diff_config.redact_fields,
+            redact_headers=redact_headers,
+            redact_query=redact_query,
             prior=self.seen.get(route),
         )
         if kind != "none":

@@ -350,6 +350,11 @@ def shadow(config: Config) -> Shadow:
             lambda c: shadow(c).diff.ignore_headers,
             ("date", "etag"),
         ),
+        (
+            route("shadow: {backend: v2, diff: {redact_headers: [X-Ticket, x-ticket], redact_query: [Ticket, sid]}}\n"),
+            lambda c: (shadow(c).diff.redact_headers, shadow(c).diff.redact_query),
+            (("x-ticket",), ("ticket", "sid")),
+        ),
         (route("health_check: {}\n"), lambda c: first(c).health_check, HealthCheck()),
         (
             route("health_check: {interval: 2s, timeout: 2s, expect_status: [200, 200]}\n"),
@@ -383,6 +388,7 @@ def shadow(config: Config) -> Shadow:
         "shadow-methods-upper-cased-deduplicated",
         "shadow-noise-thresholds",
         "shadow-ignore-headers-lower-cased",
+        "shadow-redact-headers-and-query-lower-cased-deduplicated",
         "health-check-defaults",
         "health-check-timeout-equal-interval",
     ],
@@ -1053,6 +1059,20 @@ ERRORS = [
         "routes[0].shadow.diff.ignore_headers[0]",
         6,
         "must be a valid header name",
+    ),
+    (
+        "shadow-redact-header",
+        route("shadow: {backend: v2, diff: {redact_headers: ['x: y']}}\n"),
+        "routes[0].shadow.diff.redact_headers[0]",
+        6,
+        "must be a valid header name",
+    ),
+    (
+        "shadow-redact-query",
+        route("shadow: {backend: v2, diff: {redact_query: ['a=b']}}\n"),
+        "routes[0].shadow.diff.redact_query[0]",
+        6,
+        "must be a query parameter name",
     ),
     # health_check
     (

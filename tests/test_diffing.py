@@ -984,10 +984,51 @@ def test_redact_json(value: Any, patterns: tuple[str, ...], expected: Any) -> No
         pytest.param("GET /a?token+=x", "GET /a?token+=[redacted]", id="trailing-plus-space"),
         pytest.param("GET /a?%20token=x", "GET /a?%20token=[redacted]", id="leading-encoded-space"),
         pytest.param("GET /a?tokens=x&user[name]=y", "GET /a?tokens=x&user[name]=y", id="near-names-kept"),
+        # QA (seventh round): OAuth's and presigned URLs' secrets were stored in clear.
+        pytest.param(
+            "GET /cb?code=C&state=s&client_secret=CS&refresh_token=R&id_token=I",
+            "GET /cb?code=[redacted]&state=s&client_secret=[redacted]&refresh_token=[redacted]&id_token=[redacted]",
+            id="oauth",
+        ),
+        pytest.param(
+            "GET /b/o?X-Amz-Credential=K&X-Amz-Signature=S&X-Amz-Security-Token=T&X-Amz-Expires=60",
+            "GET /b/o?X-Amz-Credential=[redacted]&X-Amz-Signature=[redacted]&X-Amz-Security-Token=[redacted]"
+            "&X-Amz-Expires=60",
+            id="s3-presigned",
+        ),
+        pytest.param(
+            "GET /a?pwd=1&passwd=2&api-key=3&access-token=4&private_key=5&user[api-key]=6",
+            "GET /a?pwd=[redacted]&passwd=[redacted]&api-key=[redacted]&access-token=[redacted]"
+            "&private_key=[redacted]&user[api-key]=[redacted]",
+            id="more-names-dash-as-underscore",
+        ),
     ],
 )
 def test_redact_request(request_line: str, expected: str) -> None:
     assert redact_request(request_line) == expected
+
+
+def test_redact_query_and_redact_headers_name_more_secrets() -> None:
+    """``shadow.diff.redact_query`` / ``redact_headers``: what a service calls its secrets."""
+    assert redact_request("GET /a?Ticket=x&t=y", frozenset({"ticket"})) == "GET /a?Ticket=[redacted]&t=y"
+    live = Captured(200, (*JSON, ("x-session-ticket", "L1"), ("x-api-key", "K1")), b'{"a": 1}')
+    shadow = Captured(200, (*JSON, ("x-session-ticket", "S1"), ("x-api-key", "K2")), b'{"a": 2}')
+    stats = RouteStats()
+    record(
+        stats,
+        live,
+        shadow,
+        request="GET /users/1?ticket=T1",
+        redact_headers=frozenset({"x-session-ticket"}),
+        redact_query=frozenset({"ticket"}),
+    )
+    stored = json.dumps(stats.to_dict())
+    for secret in ("L1", "S1", "K1", "K2", "T1"):
+        assert secret not in stored
+    samples = stats.endpoints["GET /users/{id}"].samples
+    assert samples["header.x-session-ticket"][0].live == REDACTED
+    assert samples["header.x-api-key"][0].shadow == REDACTED  # a built-in one
+    assert samples["$.a"][0].request == "GET /users/1?ticket=[redacted]"
 
 
 def test_samples_keep_the_smallest_points_per_field() -> None:
