@@ -1356,7 +1356,8 @@ def test_example_shows_every_option() -> None:
         *("sticky", "by", "max_age", "overrides", "header", "cookie", "value", "backend"),
         *("shadow", "percent", "methods", "max_body", "max_in_flight", "timeout", "noise"),
         *("relative_threshold", "absolute_threshold", "diff", "ignore_headers"),
-        *("ignore_fields", "endpoints", "redact_fields", "health_check", "interval", "unhealthy_threshold"),
+        *("ignore_fields", "endpoints", "redact_fields", "redact_headers", "redact_query", "health_check"),
+        *("interval", "unhealthy_threshold"),
         *("healthy_threshold", "expect_status", "outlier_detection", "enabled", "consecutive_failures"),
         *("base_ejection", "max_ejection", "max_ejection_percent"),
     }
