@@ -42,10 +42,15 @@ HISTORY_SHOWN: Final = 20
 # Every /ui response. No script may run: default-src 'none' leaves only what is named, and
 # styles come from our own static file, never inline. frame-ancestors: not framable (clickjacking).
 MAX_INDENT: Final = 24  # levels of indentation in a pretty-printed sample body
-# Characters of sample-body HTML one page holds: the rest of its samples show their values
-# and a link to their endpoint's page, which starts a budget of its own. Every body of 100
-# endpoints made pages of 15 to 60 MB that took seconds to render (and the data plane's CPU).
+# Characters of samples (bodies, values, request lines) one page holds: the rest of its
+# samples are a count and a link to their endpoint's page, which shows them all. Every body
+# of 100 endpoints made pages of 15 to 60 MB that took seconds to render (and the data
+# plane's CPU); past the bodies, the values and request lines of 12,000 samples still made
+# a 30 MB page (QA, seventh round).
 PAGE_BODY_CHARS: Final = 1 << 20
+# Fields one endpoint lists on a page of several endpoints (real ones first); its own page
+# lists them all.
+OVERVIEW_FIELDS: Final = 10
 
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
@@ -252,17 +257,16 @@ class Budget:
 def sample_view(sample: Mapping[str, Any], budget: Budget | None = None) -> dict[str, Any]:
     path = str(sample.get("path", ""))
     live, shadow = sample.get("live"), sample.get("shadow")
-    withheld = budget is not None and budget.left <= 0
-    bodies: dict[str, Markup | None] = {"live_body": None, "shadow_body": None}
-    if not withheld:
-        bodies = {
-            "live_body": body_html(str(sample.get("live_body", "")), path, live),
-            "shadow_body": body_html(str(sample.get("shadow_body", "")), path, shadow),
-        }
-        if budget is not None:
-            budget.left -= len(bodies["live_body"] or "") + len(bodies["shadow_body"] or "")
+    request = sample.get("request", "")
+    bodies: dict[str, Markup | None] = {
+        "live_body": body_html(str(sample.get("live_body", "")), path, live),
+        "shadow_body": body_html(str(sample.get("shadow_body", "")), path, shadow),
+    }
+    if budget is not None:
+        budget.left -= len(bodies["live_body"] or "") + len(bodies["shadow_body"] or "")
+        budget.left -= len(str(request)) + len(str(live or "")) + len(str(shadow or "")) + len(path)
     return {
-        "request": sample.get("request", ""),
+        "request": request,
         "path": path,
         "kind": sample.get("kind", ""),
         "live": live,
@@ -270,31 +274,40 @@ def sample_view(sample: Mapping[str, Any], budget: Budget | None = None) -> dict
         "live_status": sample.get("live_status"),
         "shadow_status": sample.get("shadow_status"),
         "status_differs": path == "status",
-        "withheld": withheld,
         **bodies,
     }
 
 
 def endpoint_view(name: str, ep: Mapping[str, Any], budget: Budget | None = None, route: str = "") -> dict[str, Any]:
+    """``budget``: a page of several endpoints (None: this endpoint's own page, everything)."""
+    listed = [(key, f, f.get("classification", "real")) for key, f in ep.get("fields", {}).items()]
+    # The report orders real first already; keep that whatever its order becomes.
+    listed.sort(key=lambda kfc: _CLASS_RANK.get(kfc[2], 3))
+    hidden = 0
+    if budget is not None and len(listed) > OVERVIEW_FIELDS:
+        hidden = len(listed) - OVERVIEW_FIELDS
+        listed = listed[:OVERVIEW_FIELDS]
     fields = []
-    for key, f in ep.get("fields", {}).items():
-        cls = f.get("classification", "real")
+    for key, f, cls in listed:
+        samples = list(f.get("samples", ()))
+        withheld = len(samples) if budget is not None and budget.left <= 0 else 0
         fields.append(
             {
                 "key": key,
                 **f,
                 "classification": cls,
                 "help": CLASS_HELP.get(cls, ""),
-                "samples": [sample_view(s, budget) for s in f.get("samples", ())],
+                "samples": [] if withheld else [sample_view(s, budget) for s in samples],
+                "samples_withheld": withheld,
             }
         )
-    # The report orders real first already; keep that whatever its order becomes.
-    fields.sort(key=lambda f: _CLASS_RANK.get(f["classification"], 3))
     latency = ep.get("latency", {})
     return {
         **ep,
         "name": name,
         "fields": fields,
+        "fields_hidden": hidden,
+        "samples_withheld": sum(f["samples_withheld"] for f in fields),
         "real_fields": sum(1 for f in fields if f["classification"] == "real"),
         "link": f"/ui/?route={quote(route, safe='')}&endpoint={quote(name, safe='')}",
         "latency": {side: latency.get(side, {}) for side in ("live", "shadow")},
