@@ -225,6 +225,7 @@ class Server:
         """Put a config in force (called by the controller, after recording the change): the
         state of record from here on, even if a worker fails to confirm it."""
         self.config = config
+        trimmed = False
         if self.checker is not None:
             targets = targets_from_config(config)
             self.checker.update(targets)
@@ -234,12 +235,10 @@ class Server:
             probed = {t.key for t in targets}
             if not self._active_down <= probed:
                 self._active_down = self._active_down & probed
-                # after the new table: pushed onto the old one, a removed route's backend
-                # was logged as "recovered" (QA)
-                await self.plane.install(config)
-                await self._push_health()
-                return
+                trimmed = True
         await self.plane.install(config)
+        if trimmed:  # onto the new table: on the old one, a removed route's backend was "recovered" (QA)
+            await self._push_health()
 
     # -- views for the admin API -----------------------------------------------------------
 
