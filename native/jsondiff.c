@@ -497,18 +497,25 @@ static inline int eqbit(const Ctx *c, V *x, V *y) { return x == y || (c->eq_a[x 
 
 static int is_id(const char *s, size_t n);
 
-/* key + ".{id}" */
-static int id_of(int parent) {
-    if (g_keys[parent].idk >= 0)
-        return g_keys[parent].idk;
-    PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, S_ID);
+/* key + "[*]" (star) or key + ".{id}", made once per key (g_keys may move in key_of: the
+ * slot is written by index after it) */
+static int suffixed(int parent, int star) {
+    int got = star ? g_keys[parent].star : g_keys[parent].idk;
+    if (got >= 0)
+        return got;
+    PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, star ? S_STAR : S_ID);
     if (!ck)
         return -1;
     int id = key_of(ck);
-    if (id >= 0)
+    if (id >= 0 && star)
+        g_keys[parent].star = id;
+    else if (id >= 0)
         g_keys[parent].idk = id;
     return id;
 }
+
+static inline int id_of(int parent) { return suffixed(parent, 0); }
+static inline int star_of(int parent) { return suffixed(parent, 1); }
 
 /* What _child(key, name) returns, made here for a name of printable ASCII without '"' or
  * '\\' (what most names are): its exact path segment, ".name" for an identifier (ASCII's
@@ -611,19 +618,6 @@ static int child_of(Ctx *c, int parent, V *name) {
     g_slots[j] = (Slot){h, copy, n, parent, id};
     g_used_slots++;
     g_name_bytes += 2 * n;
-    return id;
-}
-
-/* key + "[*]" */
-static int star_of(int parent) {
-    if (g_keys[parent].star >= 0)
-        return g_keys[parent].star;
-    PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, S_STAR);
-    if (!ck)
-        return -1;
-    int id = key_of(ck);
-    if (id >= 0)
-        g_keys[parent].star = id;
     return id;
 }
 
