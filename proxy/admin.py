@@ -42,6 +42,24 @@ def error(status: int, message: str, where: str | None = None) -> web.Response:
     return web.json_response({"error": body}, status=status)
 
 
+class _StoreErrorLog:
+    """At most one log line a second for the admin API's refusals for the state database
+    (a controller retrying would fill the log), with how many were not logged meanwhile."""
+
+    last = -1.0
+    quiet = 0
+
+
+def _log_store_error(request: web.Request, exc: StoreError) -> None:
+    now = asyncio.get_running_loop().time()
+    if now - _StoreErrorLog.last < 1.0:
+        _StoreErrorLog.quiet += 1
+        return
+    more = f" (and {_StoreErrorLog.quiet} more refusals since the last line)" if _StoreErrorLog.quiet else ""
+    _StoreErrorLog.last, _StoreErrorLog.quiet = now, 0
+    log.error("admin API: %s %s refused, 503: %s%s", request.method, request.path, exc, more)
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure is a JSON error naming what is wrong; never a traceback."""
@@ -50,6 +68,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except ControlError as exc:
         return web.json_response(exc.to_json(), status=exc.status)
     except StoreError as exc:
+        _log_store_error(request, exc)
         return error(503, f"state database unavailable: {exc}")
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -190,13 +209,16 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
         raise BodyTimeout(f"the body did not arrive within {BODY_SECONDS:g}s", "body") from None
     except ConnectionError:  # the client went away mid-body: its mistake, not ours to log
         raise BadRequest("the connection closed before the body was whole", "body") from None
+    except web.RequestPayloadError as exc:  # "Content-Encoding: gzip" on a plain body: a 500 before
+        why = " ".join(str(exc).split())
+        raise BadRequest(f"the body cannot be read ({why}); send JSON without a Content-Encoding", "body") from None
     if not raw.strip() and optional:
         return {}
     if not _is_json_media(request.headers.get("Content-Type", "")):
         # No HTML form can send it, so no other web page can make a browser send a change.
         raise UnsupportedMediaType("the body must be sent as Content-Type: application/json", "body")
     try:
-        return json.loads(raw, object_pairs_hook=_no_repeated_keys)
+        return json.loads(raw, object_pairs_hook=_no_repeated_keys, parse_int=_int, parse_float=_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", "body") from None
     except ValueError as exc:  # a repeated key; an integer of more than 4300 digits
@@ -204,6 +226,21 @@ async def read_json(request: web.Request, *, optional: bool = False) -> object:
     except RecursionError:
         # json's decoder recurses once per [ or {: about a thousand levels exhaust the stack.
         raise BadRequest("the body is nested too deeply to be read as JSON", "body") from None
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > 4300:  # int()'s limit, whose message names sys.set_int_max_str_digits()
+        raise ValueError(f"a number of {digits} digits is too large to read")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value == 0 and any(c in "123456789" for c in text.partition("e")[0].partition("E")[0]):
+        # 1e-400 read as 0.0: a weight mistyped so would have taken a backend's traffic away
+        raise ValueError(f"{text[:40]} is too small to be read (it would be 0)")
+    return value
 
 
 def actor_of(request: web.Request) -> str:

@@ -269,7 +269,7 @@ class StateLock:
             real.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise StoreError(f"{db}: cannot create its lock file {self.path}: {e.strerror or e}") from e
+            raise StoreError(f"{db}: cannot create its lock file {self.path}: {_why(e, real.parent)}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -296,6 +296,16 @@ class StateLock:
             self._fd = None
 
 
+def _why(e: OSError, directory: Path) -> str:
+    """An OSError's reason, naming the file in the way when a directory on the path is one
+    ("File exists" said nothing of which)."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        for parent in (directory, *directory.parents):
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+    return str(e.strerror or e)
+
+
 # ---- the store -------------------------------------------------------------------------------
 
 
@@ -309,7 +319,9 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot create the directory {self.path.parent}: {e.strerror or e}") from e
+            raise StoreError(
+                f"{self.path}: cannot create the directory {self.path.parent}: {_why(e, self.path.parent)}"
+            ) from e
         if self.path.is_dir():  # SQLite says only "unable to open database file"
             raise StoreError(
                 f"{self.path}: cannot open the state database: it is a directory;"
@@ -344,6 +356,30 @@ class Store:
                 )
             raise StoreError(f"{self.path}: cannot use as the state database: {e}{hint}") from e
         self._conn = conn
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def _check_file(self, what: str) -> None:
+        """That the file at the path is still the database this process opened. In WAL mode
+        SQLite commits to the -wal file and reads what it needs from there: with the file
+        deleted, emptied or replaced under it, changes were acknowledged and lost for good
+        (the next start made a new database; QA, seventh round)."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            gone = f"the file is gone ({e.strerror or e})"
+        else:
+            if (st.st_dev, st.st_ino) != self._identity:
+                gone = "another file took its place"
+            elif st.st_size < 512:  # not even one page: emptied (a new database has 4 KiB here)
+                gone = f"the file was emptied ({st.st_size} bytes)"
+            else:
+                return
+        raise StoreError(
+            f"{self.path}: cannot {what}: {gone} since splitproxy opened it, so nothing can be"
+            " recorded durably; restart splitproxy (what the file held is lost unless restored"
+            " from a copy)"
+        )
 
     def _open(self, conn: sqlite3.Connection) -> None:
         # Check that the file is ours and not too new before changing anything in it
@@ -406,6 +442,7 @@ class Store:
     def _use(self, what: str) -> Iterator[sqlite3.Connection]:
         """The connection under the lock; sqlite3 errors become a StoreError saying what failed."""
         with self._lock:
+            self._check_file(what)
             try:
                 yield self._conn
             except sqlite3.Error as e:

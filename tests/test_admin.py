@@ -428,6 +428,9 @@ async def test_concurrent_changes_with_the_same_if_match_let_exactly_one_through
         pytest.param(b'{"weights": {"canary": 1e12}}', "weights.canary", id="over-max"),
         pytest.param(b'{"weights": {"canary": 1' + b"0" * 400 + b"}}", "weights.canary", id="integer-beyond-float"),
         pytest.param(b'{"weights": {"canary": 5e-324}}', "weights.canary", id="subnormal"),
+        # QA (seventh round): read as 0.0, and applied (a mistyped exponent took the traffic away)
+        pytest.param(b'{"weights": {"canary": 1e-400}}', "body", id="underflow"),
+        pytest.param(b'{"weights": {"canary": 0.' + b"0" * 5000 + b"1}}", "body", id="underflow-digits"),
         pytest.param(b'{"weights": {"canary": 10}, "reasn": "typo"}', "reasn", id="unknown-key"),
         pytest.param(b'{"weights": {"canary": 10, "canary": 20}}', "body", id="repeated-key"),
         pytest.param(b'{"weights": {"canary": 10}, "n": ' + b"9" * 5000 + b"}", "body", id="5000-digits"),
@@ -460,6 +463,72 @@ async def test_bad_weights_are_400_and_change_nothing(
     assert await history(session, px.admin_url) == before
     assert (await scrape(session, px.admin_url))[("splitproxy_config_version", frozenset())] == 1
     assert await hits(session, px.url, 5) == {"stable": 5}
+
+
+async def test_a_body_whose_content_encoding_cannot_be_read_is_400(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """QA (seventh round): ``Content-Encoding: gzip`` on a plain JSON body was a 500 and a
+    traceback in the log."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    for encoding in ("gzip", "deflate", "br"):
+        r = await call(
+            session,
+            "PUT",
+            px.admin_url + "/api/v1/routes/main/weights",
+            raw=b'{"weights": {"canary": 20}}',
+            headers={"Content-Encoding": encoding},
+        )
+        assert r.status == 400, r.body
+        assert r.body["error"]["where"] == "body"
+        assert "Content-Encoding" in r.body["error"]["message"]
+    r = await call(
+        session,
+        "PUT",
+        px.admin_url + "/api/v1/routes/main/weights",
+        raw=b'{"weights": {"canary": 1' + b"0" * 5000 + b"}}",
+    )
+    assert (r.status, r.body["error"]["message"]) == (
+        400,
+        "the body cannot be read: a number of 5001 digits is too large to read",
+    )
+    assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
+
+
+async def test_a_state_database_deleted_or_emptied_while_running_refuses_changes(
+    ups: tuple[Upstream, Upstream],
+    start_proxy: StartProxy,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA (seventh round): with the database file deleted or emptied under a running proxy,
+    changes were answered 200 (SQLite went on in its -wal file) and lost at the next start,
+    with the whole history."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    assert px.server.store is not None
+    db = px.server.store.path
+    assert (await put_weights(session, px.admin_url, {"canary": 10})).status == 200
+    before = await history(session, px.admin_url)
+    caplog.set_level(logging.ERROR, logger="splitproxy")
+    for damage in ("emptied", "gone"):
+        saved = db.read_bytes()
+        if damage == "emptied":
+            db.write_bytes(b"")
+        else:
+            db.unlink()
+        r = await put_weights(session, px.admin_url, {"canary": 30})
+        assert r.status == 503, r.body
+        assert f"the file {'was emptied' if damage == 'emptied' else 'is gone'}" in r.body["error"]["message"]
+        assert "restart splitproxy" in r.body["error"]["message"]
+        assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 10.0}  # nothing changed
+        db.write_bytes(saved)  # the same inode again (emptied), or a new file (gone)
+    assert any("admin API: PUT /api/v1/routes/main/weights refused, 503" in r.getMessage() for r in caplog.records)
+    # the file put back under the path is another one: reads of the history are refused too
+    r = await call(session, "GET", f"{px.admin_url}/api/v1/history")
+    assert r.status == 503, r.body
+    assert "another file took its place" in r.body["error"]["message"]
+    assert len(before) == 2
+    assert sum((await hits(session, px.url, 10)).values()) == 10  # traffic goes on
 
 
 async def test_weights_read_as_json_writes_them(

@@ -24,6 +24,7 @@ from proxy.store import (
     SCHEMA_VERSION,
     Change,
     HistoryEntry,
+    StateLock,
     Store,
     StoreError,
     reconcile,
@@ -89,6 +90,15 @@ def test_a_new_database_is_readable_by_its_owner_only(db: Path) -> None:
     db.chmod(0o640)  # an existing file keeps what it has
     Store(db).close()
     assert stat.S_IMODE(db.stat().st_mode) == 0o640
+
+
+def test_a_path_under_a_file_says_which_file(tmp_path: Path) -> None:
+    """QA (seventh round): ``state.path: conf.yaml/sp.db`` said "cannot create its lock file
+    ...: File exists", not what was wrong."""
+    (tmp_path / "conf.yaml").write_text("x")
+    for make in (StateLock, Store):
+        with pytest.raises(StoreError, match=f"{tmp_path / 'conf.yaml'} is a file, not a directory"):
+            make(tmp_path / "conf.yaml" / "deeper" / "sp.db")
 
 
 def test_empty_store(store: Store) -> None:
