@@ -377,7 +377,15 @@ def _as_number(value: object) -> object:
     """``value``, or the float a YAML 1.2 reader makes of it (``weight: 1e6``, and the
     ``1e+06`` the API and CLI print a large weight as, pasted back into the file)."""
     if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value):
-        return float(value.replace("_", ""))
+        return _not_underflowed(float(value.replace("_", "")), value)
+    return value
+
+
+def _not_underflowed(value: float, text: str) -> float:
+    """``value``, unless ``text`` is a number that is not 0 and read as 0 (``1e-400``, below
+    the double range): a weight so mistyped passed `check` and took a backend's traffic away."""
+    if value == 0 and any(c in "123456789" for c in text.lower().partition("e")[0]):
+        raise ValueError(f"is too small to be read (it would be 0), got {text[:40]}")
     return value
 
 
@@ -654,9 +662,12 @@ class _Context:
 
     def scalar(self, node: yaml.Node) -> object:
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. `!!int x`
             raise ValueError(f"cannot read this value: {getattr(e, 'problem', e)}") from None
+        if type(value) is float:
+            _not_underflowed(value, str(node.value))
+        return value
 
 
 def _join(path: str, key: str) -> str:

@@ -726,6 +726,21 @@ ERRORS = [
         4,
         "must be 0 or at least 1e-06",
     ),
+    # QA (seventh round): below the double range, read as 0 and passed as a weight of 0
+    (
+        "weight-underflow",
+        BASE.replace("weight: 1", "weight: 1e-400"),
+        "routes[0].backends.v1.weight",
+        4,
+        "is too small to be read (it would be 0), got 1e-400",
+    ),
+    (
+        "weight-underflow-yaml11-float",
+        BASE.replace("weight: 1", "weight: 1.5e-400"),
+        "routes[0].backends.v1.weight",
+        4,
+        "is too small to be read (it would be 0), got 1.5e-400",
+    ),
     (
         "upstream-https",
         BASE.replace("http://127.0.0.1:8002", "https://127.0.0.1:8002"),
