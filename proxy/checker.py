@@ -1,7 +1,8 @@
 """Active health checks: the asyncio shell around ``proxy.health``.
 
 One probe loop per target — a (route, backend, upstream instance, ``HealthCheck``) — sends
-``GET health_check.path`` with ``User-Agent: splitproxy-health/1`` and a time-out of
+``GET health_check.path`` with ``User-Agent: splitproxy-health/1`` (and ``Host:
+health_check.host`` when set, else the instance's host:port) and a time-out of
 ``health_check.timeout``; a status within ``expect_status`` (inclusive) is a good probe,
 anything else (another status, a refused connection, a time-out, a reset) a failed one.
 ``health.ActiveState`` turns results into flips, and each flip is logged once and handed
@@ -256,6 +257,7 @@ class HealthChecker:
         try:
             async with self._session.get(
                 target.upstream.url + check.path,
+                headers=None if check.host is None else {"Host": check.host},
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=check.timeout),
             ) as resp:

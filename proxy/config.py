@@ -120,6 +120,9 @@ class HealthCheck:
     unhealthy_threshold: int = 3
     healthy_threshold: int = 2
     expect_status: tuple[int, int] = (200, 399)  # inclusive range
+    # The probes' Host header (as Envoy's health check `host`), for an upstream that serves
+    # virtual hosts; None: the instance's own host:port.
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +565,27 @@ def _host(text: str, value: object) -> str:
     return host
 
 
+def _probe_host(value: object) -> str:
+    """A Host header for health probes: ``api.internal``, ``api.internal:8080``, ``[::1]:80``."""
+    text = _string(value).strip()
+    port: str | None = None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else ""
+        if ":" not in host:
+            raise ValueError(f"has brackets around something that is not an IPv6 address, got {_show(value)}")
+    elif text.count(":") > 1:
+        raise ValueError(f"must put an IPv6 address in brackets ([::1]:8080), got {_show(value)}")
+    else:
+        host, colon, rest = text.partition(":")
+        port = rest if colon else None
+    _host(host, value)
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"has an invalid port, got {_show(value)}")
+    return text.lower()
+
+
 def _address(value: object) -> Address:
     """``host:port`` or ``[v6]:port`` for a listener; port 0 lets the OS choose one."""
     text = _string(value).strip()
@@ -887,6 +911,7 @@ _HEALTH_KEYS = (
     "unhealthy_threshold",
     "healthy_threshold",
     "expect_status",
+    "host",
 )
 
 
@@ -1249,4 +1274,5 @@ def _health_check(m: _Map) -> HealthCheck | None:
         unhealthy_threshold=m.get("unhealthy_threshold", _integer(1), d.unhealthy_threshold),
         healthy_threshold=m.get("healthy_threshold", _integer(1), d.healthy_threshold),
         expect_status=(status[0], status[1]),
+        host=m.get("host", _probe_host, d.host),
     )

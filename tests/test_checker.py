@@ -33,6 +33,7 @@ class Hit:
     user_agent: str | None
     method: str
     peer_port: int  # the client's source port: a new one for each new connection
+    host: str | None = None
 
 
 @dataclass
@@ -64,6 +65,7 @@ class HealthServer:
             user_agent=request.headers.get("User-Agent"),
             method=request.method,
             peer_port=peer[1] if peer else 0,
+            host=request.headers.get("Host"),
         )
         if delay:
             await asyncio.sleep(delay)
@@ -277,6 +279,19 @@ async def test_expect_status_range(
     assert state.healthy is healthy
     assert state.last_status == status
     assert changes.seen == ([] if healthy else [("shop", "stable", server.upstream.url, False)])
+
+
+async def test_probes_send_the_configured_host(servers: list[HealthServer], checkers: list[HealthChecker]) -> None:
+    """``health_check.host``: for an upstream that serves virtual hosts (Envoy's ``host``);
+    without it, the instance's own host:port."""
+    server = await serve(servers)
+    targets = [
+        Target("shop", "stable", server.upstream, check(host="api.internal:8080")),
+        Target("shop", "canary", server.upstream, check()),
+    ]
+    start_checker(checkers, targets, Changes())
+    await server.wait_hits(4)
+    assert {h.host for h in server.hits} == {"api.internal:8080", f"127.0.0.1:{server.port}"}
 
 
 async def test_first_probes_of_many_targets_are_not_in_lock_step(

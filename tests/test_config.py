@@ -361,6 +361,11 @@ def shadow(config: Config) -> Shadow:
             lambda c: first(c).health_check,
             HealthCheck(interval=2.0, timeout=2.0, expect_status=(200, 200)),
         ),
+        (
+            route("health_check: {host: API.internal:8080}\n"),
+            lambda c: first(c).health_check,
+            HealthCheck(host="api.internal:8080"),
+        ),
     ],
     ids=[
         "listen-ipv6",
@@ -391,6 +396,7 @@ def shadow(config: Config) -> Shadow:
         "shadow-redact-headers-and-query-lower-cased-deduplicated",
         "health-check-defaults",
         "health-check-timeout-equal-interval",
+        "health-check-host",
     ],
 )
 def test_parsed_values(doc: str, read: Callable[[Config], object], expected: object) -> None:
@@ -1090,6 +1096,13 @@ ERRORS = [
         "must be a query parameter name",
     ),
     # health_check
+    (
+        "health-host-ipv6-without-brackets",
+        route("health_check: {host: '::1'}\n"),
+        "routes[0].health_check.host",
+        6,
+        "must put an IPv6 address in brackets",
+    ),
     (
         "health-path",
         route("health_check: {path: healthz}\n"),
