@@ -248,6 +248,10 @@ def actor_of(request: web.Request) -> str:
     else ``api``. Bounded and printable, as it is stored and shown."""
     actor = request.headers.get("X-Splitproxy-Actor", "api")
     actor = "".join(ch for ch in actor if ch.isprintable())[:100]
+    if actor.strip().lower() == "config":  # QA: a client could record changes as the proxy's own
+        raise BadRequest(
+            "X-Splitproxy-Actor: 'config' is the proxy's own, for changes from the config file", "X-Splitproxy-Actor"
+        )
     return actor or "api"
 
 

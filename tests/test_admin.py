@@ -583,6 +583,27 @@ async def test_a_reason_with_a_lone_surrogate_is_400_and_changes_nothing(
     assert await weights(session, px.admin_url) == {"stable": 100.0, "canary": 0.0}
 
 
+async def test_the_proxys_own_actor_name_is_refused(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """QA (seventh round): ``X-Splitproxy-Actor: config`` recorded an API change under the
+    name the proxy gives changes from the config file."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    weights_url, body = f"{px.admin_url}/api/v1/routes/main/weights", {"weights": {"canary": 10}}
+    before = await history(session, px.admin_url)
+    for actor in ("config", " Config "):
+        r = await call(session, "PUT", weights_url, body, headers={"X-Splitproxy-Actor": actor})
+        assert r.status == 400, r.body
+        assert r.body["error"]["where"] == "X-Splitproxy-Actor"
+    r = await call(
+        session, "POST", f"{px.admin_url}/api/v1/history/1/restore", {}, headers={"X-Splitproxy-Actor": "config"}
+    )
+    assert r.status == 400, r.body
+    assert await history(session, px.admin_url) == before
+    r = await call(session, "PUT", weights_url, body, headers={"X-Splitproxy-Actor": "config-bot"})
+    assert r.status == 200, r.body
+
+
 @pytest.mark.parametrize(
     ("actor", "stored"),
     [
