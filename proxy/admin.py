@@ -61,6 +61,17 @@ def _log_store_error(request: web.Request, exc: StoreError) -> None:
 
 
 @web.middleware
+async def close_after_an_unread_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An answer to a request whose body was not read to its end says ``Connection: close``:
+    the listener does not read the rest (``lingering_time=0``, server.py) and closes the
+    connection after it, so a client must not send another request on it."""
+    resp = await handler(request)
+    if request.body_exists and not request.content.is_eof() and not resp.prepared:
+        resp.force_close()
+    return resp
+
+
+@web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure is a JSON error naming what is wrong; never a traceback."""
     try:
@@ -488,7 +499,9 @@ _CLIENT_MISTAKES: Final = _ClientMistakes()
 
 def make_admin_app(server: Server) -> web.Application:
     logging.getLogger("aiohttp.server").addFilter(_CLIENT_MISTAKES)  # a second add is a no-op
-    app = web.Application(middlewares=[errors_as_json, browser_guard, bearer_auth], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[close_after_an_unread_body, errors_as_json, browser_guard, bearer_auth], client_max_size=MAX_BODY
+    )
     app[SERVER_KEY] = server
     r = app.router
     r.add_get("/healthz", healthz)

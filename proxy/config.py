@@ -370,10 +370,10 @@ def parse_weight(value: object) -> float:
     return float(value) + 0.0  # -0.0 is 0.0
 
 
-# YAML 1.2's floats without a dot (``1e6``, ``1e+06``), which YAML 1.1, and so PyYAML,
-# reads as strings. Read as numbers where a number is wanted only: a backend named ``1e3``
-# stays a name.
-_YAML12_FLOAT: Final = re.compile(r"[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+")
+# YAML 1.2's floats with an exponent but no dot or no sign in it (``1e6``, ``1e+06``,
+# ``1.0e5``), which YAML 1.1, and so PyYAML, reads as strings. Read as numbers where a
+# number is wanted only: a backend named ``1e3`` stays a name.
+_YAML12_FLOAT: Final = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+")
 
 
 def _as_number(value: object) -> object:
@@ -581,7 +581,7 @@ def _probe_host(value: object) -> str:
         host, colon, rest = text.partition(":")
         port = rest if colon else None
     _host(host, value)
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"has an invalid port, got {_show(value)}")
     return text.lower()
 

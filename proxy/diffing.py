@@ -58,7 +58,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -370,21 +370,6 @@ def _step_index(states: _States, index: int) -> tuple[_States, bool]:
     return tuple(nxt), False
 
 
-def _hides(value: Any, states: _States) -> bool:
-    """For redaction: whether a value that patterns continue into (``states``, none terminal)
-    is one they cannot step into, so that it is redacted whole: a scalar other than null and
-    the booleans, an object where they continue by index only, an array where they continue
-    by name only. A version that changes a record into a list of records, or a list into one
-    record, or an object into the string it held, sends the secret under another path; a
-    difference at such a path is withheld for the same reason (``_path_touches``)."""
-    t = type(value)
-    if t is dict:
-        return not any(n.keys or n.any_key is not None or n.id_key is not None for n in states)
-    if t is list:
-        return not any(n.indexes or n.any_index is not None for n in states)
-    return value is not None and t is not bool
-
-
 # ---- values ------------------------------------------------------------------------------------
 
 
@@ -570,10 +555,7 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
         for k, child in node.keys.items():
             if k in value:
                 if not child.terminal:
-                    if replacement is not None and _hides(value[k], (child,)):
-                        value[k] = replacement
-                    else:
-                        _strip_node(value[k], child, replacement)
+                    _strip_node(value[k], child, replacement)
                 elif replacement is None:
                     del value[k]
                 else:
@@ -599,7 +581,7 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
             # true; that pattern stripped nothing, and redact_fields left such values in the
             # stored sample bodies.)
             names = tuple(elem.keys)
-            for i, x in enumerate(value):
+            for x in value:
                 if type(x) is dict:
                     for k in names:
                         if k in x:
@@ -607,17 +589,9 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
                                 del x[k]
                             else:
                                 x[k] = replacement
-                elif replacement is not None and _hides(x, (elem,)):
-                    value[i] = replacement
-        elif replacement is None:
+        else:
             for x in value:
                 _strip_node(x, elem, replacement)
-        else:
-            for i, x in enumerate(value):
-                if _hides(x, (elem,)):
-                    value[i] = replacement
-                else:
-                    _strip_node(x, elem, replacement)
 
 
 def _strip_states(value: Any, states: _States, replacement: object) -> None:
@@ -634,10 +608,7 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
                 else:
                     value[k] = replacement
             elif nxt:
-                if replacement is not None and _hides(value[k], nxt):
-                    value[k] = replacement
-                else:
-                    _strip(value[k], nxt, replacement)
+                _strip(value[k], nxt, replacement)
     elif type(value) is list:
         if any(n.any_index is not None for n in states):
             indexes: Iterable[int] = range(len(value))
@@ -648,10 +619,7 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
             if hit:
                 value[i] = _IGNORED if replacement is None else replacement
             elif nxt:
-                if replacement is not None and _hides(value[i], nxt):
-                    value[i] = replacement
-                else:
-                    _strip(value[i], nxt, replacement)
+                _strip(value[i], nxt, replacement)
 
 
 class _TooManyFields(Exception):
@@ -1793,55 +1761,92 @@ def redact_json(value: Any, redact_fields: tuple[str, ...]) -> Any:
 
 
 def _redact_body(value: Any, root: _Node) -> Any:
-    """A parsed body with ``redact_fields`` (``root``) applied, in place where it can be: each
-    match replaced by ``"[redacted]"``, and each value a pattern continues into but cannot
-    step into (``_hides``). The body itself is also read as the patterns' records when its
-    shape is not theirs: an array's elements where they name members (``$.user.email`` and
-    ``[{"user": ...}]``), an object as the one element where they index an array."""
-    if root.terminal:
-        return REDACTED
-    _strip(value, (root,), REDACTED)
-    if type(value) is list and (root.keys or root.any_key is not None or root.id_key is not None):
-        for i, x in enumerate(value):
-            if type(x) is dict or type(x) is list:
-                value[i] = _redact_body(x, root)
-    elif type(value) is dict:
-        elems = tuple(n for n in (*root.indexes.values(), root.any_index) if n is not None)
-        if any(n.terminal for n in elems):
+    """A parsed body with ``redact_fields`` (``root``) applied, in place where it can be."""
+    return REDACTED if root.terminal else _redact_states(value, (root,))
+
+
+def _redact_states(value: Any, states: _States) -> Any:
+    """``value`` where patterns continue (``states``, none terminal): each match replaced by
+    ``"[redacted]"``, the patterns followed through a change of shape, as a version that
+    turns a record into a list of records, a list into one record, or a record into the
+    string it held still sends its secrets: an array's elements are read as records by the
+    patterns that name members (``$.user.email`` reaches ``{"user": [{"email": ...}]}``), an
+    object is also read as one element by the patterns that index (``$.users[*].email``
+    reaches ``{"users": {"email": ...}}``), and a string or number where a pattern continues
+    is redacted whole (null and the booleans stay). Differences follow the same reading
+    (``_shape_step``)."""
+    t = type(value)
+    if t is dict:
+        elems = _elements(states)
+        if any(e.terminal for e in elems):  # "$.users[*]" and an object: the one element
             return REDACTED
-        if elems and not _hides(value, elems):
-            _strip(value, elems, REDACTED)
-    return value
+        look = _unique((*states, *elems)) if elems else states
+        for k in list(value):
+            nxt, hit = _step_key(look, k)
+            if hit:
+                value[k] = REDACTED
+            elif nxt:
+                value[k] = _redact_states(value[k], nxt)
+        return value
+    if t is list:
+        named = tuple(n for n in states if _names(n))
+        for i, x in enumerate(value):
+            nxt, hit = _step_index(states, i)
+            if hit:
+                value[i] = REDACTED
+            elif nxt or named:
+                value[i] = _redact_states(x, _unique((*nxt, *named)) if named else nxt)
+        return value
+    return value if value is None or t is bool else REDACTED
+
+
+def _names(node: _Node) -> bool:
+    """Whether a pattern state steps into an object's members."""
+    return bool(node.keys) or node.any_key is not None or node.id_key is not None
+
+
+def _elements(states: _States) -> _States:
+    """The states an object is read with as the one element of an array: the children of
+    the given states' index steps."""
+    return tuple(c for n in states for c in (*n.indexes.values(), n.any_index) if c is not None)
+
+
+def _unique(states: Iterable[_Node]) -> _States:
+    return tuple(dict.fromkeys(states))
+
+
+def _shape_step(states: _States, seg: object) -> tuple[_States, int]:
+    """One segment of an exact path or a field key through the patterns, read across a
+    change of shape as ``_redact_states`` reads a body. The states below, and 0; or () and
+    1 when the segment names a redacted value, 2 when the object it steps into is redacted
+    whole (read as an element that a pattern redacts)."""
+    if seg is ANY_INDEX or isinstance(seg, int):
+        nxt, hit = _step_any(states, True) if seg is ANY_INDEX else _step_index(states, cast(int, seg))
+        if hit:
+            return (), 1
+        return _unique((*nxt, *(n for n in states if _names(n)))), 0
+    elems = _elements(states)
+    if any(e.terminal for e in elems):
+        return (), 2
+    look = _unique((*states, *elems)) if elems else states
+    nxt, hit = _step_any(look, False) if seg is ID else _step_key(look, cast(str, seg))
+    return nxt, int(hit)
 
 
 def _path_touches(path: str, root: _Node) -> bool:
-    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it; also
-    with the body read as the patterns' records, as ``_redact_body`` reads it."""
+    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it, read
+    across a change of shape (``_shape_step``)."""
     try:
         segments = parse_field_path(path)
     except ValueError:
         return False
-    if _touches(segments, (root,)):
-        return True
-    if segments and isinstance(segments[0], int) and (root.keys or root.any_key or root.id_key):
-        i = 0
-        while i < len(segments) and isinstance(segments[i], int):
-            i += 1
-        return _touches(segments[i:], (root,))
-    elems = tuple(n for n in (*root.indexes.values(), root.any_index) if n is not None)
-    return bool(segments) and isinstance(segments[0], str) and bool(elems) and _touches(segments, elems)
-
-
-def _touches(segments: Sequence[object], states: _States) -> bool:
-    if any(n.terminal for n in states):
+    states: _States = (root,)
+    if root.terminal:
         return True
     for seg in segments:
-        if isinstance(seg, int):
-            states, hit = _step_index(states, seg)
-        elif isinstance(seg, str):
-            states, hit = _step_key(states, seg)
-        else:  # pragma: no cover - exact paths hold no wildcards
+        if seg is ANY_KEY:  # pragma: no cover - exact paths hold no wildcards
             return True
+        states, hit = _shape_step(states, seg)
         if hit:
             return True
         if not states:
@@ -1877,19 +1882,16 @@ def _redacted_prefix(path: str, root: _Node) -> str:
     except ValueError:
         return path
     states: _States = (root,)
+    before = 1  # where the value the next segment steps into ends: "$" first
     for seg, end in spans:
-        if seg is ANY_INDEX or seg is ID:
-            states, hit = _step_any(states, seg is ANY_INDEX)
-        elif isinstance(seg, int):
-            states, hit = _step_index(states, seg)
-        elif isinstance(seg, str):
-            states, hit = _step_key(states, seg)
-        else:  # pragma: no cover - ".*" is no segment of a field key or exact path
+        if seg is ANY_KEY:  # pragma: no cover - ".*" is no segment of a field key or exact path
             return path
+        states, hit = _shape_step(states, seg)
         if hit:
-            return path[:end]
+            return path[: end if hit == 1 else before]
         if not states:
             return path
+        before = end
     return path
 
 

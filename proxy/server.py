@@ -154,7 +154,11 @@ class Server:
         await self.plane.admit_endpoints(self.reports.known_endpoints())
         # `-v`: every admin request in the log (aiohttp's access log, at debug level only)
         access = log if log.isEnabledFor(logging.DEBUG) else None
-        self._admin = web.AppRunner(make_admin_app(self), access_log=access, handle_signals=False)
+        # lingering_time=0: a body not read to its end closes the connection after the answer.
+        # aiohttp would read the rest to keep the connection, and log an "Unhandled
+        # exception" traceback for each body it cannot decode (Content-Encoding: gzip on
+        # plain text), read by a handler or not: a client could fill the log (review).
+        self._admin = web.AppRunner(make_admin_app(self), access_log=access, handle_signals=False, lingering_time=0)
         try:
             await self._admin.setup()
             site = web.TCPSite(self._admin, config.admin.listen.host, config.admin.listen.port)

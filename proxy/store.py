@@ -331,7 +331,9 @@ class Store:
             # Readable by its owner only: it holds the report's sample bodies (SQLite gives
             # its -wal and -shm files the database's permissions). A file that exists keeps
             # the ones it has.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            # (the file a symlink names: O_EXCL refuses a dangling link, and SQLite made its
+            # target with the umask's mode)
+            os.close(os.open(os.path.realpath(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except FileExistsError:
             pass
         except OSError as e:

@@ -447,7 +447,7 @@ def test_yaml_anchors_and_merge_keys() -> None:
 
 @pytest.mark.parametrize(
     ("spelt", "weight"),
-    [("1e6", 1e6), ("1e+06", 1e6), ("2.5E-1", 0.25), ("1_000", 1000.0), ("7", 7.0)],
+    [("1e6", 1e6), ("1e+06", 1e6), ("2.5E-1", 0.25), ("1_000", 1000.0), ("7", 7.0), ("1.0e5", 1e5), (".5e1", 5.0)],
 )
 def test_weights_are_read_as_yaml_1_2_numbers(spelt: str, weight: float) -> None:
     """QA: ``weight: 1e6`` was "must be a number, got '1e6'" (YAML 1.1 needs a dot), and the
@@ -1096,6 +1096,13 @@ ERRORS = [
         "must be a query parameter name",
     ),
     # health_check
+    (
+        "health-host-port-not-ascii-digits",
+        route("health_check: {host: 'x:\u0668\u0660'}\n"),
+        "routes[0].health_check.host",
+        6,
+        "has an invalid port",
+    ),
     (
         "health-host-ipv6-without-brackets",
         route("health_check: {host: '::1'}\n"),

@@ -815,6 +815,9 @@ def test_names_inside_a_redacted_value_are_not_kept() -> None:
         ({"users": [{"email": "S-live"}]}, {"users": ["S-shadow"]}),
         ([{"user": {"email": "S-live"}}], [{"user": {"email": "S-shadow"}}]),  # the records as the body
         ({"email": "S-live"}, {"email": "S-shadow", "n": 1}),  # a body that is one record of "$.users[*]"'s
+        # review: both versions in the other shape; the differences' values were stored
+        ({"user": [{"email": "S-live"}]}, {"user": [{"email": "S-shadow"}]}),
+        ({"users": {"email": "S-live"}}, {"users": {"email": "S-shadow"}}),
     ],
 )
 def test_redact_fields_hold_when_the_other_version_changes_the_shape(live: Any, shadow: Any) -> None:
@@ -833,6 +836,28 @@ def test_redact_fields_hold_when_the_other_version_changes_the_shape(live: Any, 
         "users": [True, None],
         "n": "kept",
     }
+
+
+@pytest.mark.parametrize(
+    ("patterns", "live", "shadow"),
+    [
+        # a pattern that can step into the other shape did not stop another one that cannot
+        (("$.items[*].token", "$.items.total"), {"items": [{"token": "S-live"}]}, {"items": {"token": "S-shadow"}}),
+        (("$.data[*].token", "$.*.id"), {"data": [{"token": "S-live"}]}, {"data": {"token": "S-shadow"}}),
+        # JSON sent as a JSON string (encoded twice), as the body or in an array body
+        (("$.token",), '{"token": "S-live"}', '{"token": "S-shadow"}'),
+        (("$.token",), ['{"token": "S-live"}'], ['{"token": "S-shadow"}']),
+    ],
+)
+def test_redact_fields_hold_across_patterns_of_both_shapes_and_encoded_bodies(
+    patterns: tuple[str, ...], live: Any, shadow: Any
+) -> None:
+    """Review (fourteenth session) of the redaction by shape: each of these stored a secret in clear."""
+    stats = RouteStats()
+    record(stats, j(live), j(shadow), redact_fields=patterns)
+    stored = json.dumps(stats.to_dict())
+    assert "S-live" not in stored
+    assert "S-shadow" not in stored
 
 
 @pytest.mark.parametrize("pattern", ["$.users[*][1]", "$.users[*][*]", "$.users[*][1].pw", "$.users[*][*].pw"])

@@ -90,6 +90,11 @@ def test_a_new_database_is_readable_by_its_owner_only(db: Path) -> None:
     db.chmod(0o640)  # an existing file keeps what it has
     Store(db).close()
     assert stat.S_IMODE(db.stat().st_mode) == 0o640
+    # review: through a symlink to a file not made yet (O_EXCL refuses a dangling link)
+    link, target = db.parent / "link.db", db.parent / "target.db"
+    link.symlink_to(target)
+    Store(link).close()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
 def test_a_path_under_a_file_says_which_file(tmp_path: Path) -> None:
