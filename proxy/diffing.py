@@ -921,11 +921,15 @@ def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  
 
 
 def _json_walk(a: Any, b: Any) -> _Acc | None:
-    """The Python walk of two parsed (and stripped) documents; None past MAX_JSON_FIELD_KEYS."""
+    """The Python walk of two parsed (and stripped) documents; None past MAX_JSON_FIELD_KEYS,
+    or nested deeper than the interpreter's stack can compare."""
     acc = _Acc()
     try:
         _diff_json(a, b, acc)
-    except _TooManyFields:
+    except (_TooManyFields, RecursionError):
+        # RecursionError: nesting json.loads took (up to ~1000 levels) that == on its lists
+        # cannot compare within the interpreter's stack (interpreted build, past ~900): the
+        # comparison was lost with a traceback; now it is compared as text
         return None
     return None if len(acc.fields) > MAX_JSON_FIELD_KEYS else acc
 
@@ -2007,7 +2011,10 @@ def _sample_body(c: Captured, root: _Node | None) -> str:
             value = json.loads(body)
         except (ValueError, RecursionError):
             return "[withheld: a JSON body that does not parse cannot be redacted]"
-        return _clip(_ENCODE(_redact_body(value, root)), SAMPLE_BODY_CHARS)
+        try:
+            return _clip(_ENCODE(_redact_body(value, root)), SAMPLE_BODY_CHARS)
+        except RecursionError:  # nesting json.loads took, deeper than the walk's stack
+            return "[withheld: a JSON body nested too deeply to be redacted]"
     head = body[: SAMPLE_BODY_CHARS * 4]
     if _is_json_type(mt) or _is_text_type(mt):
         codec = (_text_codec(charset) if charset else None) or "utf-8"  # as _looks_like_json

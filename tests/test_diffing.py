@@ -737,6 +737,22 @@ def record(
     )
 
 
+def test_json_nested_as_deep_as_the_parser_takes_is_compared_without_an_error() -> None:
+    """Found this session: ~985 nested arrays (json.loads takes them; the C walk leaves
+    bodies past 500 levels to Python) made the interpreted build's walk raise RecursionError
+    out of ``compare`` (on ``==`` of the lists below its depth cap): the comparison was lost
+    with a traceback. It is compared as text there (the compiled build manages it as JSON)."""
+    for depth in (600, 985):
+        body = ("[" * depth + '{"user": 1}' + "]" * depth).encode()
+        live, shadow = Captured(200, JSON, body), Captured(200, JSON, body.replace(b"1", b"2"))
+        c = compare(live, shadow)
+        assert c.body in ("json", "text")
+        assert c.differing
+        stats = RouteStats()
+        record(stats, live, shadow, redact_fields=("$.user.email",))
+        assert stats.endpoints["GET /users/{id}"].differing == 1
+
+
 def test_a_samples_request_line_is_redacted_then_cut() -> None:
     """QA (seventh round): a client's 60 KB query was stored whole in every sample it made
     (93 MB of report, database and page for 30 endpoints)."""
