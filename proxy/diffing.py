@@ -534,40 +534,39 @@ class _Ignored:
 _IGNORED: Final = _Ignored()
 
 
-def _strip(value: Any, states: _States, replacement: object) -> Any:
-    """Apply compiled patterns to a freshly parsed document, in place: a matched object member
-    is deleted (``replacement is None``) or replaced, a matched array element replaced (by
-    ``_IGNORED`` when deleting). Visits only nodes along the patterns, so the diff walk that
-    follows needs no pattern state and keeps its ``==`` shortcuts."""
+def _strip(value: Any, states: _States) -> Any:
+    """Apply compiled ``ignore_fields`` patterns to a freshly parsed document, in place: a
+    matched object member is deleted, a matched array element replaced by ``_IGNORED`` (so
+    later indexes keep their places). Visits only nodes along the patterns, so the diff walk
+    that follows needs no pattern state and keeps its ``==`` shortcuts. (Redaction, which
+    also follows patterns through a change of shape, is ``_redact_states``.)"""
     if len(states) == 1:
-        _strip_node(value, states[0], replacement)
+        _strip_node(value, states[0])
     else:
-        _strip_states(value, states, replacement)
+        _strip_states(value, states)
     return value
 
 
-def _strip_node(value: Any, node: _Node, replacement: object) -> None:
+def _strip_node(value: Any, node: _Node) -> None:
     """``_strip`` for one trie node: the common case, without building state tuples."""
     if type(value) is dict:
         if node.any_key is not None or node.id_key is not None:
-            _strip_states(value, (node,), replacement)
+            _strip_states(value, (node,))
             return
         for k, child in node.keys.items():
             if k in value:
                 if not child.terminal:
-                    _strip_node(value[k], child, replacement)
-                elif replacement is None:
-                    del value[k]
+                    _strip_node(value[k], child)
                 else:
-                    value[k] = replacement
+                    del value[k]
     elif type(value) is list:
         elem = node.any_index
         if node.indexes or elem is None:
             if node.indexes:
-                _strip_states(value, (node,), replacement)
+                _strip_states(value, (node,))
             return
         if elem.terminal:
-            value[:] = [_IGNORED if replacement is None else replacement] * len(value)
+            value[:] = [_IGNORED] * len(value)
         elif (
             elem.keys
             and not elem.indexes
@@ -578,23 +577,19 @@ def _strip_node(value: Any, node: _Node, replacement: object) -> None:
         ):
             # "$.items[*].updated_at": drop the named members of every element, nothing deeper.
             # (Only names: "$.rows[*][1]" continues by an index, and all() of no names is
-            # true; that pattern stripped nothing, and redact_fields left such values in the
-            # stored sample bodies.)
+            # true; that pattern stripped nothing.)
             names = tuple(elem.keys)
             for x in value:
                 if type(x) is dict:
                     for k in names:
                         if k in x:
-                            if replacement is None:
-                                del x[k]
-                            else:
-                                x[k] = replacement
+                            del x[k]
         else:
             for x in value:
-                _strip_node(x, elem, replacement)
+                _strip_node(x, elem)
 
 
-def _strip_states(value: Any, states: _States, replacement: object) -> None:
+def _strip_states(value: Any, states: _States) -> None:
     if type(value) is dict:
         if any(n.any_key is not None or n.id_key is not None for n in states):
             names: Iterable[str] = list(value)
@@ -603,12 +598,9 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
         for k in names:
             nxt, hit = _step_key(states, k)
             if hit:
-                if replacement is None:
-                    del value[k]
-                else:
-                    value[k] = replacement
+                del value[k]
             elif nxt:
-                _strip(value[k], nxt, replacement)
+                _strip(value[k], nxt)
     elif type(value) is list:
         if any(n.any_index is not None for n in states):
             indexes: Iterable[int] = range(len(value))
@@ -617,9 +609,9 @@ def _strip_states(value: Any, states: _States, replacement: object) -> None:
         for i in indexes:
             nxt, hit = _step_index(states, i)
             if hit:
-                value[i] = _IGNORED if replacement is None else replacement
+                value[i] = _IGNORED
             elif nxt:
-                _strip(value[i], nxt, replacement)
+                _strip(value[i], nxt)
 
 
 class _TooManyFields(Exception):
@@ -1395,8 +1387,8 @@ def _diff_json_body(  # noqa: PLR0917  # private, one caller
     if root is not None:
         if root.terminal:  # "$" ignores the whole body
             return True
-        a = _strip(a, (root,), None)
-        b = _strip(b, (root,), None)
+        a = _strip(a, (root,))
+        b = _strip(b, (root,))
     walked = _json_walk(a, b)
     if walked is None:
         return False
@@ -1479,7 +1471,7 @@ def _own_fields(body: bytes, ignore_fields: tuple[str, ...], reuse: str | None) 
         if root is not None:
             if root.terminal:  # "$" ignores the whole body
                 return frozenset()
-            a = _strip(a, (root,), None)
+            a = _strip(a, (root,))
         own = _json_walk(a, a)
         if own is None:
             return None

@@ -250,8 +250,8 @@ def _ref_diff_body(  # noqa: PLR0917
             if root is not None:
                 if root.terminal:
                     return "json"
-                a = _strip(a, (root,), None)
-                b = a if b is a else _strip(b, (root,), None)
+                a = _strip(a, (root,))
+                b = a if b is a else _strip(b, (root,))
             walked = _Acc()
             _ref_diff_json(a, b, walked)
             if len(walked.fields) <= MAX_JSON_FIELD_KEYS:  # else: compared as text, or bytes
