@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .client import is_loopback
+from .config import not_underflowed
 from .control import BadRequest, ControlError, NotFound, Outcome, parse_if_match
 from .store import StoreError
 
@@ -247,11 +248,7 @@ def _int(text: str) -> int:
 
 
 def _float(text: str) -> float:
-    value = float(text)
-    if value == 0 and any(c in "123456789" for c in text.partition("e")[0].partition("E")[0]):
-        # 1e-400 read as 0.0: a weight mistyped so would have taken a backend's traffic away
-        raise ValueError(f"{text[:40]} is too small to be read (it would be 0)")
-    return value
+    return not_underflowed(float(text), text)
 
 
 def actor_of(request: web.Request) -> str:

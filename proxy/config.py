@@ -380,15 +380,16 @@ def _as_number(value: object) -> object:
     """``value``, or the float a YAML 1.2 reader makes of it (``weight: 1e6``, and the
     ``1e+06`` the API and CLI print a large weight as, pasted back into the file)."""
     if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value):
-        return _not_underflowed(float(value.replace("_", "")), value)
+        return not_underflowed(float(value.replace("_", "")), value)
     return value
 
 
-def _not_underflowed(value: float, text: str) -> float:
+def not_underflowed(value: float, text: str) -> float:
     """``value``, unless ``text`` is a number that is not 0 and read as 0 (``1e-400``, below
-    the double range): a weight so mistyped passed `check` and took a backend's traffic away."""
+    the double range): a weight so mistyped passed `check` (and the admin API) and took a
+    backend's traffic away."""
     if value == 0 and any(c in "123456789" for c in text.lower().partition("e")[0]):
-        raise ValueError(f"is too small to be read (it would be 0), got {text[:40]}")
+        raise ValueError(f"{text[:40]} is too small to be read (it would be 0)")
     return value
 
 
@@ -690,7 +691,7 @@ class _Context:
         except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. `!!int x`
             raise ValueError(f"cannot read this value: {getattr(e, 'problem', e)}") from None
         if type(value) is float:
-            _not_underflowed(value, str(node.value))
+            not_underflowed(value, str(node.value))
         return value
 
 

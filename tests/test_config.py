@@ -738,14 +738,14 @@ ERRORS = [
         BASE.replace("weight: 1", "weight: 1e-400"),
         "routes[0].backends.v1.weight",
         4,
-        "is too small to be read (it would be 0), got 1e-400",
+        "1e-400 is too small to be read (it would be 0)",
     ),
     (
         "weight-underflow-yaml11-float",
         BASE.replace("weight: 1", "weight: 1.5e-400"),
         "routes[0].backends.v1.weight",
         4,
-        "is too small to be read (it would be 0), got 1.5e-400",
+        "1.5e-400 is too small to be read (it would be 0)",
     ),
     (
         "upstream-https",
