@@ -430,6 +430,10 @@ class ShadowManager:
                 return True
         return False
 
+    def _checked_down(self, plan: RoutePlan, backend_name: str) -> bool:
+        down = self.rt.balancer.down
+        return any(b.name == backend_name and id(b) in down for b in plan.backends)
+
     def begin(self, ex: Exchange, plan: RoutePlan) -> Mirror | None:
         shadow = plan.route.shadow
         assert shadow is not None
@@ -445,6 +449,11 @@ class ShadowManager:
             return None
         if ex.upgrade or (ex.content_length is not None and ex.content_length > shadow.max_body):
             self._count(route, SKIPPED_BODY)
+            return None
+        if self.rt.balancer.down and self._checked_down(plan, shadow.backend):
+            # No instance of the shadow passes its health checks (the balancer has it down, as
+            # it would take live traffic away from it): not dialled; mirrors end as errors at once.
+            self._count(route, ERROR)
             return None
         if self.backed_off and self._all_backed_off(plan, shadow.backend):
             # A failing shadow is not dialled for every request: while every instance of

@@ -25,6 +25,7 @@ class Instance:
         self.port = 0
         self.hits = 0
         self.bodies: list[bytes] = []
+        self.heads: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.handlers: set[asyncio.Task[None]] = set()
@@ -57,6 +58,7 @@ class Instance:
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length) if length else b""
                 self.hits += 1
+                self.heads.append(head)
                 self.bodies.append(body)
                 if self.close_after_request:
                     writer.close()
@@ -184,6 +186,45 @@ async def test_dead_canary_fails_over_to_baseline_and_sticky_users_return(start_
     assert after == before
     counts = px.server.runtime.counts.extra_counters.get("splitproxy_failovers", {})
     assert sum(counts.values()) >= len(on_canary)
+
+
+async def test_a_shadow_its_health_checks_have_down_is_not_mirrored_to(start_proxy: StartProxy) -> None:
+    """QA (seventh round, a side note): a shadow backend whose checks failed on every
+    instance still got every mirror. Now it is not dialled while down, the mirrors end as
+    errors at once, and mirroring resumes when it passes its checks again."""
+    from .test_shadow import outcomes, wait_outcome
+
+    stable = await Instance("stable").start()
+    candidate = await Instance("candidate", status=500).start()  # its health check fails
+    route = {
+        "name": "main",
+        "backends": backends(stable=([stable], 100), candidate=([candidate], 0)),
+        "shadow": {"backend": "candidate", "percent": 100, "noise": {"percent": 0}},
+        "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1},
+    }
+    px = await start_proxy([route], access_log="off")
+    balancer = px.server.runtime.balancer
+
+    def mirrors() -> int:
+        return sum(b"x-shadow-request: 1" in h.lower() for h in candidate.heads)
+
+    try:
+        await balancer_settles(balancer, lambda: balancer.down)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                async with s.get(px.url + "/x") as r:
+                    assert (r.status, await r.read()) == (200, b"stable")
+            assert mirrors() == 0
+            assert outcomes(px) == {"error": 10}
+            candidate.status = 200
+            await balancer_settles(balancer, lambda: not balancer.down)
+            async with s.get(px.url + "/x") as r:
+                assert r.status == 200
+            await wait_outcome(px, "compared", 1)
+        assert mirrors() == 1
+    finally:
+        await stable.close()
+        await candidate.close()
 
 
 async def test_requests_in_flight_when_a_canary_dies_are_the_bound_on_failures(start_proxy: StartProxy) -> None:
