@@ -11,7 +11,7 @@ whole process group.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +163,7 @@ class SplitproxyCollector(Collector):
         config_version: Callable[[], int],
         healthy_upstreams: Callable[[], Iterable[GaugeSample]],
         reloads: Callable[[], tuple[Mapping[str, int], bool]] = lambda: ({}, True),
+        configured: Callable[[], Mapping[str, Collection[str]]] | None = None,
         extra_counters: Iterable[CounterSpec] = (
             CounterSpec(
                 "splitproxy_shadow_requests",
@@ -199,28 +200,54 @@ class SplitproxyCollector(Collector):
         self._healthy = healthy_upstreams
         self._reloads = reloads
         self._extra = tuple(extra_counters)
+        self._configured = configured
+
+    def _in_config(self) -> Callable[[tuple[str, ...], tuple[str, ...]], bool]:
+        """Whether a series' route (and backend, where it has one) is in the config in force:
+        a route or backend a reload removed leaves /metrics, as Envoy drops a removed
+        cluster's stats (its counts are kept, and go on if it comes back). Requests that
+        matched no route (route "") and those that reached no backend stay."""
+        if self._configured is None:
+            return lambda labels, names: True
+        routes = self._configured()
+
+        def kept(labels: tuple[str, ...], names: tuple[str, ...]) -> bool:
+            route = labels[0]
+            if route == "":
+                return True
+            backends = routes.get(route)
+            if backends is None:
+                return False
+            if len(names) > 1 and names[1] == "backend":
+                return labels[1] == "" or labels[1] in backends
+            return True
+
+        return kept
 
     def collect(self) -> Iterator[Metric]:
         c = self._counts()
+        kept = self._in_config()
         requests = CounterMetricFamily(
             "splitproxy_requests", "Requests answered, by route, backend, method and status code.",
             labels=("route", "backend", "method", "code"),
         )  # fmt: skip
+        names4 = ("route", "backend", "method", "code")
         for labels, v in sorted(c.requests.items()):
-            requests.add_metric(labels, v)
+            if kept(labels, names4):
+                requests.add_metric(labels, v)
         yield requests
 
         yield _histogram(
             "splitproxy_request_duration_seconds",
             "Time from the request's first byte to the response's last, by route and backend.",
             ("route", "backend"),
-            c.durations,
+            {k: h for k, h in c.durations.items() if kept(k, ("route", "backend"))},
         )
         yield _histogram(
             "splitproxy_shadow_duration_seconds",
             "Latency of mirrored requests: the live answer and the shadow's, by route and role.",
             ("route", "role"),
-            c.shadow_durations,
+            {k: h for k, h in c.shadow_durations.items() if kept(k, ("route", "role"))},
         )
 
         errors = CounterMetricFamily(
@@ -228,7 +255,8 @@ class SplitproxyCollector(Collector):
             labels=("route", "backend", "reason"),
         )  # fmt: skip
         for labels3, v in sorted(c.upstream_errors.items()):
-            errors.add_metric(labels3, v)
+            if kept(labels3, ("route", "backend", "reason")):
+                errors.add_metric(labels3, v)
         yield errors
 
         weights = GaugeMetricFamily(
@@ -273,5 +301,6 @@ class SplitproxyCollector(Collector):
         for spec in self._extra:
             family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
             for labels_n, v in sorted(c.extra_counters.get(spec.name, {}).items()):
-                family.add_metric(list(labels_n), v)
+                if spec.labels[0] != "route" or kept(labels_n, spec.labels):
+                    family.add_metric(list(labels_n), v)
             yield family

@@ -90,6 +90,7 @@ class Server:
         self._reload_lock = asyncio.Lock()  # reload_file: one at a time
         self.reloads = {"applied": 0, "refused": 0}  # SIGHUP reloads, for /metrics
         self.last_reload_ok = True
+        self._backends_of: tuple[Config | None, dict[str, frozenset[str]]] = (None, {})
         self.controller: Controller = None  # type: ignore[assignment]  # set in start()
         self.admin_token: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
@@ -144,6 +145,7 @@ class Server:
                 config_version=lambda: self.controller.version,
                 healthy_upstreams=self._healthy_samples,
                 reloads=lambda: (self.reloads, self.last_reload_ok),
+                configured=self._route_backends,
             )
         )
         try:
@@ -243,6 +245,13 @@ class Server:
         await self.plane.install(config)
         if trimmed:  # onto the new table: on the old one, a removed route's backend was "recovered" (QA)
             await self._push_health()
+
+    def _route_backends(self) -> dict[str, frozenset[str]]:
+        """The backend names of each route in force (for /metrics), worked out once per config."""
+        config = self.config
+        if self._backends_of[0] is not config:
+            self._backends_of = (config, {r.name: frozenset(b.name for b in r.backends) for r in config.routes})
+        return self._backends_of[1]
 
     # -- views for the admin API -----------------------------------------------------------
 

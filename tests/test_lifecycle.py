@@ -359,3 +359,54 @@ async def test_reloads_are_counted_in_metrics(tmp_path: Path, start_upstream: St
         assert "splitproxy_config_last_reload_successful 1.0" in applied
     finally:
         await server.stop()
+
+
+async def test_a_route_or_backend_a_reload_removed_leaves_metrics(
+    tmp_path: Path, start_upstream: StartUpstream
+) -> None:
+    """QA (seventh round, a side note): the series of a route a reload removed stayed in
+    /metrics until restart. Now a removed route's, or a removed backend's, series go at the
+    next scrape (Envoy drops a removed cluster's stats); requests that matched no route stay;
+    a route that comes back goes on from its count."""
+    from proxy.config import load_file
+    from proxy.server import Server
+
+    stable = await start_upstream("stable")
+    canary = await start_upstream("canary")
+    both = [
+        route(name="kept", prefix="/k", stable=(stable, 0), canary=(canary, 100)),
+        route(name="gone", stable=stable),
+    ]
+    path = write_config(tmp_path, both)
+    server = Server(load_file(path), path, grace=1.0)
+    await server.start()
+
+    async def scrape() -> str:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{server.admin_port}/metrics") as r:
+            return await r.text()
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            for url in ("/k", "/k", "/other", "/nowhere"):  # /nowhere: "gone" takes every path but /k
+                async with s.get(f"http://127.0.0.1:{server.plane.port}{url}") as r:
+                    assert r.status == 200
+            one = [
+                route(name="kept", prefix="/k", stable=(stable, 100)),
+                route(name="nothing", prefix="/n0", stable=stable),
+            ]
+            write_config(tmp_path, one)
+            assert await server.reload_file()
+            async with s.get(f"http://127.0.0.1:{server.plane.port}/elsewhere") as r:
+                assert r.status == 404  # no route: counted with route=""
+        after = await scrape()
+        series = [ln for ln in after.splitlines() if ln.startswith("splitproxy_") and "{" in ln]
+        assert series
+        assert not [ln for ln in series if 'route="gone"' in ln or 'backend="canary"' in ln]
+        assert 'splitproxy_requests_total{backend="",code="404",method="GET",route=""} 1.0' in after
+        write_config(tmp_path, both)
+        assert await server.reload_file()
+        again = await scrape()
+        assert 'splitproxy_requests_total{backend="stable",code="200",method="GET",route="gone"} 2.0' in again
+        assert 'splitproxy_requests_total{backend="canary",code="200",method="GET",route="kept"} 2.0' in again
+    finally:
+        await server.stop()
