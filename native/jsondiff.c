@@ -68,8 +68,9 @@ enum { T_NULL, T_BOOL, T_INT, T_FLOAT, T_STR, T_LIST, T_DICT, T_IGN };
  * Kept across calls, so a member's field key is found with one hash of its name, and Python
  * strings are made once per key, not per member.
  * - a Key is one field key string ("$.items[*].price", "$.users.{id}"): what is counted as
- *   compared or differing. `field_gen` / `diff_gen` / `scalars_gen` equal to the call's
- *   generation mean: counted as a field / found differing / its "list of scalars" shape seen.
+ *   compared or differing. `field_gen` / `diff_gen` / `shape_gen` / `scalars_gen` equal to the
+ *   call's generation mean: counted as a field / found differing / found missing, extra or of
+ *   another type / its "list of scalars" shape seen.
  * - a Node is one member name under one key (what _child() is called with): its exact path
  *   segment and its Key. Several names can share a Key (ids fold to ".{id}"); shapes are
  *   tuples of names, so they are made of Node ids. */
@@ -77,7 +78,7 @@ typedef struct {
     PyObject *ck; /* the field key */
     int star;     /* the key + "[*]", -1 until made */
     int idk;      /* the key + ".{id}", -1 until made */
-    uint32_t field_gen, diff_gen, scalars_gen, last_gen, run_gen;
+    uint32_t field_gen, diff_gen, shape_gen, scalars_gen, last_gen, run_gen;
     V *last; /* in call `last_gen`: the last object whose shape under this key was looked up */
     V *run;  /* in call `run_gen`: the last object diff_dicts met under this key, whose */
     size_t run_off; /* members' Nodes are at Ctx.arena[run_off...] */
@@ -903,13 +904,24 @@ static int emit(Ctx *c, int node, PyObject *kind, PyObject *live, PyObject *shad
     return rc;
 }
 
-/* _Acc.found_values: a or b NULL where absent */
+/* a difference of shape (_Acc.found's SHAPE_KINDS): a member missing or extra, another type */
+static inline int is_shape(PyObject *kind) { return kind == K_MISSING || kind == K_EXTRA || kind == K_TYPE; }
+
+/* _Acc.found_values: a or b NULL where absent. One event per key, the first difference's, and
+ * one more (its values None) when a difference of shape follows one that was not. */
 static int found_values(Ctx *c, int node, PyObject *kind, V *a, V *b) {
     if (mark_field(c, node) < 0)
         return -1;
-    if (g_keys[node].diff_gen == c->gen)
-        return 0;
-    g_keys[node].diff_gen = c->gen;
+    Key *k = &g_keys[node];
+    if (k->diff_gen == c->gen) {
+        if (!is_shape(kind) || k->shape_gen == c->gen)
+            return 0;
+        k->shape_gen = c->gen;
+        return emit(c, node, kind, Py_NewRef(Py_None), Py_NewRef(Py_None));
+    }
+    k->diff_gen = c->gen;
+    if (is_shape(kind))
+        k->shape_gen = c->gen;
     PyObject *live, *shadow;
     if (c->room > 0) {
         c->room--;
@@ -1215,8 +1227,8 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
                 rc = equal_pair(c, va, vb, ck, depth, NULL);
             else if ((tva = ptype(c, va)) == T_DICT && (tvb = ptype(c, vb)) == T_DICT && depth + 1 < c->max_depth)
                 rc = diff_dicts(c, va, vb, ck, depth + 1);
-            else if (g_keys[ck].diff_gen == c->gen && is_scalar(tva) && is_scalar(ptype(c, vb)))
-                rc = 0; /* a scalar change under a key already found: nothing to add */
+            else if (g_keys[ck].diff_gen == c->gen && is_scalar(tva) && same_json_type(tva, ptype(c, vb)))
+                rc = 0; /* a scalar change of value under a key already found: nothing to add */
             else
                 rc = diff_values(c, va, vb, ck, depth + 1);
         }

@@ -505,10 +505,14 @@ def _field_cells(key: str, f: Mapping[str, Any]) -> list[str]:
         "vs noise",
         rate_text(f.get("noise_rate")),
         f"{count_text(f.get('noise_differing'))}/{count_text(f.get('noise_compared'))}",
+        # differences of shape (missing, extra, another type) vs the live version's own
+        f"(shape {count_text(f.get('shape_differing'))} vs {count_text(f.get('noise_shape_differing'))})"
+        if f.get("shape_differing")
+        else "",
     ]
 
 
-FIELD_ALIGN = "<<><<><"
+FIELD_ALIGN = "<<><<><<"
 FIELD_INDENT = "    "
 SAMPLE_INDENT = "         "
 
@@ -517,10 +521,10 @@ def _field_lines(fields: list[tuple[str, Mapping[str, Any]]], width: int) -> lis
     """Per field, its line: aligned across the whole route; the key clipped so a line fits."""
     if not fields:
         return []
-    rest = table([""] * 7, [_field_cells("", f) for _, f in fields], FIELD_ALIGN, indent=FIELD_INDENT)
+    rest = table([""] * 8, [_field_cells("", f) for _, f in fields], FIELD_ALIGN, indent=FIELD_INDENT)
     room = max(MIN_KEY_WIDTH, width - max(cols(line) for line in rest))
     rows = [_field_cells(clip_middle(_one_line(k), room), f) for k, f in fields]
-    return table([""] * 7, rows, FIELD_ALIGN, indent=FIELD_INDENT)[1:]
+    return table([""] * 8, rows, FIELD_ALIGN, indent=FIELD_INDENT)[1:]
 
 
 def _values_text(live: str, shadow: str, room: int) -> str:

@@ -81,6 +81,11 @@ except ImportError:  # pragma: no cover - installed without a C compiler: the Py
     _native = None
 
 DiffKind: TypeAlias = Literal["changed", "type", "missing", "extra", "length", "bytes"]
+# Differences of shape rather than of value: a field present on one side only, or of another
+# JSON type. Counted apart (``FieldStats.shape_differing``): a field whose value changes from
+# one answer of the live version to the next is noise as a value, not when the shadow drops it
+# or sends it as another type (QA, eighth round).
+SHAPE_KINDS: Final[frozenset[str]] = frozenset({"missing", "extra", "type"})
 BodyMode: TypeAlias = Literal["json", "text", "bytes", "empty", "truncated"]
 Classification: TypeAlias = Literal["real", "noise", "none"]
 
@@ -407,12 +412,15 @@ class FieldDiff(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """What ``compare`` looked at and found: ``differing`` is a subset of ``fields``."""
+    """What ``compare`` looked at and found: ``differing`` is a subset of ``fields``, and
+    ``shape`` (keys with a difference of SHAPE_KINDS, whatever their first one) of
+    ``differing``."""
 
     fields: frozenset[str]
     differing: frozenset[str]
     diffs: tuple[FieldDiff, ...]  # at most one per differing key, status and headers first
     body: BodyMode
+    shape: frozenset[str] = frozenset()
 
 
 _ABSENT: Final = object()
@@ -619,17 +627,20 @@ class _TooManyFields(Exception):
 
 
 class _Acc:
-    __slots__ = ("differing", "diffs", "fields", "shapes")
+    __slots__ = ("differing", "diffs", "fields", "shape", "shapes")
 
     def __init__(self) -> None:
         self.fields: set[str] = set()  # the JSON walk's: at most MAX_JSON_FIELD_KEYS + 1
         self.differing: set[str] = set()
+        self.shape: set[str] = set()  # differing keys with a difference of SHAPE_KINDS
         self.diffs: list[FieldDiff] = []
         # (field key, shape) of equal sub-trees already visited: one exemplar per shape.
         self.shapes: set[tuple[str, object] | None] = set()
 
     def found(self, path: str, key: str, kind: DiffKind, live: str | None, shadow: str | None) -> None:
         self.fields.add(key)
+        if kind in SHAPE_KINDS:
+            self.shape.add(key)
         if key not in self.differing:
             self.differing.add(key)
             if len(self.diffs) < MAX_DIFFS:
@@ -639,6 +650,8 @@ class _Acc:
     def found_values(self, path: str, key: str, kind: DiffKind, live: object, shadow: object) -> None:
         if key not in self.differing:  # render only the first occurrence
             self.found(path, key, kind, _render(live), _render(shadow))
+        elif kind in SHAPE_KINDS:
+            self.shape.add(key)
 
 
 def _shape(key: str, value: Any) -> tuple[str, object] | None:
@@ -1316,16 +1329,20 @@ def _compare(  # noqa: PLR0917  # private: compare()'s arguments, in order
 
     differing = acc.differing
     diffs = acc.diffs
+    shape = acc.shape
     if len(fields) > max_fields:
         # the first max_fields in field_order, as sorted()[:max_fields] without sorting all
         keep = heapq.nsmallest(max_fields, differing, key=_field_order)
         keep += heapq.nsmallest(max_fields - len(keep), fields - differing, key=_field_order)
         fields = set(keep)
         differing = differing & fields
+        shape = shape & fields
         diffs = [d for d in diffs if d.field_key in fields]
     if not differing:
         return Comparison(frozenset(fields), _NOTHING, (), mode)
-    return Comparison(frozenset(fields), frozenset(differing), tuple(diffs), mode)
+    return Comparison(
+        frozenset(fields), frozenset(differing), tuple(diffs), mode, frozenset(shape) if shape else _NOTHING
+    )
 
 
 def _diff_body(  # noqa: PLR0917  # private, one caller
@@ -1395,6 +1412,7 @@ def _diff_json_body(  # noqa: PLR0917  # private, one caller
     # JSON keys ("$...") are none of status's and the headers' already in acc
     acc.diffs += walked.diffs[: MAX_DIFFS - len(acc.diffs)]
     acc.differing |= walked.differing
+    acc.shape |= walked.shape
     acc.fields |= walked.fields
     return True
 
@@ -1553,6 +1571,8 @@ class FieldStats:
     differing: int = 0  # ... in which it differed
     noise_compared: int = 0  # live vs live-replay comparisons that included it
     noise_differing: int = 0
+    shape_differing: int = 0  # of ``differing``: those with a difference of SHAPE_KINDS
+    noise_shape_differing: int = 0  # of ``noise_differing``: the same
 
     @property
     def rate(self) -> float:
@@ -1583,6 +1603,10 @@ def classify(stats: FieldStats, noise: ShadowNoise) -> Classification:
       ``100 * (r - n) >= absolute_threshold`` (percentage points) and
       ``100 * (r - n) >= relative_threshold * n`` (percent of the noise rate; always true
       when ``n == 0``);
+    - ``real`` when that rule, on the differences of shape alone (``shape_differing`` and
+      ``noise_shape_differing`` for ``differing`` and ``noise_differing``), says real: a
+      value that changes between live's own answers is noise, live's field dropped or
+      retyped by the shadow is not (unless live does that as often);
     - ``noise`` otherwise. Both boundaries are inclusive and computed exactly.
 
     Worked example, defaults (relative 20 %, absolute 0.03 points): 1000 comparisons, 300
@@ -1608,11 +1632,20 @@ def classify(stats: FieldStats, noise: ShadowNoise) -> Classification:
     if stats.noise_compared <= 0:
         return "real"
     relative, absolute = _thresholds(noise)
-    return "real" if _is_real(stats, relative, absolute) else "noise"
+    c, nc = stats.compared, stats.noise_compared
+    if _is_real(c, stats.differing, nc, stats.noise_differing, relative, absolute):
+        return "real"
+    # The same rule on differences of shape alone (SHAPE_KINDS): a field whose value changes
+    # between two answers of the live version is noise as a value; the shadow dropping it, or
+    # sending it as another type, is real unless the live version does that as often.
+    if stats.shape_differing and _is_real(
+        c, stats.shape_differing, nc, stats.noise_shape_differing, relative, absolute
+    ):
+        return "real"
+    return "noise"
 
 
-def _is_real(s: FieldStats, relative: Fraction, absolute: Fraction) -> bool:
-    c, d, nc, nd = s.compared, s.differing, s.noise_compared, s.noise_differing
+def _is_real(c: int, d: int, nc: int, nd: int, relative: Fraction, absolute: Fraction) -> bool:  # noqa: PLR0917  # the rule's four counts
     if c <= 0:
         return False
     excess = d * nc - nd * c  # (r - n) * c * nc
@@ -1930,7 +1963,7 @@ def redact_comparison(c: Comparison, redact_fields: tuple[str, ...]) -> Comparis
             path = _redacted_prefix(d.path, root)
             diffs.append(FieldDiff(path, "changed", REDACTED, REDACTED, "" if key == path else key))
     fields = frozenset(map(fold, c.fields))
-    return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body)
+    return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body, frozenset(map(fold, c.shape)))
 
 
 def redact_request(request: str, names: frozenset[str] = frozenset()) -> str:
@@ -2083,9 +2116,10 @@ class EndpointStats:
         self.noise_compared = 0  # live vs live-replay comparisons
         self.differing = 0  # comparisons with at least one difference
         self.truncated = 0  # comparisons whose bodies were not compared (cap reached)
-        # key -> [compared, differing, noise_compared, noise_differing]
+        # key -> [compared, differing, noise_compared, noise_differing, shape_differing,
+        # noise_shape_differing] (FieldStats)
         self.fields: dict[str, list[int]] = {}
-        self.fields_overflow = [0, 0, 0, 0]
+        self.fields_overflow = [0, 0, 0, 0, 0, 0]
         # Sorted set of differing keys -> [requests, requests classified real when recorded].
         # Lets the report count requests with a real diff under *today's* classification.
         self.signatures: dict[tuple[str, ...], list[int]] = {}
@@ -2100,22 +2134,24 @@ class EndpointStats:
 
     # -- recording
 
-    def _count(self, comparison: Comparison, compared: int, differing: int) -> None:
+    def _count(self, comparison: Comparison, compared: int, differing: int, shape: int) -> None:
         fields = self.fields
         for key in comparison.fields:
             counts = fields.get(key)
             if counts is None:
-                fields[key] = counts = [0, 0, 0, 0]
+                fields[key] = counts = [0, 0, 0, 0, 0, 0]
             counts[compared] += 1
         for key in comparison.differing:
             counts = fields.get(key)
             if counts is None:  # a hand-made Comparison may name a differing key it did not list
-                fields[key] = counts = [0, 0, 0, 0]
+                fields[key] = counts = [0, 0, 0, 0, 0, 0]
                 counts[compared] += 1
             counts[differing] += 1
+        for key in comparison.shape:  # a subset of differing
+            fields[key][shape] += 1
 
     def _classify_now(self, key: str, noise: ShadowNoise, prior: EndpointStats | None) -> Classification:
-        counts = self.fields.get(key, [0, 0, 0, 0])
+        counts = self.fields.get(key, [0, 0, 0, 0, 0, 0])
         if prior is not None and (p := prior.fields.get(key)) is not None:
             counts = [x + y for x, y in zip(counts, p, strict=True)]
         return classify(FieldStats(*counts), noise)
@@ -2142,7 +2178,7 @@ class EndpointStats:
             self.truncated += 1
         self.live_latency.observe(live_seconds)
         self.shadow_latency.observe(shadow_seconds)
-        self._count(comparison, 0, 1)
+        self._count(comparison, 0, 1, 4)
         if not comparison.differing:
             return "none"
         self.differing += 1
@@ -2168,7 +2204,7 @@ class EndpointStats:
 
     def record_noise(self, comparison: Comparison) -> None:
         self.noise_compared += 1
-        self._count(comparison, 2, 3)
+        self._count(comparison, 2, 3, 5)
 
     def _offer_samples(
         self,
@@ -2294,8 +2330,9 @@ class EndpointStats:
         ep.noise_compared = _int(d, "noise_compared", where)
         ep.differing = _int(d, "differing", where)
         ep.truncated = _int(d, "truncated", where)
-        ep.fields = {k: _ints(v, 4, f"{where}.fields[{k!r}]") for k, v in _mapping(d, "fields", where).items()}
-        ep.fields_overflow = _ints(d.get("fields_overflow"), 4, f"{where}.fields_overflow")
+        # Four counts in rows stored before differences of shape were counted apart.
+        ep.fields = {k: _counts(v, f"{where}.fields[{k!r}]") for k, v in _mapping(d, "fields", where).items()}
+        ep.fields_overflow = _counts(d.get("fields_overflow"), f"{where}.fields_overflow")
         for i, row in enumerate(_list(d, "signatures", where)):
             w = f"{where}.signatures[{i}]"
             if not isinstance(row, list) or len(row) != 3 or not isinstance(row[0], list):
@@ -2490,6 +2527,8 @@ def report(stats: RouteStats, *, noise: ShadowNoise | None = None, max_fields: i
                 "differing": fs.differing,
                 "noise_compared": fs.noise_compared,
                 "noise_differing": fs.noise_differing,
+                "shape_differing": fs.shape_differing,
+                "noise_shape_differing": fs.noise_shape_differing,
                 "rate": round(fs.rate, 6),
                 "noise_rate": None if nr is None else round(nr, 6),
                 "classification": classes[k],
@@ -2509,7 +2548,7 @@ def report(stats: RouteStats, *, noise: ShadowNoise | None = None, max_fields: i
             "fields": fields,
         }
         if any(ep.fields_overflow):
-            c, d, nc, nd = ep.fields_overflow
+            c, d, nc, nd = ep.fields_overflow[:4]
             entry["fields_overflow"] = {"compared": c, "differing": d, "noise_compared": nc, "noise_differing": nd}
         endpoints[name] = entry
         totals["compared"] += ep.compared
@@ -2566,6 +2605,16 @@ def _opt_str(d: Mapping[str, Any], key: str, where: str) -> str | None:
     if v is not None and not isinstance(v, str):
         raise ValueError(f"{where}.{key}: expected a string or null, got {v!r}")
     return v
+
+
+def _counts(v: object, where: str) -> list[int]:
+    """A field's counts (FieldStats' six), or the first four of them as stored before."""
+    if isinstance(v, list) and len(v) == 4:
+        return [*_ints(v, 4, where), 0, 0]
+    counts = _ints(v, 6, where)
+    if counts[4] > counts[1] or counts[5] > counts[3]:
+        raise ValueError(f"{where}: more differences of shape than differences, got {v!r}")
+    return counts
 
 
 def _ints(v: object, n: int, where: str) -> list[int]:

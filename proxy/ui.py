@@ -78,6 +78,18 @@ CLASS_HELP: Final = {
 # ---- formatting (pure) -------------------------------------------------------------------------
 
 
+def shape_text(f: Mapping[str, Any]) -> str:
+    """A field's differences of shape (missing, extra, another type) against live's own, when
+    it had any: what makes a field real whose value alone is noise."""
+    n = f.get("shape_differing") or 0
+    if not n:
+        return ""
+    return (
+        f"missing, extra or another type: {n} / {f.get('compared', 0)},"
+        f" live against itself {f.get('noise_shape_differing') or 0} / {f.get('noise_compared', 0)}"
+    )
+
+
 def fmt_number(value: float | int | None) -> str:
     """``90.0`` -> ``90``, ``12.5`` -> ``12.5``; weights and counts read without noise."""
     if value is None:
@@ -297,6 +309,7 @@ def endpoint_view(name: str, ep: Mapping[str, Any], budget: Budget | None = None
                 **f,
                 "classification": cls,
                 "help": CLASS_HELP.get(cls, ""),
+                "shape": shape_text(f),
                 "samples": [] if withheld else [sample_view(s, budget) for s in samples],
                 "samples_withheld": withheld,
             }

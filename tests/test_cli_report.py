@@ -114,6 +114,29 @@ def test_render_report_lists_real_fields_first_and_skips_fields_that_never_diffe
     assert len(lines) == 8
 
 
+def test_a_field_real_by_its_shape_says_so() -> None:
+    """A field whose value is noise but which the shadow dropped (QA, eighth round): its line
+    gives the differences of shape against the live version's own."""
+    dropped = {**_field("real", 100, 20), "shape_differing": 100, "noise_shape_differing": 0}
+    fields = {"$.rid": dropped, "$.stamp": _field("noise", 100, 20)}
+    lines = render_report({"routes": [_route("users", {"GET /users/{id}": _endpoint(fields)})]}).splitlines()
+    assert lines[6].split() == [
+        "REAL",
+        "$.rid",
+        "100.0%",
+        "100/100",
+        "vs",
+        "noise",
+        "100.0%",
+        "20/20",
+        "(shape",
+        "100",
+        "vs",
+        "0)",
+    ]
+    assert lines[7].split() == ["noise", "$.stamp", "100.0%", "100/100", "vs", "noise", "100.0%", "20/20"]
+
+
 def test_render_report_fits_80_columns_with_long_names() -> None:
     long_endpoint = "GET /api/v2/organisations/{id}/projects/{id}/environments/{id}/deployments"
     long_key = "$.data.deployments[*].spec.template.spec.containers[*].resources.limits.memory"

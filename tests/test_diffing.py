@@ -704,10 +704,56 @@ def test_unknown_encoding_is_compared_as_bytes() -> None:
             "noise",
             id="absolute-a-hair-above",
         ),
+        # Differences of shape (missing, extra, another type) weighed apart (QA, eighth round).
+        pytest.param(FieldStats(40, 40, 19, 19, 40, 0), NOISE, "real", id="value-noise-but-dropped-by-the-shadow"),
+        pytest.param(FieldStats(40, 40, 19, 19, 40, 19), NOISE, "noise", id="dropped-as-often-by-live-itself"),
+        pytest.param(FieldStats(40, 40, 19, 19, 2, 0), NOISE, "real", id="dropped-now-and-then-never-by-live"),
+        pytest.param(
+            FieldStats(100, 100, 100, 100, 30, 26),
+            NOISE,
+            "noise",
+            id="shape-noise-within-the-relative-margin",
+        ),
+        pytest.param(FieldStats(40, 0, 19, 19, 0, 5), NOISE, "none", id="shape-noise-alone-is-not-a-difference"),
     ],
 )
 def test_classify(stats: FieldStats, noise: ShadowNoise, expected: str) -> None:
     assert classify(stats, noise) == expected
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "shape"),
+    [
+        ({"rid": "a", "ts": 1.5}, {"rid": "b", "ts": 2.5}, set()),
+        ({"rid": "a", "ts": 1.5}, {"ts": "noon"}, {"$.rid", "$.ts"}),
+        ({"a": 1}, {"a": 1, "b": 2}, {"$.b"}),
+        ({"a": True}, {"a": 1}, {"$.a"}),  # True == 1 in Python, not in JSON
+        ({"a": 1}, {"a": 1.0}, set()),  # one number type
+        # The first difference under $.items[*].p is a change of value; a later one, of shape.
+        ({"items": [{"p": 1}, {"p": 2}, {"p": 3}]}, {"items": [{"p": 9}, {"p": 2}, {}]}, {"$.items[*].p"}),
+        ({"items": [{"p": 1}, {"p": 2}]}, {"items": [{"p": 9}, {"p": "2"}]}, {"$.items[*].p"}),
+        ({"items": [1, 2]}, {"items": [1, 2, 3]}, set()),  # a length is not a shape
+    ],
+)
+def test_differences_of_shape_are_named(live: Any, shadow: Any, shape: set[str]) -> None:
+    c = compare(j(live), j(shadow))
+    assert c.shape == shape
+    assert c.shape <= c.differing
+
+
+def test_counts_stored_before_differences_of_shape_load_with_none() -> None:
+    stats = RouteStats()
+    record(stats, j({"a": 1}), j({"b": 1}))
+    doc = stats.to_dict()
+    ep = doc["endpoints"]["GET /users/{id}"]
+    assert ep["fields"]["$.a"] == [1, 1, 0, 0, 1, 0]
+    ep["fields"] = {k: v[:4] for k, v in ep["fields"].items()}  # a row of an older version
+    ep["fields_overflow"] = ep["fields_overflow"][:4]
+    loaded = RouteStats.from_dict(json.loads(json.dumps(doc)))
+    assert loaded.endpoints["GET /users/{id}"].fields["$.a"] == [1, 1, 0, 0, 0, 0]
+    ep["fields"]["$.a"] = [1, 1, 0, 0, 2, 0]  # more of shape than differing: not counts
+    with pytest.raises(ValueError, match=r"fields\['\$\.a'\]: more differences of shape"):
+        RouteStats.from_dict(doc)
 
 
 # ---- recording, samples and redaction ----------------------------------------------------------
@@ -815,7 +861,7 @@ def test_names_inside_a_redacted_value_are_not_kept() -> None:
     for secret in ("LIVETOKEN", "SHADOWTOKEN", "REPLAYTOKEN"):
         assert secret not in stored
     ep = stats.endpoints["GET /users/{id}"]
-    assert ep.fields["$.sessions"] == [1, 1, 1, 1]  # compared, differing; noise compared, differing
+    assert ep.fields["$.sessions"] == [1, 1, 1, 1, 1, 1]  # compared, differing; noise compared, differing; of shape
     (sample,) = ep.samples["$.sessions"]
     assert (sample.path, sample.kind, sample.live, sample.shadow) == ("$.sessions", "changed", REDACTED, REDACTED)
     assert set(ep.samples) == {"$.sessions", "$.users[*].email", "$.users[*].n"}
@@ -1139,6 +1185,8 @@ def test_report_shape_and_numbers() -> None:
         "differing": 3,
         "noise_compared": 10,
         "noise_differing": 0,
+        "shape_differing": 0,
+        "noise_shape_differing": 0,
         "rate": 0.3,
         "noise_rate": 0.0,
         "classification": "real",
@@ -1310,7 +1358,7 @@ def test_field_cap_moves_the_deepest_keys_to_overflow() -> None:
     d = stats.to_dict()["endpoints"]["GET /users/{id}"]
     # field_order: status, body, headers, then JSON keys shallow before deep.
     assert list(d["fields"]) == ["$", "header.content-type", "status"]
-    assert d["fields_overflow"] == [3, 2, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
+    assert d["fields_overflow"] == [3, 2, 0, 0, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,7 @@ def _ref_diff_body(  # noqa: PLR0917
             if len(walked.fields) <= MAX_JSON_FIELD_KEYS:  # else: compared as text, or bytes
                 acc.fields |= walked.fields
                 acc.differing |= walked.differing
+                acc.shape |= walked.shape
                 acc.diffs += walked.diffs[: MAX_DIFFS - len(acc.diffs)]
                 return "json"
     if not opaque:
@@ -309,14 +310,15 @@ def reference_compare(
     else:
         opaque = live_opaque or shadow_opaque
         mode = _ref_diff_body(live, shadow, live_body, shadow_body, opaque, ignore_fields, acc)
-    fields, differing, diffs = acc.fields, acc.differing, acc.diffs
+    fields, differing, diffs, shape = acc.fields, acc.differing, acc.diffs, acc.shape
     if len(fields) > max_fields:
         keep = sorted(differing, key=field_order)[:max_fields]
         keep += sorted(fields - differing, key=field_order)[: max_fields - len(keep)]
         fields = set(keep)
         differing = differing & fields
+        shape = shape & fields
         diffs = [d for d in diffs if d.field_key in fields]
-    return Comparison(frozenset(fields), frozenset(differing), tuple(diffs), mode)
+    return Comparison(frozenset(fields), frozenset(differing), tuple(diffs), mode, frozenset(shape))
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -662,6 +662,45 @@ def json_app(extra: dict[str, Any]) -> Any:
     return factory
 
 
+async def test_a_field_the_shadow_drops_or_retypes_is_real_though_its_value_is_noise(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (eighth round): a field whose value changes between two answers of the live
+    version (a request id, a timestamp) was noise whatever the shadow did with it: dropped,
+    or sent as another type. Differences of shape are weighed apart: both are real now, and
+    a value that only changes stays noise."""
+    import time
+    import uuid
+
+    def app(shadow: bool) -> Any:
+        def factory(up: Upstream) -> web.Application:
+            async def handler(request: web.Request) -> web.Response:
+                nonce = uuid.uuid4().hex
+                if shadow:
+                    return web.json_response({"id": 7, "ts": "2026-12-05T01:00:00Z", "nonce": nonce})
+                return web.json_response({"id": 7, "rid": uuid.uuid4().hex, "ts": time.time(), "nonce": nonce})
+
+            return any_path(handler)
+
+        return factory
+
+    live = await start_upstream("live", app(shadow=False))
+    shadow = await start_upstream("shadow", app(shadow=True))
+    px = await start_proxy([shadowed(live, shadow, noise={"percent": 100})], access_log="off")
+    await drive(px.url, ["/orders/12"], 12)
+    await wait_outcome(px, "compared", 12)
+    report = await get_report(px)
+    fields = report["routes"][0]["endpoints"]["GET /orders/{id}"]["fields"]
+    assert {k: f["classification"] for k, f in fields.items()} == {
+        "$.rid": "real",  # missing in every answer of the shadow; changed between live's
+        "$.ts": "real",  # another type in every one; changed between live's
+        "$.nonce": "noise",
+    }
+    assert (fields["$.rid"]["shape_differing"], fields["$.rid"]["noise_shape_differing"]) == (12, 0)
+    assert (fields["$.rid"]["differing"], fields["$.rid"]["noise_differing"]) == (12, 12)
+    assert (fields["$.nonce"]["shape_differing"], fields["$.nonce"]["noise_shape_differing"]) == (0, 0)
+
+
 async def test_clearing_the_report_keeps_the_endpoints_admitted(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:

@@ -182,6 +182,27 @@ def big_report(endpoints: int, body_chars: int) -> dict[str, Any]:
     return {"routes": [route]}
 
 
+def test_a_field_real_by_its_shape_shows_its_differences_of_shape() -> None:
+    report = big_report(1, 10)
+    field = report["routes"][0]["endpoints"]["GET /e0"]["fields"]["$.price"]
+    field |= {"noise_compared": 2, "noise_differing": 2, "shape_differing": 3, "noise_shape_differing": 0}
+    html = render(
+        "index.html",
+        **page_context(
+            version=1, route_names=["r"], selected="r", routes=[], history=[], report=report, generated_iso="now"
+        ),
+    )
+    assert "missing, extra or another type: 3 / 3, live against itself 0 / 2" in html
+    del field["shape_differing"]
+    html = render(
+        "index.html",
+        **page_context(
+            version=1, route_names=["r"], selected="r", routes=[], history=[], report=report, generated_iso="now"
+        ),
+    )
+    assert "another type" not in html
+
+
 def test_a_page_holds_a_bounded_amount_of_sample_bodies() -> None:
     """QA: every sample body of every endpoint was on the page (100 endpoints: 15 to 60 MB, seconds
     to render, and the data plane slowed meanwhile). Past the budget a sample shows its values
