@@ -447,13 +447,32 @@ def test_yaml_anchors_and_merge_keys() -> None:
 
 @pytest.mark.parametrize(
     ("spelt", "weight"),
-    [("1e6", 1e6), ("1e+06", 1e6), ("2.5E-1", 0.25), ("1_000", 1000.0), ("7", 7.0), ("1.0e5", 1e5), (".5e1", 5.0)],
+    [
+        *[("1e6", 1e6), ("1e+06", 1e6), ("2.5E-1", 0.25), ("7", 7.0), ("1.0e5", 1e5), (".5e1", 5.0)],
+        # QA (eighth round): PyYAML reads YAML 1.1, where 010 is 8; YAML 1.2's 010 is 10.
+        *[("010", 10.0), ("090", 90.0), ("0100", 100.0), ("0o10", 8.0), ("0x10", 16.0), ("+7", 7.0), ("1.", 1.0)],
+    ],
 )
 def test_weights_are_read_as_yaml_1_2_numbers(spelt: str, weight: float) -> None:
     """QA: ``weight: 1e6`` was "must be a number, got '1e6'" (YAML 1.1 needs a dot), and the
     API and CLI print a large weight as ``1e+06``, which could not be pasted back."""
     config = parse_text(BASE.replace("weight: 1}", f"weight: {spelt}}}"))
     assert config.routes[0].backends[0].weight == weight
+
+
+@pytest.mark.parametrize("spelt", ["1:30", "1_000", "0b11", "1_0e3", "1:30.5"])
+def test_what_yaml_1_1_alone_reads_as_a_number_is_refused(spelt: str) -> None:
+    """QA (eighth round): `weight: 1:30` ran as 90 (YAML 1.1's base 60), `1_000` as 1000,
+    `0b11` as 3; strings in YAML 1.2, so not numbers."""
+    with pytest.raises(ConfigError, match=rf"weight: must be a number, got '{re.escape(spelt)}'"):
+        parse_text(BASE.replace("weight: 1}", f"weight: {spelt}}}"))
+
+
+def test_whole_numbers_are_read_as_yaml_1_2_too() -> None:
+    config = parse_text(BASE + "    shadow: {backend: v2, percent: 050, max_in_flight: 0100}\n")
+    shadow = config.routes[0].shadow
+    assert shadow is not None
+    assert (shadow.percent, shadow.max_in_flight) == (50.0, 100)  # YAML 1.1: 40 and 64
 
 
 def test_number_like_names_stay_names() -> None:
