@@ -1224,6 +1224,8 @@ def _diff_headers(lh: dict[str, str], sh: dict[str, str], ignored: frozenset[str
         for name in sh.keys() - lh.keys() - ignored:
             fields_add("header." + name)
             differing.append(name)
+    if "content-type" in differing and _same_media_type(lh.get("content-type"), sh.get("content-type")):
+        differing.remove("content-type")
     differing.sort()  # the order the FieldDiffs are listed in
     for name in differing:
         key = "header." + name
@@ -1236,6 +1238,37 @@ def _diff_headers(lh: dict[str, str], sh: dict[str, str], ignored: frozenset[str
             None if live_value is None else live_value[:RENDER_CHARS],
             None if shadow_value is None else shadow_value[:RENDER_CHARS],
         )
+
+
+def _media_type_key(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A Content-Type as RFC 9110 §8.3 compares it: type, subtype and parameter names in any
+    case, whitespace around ``;`` and ``=`` optional, a value quoted or not, the charset's
+    value in any case; parameters in any order. JSON's charset is UTF-8 whatever is said
+    (RFC 8259 §8.1): ``charset=utf-8`` on it is the same as none."""
+    head, _, params = value.partition(";")
+    mt = head.strip().lower()
+    kept = []
+    for p in params.split(";"):
+        name, _, v = p.partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] == '"':
+            v = v[1:-1]
+        if name == "charset":
+            v = v.lower()
+            if v == "utf-8" and _is_json_type(mt):
+                continue
+        kept.append((name, v))
+    return mt, tuple(sorted(kept))
+
+
+def _same_media_type(a: str | None, b: str | None) -> bool:
+    """Two Content-Type values that differ as text name the same media type (QA, eighth round:
+    ``application/json; charset=utf-8`` against ``application/json;charset=UTF-8`` or plain
+    ``application/json``, a framework's upgrade, was a real difference in every request)."""
+    return a is not None and b is not None and _media_type_key(a) == _media_type_key(b)
 
 
 def compare(

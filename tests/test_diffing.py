@@ -1412,3 +1412,26 @@ def test_json_bodies_parse_in_either_dialect(
     result = compare(Captured(200, headers, live), Captured(200, headers, shadow))
     assert result.body == "json"
     assert set(result.differing) == expected
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "same"),
+    [
+        ("application/json; charset=utf-8", "application/json;charset=UTF-8", True),
+        ("application/json; charset=utf-8", "application/json", True),  # JSON is UTF-8
+        ('Application/JSON; Charset="utf-8"', "application/json", True),
+        ("text/html; charset=utf-8", "text/html;charset=UTF-8", True),
+        ("text/html; charset=utf-8", "text/html", False),  # HTML's default is not UTF-8
+        ("application/json; charset=utf-8", "application/json; charset=iso-8859-1", False),
+        ("application/json", "application/problem+json", False),
+        ("multipart/mixed; boundary=abc", "multipart/mixed; boundary=ABC", False),  # values other than charset's
+        ("text/plain; a=1; b=2", "text/plain; b=2; a=1", True),
+    ],
+)
+def test_content_types_that_name_the_same_media_type_do_not_differ(live: str, shadow: str, same: bool) -> None:
+    """QA (eighth round): a framework upgrade that writes `;charset=UTF-8` for `; charset=utf-8`
+    was a real difference in every request of every endpoint."""
+    body = b"{}"
+    c = compare(Captured(200, (("content-type", live),), body), Captured(200, (("content-type", shadow),), body))
+    assert ("header.content-type" in c.differing) is not same
+    assert "header.content-type" in c.fields

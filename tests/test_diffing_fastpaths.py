@@ -272,6 +272,23 @@ def _ref_diff_body(  # noqa: PLR0917
     return "bytes"
 
 
+def _ref_media_key(value: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    mt, *params = (p.strip() for p in value.split(";"))
+    out = set()
+    for p in params:
+        if not p:
+            continue
+        name, _, v = (x.strip() for x in p.partition("="))
+        name = name.lower()
+        if len(v) >= 2 and v.startswith('"') and v.endswith('"'):
+            v = v[1:-1]
+        if name == "charset":
+            v = v.lower()
+        if (name, v) != ("charset", "utf-8") or not _is_json_type(mt.lower()):
+            out.add((name, v))
+    return mt.lower(), frozenset(out)
+
+
 def reference_compare(
     live: Captured,
     shadow: Captured,
@@ -298,6 +315,8 @@ def reference_compare(
         key = "header." + name
         acc.fields.add(key)
         lv, sv = lh.get(name), sh.get(name)
+        if name == "content-type" and lv is not None and sv is not None and _ref_media_key(lv) == _ref_media_key(sv):
+            continue
         if lv != sv:
             kind: DiffKind = "missing" if sv is None else "extra" if lv is None else "changed"
             acc.found(key, key, kind, None if lv is None else _clip(lv), None if sv is None else _clip(sv))
