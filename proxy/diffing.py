@@ -173,7 +173,8 @@ def is_id_segment(segment: str) -> bool:
     """A path segment that names one thing, not a kind of thing, so it folds to ``{id}``:
     what ``is_id`` folds; a number in any notation (``-5``, ``1.5``, ``2024-05-01``,
     ``12:30``); anything with an ``@`` (an e-mail address); three digits in a row in five
-    or more characters (``ORD-7781``, ``user1234``); a token, letters, digits, ``_`` and
+    or more characters (``ORD-7781``, ``user1234``); 7 to 15 hex digits with a digit and a
+    letter among them (a short git commit or Docker id, ``28cbaa2cb34e``); a token, letters, digits, ``_`` and
     ``-`` only, of 12 or more characters with a digit and both cases (``aB3xY9zQk2Lm_Tq``)
     or of 20 or more with a letter and a digit; and any segment over 64 characters. Names
     stay (``/users/alice``, ``oauth2callback``, ``jquery-3.6.0.min.js``): a
@@ -191,6 +192,7 @@ _SEGMENT_ID: Final = re.compile(
     rf"|{_UUID}|[0-9A-Fa-f]{{16,}}"  # is_id's
     r"|.*(?:@|%40).*"  # an e-mail address
     r"|(?=.{5}).*[0-9]{3}.*"  # three digits in a row
+    r"|(?=[0-9A-Fa-f]{7,15}\Z)(?=.*[0-9])(?=.*[A-Fa-f]).*"  # a short hex id: a git or Docker one
     r"|(?=[A-Za-z0-9_-]{12,}\Z)(?=.*[0-9])(?=.*[a-z])(?=.*[A-Z]).*"  # a token, both cases
     r"|(?=[A-Za-z0-9_-]{20,}\Z)(?=.*[0-9])(?=.*[A-Za-z]).*"  # a long token
     rf"|.{{{MAX_ENDPOINT_SEGMENT + 1},}}"  # long

@@ -98,6 +98,11 @@ def test_module_is_pure() -> None:
         pytest.param("GET", "/d/2024-05-01", (), "GET /d/{id}", id="date"),
         pytest.param("GET", "/p/-5/1.5/12:30", (), "GET /p/{id}/{id}/{id}", id="numbers-in-any-notation"),
         pytest.param("GET", "/u/abc123", (), "GET /u/{id}", id="three-digits-in-a-row"),
+        # QA (eighth round): 20 of 100 Docker short ids (12 hex) stayed literal, filling the cap.
+        pytest.param("GET", "/containers/28cbaa2cb34e/logs", (), "GET /containers/{id}/logs", id="docker-short-id"),
+        pytest.param("GET", "/commit/5f2b9c1", (), "GET /commit/{id}", id="git-short-sha"),
+        pytest.param("GET", "/c/ab12cd34ef56", (), "GET /c/{id}", id="hex-12-no-digit-run"),
+        pytest.param("GET", "/s/deadbeef/facade/a1b2c3", (), "GET /s/deadbeef/facade/a1b2c3", id="hex-words-stay"),
         pytest.param("GET", "/api/v1/orders/ORD-7781", (), "GET /api/v1/orders/{id}", id="order-number"),
         pytest.param("GET", "/reset/aB3xY9zQk2Lm_Tq", (), "GET /reset/{id}", id="token"),
         pytest.param("GET", "/users/alice@example.com/profile", (), "GET /users/{id}/profile", id="e-mail"),
