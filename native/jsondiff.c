@@ -241,6 +241,7 @@ typedef struct {
 
 typedef struct {
     PyObject *child_fn, *render_fn, *ignored;
+    PyObject *render_pair_fn; /* or NULL: (live str, shadow str) -> (rendered, rendered) */
     PyObject *events; /* [(path, kind, live, shadow, key)], first difference per key */
     int *field_ids;   /* nodes counted as fields, in order */
     size_t n_fields, cap_fields;
@@ -923,7 +924,27 @@ static int found_values(Ctx *c, int node, PyObject *kind, V *a, V *b) {
     if (is_shape(kind))
         k->shape_gen = c->gen;
     PyObject *live, *shadow;
-    if (c->room > 0) {
+    if (c->room > 0 && c->render_pair_fn && a && b && unsafe_yyjson_is_str(a) && unsafe_yyjson_is_str(b) &&
+        (unsafe_yyjson_get_len(a) > MAX_VALUE_CHARS || unsafe_yyjson_get_len(b) > MAX_VALUE_CHARS)) {
+        /* Two strings, one too long to render here: rendered as a pair, as _Acc.found_values
+         * renders two strings, from where they first differ (each cut at its start alone, two
+         * strings alike for their first RENDER_CHARS showed the same text). */
+        c->room--;
+        PyObject *pa = to_py(c, a), *pb = pa ? to_py(c, b) : NULL;
+        PyObject *pair = pb ? PyObject_CallFunctionObjArgs(c->render_pair_fn, pa, pb, NULL) : NULL;
+        Py_XDECREF(pa);
+        Py_XDECREF(pb);
+        if (!pair)
+            return -1;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "render_pair must return a pair");
+            return -1;
+        }
+        live = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        shadow = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+    } else if (c->room > 0) {
         c->room--;
         live = a ? render(c, a) : Py_NewRef(Py_None);
         shadow = b ? render(c, b) : Py_NewRef(Py_None);
@@ -2611,11 +2632,11 @@ PyDoc_STRVAR(diff_doc,
              "a body of many distinct member names is bounded by it).");
 
 static PyObject *jd_diff(PyObject *self, PyObject *args) {
-    PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj, *reuse = Py_None;
+    PyObject *live, *shadow, *child_fn, *render_fn, *ignored, *trie_obj, *reuse = Py_None, *render_pair_fn = Py_None;
     int max_depth;
     Py_ssize_t room, max_fields = -1;
-    if (!PyArg_ParseTuple(args, "SOOOOOin|On:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
-                          &max_depth, &room, &reuse, &max_fields))
+    if (!PyArg_ParseTuple(args, "SOOOOOin|OnO:diff", &live, &shadow, &child_fn, &render_fn, &ignored, &trie_obj,
+                          &max_depth, &room, &reuse, &max_fields, &render_pair_fn))
         return NULL;
     if (shadow != Py_None && !PyBytes_Check(shadow)) {
         PyErr_SetString(PyExc_TypeError, "shadow must be bytes or None");
@@ -2653,6 +2674,7 @@ static PyObject *jd_diff(PyObject *self, PyObject *args) {
         g_gen = 1;
     }
     *c = (Ctx){.child_fn = child_fn, .render_fn = render_fn, .ignored = ignored, .room = room, .max_depth = max_depth,
+               .render_pair_fn = render_pair_fn == Py_None ? NULL : render_pair_fn,
                .gen = g_gen, .max_fields = max_fields < 0 ? SIZE_MAX : (size_t)max_fields};
     if (trie_obj != Py_None && !(trie = trie_from(trie_obj)))
         goto done;

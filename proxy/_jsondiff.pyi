@@ -13,6 +13,7 @@ def diff(
     room: int,
     reuse: str | None = None,
     max_fields: int = -1,
+    render_pair: Callable[[str, str], tuple[str, str]] | None = None,
     /,
 ) -> tuple[list[str], list[tuple[str, str, str | None, str | None, str]]] | Literal[False] | None: ...
 def build_on_live(min_size: int, descend_min: int = 128, /) -> tuple[int, int]: ...

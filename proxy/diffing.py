@@ -499,6 +499,37 @@ def _render(value: object) -> str | None:
 _CONSTANTS: Final[dict[bool | None, str]] = {None: "null", True: "true", False: "false"}
 
 
+def _first_difference(a: str, b: str) -> int:
+    """Where two strings first differ (the shorter one's length if one starts the other):
+    compared by 4 KiB slices, then by character in the one that differs."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i : i + 4096] == b[i : i + 4096]:
+        i += 4096
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
+
+
+def _windows(a: str, b: str) -> tuple[str, str, bool]:
+    """Both strings from a little before where they first differ, at most RENDER_CHARS each,
+    and whether they were cut at their start: ``_clip_pair`` then shows the difference,
+    wherever it is (cut at RENDER_CHARS first, two long strings alike that far read the same)."""
+    start = max(0, _first_difference(a, b) - _CONTEXT_CHARS)
+    return a[start : start + RENDER_CHARS], b[start : start + RENDER_CHARS], start > 0
+
+
+def _render_pair(live: str, shadow: str) -> tuple[str, str]:
+    """``_render`` of two differing JSON strings, as ``_clip_pair`` then shows them: long ones
+    from where they first differ (``"…`` in front). The C walk calls it for two long strings."""
+    if len(live) <= RENDER_CHARS and len(shadow) <= RENDER_CHARS:
+        return cast(str, _render(live)), cast(str, _render(shadow))
+    a, b, cut = _windows(live, shadow)
+    if not cut:
+        return cast(str, _render(a)), cast(str, _render(b))
+    return '"…' + _ENCODE(a)[1:], '"…' + _ENCODE(b)[1:]
+
+
 # ---- the JSON walk -----------------------------------------------------------------------------
 
 # Parent field key -> object key -> (exact path segment, child field key). A memo of a pure
@@ -651,7 +682,10 @@ class _Acc:
 
     def found_values(self, path: str, key: str, kind: DiffKind, live: object, shadow: object) -> None:
         if key not in self.differing:  # render only the first occurrence
-            self.found(path, key, kind, _render(live), _render(shadow))
+            if type(live) is str and type(shadow) is str:
+                self.found(path, key, kind, *_render_pair(live, shadow))
+            else:
+                self.found(path, key, kind, _render(live), _render(shadow))
         elif kind in SHAPE_KINDS:
             self.shape.add(key)
 
@@ -1016,7 +1050,11 @@ def _diff_text(a: str, b: str, acc: _Acc) -> None:
     acc.differing.add("body")
     for path, kind, la, lb in out:
         if len(acc.diffs) < MAX_DIFFS:
-            shown = _clip_pair(None if la is None else la[:RENDER_CHARS], None if lb is None else lb[:RENDER_CHARS])
+            if la is not None and lb is not None and len(la) > RENDER_CHARS and len(lb) > RENDER_CHARS:
+                wa, wb, cut = _windows(la, lb)
+                shown = _clip_pair("…" + wa, "…" + wb) if cut else _clip_pair(wa, wb)
+            else:
+                shown = _clip_pair(None if la is None else la[:RENDER_CHARS], None if lb is None else lb[:RENDER_CHARS])
             acc.diffs.append(FieldDiff(path, kind, *shown, "body"))
 
 
@@ -1469,7 +1507,7 @@ def _native_walk(
     if root is not None and root.terminal:
         return None
     got: _Walked | Literal[False] | None = _native.diff(
-        live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room, reuse, MAX_JSON_FIELD_KEYS
+        live, shadow, _child, _render, _IGNORED, root, MAX_JSON_DEPTH, room, reuse, MAX_JSON_FIELD_KEYS, _render_pair
     )
     return got
 

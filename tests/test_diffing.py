@@ -1440,3 +1440,32 @@ def test_content_types_that_name_the_same_media_type_do_not_differ(live: str, sh
     c = compare(Captured(200, (("content-type", live),), body), Captured(200, (("content-type", shadow),), body))
     assert ("header.content-type" in c.differing) is not same
     assert "header.content-type" in c.fields
+
+
+@pytest.mark.parametrize("walk", ["c", "python"])
+@pytest.mark.parametrize("at", [3990, 4100, 10_000, 100_000])
+def test_two_long_values_alike_for_thousands_of_characters_show_where_they_differ(
+    walk: str, at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA (eighth round): values were cut to their first 4,000 characters before the sample
+    was cut around their first difference, so two that differ after that showed the same."""
+    if walk == "python":
+        monkeypatch.setattr(diffing, "_native", None)
+    elif diffing._native is None:
+        pytest.skip("no C walk in this build")
+    c = compare(j({"html": "x" * at + "live"}), j({"html": "x" * at + "shad"}))
+    (d,) = c.diffs
+    assert (d.path, d.kind) == ("$.html", "changed")
+    assert d.live is not None
+    assert d.shadow is not None
+    assert d.live != d.shadow
+    assert d.live.endswith('xlive"')
+    assert d.shadow.endswith('xshad"')
+    assert len(d.live) <= diffing.MAX_VALUE_CHARS
+    # and a line of a text body
+    text = (("content-type", "text/plain"),)
+    c = compare(Captured(200, text, b"a\n" + b"y" * at + b"A\n"), Captured(200, text, b"a\n" + b"y" * at + b"B\n"))
+    (d,) = c.diffs
+    assert d.live is not None
+    assert d.shadow is not None
+    assert (d.live.rstrip()[-2:], d.shadow.rstrip()[-2:]) == ("yA", "yB")
