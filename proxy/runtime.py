@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("splitproxy")
 
 MAX_HOSTS_SEEN = 4096
+MAX_ERRORS_LOGGED = 1024  # upstream error lines' keys remembered for their once a second
 MAX_HOST_REMEMBERED = 260
 
 
@@ -60,6 +61,8 @@ class Runtime:
         self._date_second = -1
         self._date_now()
         self._local_logged = -1e9  # when the proxy's own shortage of sockets was last logged
+        # (route, backend, upstream, reason) -> (when last logged, errors not logged since)
+        self._errors_logged: dict[tuple[str, str, str, str], tuple[float, int]] = {}
         self.random = (rng or random.Random()).random
         self.access_log = access_log or AccessLog(config.access_log)
         self.counts = Counts()
@@ -208,17 +211,28 @@ class Runtime:
                     "%s (route=%s): requests fail with 503 until sockets free up", err, plan.name if plan else "-"
                 )
             return
-        log.warning(
-            "upstream error: route=%s backend=%s upstream=%s reason=%s: %s",
-            plan.name if plan else "-",
-            backend.name if backend else "-",
-            ex.pool.address if ex.pool else "-",
-            err.reason,
-            err,
-        )
+        self._log_upstream_error(ex, err)
         self.counts.upstream_error(plan.name if plan else "", backend.name if backend else "", err.reason)
         if backend is not None and ex.pool is not None:
             self.balancer.result(backend, ex.pool, ok=False)
+
+    def _log_upstream_error(self, ex: Exchange, err: UpstreamError) -> None:
+        """A line per upstream and reason once a second at most, saying how many more there
+        were since (QA, eighth round: a dead canary under load wrote ~6,000 lines a second;
+        ``splitproxy_upstream_errors_total`` counts every one)."""
+        plan, backend = ex.plan, ex.backend
+        where = (plan.name if plan else "-", backend.name if backend else "-", ex.pool.address if ex.pool else "-")
+        key = (*where, err.reason)
+        now = self.now()
+        seen = self._errors_logged.get(key)
+        if seen is not None and now - seen[0] < 1.0:
+            self._errors_logged[key] = (seen[0], seen[1] + 1)
+            return
+        if len(self._errors_logged) >= MAX_ERRORS_LOGGED:
+            self._errors_logged.clear()
+        self._errors_logged[key] = (now, 0)
+        more = f" ({seen[1]} more like it since the last such line)" if seen is not None and seen[1] else ""
+        log.warning("upstream error: route=%s backend=%s upstream=%s reason=%s: %s%s", *where, err.reason, err, more)
 
     # -- housekeeping ---------------------------------------------------------------------
 
