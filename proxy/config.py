@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Final, Literal, NamedTuple, TypeVar
+from typing import Final, Literal, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -65,7 +65,13 @@ StickyBy = Literal["cookie", "header", "query", "ip", "none"]
 class Sticky:
     by: StickyBy = "none"
     name: str | None = None  # cookie / header / query parameter name; None for ip and none
-    max_age: float = 86400.0  # seconds; cookie Max-Age
+    max_age: float = 86400.0  # seconds; cookie Max-Age (0: a session cookie, no Max-Age)
+    # The cookie's other attributes (by: cookie), as Traefik's sticky cookie has them.
+    secure: bool = False
+    same_site: Literal["Lax", "Strict", "None"] = "Lax"
+    http_only: bool = True
+    path: str = "/"
+    domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,12 +474,46 @@ def _duration(value: object) -> float:
 
 
 def _cookie_max_age(value: object) -> float:
-    """A cookie's ``Max-Age``, whole seconds: under 1 s it was sent as ``Max-Age=0``, which
-    deletes the cookie at once (RFC 6265 §5.2.2): stickiness silently off."""
-    seconds = _duration(value)
-    if seconds < 1:
-        raise ValueError(f"must be at least 1s (a cookie's Max-Age is whole seconds), got {_show(value)}")
+    """A cookie's ``Max-Age``, whole seconds, or 0 for a session cookie (no ``Max-Age``):
+    between them it was sent as ``Max-Age=0``, which deletes the cookie at once (RFC 6265
+    §5.2.2): stickiness silently off."""
+    seconds = parse_duration(value)
+    if 0 < seconds < 1:
+        raise ValueError(
+            f"must be 0 (a session cookie) or at least 1s (a cookie's Max-Age is whole seconds), got {_show(value)}"
+        )
     return seconds
+
+
+_SAME_SITE: Final = {"lax": "Lax", "strict": "Strict", "none": "None"}
+
+
+def _same_site(value: object) -> Literal["Lax", "Strict", "None"]:
+    if isinstance(value, str) and value.lower() in _SAME_SITE:
+        return cast(Literal["Lax", "Strict", "None"], _SAME_SITE[value.lower()])
+    raise ValueError(f"must be lax, strict or none, got {_show(value)}")
+
+
+# RFC 6265 §4.1.1: a path-value is any CHAR but CTLs and ";"; ours starts with "/" (a cookie
+# with another path is not sent back) and has no space or comma either.
+_COOKIE_PATH: Final = re.compile(r"/[\x21-\x2b\x2d-\x3a\x3c-\x7e]*")
+_COOKIE_DOMAIN: Final = re.compile(
+    r"\.?(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+
+
+def _cookie_path(value: object) -> str:
+    if isinstance(value, str) and _COOKIE_PATH.fullmatch(value):
+        return value
+    raise ValueError(f'must be a path starting with "/", without spaces, commas or ";", got {_show(value)}')
+
+
+def _cookie_domain(value: object) -> str:
+    if isinstance(value, str) and len(value) <= 253 and _COOKIE_DOMAIN.fullmatch(value) and not value.isdigit():
+        return value.lower()
+    raise ValueError(
+        f"must be a domain name (example.com, to share the cookie with its subdomains), got {_show(value)}"
+    )
 
 
 def _size(low: int) -> Convert[int]:
@@ -1123,13 +1163,16 @@ def _match(m: _Map) -> Match:
     return Match(host=m.get("host", _host_match, None), path_prefix=m.get("path_prefix", _path, "/"))
 
 
+_COOKIE_KEYS: Final = ("max_age", "secure", "same_site", "http_only", "path", "domain")
+
+
 def _route(m: _Map, match: Match) -> Route:
     name = m.need("name", _name) or ""
     backends = _backends(m)
     names = [b.name for b in backends]
     baseline = m.get("baseline", _backend_of(names), names[0] if names else "")
 
-    s = m.section("sticky", ("by", "name", "max_age"))
+    s = m.section("sticky", ("by", "name", *_COOKIE_KEYS))
     before = s.problem_count
     by: StickyBy = s.get("by", _sticky_by, "none")
     by_given = s.problem_count == before  # else "none" stands in for a bad one: no more about it
@@ -1142,7 +1185,23 @@ def _route(m: _Map, match: Match) -> Route:
         key_name = s.need("name", _query_name)
     elif s.take("name") is not None and by_given:
         s.fail("name", f"is not used with by: {by}; remove it")
-    sticky = Sticky(by=by, name=key_name, max_age=s.get("max_age", _cookie_max_age, 86400.0))
+    if by != "cookie" and by_given:
+        # QA (eighth round): `max_age` with by: header was taken and did nothing.
+        for key in _COOKIE_KEYS:
+            if s.take(key) is not None:
+                s.fail(key, f"is the sticky cookie's; not used with by: {by}; remove it")
+    sticky = Sticky(
+        by=by,
+        name=key_name,
+        max_age=s.get("max_age", _cookie_max_age, 86400.0),
+        secure=s.get("secure", _boolean, False),
+        same_site=s.get("same_site", _same_site, "Lax"),
+        http_only=s.get("http_only", _boolean, True),
+        path=s.get("path", _cookie_path, "/"),
+        domain=s.get("domain", _cookie_domain, None),
+    )
+    if sticky.same_site == "None" and not sticky.secure and by == "cookie":
+        s.fail("same_site", "none needs secure: true (browsers refuse a SameSite=None cookie that is not Secure)")
 
     return Route(
         name=name,

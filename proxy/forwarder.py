@@ -741,8 +741,7 @@ class ClientConnection(asyncio.Protocol):
         """The new sticky key's Set-Cookie line, when the decision issued one."""
         decision = ex.decision
         if decision is not None and decision.set_cookie is not None and ex.plan is not None:
-            sticky = ex.plan.route.sticky
-            head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, int(sticky.max_age)))
+            head.append(h.set_cookie(ex.plan.sticky_name, decision.set_cookie, ex.plan.sticky_cookie))
 
     def response_body(self, ex: Exchange, body: bytes) -> None:
         if ex is not self.active:

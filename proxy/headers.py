@@ -215,9 +215,27 @@ def body_size(response: bytes) -> int:
     return len(response) - response.find(b"\r\n\r\n") - 4
 
 
-def set_cookie(name: bytes, value: bytes, max_age: int) -> bytes:
-    """The sticky-session cookie line (RFC 6265 §4.1)."""
-    return b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (name, value, max_age)
+def cookie_attributes(
+    *, max_age: int, path: str, domain: str | None, secure: bool, http_only: bool, same_site: str
+) -> bytes:
+    """What follows the sticky cookie's value in its Set-Cookie line (RFC 6265 §4.1); a
+    max_age of 0 makes it a session cookie (no Max-Age)."""
+    parts = [b"; Max-Age=%d" % max_age] if max_age > 0 else []
+    parts.append(b"; Path=" + path.encode())
+    if domain:
+        parts.append(b"; Domain=" + domain.encode())
+    if secure:
+        parts.append(b"; Secure")
+    if http_only:
+        parts.append(b"; HttpOnly")
+    parts.append(b"; SameSite=" + same_site.encode())
+    return b"".join(parts)
+
+
+def set_cookie(name: bytes, value: bytes, attributes: bytes) -> bytes:
+    """The sticky-session cookie line (RFC 6265 §4.1): ``attributes`` from
+    ``cookie_attributes``."""
+    return b"Set-Cookie: %s=%s%s\r\n" % (name, value, attributes)
 
 
 def chunk(data: bytes) -> bytes:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 
 from .config import Config, Route, Upstream
+from .headers import cookie_attributes
 
 __all__ = [
     "BackendPlan",
@@ -149,6 +150,7 @@ class RoutePlan:
     cookie_overrides: tuple[tuple[bytes, bytes, int], ...]
     sticky_by: str
     sticky_name: bytes  # lower-case for headers; as written for cookies and queries
+    sticky_cookie: bytes  # the sticky cookie's attributes (headers.cookie_attributes)
     wants_cookies: bool
     # The decisions without a cookie to issue, made once (a frozen dataclass per request
     # costs more than the choice itself).
@@ -194,6 +196,14 @@ class RoutePlan:
             cookie_overrides=cookies,
             sticky_by=route.sticky.by,
             sticky_name=sticky_name,
+            sticky_cookie=cookie_attributes(
+                max_age=int(route.sticky.max_age),
+                path=route.sticky.path,
+                domain=route.sticky.domain,
+                secure=route.sticky.secure,
+                http_only=route.sticky.http_only,
+                same_site=route.sticky.same_site,
+            ),
             wants_cookies=bool(cookies) or route.sticky.by == "cookie",
             by_weight=tuple(Decision(i, BY_WEIGHT) for i in range(len(route.backends))),
             by_override=tuple(Decision(i, BY_OVERRIDE) for i in range(len(route.backends))),

@@ -689,6 +689,42 @@ async def test_a_websocket_handshake_carries_the_new_sticky_cookie(
     assert (cookie["max-age"], cookie["path"], cookie["httponly"]) == ("3600", "/", True)
 
 
+async def test_the_sticky_cookie_carries_its_configured_attributes(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (eighth round): the cookie was always `Path=/; HttpOnly; SameSite=Lax`, never
+    `Secure`, with no `Domain` (Traefik's sticky cookie has all five). A returning user's
+    cookie is taken, and no new one issued."""
+    up = await start_upstream()
+    r = route(stable=up)
+    r["sticky"] = {
+        "by": "cookie",
+        "name": "sp_main",
+        "max_age": 0,
+        "secure": True,
+        "same_site": "none",
+        "http_only": False,
+        "path": "/shop",
+        "domain": "Example.COM",
+    }
+    px = await start_proxy([r])
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    try:
+        writer.write(b"GET /shop/x HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+        first = await read_response(reader)
+        [line] = first.all("set-cookie")
+        name, _, rest = line.partition("=")
+        key, _, attributes = rest.partition(";")
+        assert (name, len(key)) == ("sp_main", 32)
+        assert attributes == " Path=/shop; Domain=example.com; Secure; SameSite=None"  # a session cookie
+        writer.write(b"GET /shop/y HTTP/1.1\r\nHost: shop.example.com\r\nCookie: sp_main=%s\r\n\r\n" % key.encode())
+        again = await read_response(reader)
+        assert again.status == 200
+        assert again.all("set-cookie") == []
+    finally:
+        writer.close()
+
+
 async def test_weighted_split_of_10000_requests(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     stable = await start_upstream("stable")
     canary = await start_upstream("canary")

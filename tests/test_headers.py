@@ -14,6 +14,7 @@ from proxy.headers import (
     RESPONSE_OWNED,
     chunk,
     connection_options,
+    cookie_attributes,
     forwarded_for,
     local_response,
     request_head,
@@ -287,12 +288,18 @@ def test_status_line(status: int, expected: bytes) -> None:
 
 
 def test_set_cookie_exact_bytes() -> None:
+    default = cookie_attributes(max_age=86400, path="/", domain=None, secure=False, http_only=True, same_site="Lax")
     assert (
-        set_cookie(b"sp_shop", b"0123456789abcdef0123456789abcdef", 86400)
+        set_cookie(b"sp_shop", b"0123456789abcdef0123456789abcdef", default)
         == b"Set-Cookie: sp_shop=0123456789abcdef0123456789abcdef; Max-Age=86400; Path=/;"
         b" HttpOnly; SameSite=Lax\r\n"
     )
-    assert set_cookie(b"s", b"v", 0) == b"Set-Cookie: s=v; Max-Age=0; Path=/; HttpOnly; SameSite=Lax\r\n"
+    every = cookie_attributes(
+        max_age=0, path="/shop", domain="example.com", secure=True, http_only=False, same_site="None"
+    )  # a session cookie: no Max-Age
+    assert (
+        set_cookie(b"s", b"v", every) == b"Set-Cookie: s=v; Path=/shop; Domain=example.com; Secure; SameSite=None\r\n"
+    )
 
 
 @pytest.mark.parametrize(
