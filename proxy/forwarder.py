@@ -399,8 +399,9 @@ class ClientConnection(asyncio.Protocol):
                 hdict[lname] += b"; " + value if lname == b"cookie" else b", " + value
             elif lname == b"host":  # RFC 9112 §3.2: routed by one, read by the app as another
                 raise _Refused(400, "more than one Host header")
-            else:
-                hdict[lname] = value
+            # Any other field given twice: the first line is the one read (for stickiness and
+            # overrides), as most applications read it (QA, eighth round: the last one was,
+            # so a user was pinned by another identity than the application saw).
         else:
             hdict[lname] = value
         if lname not in h.REQUEST_OWNED:

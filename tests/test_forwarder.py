@@ -725,6 +725,29 @@ async def test_the_sticky_cookie_carries_its_configured_attributes(
         writer.close()
 
 
+async def test_a_header_given_twice_is_read_by_its_first_line(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (eighth round): the last line was read for overrides and sticky keys, while both
+    went upstream, where most applications read the first."""
+    stable = await start_upstream("stable")
+    canary = await start_upstream("canary")
+    r = route(stable=(stable, 100), canary=(canary, 0))
+    r["overrides"] = [{"header": "X-Canary", "value": "always", "backend": "canary"}]
+    px = await start_proxy([r])
+    reader, writer = await asyncio.open_connection("127.0.0.1", px.port)
+    try:
+        for first, second, served in (("always", "no", "canary"), ("no", "always", "stable")):
+            writer.write(
+                b"GET /x HTTP/1.1\r\nHost: h\r\nX-Canary: %s\r\nX-Canary: %s\r\n\r\n"
+                % (first.encode(), second.encode())
+            )
+            resp = await read_response(reader)
+            assert (resp.status, json.loads(resp.body)["upstream"]) == (200, served), (first, second)
+    finally:
+        writer.close()
+
+
 async def test_weighted_split_of_10000_requests(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:
     stable = await start_upstream("stable")
     canary = await start_upstream("canary")
