@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Final, Literal, NamedTuple, TypeVar, cast
+from typing import Final, Literal, NamedTuple, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -59,6 +59,9 @@ class Match:
 
 
 StickyBy = Literal["cookie", "header", "query", "ip", "none"]
+
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     access_log: str = "-"  # "-" = stdout, "off", or a file path
     routes: tuple[Route, ...] = ()
+    # Proxies in front (a TLS terminator, a load balancer) whose X-Forwarded-For names the
+    # client: for `sticky: {by: ip}` (nginx's set_real_ip_from, Traefik's trustedIPs).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def route(self, name: str) -> Route:
         for r in self.routes:
@@ -508,7 +514,9 @@ def _cookie_path(value: object) -> str:
     raise ValueError(f'must be a path starting with "/", without spaces, commas or ";", got {_show(value)}')
 
 
-def _cookie_domain(value: object) -> str:
+def _cookie_domain(value: object) -> str | None:
+    if value is None:
+        return None  # the default: the host that set it
     if isinstance(value, str) and len(value) <= 253 and _COOKIE_DOMAIN.fullmatch(value) and not value.isdigit():
         return value.lower()
     raise ValueError(
@@ -969,7 +977,7 @@ class _Map:
 
 # ---- the schema ------------------------------------------------------------------------------
 
-_TOP_KEYS = ("listen", "admin", "state", "timeouts", "limits", "access_log", "routes")
+_TOP_KEYS = ("listen", "admin", "state", "timeouts", "limits", "access_log", "trusted_proxies", "routes")
 _ROUTE_KEYS = (
     "name",
     "match",
@@ -1127,7 +1135,19 @@ def _config(top: _Map) -> Config:
         ),
         access_log=top.get("access_log", _access_log, d.access_log),
         routes=routes,
+        trusted_proxies=top.get_list("trusted_proxies", _ip_network, ()),
     )
+
+
+def _ip_network(value: object) -> IPNetwork:
+    """An address or a CIDR block (``10.0.0.0/8``, ``::1``); host bits set are refused, as a
+    typo more likely than meant (``10.0.0.1/8``)."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address or CIDR block as a string, got {_show(value)}")
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as e:
+        raise ValueError(f"must be an IP address or CIDR block (10.0.0.0/8, ::1): {e}") from None
 
 
 def _routes(items: list[_At]) -> tuple[Route, ...]:

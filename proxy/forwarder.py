@@ -542,7 +542,10 @@ class ClientConnection(asyncio.Protocol):
             # bytes_in: a chunked body read past the limit while the request waited its turn
             self._too_large(ex)
             return
-        decision = plan.choose(hdict.get, url, self.ip, rt.random(), rt.new_sticky_key)
+        ip = self.ip
+        if plan.sticky_by == "ip" and rt.table.trusted is not None:  # behind proxies of ours
+            ip = rt.table.trusted.client(ip, hdict.get(b"x-forwarded-for"))
+        decision = plan.choose(hdict.get, url, ip, rt.random(), rt.new_sticky_key)
         ex.decision = decision
         backend = plan.backends[decision.backend]
         if rt.balancer.down and id(backend) in rt.balancer.down:

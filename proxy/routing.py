@@ -25,13 +25,14 @@ and exact at the boundaries; it has no monotonicity to keep since it has no memo
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from .config import Config, Route, Upstream
+from .config import Config, IPNetwork, Route, Upstream
 from .headers import cookie_attributes
 
 __all__ = [
@@ -293,6 +294,55 @@ def _host_of(host_header: bytes) -> bytes:
     return name[:-1] if name and name[-1] == 46 else name  # 46: ord("."), no slice made to test it
 
 
+MAX_TRUST_MEMO = 4096  # addresses remembered as trusted or not (cleared when full)
+
+
+class TrustedProxies:
+    """Who the client is behind proxies of ours (``trusted_proxies``), for ``sticky: {by:
+    ip}``: the TCP peer, unless it is one of them; then, walking ``X-Forwarded-For`` from the
+    right (each proxy appends whom it got the request from), the first address that is not
+    one of them: that one a proxy of ours wrote. What a client writes itself is on the left
+    of it, never read (nginx's ``real_ip_recursive``). A hop that is not an address ends the
+    walk at the peer."""
+
+    __slots__ = ("_memo", "networks")
+
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        self._memo: dict[bytes, bool] = {}
+
+    def trusts(self, ip: bytes) -> bool:
+        got = self._memo.get(ip)
+        if got is None:
+            addr = _address(ip)
+            got = addr is not None and any(addr in n for n in self.networks if n.version == addr.version)
+            if len(self._memo) >= MAX_TRUST_MEMO:
+                self._memo.clear()
+            self._memo[ip] = got
+        return got
+
+    def client(self, peer: bytes, forwarded_for: bytes | None) -> bytes:
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        hops = [hop.strip(b" \t") for hop in forwarded_for.split(b",")]
+        for hop in reversed(hops):
+            if _address(hop) is None:
+                return peer
+            if not self.trusts(hop):
+                return hop
+        return hops[0]  # every hop one of ours: the first is the client
+
+
+def _address(text: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # ::ffff:10.0.0.1, as a dual-stack socket names 10.0.0.1
+    return addr
+
+
 class Table:
     """All routes, indexed for matching. Immutable once built; swapped whole on change.
 
@@ -301,10 +351,11 @@ class Table:
     ``path_prefix`` wins; when none of the group's prefixes match, the next group is tried.
     """
 
-    __slots__ = ("_any", "_exact", "_wild", "config", "plans")
+    __slots__ = ("_any", "_exact", "_wild", "config", "plans", "trusted")
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.trusted = TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
         self.plans: dict[str, RoutePlan] = {}
         exact: dict[bytes, list[RoutePlan]] = {}
         wild: dict[bytes, list[RoutePlan]] = {}

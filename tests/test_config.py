@@ -479,6 +479,17 @@ def test_whole_numbers_are_read_as_yaml_1_2_too() -> None:
     assert (shadow.percent, shadow.max_in_flight) == (50.0, 100)  # YAML 1.1: 40 and 64
 
 
+def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
+    import ipaddress
+
+    config = parse_text(BASE + "trusted_proxies: [10.0.0.0/8, '::1', 192.168.1.10]\n")
+    assert config.trusted_proxies == tuple(map(ipaddress.ip_network, ["10.0.0.0/8", "::1", "192.168.1.10"]))
+    with pytest.raises(ConfigError, match=r"trusted_proxies\[1\]: must be an IP address or CIDR block.*host bits set"):
+        parse_text(BASE + "trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]\n")
+    with pytest.raises(ConfigError, match=r"trusted_proxies\[0\]: must be an IP address"):
+        parse_text(BASE + "trusted_proxies: [lb.example.com]\n")
+
+
 def test_number_like_names_stay_names() -> None:
     """Review: reading ``1e3`` as a number everywhere broke a route or backend named so
     (a short commit hash), which passed check before."""
@@ -1454,6 +1465,7 @@ def test_example_shows_every_option() -> None:
         *("interval", "unhealthy_threshold"),
         *("healthy_threshold", "expect_status", "outlier_detection", "enabled", "consecutive_failures"),
         *("base_ejection", "max_ejection", "max_ejection_percent"),
+        *("secure", "same_site", "http_only", "domain", "trusted_proxies"),
     }
     shown = _keys(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8")))
     backend_names = {"stable", "canary", "candidate", "v1", "v2", "web"}

@@ -22,6 +22,7 @@ from proxy.forwarder import ClientConnection
 
 from .conftest import (
     RawResponse,
+    RunningProxy,
     StartProcess,
     StartProxy,
     StartUpstream,
@@ -746,6 +747,38 @@ async def test_a_header_given_twice_is_read_by_its_first_line(
             assert (resp.status, json.loads(resp.body)["upstream"]) == (200, served), (first, second)
     finally:
         writer.close()
+
+
+async def test_sticky_by_ip_behind_a_trusted_proxy_reads_x_forwarded_for(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (eighth round): behind the TLS terminator the README recommends, `by: ip` hashed
+    the terminator's address: every user on one backend. With the terminator in
+    `trusted_proxies` the client it names in X-Forwarded-For is hashed."""
+    stable = await start_upstream("stable")
+    canary = await start_upstream("canary")
+
+    async def served(px: RunningProxy, users: list[str]) -> dict[str, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", px.port)  # one connection: the proxy in front
+        got = {}
+        try:
+            for user in users:
+                writer.write(b"GET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, %s\r\n\r\n" % user.encode())
+                resp = await read_response(reader)
+                got[user] = json.loads(resp.body)["upstream"]
+        finally:
+            writer.close()
+        return got
+
+    users = [f"198.51.100.{i}" for i in range(1, 101)]
+    r = route(stable=(stable, 50), canary=(canary, 50))
+    r["sticky"] = {"by": "ip"}
+    untrusted = await start_proxy([r])
+    assert len(set((await served(untrusted, users)).values())) == 1  # the peer's address: one backend
+    trusted = await start_proxy([r], trusted_proxies=["127.0.0.1/32"])
+    first = await served(trusted, users)
+    assert set(first.values()) == {"stable", "canary"}
+    assert await served(trusted, users) == first  # each user stays
 
 
 async def test_weighted_split_of_10000_requests(start_upstream: StartUpstream, start_proxy: StartProxy) -> None:

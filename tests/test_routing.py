@@ -808,3 +808,26 @@ def test_the_sticky_memo_answers_as_the_hash_and_stays_bounded(monkeypatch: pyte
     assert moved.sticky_memo == {}
     assert plan != moved
     assert plan == RoutePlan.compile(plan.route)  # the memo is not part of the plan's value
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "client"),
+    [
+        (b"203.0.113.9", b"198.51.100.1", b"203.0.113.9"),  # not a proxy of ours: its own address
+        (b"10.0.0.2", None, b"10.0.0.2"),  # ours, but it said nothing
+        (b"10.0.0.2", b"198.51.100.1", b"198.51.100.1"),
+        (b"10.0.0.2", b"6.6.6.6, 198.51.100.1", b"198.51.100.1"),  # the client's own claim is left of it
+        (b"10.0.0.2", b"6.6.6.6, 198.51.100.1, 10.0.0.7", b"198.51.100.1"),  # two of ours in a row
+        (b"10.0.0.2", b"10.0.0.5, 10.0.0.7", b"10.0.0.5"),  # every hop ours: the first
+        (b"10.0.0.2", b"198.51.100.1, garbage", b"10.0.0.2"),  # not an address: the peer
+        (b"::ffff:10.0.0.2", b"2001:db8::1", b"2001:db8::1"),  # a dual-stack socket's v4 peer
+        (b"10.0.0.2", b" 198.51.100.1 ,", b"10.0.0.2"),  # an empty hop is not an address
+    ],
+)
+def test_the_client_behind_trusted_proxies(peer: bytes, xff: bytes | None, client: bytes) -> None:
+    import ipaddress
+
+    from proxy.routing import TrustedProxies
+
+    trusted = TrustedProxies([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1")])
+    assert trusted.client(peer, xff) == client
