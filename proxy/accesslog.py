@@ -17,7 +17,10 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import IO
+
+from .errors import os_reason
 
 log = logging.getLogger("splitproxy")
 
@@ -72,9 +75,8 @@ class AccessLog:
                 os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
                 self._out = open(target, "ab")  # noqa: SIM115  # kept open for the process's life
             except OSError as exc:
-                raise AccessLogError(
-                    f"access_log: cannot open {target!r} for appending: {exc.strerror or exc}"
-                ) from None
+                why = os_reason(exc, Path(os.path.abspath(target)).parent)
+                raise AccessLogError(f"access_log: cannot open {target!r} for appending: {why}") from None
 
     def request(
         self,

@@ -1,12 +1,15 @@
 """Errors at the upstream boundary, each carrying the status it maps to (httpcore style).
 
 One ``except UpstreamError as e`` turns any of them into a response with ``e.status``;
-``e.reason`` is the ``reason`` label of ``splitproxy_upstream_errors_total``.
+``e.reason`` is the ``reason`` label of ``splitproxy_upstream_errors_total``. And
+``os_reason``: what an OSError about a file's path says, for the messages of the state
+database and the access log.
 """
 
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 
 class UpstreamError(Exception):
@@ -67,3 +70,13 @@ def connect_failed(address: str, exc: OSError) -> UpstreamError:
     if exc.errno in _OUT_OF_RESOURCES:
         return ProxyOutOfResources(f"no socket to connect to {address}: {exc.strerror or exc}")
     return UpstreamConnectError(f"connect to {address} failed: {exc.strerror or exc}")
+
+
+def os_reason(e: OSError, directory: Path) -> str:
+    """An OSError's reason, naming the file in the way when a directory on the path to
+    ``directory`` is one ("File exists" said nothing of which)."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        for parent in (directory, *directory.parents):
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+    return str(e.strerror or e)

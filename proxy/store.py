@@ -68,6 +68,8 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal, get_args
 
+from .errors import os_reason
+
 __all__ = [
     "KINDS",
     "SCHEMA_VERSION",
@@ -269,7 +271,7 @@ class StateLock:
             real.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise StoreError(f"{db}: cannot create its lock file {self.path}: {_why(e, real.parent)}") from e
+            raise StoreError(f"{db}: cannot create its lock file {self.path}: {os_reason(e, real.parent)}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -296,16 +298,6 @@ class StateLock:
             self._fd = None
 
 
-def _why(e: OSError, directory: Path) -> str:
-    """An OSError's reason, naming the file in the way when a directory on the path is one
-    ("File exists" said nothing of which)."""
-    if isinstance(e, (FileExistsError, NotADirectoryError)):
-        for parent in (directory, *directory.parents):
-            if parent.exists() and not parent.is_dir():
-                return f"{parent} is a file, not a directory"
-    return str(e.strerror or e)
-
-
 # ---- the store -------------------------------------------------------------------------------
 
 
@@ -320,7 +312,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(
-                f"{self.path}: cannot create the directory {self.path.parent}: {_why(e, self.path.parent)}"
+                f"{self.path}: cannot create the directory {self.path.parent}: {os_reason(e, self.path.parent)}"
             ) from e
         if self.path.is_dir():  # SQLite says only "unable to open database file"
             raise StoreError(

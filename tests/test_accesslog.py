@@ -187,3 +187,12 @@ def test_a_full_disk_does_not_make_close_raise() -> None:
     log.request(**entry())
     log.flush()
     log.close()
+
+
+def test_a_path_under_a_file_names_the_file(tmp_path: Path) -> None:
+    """QA (eighth round): it said "File exists", as state.path did before it was fixed."""
+    from proxy.accesslog import AccessLogError
+
+    (tmp_path / "al.yaml").write_text("x")
+    with pytest.raises(AccessLogError, match=rf"{tmp_path / 'al.yaml'} is a file, not a directory"):
+        AccessLog(str(tmp_path / "al.yaml" / "x.log"))
