@@ -33,9 +33,11 @@ $(CSTAMP): pyproject.toml setup.py $(NATIVE) $(wildcard proxy/*.py proxy/*.pyi p
 	$(CBIN)/splitproxy --version | grep -q 'data plane: compiled'
 	touch $(CSTAMP)
 
-## demo: two built-in demo versions behind the proxy (Ctrl-C to stop)
+## demo: two built-in demo versions behind the proxy (Ctrl-C to stop); DEMO_ARGS for more
+## of `splitproxy demo`'s flags: make demo DEMO_ARGS="--listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19901"
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/splitproxy demo --traffic
+	$(BIN)/splitproxy demo --traffic $(DEMO_ARGS)
 
 ## test: the whole test suite (pure, in-process, black-box), on the source tree and then
 ## on the compiled build

@@ -404,13 +404,17 @@ async def serve(
     on_started: Callable[[Server], object] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads, SIGUSR1 reopens the access log. For
-    ``splitproxy run`` and ``demo``."""
+    ``splitproxy run`` and ``demo``; without a config file (the demo, in a terminal) SIGHUP
+    stops it, as a hangup stops an interactive command."""
     server = Server(config, config_path, workers=workers, grace=grace)
     # Signals first: one that arrives while starting (or right after "listening") is
     # handled like any other, never the default kill.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
+    else:  # QA (eighth round): the demo outlived its closed terminal, holding its ports
+        loop.add_signal_handler(signal.SIGHUP, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, server.plane.reopen_logs)  # logrotate's postrotate
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -489,8 +489,8 @@ def demo_args(tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     ("args", "sig"),
-    [(run_args, signal.SIGTERM), (demo_args, signal.SIGINT)],
-    ids=["run-SIGTERM", "demo-SIGINT"],
+    [(run_args, signal.SIGTERM), (demo_args, signal.SIGINT), (demo_args, signal.SIGHUP)],
+    ids=["run-SIGTERM", "demo-SIGINT", "demo-SIGHUP"],  # the demo's terminal closed (QA, eighth round)
 )
 async def test_a_signal_right_after_listening_stops_cleanly(
     tmp_path: Path, running: list[Running], args: Callable[[Path], list[str]], sig: int
