@@ -69,12 +69,18 @@ def _run_loop(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _print_problems(exc: ConfigError) -> None:
+    """One line a problem, each naming the file (QA, eighth round: under systemd or Docker a
+    line alone did not say which file was wrong); a problem with the file itself names it."""
+    for problem in exc.problems:
+        print(problem if problem.where == exc.source else f"{exc.source}: {problem}", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_file(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc)
         return 2
     backends = sum(len(r.backends) for r in config.routes)
     routes = len(config.routes)
@@ -90,8 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_file(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _print_problems(exc)
         return 2
     _setup_logging(args.verbose)
     try:

@@ -44,7 +44,8 @@ INVOCATIONS = {
 }
 
 # `where: what (line N)`, as SPEC §2 and STYLE.md spell a config problem.
-PROBLEM_RE = re.compile(r"(?P<where>\S+): (?P<what>.+) \(line (?P<line>\d+)\)")
+# `file: where: what (line N)`
+PROBLEM_RE = re.compile(r"(?P<file>\S+\.yaml): (?P<where>\S+): (?P<what>.+) \(line (?P<line>\d+)\)")
 
 
 def cli(*args: str, cwd: Path = ROOT, within: float = 30) -> subprocess.CompletedProcess[str]:
@@ -148,7 +149,8 @@ def test_check_reports_every_problem_with_its_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     problems = [PROBLEM_RE.fullmatch(line) for line in lines]
-    assert all(problems), lines  # one problem per line, each `where: what (line N)`
+    assert all(problems), lines  # one problem per line, each `file: where: what (line N)`
+    assert {m["file"] for m in problems if m} == {str(path)}
     got = {(m["where"], int(m["line"])): m["what"] for m in problems if m}
     expected = {  # (where, line) -> a word the explanation must contain
         ("admin.colour", line_of(BAD, "colour:")): "unknown key",
