@@ -187,12 +187,15 @@ class Server:
         self._shadow_task = tasks.spawn(self._shadow_loop(), "shadow-report")
         self.ready = True
         log.info(
-            "listening: proxy on %s, admin on %s (%d worker%s); data plane: %s",
+            "listening: proxy on %s, admin on %s (%d worker%s); data plane: %s; state: %s",
             Address(config.listen.host, self.data_port),
             Address(config.admin.listen.host, self.admin_port),
             self.workers,
             "" if self.workers == 1 else "s",
             data_plane_build(),
+            # Where the history is (state.path is relative to the working directory: started
+            # elsewhere, another one, and an empty history; QA, eighth round).
+            os.path.abspath(config.state.path),
         )
 
     async def _shadow_loop(self) -> None:
