@@ -251,11 +251,21 @@ def _float(text: str) -> float:
     return not_underflowed(float(text), text)
 
 
+MAX_ACTOR: Final = 100  # characters of X-Splitproxy-Actor
+
+
 def actor_of(request: web.Request) -> str:
     """Who made a change: the client's ``X-Splitproxy-Actor`` (the CLI sends ``cli:USER``),
     else ``api``. Bounded and printable, as it is stored and shown."""
-    actor = request.headers.get("X-Splitproxy-Actor", "api")
-    actor = "".join(ch for ch in actor if ch.isprintable())[:100]
+    # Bytes that are not UTF-8 (aiohttp's surrogate escapes) are left out; the rest is
+    # refused rather than cut or cleaned (QA, eighth round: stored changed, with a 200).
+    actor = "".join(ch for ch in request.headers.get("X-Splitproxy-Actor", "api") if not "\udc80" <= ch <= "\udcff")
+    if len(actor) > MAX_ACTOR:
+        raise BadRequest(f"X-Splitproxy-Actor: at most {MAX_ACTOR} characters, got {len(actor)}", "X-Splitproxy-Actor")
+    if not actor.isprintable():
+        raise BadRequest(
+            "X-Splitproxy-Actor: printable characters only (no tab or control character)", "X-Splitproxy-Actor"
+        )
     if actor.strip().lower() == "config":  # QA: a client could record changes as the proxy's own
         raise BadRequest(
             "X-Splitproxy-Actor: 'config' is the proxy's own, for changes from the config file", "X-Splitproxy-Actor"

@@ -117,7 +117,7 @@ def admin_url(text: str) -> str:
 def parse_weights(words: Sequence[str]) -> dict[str, float]:
     """``["stable=90", "canary=10"]`` → ``{"stable": 90.0, "canary": 10.0}``.
 
-    Syntax only: a backend name, ``=``, a finite number, each backend once. Whether the
+    Syntax only: a backend name, ``=``, a finite number >= 0, each backend once. Whether the
     backend exists and the number is in range is the API's to say (it names the route's
     backends in its answer). Raises ``ValueError`` with the word at fault.
     """
@@ -135,6 +135,8 @@ def parse_weights(words: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"{name}: the weight must be a number, got {number!r}") from None
         if not math.isfinite(weight):
             raise ValueError(f"{name}: the weight must be a finite number, got {number!r}")
+        if weight < 0:  # QA (eighth round): sent, when --help says >= 0 and exit 2 is "nothing sent"
+            raise ValueError(f"{name}: the weight must be >= 0, got {number!r}")
         if name in weights:
             raise ValueError(f"{name}: given twice")
         weights[name] = weight

@@ -195,7 +195,7 @@ class Server:
             data_plane_build(),
             # Where the history is (state.path is relative to the working directory: started
             # elsewhere, another one, and an empty history; QA, eighth round).
-            os.path.abspath(config.state.path),
+            os.path.abspath(config.state.path),  # noqa: ASYNC240  # getcwd, no file I/O
         )
 
     async def _shadow_loop(self) -> None:

@@ -613,6 +613,28 @@ async def test_the_proxys_own_actor_name_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("actor", "why"),
+    [(b"a" * 101, "at most 100 characters, got 101"), (b"ops\tbot", "printable characters only")],
+)
+async def test_an_actor_too_long_or_with_a_control_character_is_refused(
+    ups: tuple[Upstream, Upstream], start_proxy: StartProxy, session: aiohttp.ClientSession, actor: bytes, why: str
+) -> None:
+    """QA (eighth round): cut to 100 characters, or cleaned, and stored with a 200."""
+    px = await start_proxy([pair(*ups, 100, 0)])
+    before = await history(session, px.admin_url)
+    r = await raw_call(
+        px, "PUT", "/api/v1/routes/main/weights", b'{"weights": {"canary": 4}}', X_Splitproxy_Actor=actor
+    )
+    assert r.status == 400, r.body
+    assert why in json.loads(r.body)["error"]["message"]
+    assert await history(session, px.admin_url) == before
+    r = await raw_call(
+        px, "PUT", "/api/v1/routes/main/weights", b'{"weights": {"canary": 4}}', X_Splitproxy_Actor=b"a" * 100
+    )
+    assert r.status == 200, r.body
+
+
+@pytest.mark.parametrize(
     ("actor", "stored"),
     [
         pytest.param(b"ops-\xe9", "ops-", id="latin-1-byte"),
