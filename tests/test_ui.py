@@ -670,6 +670,21 @@ async def test_ui_in_a_real_browser(shadowed: Shadowed, browser_page: Any, tmp_p
     assert await page.evaluate("() => window.__xss") is None
     # a 900-character reason in the history wraps: the page is no wider than the window
     assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    # ... and the other cells keep their words whole (QA, eighth round: "rollba|ck", "dem|o"
+    # at 1280 px): each kind, route and actor on one line
+    lines = await page.evaluate(
+        """() => [...document.querySelectorAll('table.history td.kind, table.history td.actor,'
+                   + ' table.history td:nth-child(3)')].map(td => {
+                 const tops = new Set(), walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+                 for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                   const r = document.createRange(); r.selectNodeContents(n);
+                   for (const x of r.getClientRects()) tops.add(Math.round(x.top));
+                 }
+                 return [td.textContent.trim(), tops.size];
+               })"""
+    )
+    assert lines
+    assert [text for text, n in lines if n != 1] == [], lines
     await page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
 
     violations = await page.evaluate("() => window.__violations")
