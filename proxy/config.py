@@ -1010,6 +1010,21 @@ _HEALTH_KEYS = (
 )
 
 
+def _yaml_hint(e: yaml.MarkedYAMLError, text: str) -> str:
+    """What to do about the YAML mistakes people make most (QA, eighth round: PyYAML's words
+    alone did not say)."""
+    problem = e.problem or ""
+    if "'\\t'" in problem or "\t" in problem:
+        return "; indent with spaces, not tabs"
+    if "while scanning a quoted scalar" in (e.context or ""):
+        return "; a quote opened on this line is not closed"
+    if "mapping values are not allowed" in problem:
+        return "; a value with ': ' in it needs quotes, or this line's indentation is off"
+    if "expected <block end>" in problem:
+        return "; check the indentation of this line and the one before it"
+    return ""
+
+
 def parse_text(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML ``text``; raise ConfigError listing every problem found."""
     try:
@@ -1020,6 +1035,9 @@ def parse_text(text: str, source: str = "<config>") -> Config:
         if e.context:
             what += f" ({e.context})"
         line = None if mark is None else int(mark.line) + 1
+        what += _yaml_hint(e, text)
+        if "while scanning a quoted scalar" in what and e.context_mark is not None:
+            line = int(e.context_mark.line) + 1  # where the quote opens, not the end of the file
         raise ConfigError([Problem("<yaml>", what, line)], source) from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow: its line, one line
         line = text.count("\n", 0, e.position) + 1

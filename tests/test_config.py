@@ -490,6 +490,25 @@ def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
         parse_text(BASE + "trusted_proxies: [lb.example.com]\n")
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "hint"),
+    [
+        ("routes:\n\t- name: x\n", 2, "indent with spaces, not tabs"),
+        ('routes:\n  - name: "shop\n    backends: {}\n\n', 2, "a quote opened on this line is not closed"),
+        ("routes:\n  - name: shop\n    backends: {}\n   baseline: v1\n", 4, "check the indentation"),
+        ("listen: a: b\n", 1, "a value with ': ' in it needs quotes"),
+    ],
+)
+def test_yaml_mistakes_say_what_to_do(text: str, line: int, hint: str) -> None:
+    """QA (eighth round): PyYAML's words alone (a tab, an unclosed quote reported at the end
+    of the file, indentation)."""
+    with pytest.raises(ConfigError) as info:
+        parse_text(text)
+    (problem,) = info.value.problems
+    assert (problem.where, problem.line) == ("<yaml>", line)
+    assert hint in problem.what
+
+
 def test_number_like_names_stay_names() -> None:
     """Review: reading ``1e3`` as a number everywhere broke a route or backend named so
     (a short commit hash), which passed check before."""
@@ -1409,7 +1428,7 @@ def test_a_wrong_value_is_not_reported_again_by_later_checks() -> None:
         ("routes: [\n", 2, "expected the node content"),
         ("listen: 0.0.0.0:80\nroutes:\n  - name: a\n   backends: {}\n", 4, ""),
         ("routes:\n\t- name: a\n", 2, "found character '\\t'"),
-        ('listen: "unclosed\n', 2, "found unexpected end of stream"),
+        ('listen: "unclosed\n', 1, "found unexpected end of stream"),  # where the quote opens
         ("a: 1\n---\nb: 2\n", 2, "expected a single document"),
         ('a: 1\nlisten: "127.0.0.1:\x00"\n', 2, "the character U+0000 is not allowed in YAML"),
     ],
