@@ -788,6 +788,35 @@ def record(
     )
 
 
+@pytest.mark.parametrize("members", [600, 900])
+def test_a_deep_key_of_a_body_of_many_keys_is_never_counted_only_where_it_differs(members: int) -> None:
+    """QA (eighth round): a map of 900 members named by slugs; one member's price differs in
+    4 of 40 answers. Past the 500 keys a comparison counted, the deep key was compared only
+    where it differed: 4 / 4, classified real. Now every key of the body is counted: with
+    600 members (1,802 keys, under the 2,000 where an endpoint cuts its keys back) exactly;
+    with 900 (2,702) the endpoint keeps its first 1,000 keys when it cuts back, the deep one
+    summed in the overflow then and counted again from there: never its differences alone."""
+    last = f"item-{members - 1:03d}"
+
+    def body(price: int) -> Captured:
+        items = {f"item-{i:03d}": {"price": i, "stock": 3} for i in range(members)}
+        items[last]["price"] = price
+        return j({"flag": 1, "items": items})
+
+    stats = RouteStats()
+    for n in range(40):
+        record(stats, body(1), body(-1 if n % 10 == 0 else 1))
+    ep = stats.endpoints["GET /users/{id}"]
+    assert ep.fields["$.flag"][:2] == [40, 0]
+    counts = ep.fields.get(f'$.items["{last}"].price')
+    if members == 600:
+        assert counts is not None
+        assert counts[:2] == [40, 4]
+    else:  # counted since the endpoint last cut its keys back (when it met a difference)
+        assert counts is None or counts[0] > counts[1], counts
+        assert ep.fields_overflow[1] >= 1  # its differences are in the overflow's
+
+
 def test_json_nested_as_deep_as_the_parser_takes_is_compared_without_an_error() -> None:
     """Found this session: ~985 nested arrays (json.loads takes them; the C walk leaves
     bodies past 500 levels to Python) made the interpreted build's walk raise RecursionError
