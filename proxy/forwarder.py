@@ -543,7 +543,7 @@ class ClientConnection(asyncio.Protocol):
             self._too_large(ex)
             return
         ip = self.ip
-        if plan.sticky_by == "ip" and rt.table.trusted is not None:  # behind proxies of ours
+        if plan.sticky_by_ip and rt.table.trusted is not None:  # behind proxies of ours
             ip = rt.table.trusted.client(ip, hdict.get(b"x-forwarded-for"))
         decision = plan.choose(hdict.get, url, ip, rt.random(), rt.new_sticky_key)
         ex.decision = decision

@@ -151,6 +151,7 @@ class RoutePlan:
     cookie_overrides: tuple[tuple[bytes, bytes, int], ...]
     sticky_by: str
     sticky_name: bytes  # lower-case for headers; as written for cookies and queries
+    sticky_by_ip: bool  # sticky_by == "ip", as a flag: the forwarder tests it on every request
     sticky_cookie: bytes  # the sticky cookie's attributes (headers.cookie_attributes)
     wants_cookies: bool
     # The decisions without a cookie to issue, made once (a frozen dataclass per request
@@ -197,6 +198,7 @@ class RoutePlan:
             cookie_overrides=cookies,
             sticky_by=route.sticky.by,
             sticky_name=sticky_name,
+            sticky_by_ip=route.sticky.by == "ip",
             sticky_cookie=cookie_attributes(
                 max_age=int(route.sticky.max_age),
                 path=route.sticky.path,
