@@ -2394,8 +2394,13 @@ class EndpointStats:
             "noise_compared": self.noise_compared,
             "differing": self.differing,
             "truncated": self.truncated,
-            "fields": {k: list(self.fields[k]) for k in sorted(self.fields)},
-            "fields_overflow": list(self.fields_overflow),
+            # Four counts a field, as every version wrote them (a database stays readable by
+            # the version before: it refused six, and dropped the whole endpoint), and the
+            # differences of shape apart, for the fields that had any.
+            "fields": {k: self.fields[k][:4] for k in sorted(self.fields)},
+            "fields_shape": {k: self.fields[k][4:] for k in sorted(self.fields) if any(self.fields[k][4:])},
+            "fields_overflow": self.fields_overflow[:4],
+            "fields_overflow_shape": self.fields_overflow[4:],
             "signatures": [[list(s), *self.signatures[s]] for s in sorted(self.signatures, key=_signature_order)],
             "signatures_overflow": list(self.signatures_overflow),
             "samples": {k: [s.to_dict() for s in self.samples[k]] for k in sorted(self.samples)},
@@ -2411,9 +2416,17 @@ class EndpointStats:
         ep.noise_compared = _int(d, "noise_compared", where)
         ep.differing = _int(d, "differing", where)
         ep.truncated = _int(d, "truncated", where)
-        # Four counts in rows stored before differences of shape were counted apart.
-        ep.fields = {k: _counts(v, f"{where}.fields[{k!r}]") for k, v in _mapping(d, "fields", where).items()}
-        ep.fields_overflow = _counts(d.get("fields_overflow"), f"{where}.fields_overflow")
+        # Four counts a field, and those of shape apart (``to_dict``); absent in rows stored
+        # before differences of shape were counted (0 then).
+        shape = _mapping(d, "fields_shape", where)
+        ep.fields = {
+            k: _counts(v, shape.get(k), f"{where}.fields[{k!r}]") for k, v in _mapping(d, "fields", where).items()
+        }
+        ep.fields_overflow = _counts(
+            d.get("fields_overflow"), d.get("fields_overflow_shape"), f"{where}.fields_overflow"
+        )
+        if stray := shape.keys() - ep.fields.keys():
+            raise ValueError(f"{where}.fields_shape: keys without counts: {sorted(stray)[:3]}")
         for i, row in enumerate(_list(d, "signatures", where)):
             w = f"{where}.signatures[{i}]"
             if not isinstance(row, list) or len(row) != 3 or not isinstance(row[0], list):
@@ -2629,8 +2642,15 @@ def report(stats: RouteStats, *, noise: ShadowNoise | None = None, max_fields: i
             "fields": fields,
         }
         if any(ep.fields_overflow):
-            c, d, nc, nd = ep.fields_overflow[:4]
-            entry["fields_overflow"] = {"compared": c, "differing": d, "noise_compared": nc, "noise_differing": nd}
+            c, d, nc, nd, sd, nsd = ep.fields_overflow
+            entry["fields_overflow"] = {
+                "compared": c,
+                "differing": d,
+                "noise_compared": nc,
+                "noise_differing": nd,
+                "shape_differing": sd,
+                "noise_shape_differing": nsd,
+            }
         endpoints[name] = entry
         totals["compared"] += ep.compared
         totals["noise_compared"] += ep.noise_compared
@@ -2688,13 +2708,11 @@ def _opt_str(d: Mapping[str, Any], key: str, where: str) -> str | None:
     return v
 
 
-def _counts(v: object, where: str) -> list[int]:
-    """A field's counts (FieldStats' six), or the first four of them as stored before."""
-    if isinstance(v, list) and len(v) == 4:
-        return [*_ints(v, 4, where), 0, 0]
-    counts = _ints(v, 6, where)
+def _counts(v: object, shape: object, where: str) -> list[int]:
+    """A field's six counts (FieldStats'): its four, and its two of shape (None: 0 and 0)."""
+    counts = [*_ints(v, 4, where), *(_ints(shape, 2, f"{where} (of shape)") if shape is not None else (0, 0))]
     if counts[4] > counts[1] or counts[5] > counts[3]:
-        raise ValueError(f"{where}: more differences of shape than differences, got {v!r}")
+        raise ValueError(f"{where}: more differences of shape than differences, got {counts!r}")
     return counts
 
 

@@ -746,18 +746,29 @@ def test_differences_of_shape_are_named(live: Any, shadow: Any, shape: set[str])
     assert c.shape <= c.differing
 
 
-def test_counts_stored_before_differences_of_shape_load_with_none() -> None:
+def test_counts_of_shape_are_stored_apart_and_older_rows_load_with_none() -> None:
+    """Review (eighth round): six counts a field made a database the previous version could
+    not read (it dropped every endpoint, "expected 4 non-negative integers"); the four are
+    stored as before and those of shape beside them."""
     stats = RouteStats()
     record(stats, j({"a": 1}), j({"b": 1}))
     doc = stats.to_dict()
     ep = doc["endpoints"]["GET /users/{id}"]
-    assert ep["fields"]["$.a"] == [1, 1, 0, 0, 1, 0]
-    ep["fields"] = {k: v[:4] for k, v in ep["fields"].items()}  # a row of an older version
-    ep["fields_overflow"] = ep["fields_overflow"][:4]
-    loaded = RouteStats.from_dict(json.loads(json.dumps(doc)))
-    assert loaded.endpoints["GET /users/{id}"].fields["$.a"] == [1, 1, 0, 0, 0, 0]
-    ep["fields"]["$.a"] = [1, 1, 0, 0, 2, 0]  # more of shape than differing: not counts
+    assert all(len(v) == 4 for v in ep["fields"].values())  # what every version reads
+    assert len(ep["fields_overflow"]) == 4
+    assert ep["fields"]["$.a"] == [1, 1, 0, 0]
+    assert ep["fields_shape"] == {"$.a": [1, 0], "$.b": [1, 0]}  # only fields with any
+    again = RouteStats.from_dict(json.loads(json.dumps(doc)))
+    assert again.endpoints["GET /users/{id}"].fields["$.a"] == [1, 1, 0, 0, 1, 0]
+    older = json.loads(json.dumps(doc))  # a row of an older version: no counts of shape
+    del older["endpoints"]["GET /users/{id}"]["fields_shape"]
+    del older["endpoints"]["GET /users/{id}"]["fields_overflow_shape"]
+    assert RouteStats.from_dict(older).endpoints["GET /users/{id}"].fields["$.a"] == [1, 1, 0, 0, 0, 0]
+    ep["fields_shape"]["$.a"] = [2, 0]  # more of shape than differing: not counts
     with pytest.raises(ValueError, match=r"fields\['\$\.a'\]: more differences of shape"):
+        RouteStats.from_dict(doc)
+    ep["fields_shape"] = {"$.nowhere": [1, 0]}
+    with pytest.raises(ValueError, match=r"fields_shape: keys without counts"):
         RouteStats.from_dict(doc)
 
 
@@ -1392,7 +1403,7 @@ def test_field_cap_moves_the_deepest_keys_to_overflow() -> None:
     d = stats.to_dict()["endpoints"]["GET /users/{id}"]
     # field_order: status, body, headers, then JSON keys shallow before deep.
     assert list(d["fields"]) == ["$", "header.content-type", "status"]
-    assert d["fields_overflow"] == [3, 2, 0, 0, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
+    assert d["fields_overflow"] == [3, 2, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
 
 
 @pytest.mark.parametrize(
