@@ -1053,9 +1053,14 @@ def _diff_text(a: str, b: str, acc: _Acc) -> None:
     if not out:  # cannot happen for a != b, but never report "equal" for different bodies
         out.append(("body", "changed", a[:RENDER_CHARS], b[:RENDER_CHARS]))
     acc.differing.add("body")
+    # Lines one side has and the other not are a difference of shape, as a JSON field missing
+    # or extra is (a shadow that answers nothing, or drops a line, where live's lines only
+    # change: review, eighth round); judged on every line, not only the reported ones.
+    if any(i2 - i1 != j2 - j1 for tag, i1, i2, j1, j2 in ops if tag != "equal"):
+        acc.shape.add("body")
     for path, kind, la, lb in out:
         if len(acc.diffs) < MAX_DIFFS:
-            if la is not None and lb is not None and len(la) > RENDER_CHARS and len(lb) > RENDER_CHARS:
+            if la is not None and lb is not None and (len(la) > RENDER_CHARS or len(lb) > RENDER_CHARS):
                 wa, wb, cut = _windows(la, lb)
                 shown = _clip_pair("…" + wa, "…" + wb) if cut else _clip_pair(wa, wb)
             else:

@@ -1509,3 +1509,22 @@ def test_two_long_values_alike_for_thousands_of_characters_show_where_they_diffe
     assert d.live is not None
     assert d.shadow is not None
     assert (d.live.rstrip()[-2:], d.shadow.rstrip()[-2:]) == ("yA", "yB")
+
+
+def test_lines_one_side_lacks_are_a_difference_of_shape() -> None:
+    """Review (eighth round): the rule of shape did not see bodies: a shadow that answers an
+    empty body, or drops a line, on a page whose lines live changes was noise."""
+    text = (("content-type", "text/plain"),)
+
+    def shape(live: bytes, shadow: bytes, headers: tuple[tuple[str, str], ...] = text) -> frozenset[str]:
+        return compare(Captured(200, headers, live), Captured(200, headers, shadow)).shape
+
+    assert shape(b"a\nb\n", b"a\nc\n") == frozenset()  # a line changed
+    assert shape(b"a\nb\n", b"a\n") == {"body"}  # one dropped
+    assert shape(b"a\n", b"a\nb\nc\nd\ne\nf\ng\n") == {"body"}  # more than the five lines reported
+    assert shape(b"", b'{"a": 1}', JSON) == {"body"}  # nothing against an answer
+    # and a long last line against one a character shorter shows where they differ
+    (d,) = compare(Captured(200, text, b"a" * 4000 + b"X"), Captured(200, text, b"a" * 4000)).diffs
+    assert d.live is not None
+    assert d.live.endswith("aX")
+    assert d.live != d.shadow
