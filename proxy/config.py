@@ -282,6 +282,8 @@ def parse_duration(value: object) -> float:
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
         seconds = float(m[1]) * _DURATION_UNITS[m[2] or "s"]
+    elif isinstance(value, str) and isinstance(number := _as_number(value.strip()), int | float):
+        seconds = float(number)  # a bare number as YAML 1.2 writes it: `5e-1`, `3.6e3`
     if seconds is None or not math.isfinite(seconds):
         raise ValueError(f"must be a duration such as 250ms, 2s, 5m or 24h, got {_show(value)}")
     if seconds < 0:
@@ -382,10 +384,9 @@ def parse_weight(value: object) -> float:
     return float(value) + 0.0  # -0.0 is 0.0
 
 
-# YAML 1.2's floats with an exponent but no dot or no sign in it (``1e6``, ``1e+06``,
-# ``1.0e5``), which YAML 1.1, and so PyYAML, reads as strings. Read as numbers where a
-# number is wanted only: a backend named ``1e3`` stays a name.
-_YAML12_FLOAT: Final = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+# YAML 1.2 numbers that YAML 1.1, and so PyYAML, reads as strings (``1e6``, ``1e+06``,
+# ``1.0e5``, ``090``, ``0o10``, ``+.05``) are read as numbers where a number is wanted only
+# (``_as_number``): a backend named ``1e3`` stays a name.
 
 
 _RESOLVER: Final = yaml.resolver.Resolver()
@@ -424,11 +425,11 @@ def _yaml12_number(text: str) -> object:
 def _as_number(value: object) -> object:
     """``value``, or the float a YAML 1.2 reader makes of it (``weight: 1e6``, and the
     ``1e+06`` the API and CLI print a large weight as, pasted back into the file)."""
-    if isinstance(value, str):
-        if _YAML12_FLOAT.fullmatch(value):
-            return not_underflowed(float(value), value)
-        if _YAML12_INT.fullmatch(value) or _YAML12_OCT.fullmatch(value):  # `090`, `0o10`: strings to PyYAML
-            return _yaml12_number(value)
+    # `1e6`, `090`, `0o10`, `+.05`: strings to PyYAML (YAML 1.1), numbers to YAML 1.2.
+    if isinstance(value, str) and (
+        _YAML12_REAL.fullmatch(value) or _YAML12_OCT.fullmatch(value) or _YAML12_HEX.fullmatch(value)
+    ):
+        return _yaml12_number(value)
     return value
 
 
@@ -447,6 +448,7 @@ def _file_weight(value: object) -> float:
 
 def _integer(low: int, high: int | None = None) -> Convert[int]:
     def convert(value: object) -> int:
+        value = _as_number(value)  # `090`, `0o10` (review, eighth round: "must be a whole number")
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"must be a whole number, got {_show(value)}")
         _check_range(value, value, low, high)

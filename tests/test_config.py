@@ -477,6 +477,23 @@ def test_whole_numbers_are_read_as_yaml_1_2_too() -> None:
     shadow = config.routes[0].shadow
     assert shadow is not None
     assert (shadow.percent, shadow.max_in_flight) == (50.0, 100)  # YAML 1.1: 40 and 64
+    # Review (eighth round): numbers PyYAML reads as strings, in every numeric key
+    config = parse_text(
+        BASE
+        + "    shadow: {backend: v2, max_in_flight: 090, noise: {absolute_threshold: +.05}}\n"
+        + "    health_check: {path: /h, unhealthy_threshold: 09, expect_status: [0200, 0299], timeout: 5e-1}\n"
+        + "    outlier_detection: {consecutive_failures: 0o10}\n"
+    )
+    r = config.routes[0]
+    assert r.shadow is not None
+    assert r.health_check is not None
+    assert (r.shadow.max_in_flight, r.shadow.noise.absolute_threshold) == (90, 0.05)
+    assert (r.health_check.unhealthy_threshold, r.health_check.expect_status, r.health_check.timeout) == (
+        9,
+        (200, 299),
+        0.5,
+    )
+    assert r.outlier_detection.consecutive_failures == 8
 
 
 def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
