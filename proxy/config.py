@@ -516,9 +516,21 @@ def _cookie_path(value: object) -> str:
     raise ValueError(f'must be a path starting with "/", without spaces, commas or ";", got {_show(value)}')
 
 
+def _path_matches(prefix: str, cookie_path: str) -> bool:
+    """Whether a cookie of ``cookie_path`` comes back with every request under ``prefix``
+    (RFC 6265 §5.1.4's path-match of the prefix)."""
+    return prefix.startswith(cookie_path) and (
+        len(prefix) == len(cookie_path) or cookie_path.endswith("/") or prefix[len(cookie_path)] == "/"
+    )
+
+
 def _cookie_domain(value: object) -> str | None:
     if value is None:
         return None  # the default: the host that set it
+    if isinstance(value, str) and _is_ip(value.strip("[]")):
+        raise ValueError(
+            f"must be a domain name, not an address (a cookie for an address has no Domain), got {_show(value)}"
+        )
     if isinstance(value, str) and len(value) <= 253 and _COOKIE_DOMAIN.fullmatch(value) and not value.isdigit():
         return value.lower()
     raise ValueError(
@@ -1023,7 +1035,7 @@ def _yaml_hint(e: yaml.MarkedYAMLError, text: str) -> str:
     if "mapping values are not allowed" in problem:
         return "; a value with ': ' in it needs quotes, or this line's indentation is off"
     if "expected <block end>" in problem:
-        return "; check the indentation of this line and the one before it"
+        return "; check the indentation of this line and the one before it, and that every quote above is closed"
     return ""
 
 
@@ -1159,6 +1171,14 @@ def _config(top: _Map) -> Config:
     )
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _ip_network(value: object) -> IPNetwork:
     """An address or a CIDR block (``10.0.0.0/8``, ``::1``); host bits set are refused, as a
     typo more likely than meant (``10.0.0.1/8``)."""
@@ -1242,6 +1262,14 @@ def _route(m: _Map, match: Match) -> Route:
     )
     if sticky.same_site == "None" and not sticky.secure and by == "cookie":
         s.fail("same_site", "none needs secure: true (browsers refuse a SameSite=None cookie that is not Secure)")
+    if by == "cookie" and not _path_matches(match.path_prefix, sticky.path):
+        # RFC 6265 §5.1.4: the browser sends the cookie back only under its path (review,
+        # eighth round: every request drew again, and `check` said ok).
+        s.fail(
+            "path",
+            f"{sticky.path} is not a path of this route's requests (path_prefix {match.path_prefix}): the "
+            "cookie would never come back; use a prefix of it",
+        )
 
     return Route(
         name=name,

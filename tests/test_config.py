@@ -973,6 +973,28 @@ ERRORS = [
         6,
         "domain name",
     ),
+    # Review (eighth round): a cookie the browser never sends back, and check said ok
+    (
+        "sticky-path-off-the-route",
+        route("match: {path_prefix: /api/}\nsticky: {by: cookie, path: /app}\n"),
+        "routes[0].sticky.path",
+        7,
+        "would never come back",
+    ),
+    (
+        "sticky-path-a-longer-word",
+        route("match: {path_prefix: /api}\nsticky: {by: cookie, path: /ap}\n"),
+        "routes[0].sticky.path",
+        7,
+        "would never come back",
+    ),
+    (
+        "sticky-domain-an-address",
+        route("sticky: {by: cookie, domain: 1.2.3.4}\n"),
+        "routes[0].sticky.domain",
+        6,
+        "not an address",
+    ),
     *(
         (  # QA: a value with a space around it could never match (or matched only so)
             f"override-value-{name}",

@@ -697,7 +697,7 @@ async def test_the_sticky_cookie_carries_its_configured_attributes(
     `Secure`, with no `Domain` (Traefik's sticky cookie has all five). A returning user's
     cookie is taken, and no new one issued."""
     up = await start_upstream()
-    r = route(stable=up)
+    r = route(prefix="/shop/", stable=up)
     r["sticky"] = {
         "by": "cookie",
         "name": "sp_main",
