@@ -563,6 +563,23 @@ static int plain_child(int parent, const char *s, size_t n, PyObject **exact, in
 }
 
 /* _child(key, name): the Node of member `name` under Key `parent` */
+/* fn(x, y), which must return a pair: its items (new references) in *first and *second */
+static int call_for_pair(PyObject *fn, PyObject *x, PyObject *y, const char *what, PyObject **first,
+                         PyObject **second) {
+    PyObject *got = PyObject_CallFunctionObjArgs(fn, x, y, NULL);
+    if (!got)
+        return -1;
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2) {
+        Py_DECREF(got);
+        PyErr_Format(PyExc_TypeError, "%s must return a pair", what);
+        return -1;
+    }
+    *first = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+    *second = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+    Py_DECREF(got);
+    return 0;
+}
+
 static int child_of(Ctx *c, int parent, V *name) {
     const char *s = unsafe_yyjson_get_str(name);
     size_t n = unsafe_yyjson_get_len(name);
@@ -581,18 +598,11 @@ static int child_of(Ctx *c, int parent, V *name) {
         PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
         if (!pname)
             return -1;
-        PyObject *got = PyObject_CallFunctionObjArgs(c->child_fn, g_keys[parent].ck, pname, NULL);
+        PyObject *ck;
+        int rc = call_for_pair(c->child_fn, g_keys[parent].ck, pname, "child()", &exact, &ck);
         Py_DECREF(pname);
-        if (!got)
+        if (rc < 0)
             return -1;
-        if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 2) {
-            Py_DECREF(got);
-            PyErr_SetString(PyExc_TypeError, "child() must return (exact, key)");
-            return -1;
-        }
-        exact = Py_NewRef(PyTuple_GET_ITEM(got, 0));
-        PyObject *ck = Py_NewRef(PyTuple_GET_ITEM(got, 1));
-        Py_DECREF(got);
         if ((key = key_of(ck)) < 0) {
             Py_DECREF(exact);
             return -1;
@@ -931,19 +941,11 @@ static int found_values(Ctx *c, int node, PyObject *kind, V *a, V *b) {
          * strings alike for their first RENDER_CHARS showed the same text). */
         c->room--;
         PyObject *pa = to_py(c, a), *pb = pa ? to_py(c, b) : NULL;
-        PyObject *pair = pb ? PyObject_CallFunctionObjArgs(c->render_pair_fn, pa, pb, NULL) : NULL;
+        int rc = pb ? call_for_pair(c->render_pair_fn, pa, pb, "render_pair()", &live, &shadow) : -1;
         Py_XDECREF(pa);
         Py_XDECREF(pb);
-        if (!pair)
+        if (rc < 0)
             return -1;
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            Py_DECREF(pair);
-            PyErr_SetString(PyExc_TypeError, "render_pair must return a pair");
-            return -1;
-        }
-        live = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-        shadow = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
-        Py_DECREF(pair);
     } else if (c->room > 0) {
         c->room--;
         live = a ? render(c, a) : Py_NewRef(Py_None);
