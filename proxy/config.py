@@ -1185,9 +1185,13 @@ def _ip_network(value: object) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError(f"must be an IP address or CIDR block as a string, got {_show(value)}")
     try:
-        return ipaddress.ip_network(value.strip())
+        network = ipaddress.ip_network(value.strip())
     except ValueError as e:
         raise ValueError(f"must be an IP address or CIDR block (10.0.0.0/8, ::1): {e}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        # A peer of a dual-stack socket (::ffff:10.0.0.1) is read as the IPv4 address it is.
+        raise ValueError(f"is an IPv4 block written as IPv6; write it as IPv4 (10.0.0.0/8), got {_show(value)}")
+    return network
 
 
 def _routes(items: list[_At]) -> tuple[Route, ...]:

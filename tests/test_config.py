@@ -505,6 +505,8 @@ def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
         parse_text(BASE + "trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]\n")
     with pytest.raises(ConfigError, match=r"trusted_proxies\[0\]: must be an IP address"):
         parse_text(BASE + "trusted_proxies: [lb.example.com]\n")
+    with pytest.raises(ConfigError, match=r"trusted_proxies\[0\]: is an IPv4 block written as IPv6"):
+        parse_text(BASE + "trusted_proxies: ['::ffff:10.0.0.0/104']\n")  # review: it never matched
 
 
 @pytest.mark.parametrize(
