@@ -1024,7 +1024,7 @@ _HEALTH_KEYS = (
 )
 
 
-def _yaml_hint(e: yaml.MarkedYAMLError, text: str) -> str:
+def _yaml_hint(e: yaml.MarkedYAMLError) -> str:
     """What to do about the YAML mistakes people make most (QA, eighth round: PyYAML's words
     alone did not say)."""
     problem = e.problem or ""
@@ -1049,7 +1049,7 @@ def parse_text(text: str, source: str = "<config>") -> Config:
         if e.context:
             what += f" ({e.context})"
         line = None if mark is None else int(mark.line) + 1
-        what += _yaml_hint(e, text)
+        what += _yaml_hint(e)
         if "while scanning a quoted scalar" in what and e.context_mark is not None:
             line = int(e.context_mark.line) + 1  # where the quote opens, not the end of the file
         raise ConfigError([Problem("<yaml>", what, line)], source) from None
