@@ -526,7 +526,8 @@ def _windows(a: str, b: str) -> tuple[str, str, bool]:
 
 def _render_pair(live: str, shadow: str) -> tuple[str, str]:
     """``_render`` of two differing JSON strings, as ``_clip_pair`` then shows them: long ones
-    from where they first differ (``"…`` in front). The C walk calls it for two long strings."""
+    from where they first differ (``"…`` in front). The Python walk calls it for any two
+    strings; the C walk for two of which one is too long for it to render itself."""
     if len(live) <= RENDER_CHARS and len(shadow) <= RENDER_CHARS:
         return cast(str, _render(live)), cast(str, _render(shadow))
     a, b, cut = _windows(live, shadow)
