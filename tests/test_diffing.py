@@ -1404,6 +1404,10 @@ def test_field_cap_moves_the_deepest_keys_to_overflow() -> None:
     # field_order: status, body, headers, then JSON keys shallow before deep.
     assert list(d["fields"]) == ["$", "header.content-type", "status"]
     assert d["fields_overflow"] == [3, 2, 0, 0]  # $.a, $.c, $.a.b: compared 3, differed 2
+    # the report shows the overflow's differences of shape too (review, eighth round)
+    record(stats, j({"a": {"b": 1}, "c": 1}), j({"a": {"b": "2"}, "c": 2}))  # $.a.b: another type
+    overflow = report(stats, noise=NOISE)["endpoints"]["GET /users/{id}"]["fields_overflow"]
+    assert (overflow["differing"], overflow["shape_differing"], overflow["noise_shape_differing"]) == (4, 1, 0)
 
 
 @pytest.mark.parametrize(
