@@ -687,6 +687,8 @@ def _probe_host(value: object) -> str:
 
 def _address(value: object) -> Address:
     """``host:port`` or ``[v6]:port`` for a listener; port 0 lets the OS choose one."""
+    if isinstance(value, int) and not isinstance(value, bool):  # `listen: 8080` (QA, eighth round)
+        raise ValueError(f'must be host:port as a string, e.g. "0.0.0.0:{value}", got {value}')
     text = _string(value).strip()
     host, _, port = text.rpartition(":")
     if not host or not _PORT_RE.fullmatch(port):

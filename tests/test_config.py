@@ -528,6 +528,14 @@ def test_yaml_mistakes_say_what_to_do(text: str, line: int, hint: str) -> None:
     assert hint in problem.what
 
 
+def test_a_bare_port_as_listen_says_how_to_write_it() -> None:
+    """QA (eighth round): `listen: 23100` said "must be a string, got 23100"."""
+    with pytest.raises(
+        ConfigError, match=re.escape('listen: must be host:port as a string, e.g. "0.0.0.0:23100", got 23100')
+    ):
+        parse_text("listen: 23100\n" + BASE)
+
+
 def test_number_like_names_stay_names() -> None:
     """Review: reading ``1e3`` as a number everywhere broke a route or backend named so
     (a short commit hash), which passed check before."""
@@ -578,7 +586,13 @@ def test_an_admin_listener_needs_a_token_env_only_off_loopback(admin: str) -> No
 
 ERRORS = [
     # top level
-    ("listen-not-string", top("listen: 8080\n"), "listen", 1, "must be a string, got 8080"),
+    (
+        "listen-not-string",
+        top("listen: 8080\n"),
+        "listen",
+        1,
+        'must be host:port as a string, e.g. "0.0.0.0:8080", got 8080',
+    ),
     ("listen-no-port", top('listen: "localhost"\n'), "listen", 1, "must be host:port"),
     ("listen-port-range", top('listen: "0.0.0.0:70000"\n'), "listen", 1, "port must be 0-65535"),
     (
