@@ -43,6 +43,8 @@ typedef yyjson_val V;
 #define MAX_NODES 8192 /* field-key nodes kept between calls, then cleared */
 #define MAX_NAME_BYTES (8 << 20) /* ... or when their names and exact paths come to this many bytes */
 #define MAX_KEY_NAME 64 /* proxy.diffing.MAX_KEY_NAME: a longer member name is an id */
+#define WIDE_OBJECT 128 /* proxy.diffing.WIDE_OBJECT: all member names of a wider object fold */
+#define WIDE_TAG (1 << 30) /* a Slot's parent for the members of a wide object: Key id | WIDE_TAG */
 #define MAX_STATES 64  /* ignore-trie states at one point of the document */
 #define READ_FLAGS YYJSON_READ_BIGNUM_AS_RAW
 /* Both documents are parsed into one pool kept between calls: a fresh malloc per parse costs
@@ -82,6 +84,7 @@ typedef struct {
     V *last; /* in call `last_gen`: the last object whose shape under this key was looked up */
     V *run;  /* in call `run_gen`: the last object diff_dicts met under this key, whose */
     size_t run_off; /* members' Nodes are at Ctx.arena[run_off...] */
+    int run_wide;   /* ... looked up as the members of a wide object (WIDE_OBJECT) */
 } Key;
 
 typedef struct {
@@ -522,9 +525,10 @@ static inline int star_of(int parent) { return suffixed(parent, 1); }
 /* What _child(key, name) returns, made here for a name of printable ASCII without '"' or
  * '\\' (what most names are): its exact path segment, ".name" for an identifier (ASCII's
  * rule is str.isidentifier()'s), else '["name"]' (what _ENCODE makes of such a name); and
- * the child's Key, that of key + ".{id}" for an id (is_id), else key + the segment. 0 with
- * *exact NULL: a name for Python's _child. */
-static int plain_child(int parent, const char *s, size_t n, PyObject **exact, int *key) {
+ * the child's Key, that of key + ".{id}" for an id (is_id) or a member of a wide object
+ * (`wide`: _wide_child), else key + the segment. 0 with *exact NULL: a name for Python's
+ * _child. */
+static int plain_child(int parent, const char *s, size_t n, int wide, PyObject **exact, int *key) {
     *exact = NULL;
     if (!n)
         return 0;
@@ -548,7 +552,7 @@ static int plain_child(int parent, const char *s, size_t n, PyObject **exact, in
         memcpy(d + 2, s, n);
         memcpy(d + 2 + n, "\"]", 2);
     }
-    if (is_id(s, n)) {
+    if (wide || is_id(s, n)) {
         *key = id_of(parent);
     } else {
         PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, ex);
@@ -580,19 +584,22 @@ static int call_for_pair(PyObject *fn, PyObject *x, PyObject *y, const char *wha
     return 0;
 }
 
-static int child_of(Ctx *c, int parent, V *name) {
+/* _child(key, name), or _wide_child for a member of a wide object (`wide`): the Node of
+ * member `name` under Key `parent` (a name has one Node of each kind under a Key) */
+static int child_of(Ctx *c, int parent, V *name, int wide) {
     const char *s = unsafe_yyjson_get_str(name);
     size_t n = unsafe_yyjson_get_len(name);
-    uint64_t h = hash_name(parent, s, n);
+    int tag = wide ? parent | WIDE_TAG : parent;
+    uint64_t h = hash_name(tag, s, n);
     size_t j = h & (g_cap_slots - 1);
     for (; g_slots[j].name; j = (j + 1) & (g_cap_slots - 1)) {
         Slot *sl = &g_slots[j];
-        if (sl->h == h && sl->parent == parent && sl->len == n && bytes_eq(sl->name, s, n))
+        if (sl->h == h && sl->parent == tag && sl->len == n && bytes_eq(sl->name, s, n))
             return sl->node;
     }
     PyObject *exact;
     int key;
-    if (plain_child(parent, s, n, &exact, &key) < 0)
+    if (plain_child(parent, s, n, wide, &exact, &key) < 0)
         return -1;
     if (!exact) {
         PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
@@ -603,7 +610,13 @@ static int child_of(Ctx *c, int parent, V *name) {
         Py_DECREF(pname);
         if (rc < 0)
             return -1;
-        if ((key = key_of(ck)) < 0) {
+        if (wide) { /* the exact segment is _child's; the key, the parent's ".{id}" */
+            Py_DECREF(ck);
+            if ((key = id_of(parent)) < 0) {
+                Py_DECREF(exact);
+                return -1;
+            }
+        } else if ((key = key_of(ck)) < 0) {
             Py_DECREF(exact);
             return -1;
         }
@@ -627,7 +640,7 @@ static int child_of(Ctx *c, int parent, V *name) {
     j = h & (g_cap_slots - 1);
     while (g_slots[j].name)
         j = (j + 1) & (g_cap_slots - 1);
-    g_slots[j] = (Slot){h, copy, n, parent, id};
+    g_slots[j] = (Slot){h, copy, n, tag, id};
     g_used_slots++;
     g_name_bytes += 2 * n;
     return id;
@@ -657,9 +670,10 @@ static int mark_field(Ctx *c, int node) {
     return 0;
 }
 
-/* the Key of member name `k` under Key `key`, counted as a field; its Node in *nm */
-static int member_key(Ctx *c, int key, V *k, int *nm) {
-    if ((*nm = child_of(c, key, k)) < 0)
+/* the Key of member name `k` under Key `key` (`wide`: of a wide object), counted as a field;
+ * its Node in *nm */
+static int member_key(Ctx *c, int key, V *k, int wide, int *nm) {
+    if ((*nm = child_of(c, key, k, wide)) < 0)
         return -1;
     int ck = g_nodes[*nm].key;
     return mark_field(c, ck) < 0 ? -1 : ck;
@@ -1033,6 +1047,7 @@ static int dict_shape_new(Ctx *c, int ck, V *o, V *px) {
     key->last_gen = c->gen;
     key->last = o;
     size_t n = unsafe_yyjson_get_len(o);
+    int wide = dict_len(c, o) > WIDE_OBJECT;
     if (arena_reserve(c, n + 1) < 0)
         return -1;
     size_t off = c->arena_len, len = 0;
@@ -1041,7 +1056,7 @@ static int dict_shape_new(Ctx *c, int ck, V *o, V *px) {
     for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) {
         if (removed(c, k + 1))
             continue;
-        int id = child_of(c, ck, k);
+        int id = child_of(c, ck, k, wide);
         if (id < 0)
             return -1;
         c->arena[off + len++] = id;
@@ -1094,9 +1109,10 @@ static int same(Ctx *c, V *a, V *b, int key, int depth) {
     if (depth >= c->max_depth)
         return 0;
     if (ptype(c, a) == T_DICT) {
+        int wide = dict_len(c, a) > WIDE_OBJECT;
         for (Members m = members(c, a, b); next_member(c, &m);) {
             V *k = m.key, *va = m.val, *hint = m.hint;
-            int nm, ck = member_key(c, key, k, &nm);
+            int nm, ck = member_key(c, key, k, wide, &nm);
             if (ck < 0)
                 return -1;
             int tva = ptype(c, va);
@@ -1201,9 +1217,9 @@ static int diff_lists(Ctx *c, V *a, V *b, int key, int depth) {
  * Ctx.arena[*off...]: looked up for the first of a run of objects with the same names that
  * diff_dicts meets under one key (the differing records of an array), then kept for the
  * others, as _diff_list_of_dicts resolves them once per run of one key tuple. */
-static int member_run(Ctx *c, int key, V *a, size_t *off) {
+static int member_run(Ctx *c, int key, V *a, int wide, size_t *off) {
     Key *k = &g_keys[key];
-    if (k->run_gen == c->gen && same_names(k->run, a)) {
+    if (k->run_gen == c->gen && k->run_wide == wide && same_names(k->run, a)) {
         *off = k->run_off;
         return 0;
     }
@@ -1215,20 +1231,22 @@ static int member_run(Ctx *c, int key, V *a, size_t *off) {
     V *name = unsafe_yyjson_get_first(a);
     for (size_t i = 0; i < n; i++, name = unsafe_yyjson_get_next(name + 1)) {
         int nm;
-        if (member_key(c, key, name, &nm) < 0)
+        if (member_key(c, key, name, wide, &nm) < 0)
             return -1;
         c->arena[*off + i] = nm;
     }
     k = &g_keys[key]; /* member_key can grow g_keys */
-    k->run_gen = c->gen, k->run = a, k->run_off = *off;
+    k->run_gen = c->gen, k->run = a, k->run_off = *off, k->run_wide = wide;
     return 0;
 }
 
 /* _diff_dicts */
 static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
     size_t nb = unsafe_yyjson_get_len(b), matched = 0, off = 0, i = 0;
+    size_t len_b = dict_len(c, b);
+    int wide = dict_len(c, a) > WIDE_OBJECT || len_b > WIDE_OBJECT;
     int run = !holey(c, a); /* every member of a is visited: its Nodes can be looked up once */
-    if (run && member_run(c, key, a, &off) < 0)
+    if (run && member_run(c, key, a, wide, &off) < 0)
         return -1;
     for (Members m = members(c, a, b); next_member(c, &m); i++) {
         V *va = m.val;
@@ -1236,7 +1254,7 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
         if (run)
             nm = c->arena[off + i], ck = g_nodes[nm].key;
         else
-            ck = member_key(c, key, m.key, &nm);
+            ck = member_key(c, key, m.key, wide, &nm);
         if (ck < 0 || push(c, nm, 0) < 0)
             return -1;
         V *vb = dict_get(c, b, m.key, m.hint);
@@ -1259,12 +1277,12 @@ static int diff_dicts(Ctx *c, V *a, V *b, int key, int depth) {
             return -1;
         c->plen--;
     }
-    if (matched != dict_len(c, b)) {
+    if (matched != len_b) {
         V *k = unsafe_yyjson_get_first(b);
         for (size_t i = 0; i < nb; i++, k = unsafe_yyjson_get_next(k + 1)) {
             if (removed(c, k + 1) || dict_get(c, a, k, NULL))
                 continue;
-            int nm = child_of(c, key, k);
+            int nm = child_of(c, key, k, wide);
             if (nm < 0 || push(c, nm, 0) < 0 || found_values(c, g_nodes[nm].key, K_EXTRA, NULL, k + 1) < 0)
                 return -1;
             c->plen--;
@@ -1773,11 +1791,12 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
     TNode *nxt[MAX_STATES];
     if (t == YYJSON_TYPE_OBJ) {
         size_t n = unsafe_yyjson_get_len(v);
+        int wide = n > WIDE_OBJECT; /* _strip_states: as the walk reads it, before any removal */
         V *k = unsafe_yyjson_get_first(v);
         for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) { /* _step_key */
             const char *s = unsafe_yyjson_get_str(k);
             size_t len = unsafe_yyjson_get_len(k);
-            int nn = 0, hit = 0, id = -1;
+            int nn = 0, hit = 0, id = wide ? 1 : -1;
             for (int j = 0; j < ns && !hit; j++) {
                 TNode *cand[3] = {NULL, states[j]->any_key, NULL};
                 for (Py_ssize_t q = 0; q < states[j]->nkeys; q++)
@@ -2899,5 +2918,8 @@ PyMODINIT_FUNC PyInit__jsondiff(void) {
         !(S_TRUE = PyUnicode_InternFromString("true")) || !(S_FALSE = PyUnicode_InternFromString("false")) ||
         !(TooManyFields = PyErr_NewException("proxy._jsondiff.TooManyFields", NULL, NULL)))
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "WIDE_OBJECT", WIDE_OBJECT) < 0)
+        Py_CLEAR(m);
+    return m;
 }

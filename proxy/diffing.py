@@ -21,7 +21,9 @@ time are inputs). The pieces, in the order the shell uses them:
 
 Field keys and paths. ``FieldDiff.path`` is exact (``$.items[3].price``); the field key
 used for counting folds every array index to ``[*]`` and id-like object keys to
-``.{id}`` (``$.items[*].price``), so counts stay bounded. Keys are ``status``,
+``.{id}`` (``$.items[*].price``), and so do all the member names of an object of more than
+``WIDE_OBJECT`` members (a map keyed by slugs, SKUs, user names: ``$.prices.{id}``), so counts
+stay bounded. Keys are ``status``,
 ``header.<name>``, ``body`` (text and binary bodies) and JSON paths (``$...``). Any key
 from the report is also a valid ``ignore_fields`` / redact pattern.
 
@@ -58,7 +60,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Hashable, Iterable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -166,6 +168,14 @@ _ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
 # keys stay short, and what is kept for them bounded (an upstream's 63 nested 15,000-character
 # names made 30 MB of field keys in one comparison, and GBs in the report and the database).
 MAX_KEY_NAME: Final = 64
+# An object of more members than this is read as a map: all its member names fold to ``.{id}``
+# as ids do, in the walk (both sides' keys, when either side is this wide), in ignore_fields
+# and in redact_fields (a pattern's ``{id}`` matches every member of such an object). A map
+# of 1,400 products keyed by slug made 4,200 field keys, one per member and field: a pair
+# past MAX_JSON_FIELD_KEYS was compared as text, where a timestamp's line made every real
+# change noise (QA, eighth round). Records wider than this are rare (GitHub's repository
+# object, one of the widest in common use, has ~90 members).
+WIDE_OBJECT: Final = 128
 
 
 def is_id(segment: str) -> bool:
@@ -360,10 +370,16 @@ def _compile_paths(patterns: tuple[str, ...]) -> _Node | None:
     return root
 
 
-def _step_key(states: _States, key: str) -> tuple[_States, bool]:
+def _step_key(states: _States, key: str, wide: bool = False) -> tuple[_States, bool]:
+    """The states below a member named ``key`` (``wide``: of an object of more than
+    WIDE_OBJECT members, whose names all match ``{id}``); or (), True where one is terminal."""
     nxt: list[_Node] = []
     for node in states:
-        for child in (node.keys.get(key), node.any_key, node.id_key if node.id_key and is_id(key) else None):
+        for child in (
+            node.keys.get(key),
+            node.any_key,
+            node.id_key if node.id_key and (wide or is_id(key)) else None,
+        ):
             if child is not None:
                 if child.terminal:
                     return (), True
@@ -545,27 +561,57 @@ _CHILDREN: dict[str, dict[str, tuple[str, str]]] = {}
 _CHILDREN_MAX: Final = 4096
 
 
-def _new_child(key: str, name: str, fields: set[str]) -> tuple[str, str]:
-    """``_child`` for the walk, where a name is not in ``_CHILDREN``: it stops the walk of a
-    body with too many field keys (checked here, as a new name is what makes a new key, and
-    again at the end of the walk: what ``_CHILDREN`` knew is not checked as it comes)."""
+# The same for the members of wide objects (WIDE_OBJECT), whose field key is the parent's
+# ".{id}" whatever the name.
+_WIDE_CHILDREN: dict[str, dict[str, tuple[str, str]]] = {}
+
+
+def _kids(key: str, wide: bool) -> dict[str, tuple[str, str]]:
+    """What ``_CHILDREN`` (or, for a wide object, ``_WIDE_CHILDREN``) knows under ``key``."""
+    return (_WIDE_CHILDREN if wide else _CHILDREN).get(key) or {}
+
+
+def _new_child(key: str, name: str, fields: set[str], wide: bool = False) -> tuple[str, str]:
+    """``_child`` (``_wide_child`` for a member of a wide object) for the walk, where a name is
+    not yet known: it stops the walk of a body with too many field keys (checked here, as a
+    new name is what makes a new key, and again at the end of the walk: what the memos knew
+    is not checked as it comes)."""
     if len(fields) > MAX_JSON_FIELD_KEYS:
         raise _TooManyFields
-    return _child(key, name)
+    return _wide_child(key, name) if wide else _child(key, name)
+
+
+def _remember(memo: dict[str, dict[str, tuple[str, str]]], key: str) -> dict[str, tuple[str, str]]:
+    kids = memo.get(key)
+    if kids is None:
+        if len(memo) >= _CHILDREN_MAX:
+            memo.clear()
+        memo[key] = kids = {}
+    elif len(kids) >= _CHILDREN_MAX:
+        kids.clear()
+    return kids
+
+
+def _exact(name: str) -> str:
+    """A member name's exact path segment: ``.name``, or ``["a b"]``."""
+    return "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
+
+
+def _wide_child(key: str, name: str) -> tuple[str, str]:
+    """``_child`` for a member of an object of more than WIDE_OBJECT members: its field key is
+    ``key.{id}``, whatever the name."""
+    exact = _exact(name)
+    if len(name) > MAX_KEY_NAME:  # not remembered, as in _child
+        return exact, key + ".{id}"
+    got = _remember(_WIDE_CHILDREN, key)[name] = (exact, key + ".{id}")
+    return got
 
 
 def _child(key: str, name: str) -> tuple[str, str]:
-    exact = "." + name if name.isidentifier() else "[" + _ENCODE(name) + "]"
+    exact = _exact(name)
     if len(name) > MAX_KEY_NAME:  # an id (is_id), not remembered: 4,096 of them could be GBs
         return exact, key + ".{id}"
-    kids = _CHILDREN.get(key)
-    if kids is None:
-        if len(_CHILDREN) >= _CHILDREN_MAX:
-            _CHILDREN.clear()
-        _CHILDREN[key] = kids = {}
-    elif len(kids) >= _CHILDREN_MAX:
-        kids.clear()
-    kids[name] = got = (exact, key + (".{id}" if is_id(name) else exact))
+    got = _remember(_CHILDREN, key)[name] = (exact, key + (".{id}" if is_id(name) else exact))
     return got
 
 
@@ -638,12 +684,13 @@ def _strip_node(value: Any, node: _Node) -> None:
 
 def _strip_states(value: Any, states: _States) -> None:
     if type(value) is dict:
+        wide = len(value) > WIDE_OBJECT  # as the walk reads it; before any member is deleted
         if any(n.any_key is not None or n.id_key is not None for n in states):
             names: Iterable[str] = list(value)
         else:
             names = list(dict.fromkeys(k for n in states for k in n.keys if k in value))
         for k in names:
-            nxt, hit = _step_key(states, k)
+            nxt, hit = _step_key(states, k, wide)
             if hit:
                 del value[k]
             elif nxt:
@@ -753,10 +800,11 @@ def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth
     fields_add = acc.fields.add
     shapes = acc.shapes
     differing = acc.differing
-    kids = _CHILDREN.get(key) or {}
+    wide = len(a) > WIDE_OBJECT or len(b) > WIDE_OBJECT
+    kids = _kids(key, wide)
     matched = 0
     for k, va in a.items():
-        exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
+        exact, ck = kids.get(k) or _new_child(key, k, acc.fields, wide)
         fields_add(ck)
         vb = b.get(k, _ABSENT)
         if vb is _ABSENT:
@@ -794,7 +842,7 @@ def _diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth
     if matched != len(b):
         for k, vb in b.items():
             if k not in a:
-                exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
+                exact, ck = kids.get(k) or _new_child(key, k, acc.fields, wide)
                 acc.found_values(path + exact, ck, "extra", _ABSENT, vb)
 
 
@@ -867,7 +915,9 @@ def _diff_list_of_dicts(a: list[dict[str, Any]], b: list[Any], path: str, ck: st
             # Its member keys are resolved and counted once per run of one key tuple.
             if tuples[i] != keys:
                 keys = tuples[i]
-                children = [_CHILDREN.get(ck, {}).get(k) or _new_child(ck, k, acc.fields) for k in keys]
+                wide = len(keys) > WIDE_OBJECT
+                kids = _kids(ck, wide)
+                children = [kids.get(k) or _new_child(ck, k, acc.fields, wide) for k in keys]
                 acc.fields.update([c for _, c in children])
             _diff_members(x, y, children, path, i, depth + 1, acc)
         else:
@@ -920,9 +970,10 @@ def _same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  
     shapes = acc.shapes
     if type(a) is dict:
         fields_add = acc.fields.add
-        kids = _CHILDREN.get(key) or {}
+        wide = len(a) > WIDE_OBJECT
+        kids = _kids(key, wide)
         for k, va in a.items():
-            exact, ck = kids.get(k) or _new_child(key, k, acc.fields)
+            exact, ck = kids.get(k) or _new_child(key, k, acc.fields, wide)
             fields_add(ck)
             tva = type(va)
             if tva is dict:
@@ -1894,8 +1945,9 @@ def _redact_states(value: Any, states: _States) -> Any:
         if any(e.terminal for e in elems):  # "$.users[*]" and an object: the one element
             return REDACTED
         look = _unique((*states, *elems)) if elems else states
+        wide = len(value) > WIDE_OBJECT
         for k in list(value):
-            nxt, hit = _step_key(look, k)
+            nxt, hit = _step_key(look, k, wide)
             if hit:
                 value[k] = REDACTED
             elif nxt:
@@ -1928,11 +1980,12 @@ def _unique(states: Iterable[_Node]) -> _States:
     return tuple(dict.fromkeys(states))
 
 
-def _shape_step(states: _States, seg: object) -> tuple[_States, int]:
+def _shape_step(states: _States, seg: object, wide: bool = False) -> tuple[_States, int]:
     """One segment of an exact path or a field key through the patterns, read across a
     change of shape as ``_redact_states`` reads a body. The states below, and 0; or () and
     1 when the segment names a redacted value, 2 when the object it steps into is redacted
-    whole (read as an element that a pattern redacts)."""
+    whole (read as an element that a pattern redacts). ``wide``: the segment is a name that
+    its field key folds to ``.{id}`` (a member of a wide object, which ``{id}`` matches)."""
     if seg is ANY_INDEX or isinstance(seg, int):
         nxt, hit = _step_any(states, True) if seg is ANY_INDEX else _step_index(states, cast(int, seg))
         if hit:
@@ -1942,13 +1995,26 @@ def _shape_step(states: _States, seg: object) -> tuple[_States, int]:
     if any(e.terminal for e in elems):
         return (), 2
     look = _unique((*states, *elems)) if elems else states
-    nxt, hit = _step_any(look, False) if seg is ID else _step_key(look, cast(str, seg))
+    nxt, hit = _step_any(look, False) if seg is ID else _step_key(look, cast(str, seg), wide)
     return nxt, int(hit)
 
 
-def _path_touches(path: str, root: _Node) -> bool:
-    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it, read
-    across a change of shape (``_shape_step``)."""
+def _folded_names(segments: Sequence[object], key: str) -> tuple[bool, ...]:
+    """Per segment of an exact path, whether it is a name that the path's field key ``key``
+    folds to ``.{id}``: how a pattern's ``{id}`` knows a member of a wide object (WIDE_OBJECT)
+    from its exact path alone."""
+    try:
+        folded = parse_field_path(key) if key.startswith("$") else ()
+    except ValueError:
+        folded = ()
+    if len(folded) != len(segments):
+        return (False,) * len(segments)
+    return tuple(k is ID and type(s) is str for s, k in zip(segments, folded, strict=True))
+
+
+def _path_touches(path: str, root: _Node, key: str = "") -> bool:
+    """Whether an exact JSON path (whose field key is ``key``) lies under a pattern or a
+    pattern reaches inside it, read across a change of shape (``_shape_step``)."""
     try:
         segments = parse_field_path(path)
     except ValueError:
@@ -1956,10 +2022,10 @@ def _path_touches(path: str, root: _Node) -> bool:
     states: _States = (root,)
     if root.terminal:
         return True
-    for seg in segments:
+    for seg, wide in zip(segments, _folded_names(segments, key), strict=True):
         if seg is ANY_KEY:  # pragma: no cover - exact paths hold no wildcards
             return True
-        states, hit = _shape_step(states, seg)
+        states, hit = _shape_step(states, seg, wide)
         if hit:
             return True
         if not states:
@@ -1984,10 +2050,10 @@ def _step_any(states: _States, index: bool) -> tuple[_States, bool]:
     return tuple(nxt), False
 
 
-def _redacted_prefix(path: str, root: _Node) -> str:
-    """``path`` (an exact path or a field key) cut to the value a pattern covers, when it lies
-    inside one: the names below a redacted value are part of it (a map keyed by session
-    token)."""
+def _redacted_prefix(path: str, root: _Node, key: str = "") -> str:
+    """``path`` (an exact path or a field key; an exact path's field key in ``key``) cut to the
+    value a pattern covers, when it lies inside one: the names below a redacted value are part
+    of it (a map keyed by session token)."""
     if root.terminal:
         return "$"
     try:
@@ -1996,10 +2062,11 @@ def _redacted_prefix(path: str, root: _Node) -> str:
         return path
     states: _States = (root,)
     before = 1  # where the value the next segment steps into ends: "$" first
-    for seg, end in spans:
+    folded = _folded_names([seg for seg, _ in spans], key)
+    for (seg, end), wide in zip(spans, folded, strict=True):
         if seg is ANY_KEY:  # pragma: no cover - ".*" is no segment of a field key or exact path
             return path
-        states, hit = _shape_step(states, seg)
+        states, hit = _shape_step(states, seg, wide)
         if hit:
             return path[: end if hit == 1 else before]
         if not states:
@@ -2044,7 +2111,7 @@ def redact_comparison(c: Comparison, redact_fields: tuple[str, ...]) -> Comparis
         if key == d.field_key:
             diffs.append(d)
         else:
-            path = _redacted_prefix(d.path, root)
+            path = _redacted_prefix(d.path, root, d.field_key)
             diffs.append(FieldDiff(path, "changed", REDACTED, REDACTED, "" if key == path else key))
     fields = frozenset(map(fold, c.fields))
     return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body, frozenset(map(fold, c.shape)))
@@ -2149,7 +2216,7 @@ def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozens
     if root is None:
         return False
     if d.path.startswith("$"):
-        return _path_touches(d.path, root)
+        return _path_touches(d.path, root, d.field_key)
     return json_typed and d.path.startswith("body")
 
 

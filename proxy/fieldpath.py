@@ -2,7 +2,8 @@
 
 ``$.a["b.c"][0].items[*].{id}``: ``.name`` and ``["name"]`` (a JSON string, for any other
 key) are object keys, ``[N]`` an index, ``[*]`` any index, ``.*`` any key, ``.{id}`` any
-id-like key (how the report's field keys fold them). Any field key of the report is a
+id-like key, or any member of an object wider than ``diffing.WIDE_OBJECT`` (how the
+report's field keys fold them). Any field key of the report is a
 valid pattern. Used by the config check (every pattern is parsed when the config is read)
 and by the diff (proxy/diffing.py compiles them).
 """

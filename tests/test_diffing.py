@@ -19,6 +19,7 @@ from proxy.config import ShadowNoise
 from proxy.diffing import (
     MAX_SAMPLE_REQUEST,
     REDACTED,
+    WIDE_OBJECT,
     Captured,
     Comparison,
     EndpointCap,
@@ -801,17 +802,22 @@ def record(
 
 @pytest.mark.parametrize("members", [600, 900])
 def test_a_deep_key_of_a_body_of_many_keys_is_never_counted_only_where_it_differs(members: int) -> None:
-    """QA (eighth round): a map of 900 members named by slugs; one member's price differs in
-    4 of 40 answers. Past the 500 keys a comparison counted, the deep key was compared only
-    where it differed: 4 / 4, classified real. Now every key of the body is counted: with
-    600 members (1,802 keys, under the 2,000 where an endpoint cuts its keys back) exactly;
-    with 900 (2,702) the endpoint keeps its first 1,000 keys when it cuts back, the deep one
-    summed in the overflow then and counted again from there: never its differences alone."""
+    """QA (eighth round): 900 items named by slugs; one item's price differs in 4 of 40
+    answers. Past the 500 keys a comparison counted, the deep key was compared only where it
+    differed: 4 / 4, classified real. Now every key of the body is counted: with 600 items
+    (1,806 keys, under the 2,000 where an endpoint cuts its keys back) exactly; with 900
+    (2,709) the endpoint keeps its first 1,000 keys when it cuts back, the deep one summed in
+    the overflow then and counted again from there: never its differences alone. (The items
+    are on shelves of 100: a map of more than WIDE_OBJECT members folds its names, below.)"""
     last = f"item-{members - 1:03d}"
+    shelf = f"shelf-{(members - 1) // 100}"
 
     def body(price: int) -> Captured:
-        items = {f"item-{i:03d}": {"price": i, "stock": 3} for i in range(members)}
-        items[last]["price"] = price
+        items = {
+            f"shelf-{s}": {f"item-{i:03d}": {"price": i, "stock": 3} for i in range(s * 100, s * 100 + 100)}
+            for s in range(members // 100)
+        }
+        items[shelf][last]["price"] = price
         return j({"flag": 1, "items": items})
 
     stats = RouteStats()
@@ -819,13 +825,58 @@ def test_a_deep_key_of_a_body_of_many_keys_is_never_counted_only_where_it_differ
         record(stats, body(1), body(-1 if n % 10 == 0 else 1))
     ep = stats.endpoints["GET /users/{id}"]
     assert ep.fields["$.flag"][:2] == [40, 0]
-    counts = ep.fields.get(f'$.items["{last}"].price')
+    counts = ep.fields.get(f'$.items["{shelf}"]["{last}"].price')
     if members == 600:
         assert counts is not None
         assert counts[:2] == [40, 4]
     else:  # counted since the endpoint last cut its keys back (when it met a difference)
         assert counts is None or counts[0] > counts[1], counts
         assert ep.fields_overflow[1] >= 1  # its differences are in the overflow's
+
+
+def test_a_map_of_many_members_under_names_of_their_own_is_compared_by_field() -> None:
+    """QA (eighth round): 1,400 products keyed by slug, a timestamp in each. Its 4,200 field
+    keys (one per member and field) were past MAX_JSON_FIELD_KEYS: the pair was compared as
+    text, one field ``body``, whose timestamp lines made v2's real change of price noise.
+    The members of an object wider than WIDE_OBJECT fold to ``.{id}``: the price is real, the
+    timestamp noise, and ``ignore_fields`` reaches the timestamps."""
+
+    def body(price: int, stamp: int, promoted: str = "sku-0005") -> Captured:
+        products = {f"sku-{i:04d}": {"price": i, "ts": f"2026-12-05T03:00:{stamp:02d}Z"} for i in range(1400)}
+        products[promoted]["price"] = price
+        return j({"products": products})
+
+    stats = RouteStats()
+    for n in range(40):
+        live = body(5, n % 60)
+        stats.record_noise("GET /users/{id}", compare(live, body(5, (n + 1) % 60)), ())
+        record(stats, live, body(-5 if n % 2 else 5, (n + 2) % 60))
+    ep = stats.endpoints["GET /users/{id}"]
+    assert ep.fields["$.products.{id}.price"][:4] == [40, 20, 40, 0]
+    assert ep.fields["$.products.{id}.ts"][:4] == [40, 40, 40, 40]
+    fields = report(stats, noise=NOISE)["endpoints"]["GET /users/{id}"]["fields"]
+    assert fields["$.products.{id}.price"]["classification"] == "real"
+    assert fields["$.products.{id}.ts"]["classification"] == "noise"
+    assert "body" not in fields
+    assert compare(body(5, 1), body(5, 2), ignore_fields=("$.products.{id}.ts",)).differing == set()
+
+
+def test_redact_fields_reach_every_member_of_a_wide_object() -> None:
+    """``{id}`` in a redact pattern takes every member of an object wider than WIDE_OBJECT
+    (whose names its field keys fold), in the stored bodies and in the differences' values;
+    in a narrower one it takes ids only, as before."""
+    users = {f"user-{i}": {"email": f"u{i}@example.com", "n": i} for i in range(WIDE_OBJECT + 1)}
+    shadow_users = {**users, "user-3": {"email": "SECRET-SHADOW@example.com", "n": 3}}
+    stats = RouteStats()
+    record(stats, j({"users": users}), j({"users": shadow_users}), redact_fields=("$.users.{id}.email",))
+    stored = json.dumps(stats.to_dict())
+    assert "@example.com" not in stored
+    (sample,) = stats.endpoints["GET /users/{id}"].samples["$.users.{id}.email"]
+    assert (sample.path, sample.live, sample.shadow) == ('$.users["user-3"].email', REDACTED, REDACTED)
+    assert '"email":"[redacted]"' in sample.live_body.replace(" ", "")
+    narrow = {f"user-{i}": {"email": f"u{i}@example.com"} for i in range(3)}
+    assert redact_json({"users": narrow}, ("$.users.{id}.email",)) == {"users": narrow}
+    assert redact_json({"users": users}, ("$.users.{id}.email",))["users"]["user-7"] == {"email": REDACTED, "n": 7}
 
 
 def test_json_nested_as_deep_as_the_parser_takes_is_compared_without_an_error() -> None:

@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 from proxy import diffing
 from proxy.diffing import (
     _ABSENT,
-    _CHILDREN,
     DEFAULT_IGNORE_HEADERS,
     HOP_BY_HOP_HEADERS,
     MAX_DIFFS,
     MAX_FIELDS,
     MAX_JSON_DEPTH,
     MAX_JSON_FIELD_KEYS,
+    WIDE_OBJECT,
     BodyMode,
     Captured,
     Comparison,
@@ -63,6 +63,12 @@ def _ref_shape(key: str, value: Any) -> tuple[str, object] | None:
     return None if first is dict or first is list else (key, "scalars")
 
 
+def _ref_child(key: str, name: str, wide: bool) -> tuple[str, str]:
+    """``_child``; for a member of an object of more than WIDE_OBJECT members, the key folds."""
+    exact, ck = _child(key, name)
+    return (exact, key + ".{id}") if wide else (exact, ck)
+
+
 def _ref_diff_values(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917
     ta, tb = type(a), type(b)
     if (ta is dict and tb is dict) or (ta is list and tb is list):
@@ -79,10 +85,10 @@ def _ref_diff_values(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc)
 
 
 def _ref_diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, depth: int, acc: _Acc) -> None:  # noqa: PLR0917
-    kids = _CHILDREN.get(key) or {}
+    wide = len(a) > WIDE_OBJECT or len(b) > WIDE_OBJECT
     matched = 0
     for k, va in a.items():
-        exact, ck = kids.get(k) or _child(key, k)
+        exact, ck = _ref_child(key, k, wide)
         acc.fields.add(ck)
         vb = b.get(k, _ABSENT)
         if vb is _ABSENT:
@@ -107,7 +113,7 @@ def _ref_diff_dicts(a: dict[str, Any], b: dict[str, Any], path: str, key: str, d
     if matched != len(b):
         for k, vb in b.items():
             if k not in a:
-                exact, ck = kids.get(k) or _child(key, k)
+                exact, ck = _ref_child(key, k, wide)
                 acc.found_values(path + exact, ck, "extra", _ABSENT, vb)
 
 
@@ -140,9 +146,9 @@ def _ref_same(a: Any, b: Any, path: str, key: str, depth: int, acc: _Acc) -> Non
     if depth >= MAX_JSON_DEPTH:
         return
     if type(a) is dict:
-        kids = _CHILDREN.get(key) or {}
+        wide = len(a) > WIDE_OBJECT
         for k, va in a.items():
-            exact, ck = kids.get(k) or _child(key, k)
+            exact, ck = _ref_child(key, k, wide)
             acc.fields.add(ck)
             vb = b[k]
             tva, tvb = type(va), type(vb)

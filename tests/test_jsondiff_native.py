@@ -38,6 +38,7 @@ from proxy.diffing import (
     MAX_DIFFS,
     MAX_JSON_DEPTH,
     MAX_JSON_FIELD_KEYS,
+    WIDE_OBJECT,
     Captured,
     _child,
     _compile_paths,
@@ -259,6 +260,125 @@ def test_generated_pairs_agree_and_are_taken(data: st.DataObject) -> None:
     assert native(a, None, ignore) is not None
     agree(j(live), j(shadow), ignore_fields=ignore)
     agree(j(live), j(live), ignore_fields=ignore)
+
+
+# ---- wide objects: every member name folds to ".{id}" -------------------------------------------
+
+WIDE_SIZES = st.sampled_from([WIDE_OBJECT - 2, WIDE_OBJECT, WIDE_OBJECT + 1, WIDE_OBJECT + 3, 300])
+WIDE_MEMBERS = st.one_of(
+    NATIVE_SCALARS,
+    st.fixed_dictionaries({"price": NATIVE_SCALARS, "ts": NATIVE_SCALARS}),
+    st.fixed_dictionaries({"price": NATIVE_SCALARS, "tags": st.lists(NATIVE_SCALARS, max_size=3)}),
+)
+WIDE_IGNORES = [
+    (),
+    ("$.m.{id}.ts",),
+    ("$.m.{id}",),
+    ("$.m.*.ts",),
+    ("$.m.slug-1.ts", "$.m.slug-2"),
+    ("$.rows[*].{id}.price",),
+    ("$.{id}",),
+]
+
+
+@st.composite
+def wide_maps(draw: st.DrawFn) -> dict[str, Any]:
+    """Maps near WIDE_OBJECT members under slugs (and a few ids), as a member, at the top and
+    as the elements of an array (the walk's bulk passes over arrays of objects)."""
+    n = draw(WIDE_SIZES)
+    member = draw(WIDE_MEMBERS)
+    m = {(str(i) if i % 50 == 7 else f"slug-{i}"): member for i in range(n)}
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=4)):
+        m[list(m)[i]] = draw(WIDE_MEMBERS)
+    shape = draw(st.integers(0, 2))
+    if shape == 0:
+        return {"m": m, "n": 1}
+    if shape == 1:
+        return m
+    return {"rows": [dict(m) for _ in range(draw(st.integers(1, 9)))]}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_wide_objects_agree(data: st.DataObject) -> None:
+    _wide_objects_agree(data)
+
+
+@pytest.mark.usefixtures("python_walk")
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_wide_objects_agree_in_the_python_walk(data: st.DataObject) -> None:
+    _wide_objects_agree(data, c_walk=False)
+
+
+def _wide_objects_agree(data: st.DataObject, c_walk: bool = True) -> None:
+    live = data.draw(wide_maps())
+    shadow = data.draw(mutated(live, NATIVE_VALUES, NATIVE_SCALARS, st.sampled_from(["slug-x", "999", "m"])))
+    if data.draw(st.booleans()) and "m" in live and type(shadow) is dict:  # across the width: members dropped or added
+        drop = data.draw(st.integers(0, 10))
+        shadow = {**shadow, "m": dict(list(live["m"].items())[drop:] + [(f"new-{i}", 1) for i in range(drop // 2)])}
+    ignore = data.draw(st.sampled_from(WIDE_IGNORES))
+    if c_walk:
+        a, b = json.dumps(live).encode(), json.dumps(shadow).encode()
+        assert native(a, b, ignore) is not None
+        assert native(a, None, ignore) is not None
+    agree(j(live), j(shadow), ignore_fields=ignore)
+    agree(j(live), j(live), ignore_fields=ignore)
+
+
+def test_the_members_of_a_wide_object_share_one_key() -> None:
+    """QA (eighth round): a map of 1,400 products under slugs made a field key per member and
+    field, 4,200 in all: past MAX_JSON_FIELD_KEYS the pair was compared as text, one field
+    ``body``. Its names fold to ``.{id}`` now, as ids do, in both walks."""
+    products = {f"sku-{i:04d}-blue": {"price": i, "ts": "2026-12-05T03:00:00Z"} for i in range(1400)}
+    live = {"products": products, "total": 1400}
+    shadow = {
+        "products": {**products, "sku-0007-blue": {"price": -7, "ts": "2026-12-05T03:00:01Z"}},
+        "total": 1400,
+    }
+    got = compare(j(live), j(shadow))
+    assert got.body == "json"
+    keys = {"$", "$.products", "$.products.{id}", "$.products.{id}.price", "$.products.{id}.ts", "$.total"}
+    assert got.fields == {"status", "header.content-type", *keys}
+    assert got.differing == {"$.products.{id}.price", "$.products.{id}.ts"}
+    assert [(d.path, d.field_key) for d in got.diffs] == [
+        ('$.products["sku-0007-blue"].price', "$.products.{id}.price"),
+        ('$.products["sku-0007-blue"].ts', "$.products.{id}.ts"),
+    ]
+    agree(j(live), j(shadow))
+    # ignore_fields: "{id}" takes every member of a wide object; a member named in full, one
+    got = compare(j(live), j(shadow), ignore_fields=("$.products.{id}.ts",))
+    assert got.differing == {"$.products.{id}.price"}
+    agree(j(live), j(shadow), ignore_fields=("$.products.{id}.ts",))
+    got = compare(j(live), j(shadow), ignore_fields=("$.products.sku-0007-blue.ts",))
+    assert got.differing == {"$.products.{id}.price"}
+    agree(j(live), j(shadow), ignore_fields=("$.products.sku-0007-blue.ts",))
+    # a member the shadow drops, one it adds
+    shadow2 = {"products": {**dict(list(products.items())[1:]), "sku-new": {"price": 0, "ts": ""}}, "total": 1400}
+    got = compare(j(live), j(shadow2))
+    assert [(d.path, d.kind, d.field_key) for d in got.diffs] == [
+        ('$.products["sku-0000-blue"]', "missing", "$.products.{id}")
+    ]
+    assert got.shape == {"$.products.{id}"}
+    agree(j(live), j(shadow2))
+
+
+def test_either_side_wide_folds_both() -> None:
+    """One answer's map of 120 members against the other's of 130: the names fold on both
+    sides (one key for a member whichever side it is on); at WIDE_OBJECT members on both
+    sides they do not."""
+
+    def m(n: int) -> dict[str, Any]:
+        return {"m": {f"slug-{i}": i for i in range(n)}}
+
+    for a, b in ((WIDE_OBJECT - 8, WIDE_OBJECT + 2), (WIDE_OBJECT + 2, WIDE_OBJECT - 8)):
+        got = compare(j(m(a)), j(m(b)))
+        assert got.fields == {"status", "header.content-type", "$", "$.m", "$.m.{id}"}
+        assert got.differing == {"$.m.{id}"}
+        agree(j(m(a)), j(m(b)))
+    got = compare(j(m(WIDE_OBJECT)), j({"m": {**m(WIDE_OBJECT)["m"], "slug-1": -1}}))
+    assert got.differing == {'$.m["slug-1"]'}
+    assert len(got.fields) == 4 + WIDE_OBJECT
 
 
 @pytest.mark.parametrize(
@@ -981,13 +1101,39 @@ def test_member_names_get_the_segment_and_key__child_gives_them(shadow_document:
     assert calls == ([] if name in PLAIN_NAMES else [name])
 
 
-def _keyed(n: int, prefix: str = "k") -> dict[str, int]:
-    """An object of ``n`` members under names of their own: n + 1 field keys with "$"."""
-    return {f"{prefix}{i}": i for i in range(n)}
+def _keyed(n: int) -> dict[str, Any]:
+    """``n`` field keys besides "$", under names of their own and in no object wider than
+    WIDE_OBJECT (whose member names fold to one key): groups "g<j>" of up to 127 members
+    "k<i>" (the group's key and its members': 128 keys a group)."""
+    out: dict[str, Any] = {}
+    while n > 0:
+        size = min(n, 128)
+        out[f"g{len(out)}"] = {f"k{i}": i for i in range(size - 1)}
+        n -= size
+    return out
 
 
 def _nested(n: int) -> dict[str, Any]:
-    return {f"m{i}": {"v": 1} for i in range(n)}
+    """An object of ``n`` field keys below it, nowhere wider than WIDE_OBJECT: groups "h<j>"
+    of members {"v": 1} (two keys each, and one for the group), one scalar "x" to make an
+    even count."""
+    out: dict[str, Any] = {"x": 1} if n % 2 == 0 else {}
+    n -= len(out)
+    while n > 0:  # odd
+        members = min((n - 1) // 2, 63)
+        out[f"h{len(out)}"] = {f"m{i}": {"v": 1} for i in range(members)}
+        n -= 1 + 2 * members
+    return out
+
+
+def _emptied(d: dict[str, Any]) -> dict[str, Any]:
+    """``d``'s groups, empty but the first, which holds its "k1" as 1."""
+    return {g: {"k1": 1} if g == "g0" else {} for g in d}
+
+
+def _bumped(d: dict[str, Any], group: str, name: str, value: Any) -> dict[str, Any]:
+    """A copy of ``d`` with ``d[group][name]`` set to ``value``."""
+    return {**d, group: {**d.get(group, {}), name: value}}
 
 
 def bounded(live: bytes, shadow: bytes | None) -> Any:
@@ -999,18 +1145,20 @@ def bounded(live: bytes, shadow: bytes | None) -> Any:
 
 
 def test_a_pair_past_the_field_key_bound_compares_as_text(shadow_document: str) -> None:
-    at = _keyed(MAX_JSON_FIELD_KEYS - 1)  # "$" and 4,095 members: at the bound
+    at = _keyed(MAX_JSON_FIELD_KEYS - 1)  # "$" and 4,095 keys: at the bound
     past = _keyed(MAX_JSON_FIELD_KEYS)
+    assert max(map(len, at.values())) == WIDE_OBJECT - 1
     for live, shadow, body in (
-        (at, {**at, "k1": -1}, "json"),
-        (past, {**past, "k1": -1}, "text"),
+        (at, _bumped(at, "g0", "k1", -1), "json"),
+        (past, _bumped(past, "g0", "k1", -1), "text"),
         (at, at, "json"),  # the body against itself
         (past, past, "text"),
-        ({"k1": 1}, {**at, "k1": -1}, "json"),  # the shadow's extra members count as keys
-        ({"k1": 1}, {**past, "k1": -1}, "text"),
-        # keys from arrays and nesting: "$", "$.a", "$.a[*]", then 2 per member
-        ({"a": [_nested(2046)]}, {"a": [{**_nested(2046), "m0": {"v": 2}}]}, "json"),
-        ({"a": [_nested(2047)]}, {"a": [{**_nested(2047), "m0": {"v": 2}}]}, "text"),
+        # the shadow's extra members count as keys
+        (_emptied(at), _bumped(at, "g0", "k1", -1), "json"),
+        (_emptied(past), _bumped(past, "g0", "k1", -1), "text"),
+        # keys from arrays and nesting: "$", "$.a", "$.a[*]", then the element's
+        ({"a": [_nested(4093)]}, {"a": [_bumped(_nested(4093), "h0", "m0", {"v": 2})]}, "json"),
+        ({"a": [_nested(4094)]}, {"a": [_bumped(_nested(4094), "h0", "m0", {"v": 2})]}, "text"),
     ):
         got_c = bounded(json.dumps(live).encode(), json.dumps(shadow).encode())
         assert got_c is False if body == "text" else len(got_c[0]) <= MAX_JSON_FIELD_KEYS
@@ -1031,7 +1179,9 @@ def test_the_walk_stops_at_the_field_key_bound(shadow_document: str) -> None:
         names.append(name)
         return _child(key, name)
 
-    garbage = {f"é_{shadow_document}_{i}": i for i in range(20_000)}  # names the C walk asks child for
+    # names the C walk asks child for, in an object no wider than WIDE_OBJECT (a wider one's
+    # names fold to one key)
+    garbage = {f"é_{shadow_document}_{i}": i for i in range(WIDE_OBJECT)}
     assert diffing._native is not None
     got = diffing._native.diff(
         b'{"a": 1}', json.dumps(garbage).encode(), child, _render, _IGNORED, None, MAX_JSON_DEPTH, 10, None, 100
@@ -1048,13 +1198,14 @@ def test_the_python_walk_compares_a_pair_past_the_bound_as_text_too() -> None:
     at = _keyed(MAX_JSON_FIELD_KEYS - 1)
     past = _keyed(MAX_JSON_FIELD_KEYS)
     repeated = b'{"k1": 1, "k1": 2, ' + json.dumps(past).encode()[1:]  # repeated names: the Python walk's
-    assert compare(j(at), j({**at, "k1": -1})).body == "json"
-    for live, shadow in ((past, {**past, "k1": -1}), (past, past), ({"k1": 1}, {**past, "k1": -1})):
+    assert compare(j(at), j(_bumped(at, "g0", "k1", -1))).body == "json"
+    bumped = _bumped(past, "g0", "k1", -1)
+    for live, shadow in ((past, bumped), (past, past), (_emptied(past), bumped)):
         got = compare(j(live), j(shadow))
         assert got.body == "text"
         assert got.fields == {"status", "header.content-type", "body"}
         agree(j(live), j(shadow))
-    got = compare(Captured(200, JSON, repeated), j({"a": 1}))
+    got = compare(Captured(200, JSON, repeated), j(past))
     assert (got.body, got.differing) == ("text", {"body"})
 
 
@@ -1108,9 +1259,10 @@ def test_a_call_made_during_a_call_is_left_to_python(shadow_document: str) -> No
 
 def test_many_distinct_keys_reset_the_key_table_between_calls() -> None:
     # 8192 names or keys are kept between calls: past either, the next call starts afresh
-    for r in range(4):  # 3,001 keys a call (under MAX_JSON_FIELD_KEYS), 12,004 in all
-        live = {f"k{r}_{i}": {"v": i} for i in range(1500)}
-        shadow = {**live, f"k{r}_1": {"v": -1}}
+    for r in range(4):  # 3,016 keys a call (under MAX_JSON_FIELD_KEYS), 12,064 in all
+        # 15 groups of 100 members (an object wider than WIDE_OBJECT would fold its names)
+        live = {f"g{r}_{g}": {f"k{i}": {"v": i} for i in range(100)} for g in range(15)}
+        shadow = _bumped(live, f"g{r}_0", "k1", {"v": -1})
         assert native(json.dumps(live).encode(), json.dumps(shadow).encode()) is not None
         agree(j(live), j(shadow))
     ids = {str(i): {"v": i} for i in range(9000)}  # 9,000 names, three keys
