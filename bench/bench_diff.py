@@ -410,20 +410,30 @@ def main() -> None:
         lambda d: d["points"][-1].__setitem__(1, 9.9),
     )
     ids = last_changed(list(range(32_000)), lambda d: d.__setitem__(-1, -1))
-    # Objects keyed by name: under ids (one field key for them all, a name each to look up),
-    # and under names of their own, within diffing.MAX_JSON_FIELD_KEYS and past it (then the
-    # pair compares as text; each such name cost a field key of ~1-2 us until 2026-12-04).
+    # Objects keyed by name: under ids (one field key for them all, a name each to look up);
+    # maps under names of their own (more than diffing.WIDE_OBJECT members: read as a map,
+    # the names fold to one key since 2026-12-05; each such name cost a field key of ~1-2 us
+    # until 2026-12-04, then made the pair text past MAX_JSON_FIELD_KEYS); and as many names
+    # in objects of 100 members (a field key each), within the bound and past it (text).
     by_id = last_changed(
         {str(100_000 + i): {"a": i, "b": "x"} for i in range(32_000)}, lambda d: d["100005"].update(a=-1)
     )
-    within = last_changed({f"user{i}x": {"a": i} for i in range(2_000)}, lambda d: d["user5x"].update(a=-1))
-    past = last_changed({f"user{i}x": {"a": i, "b": "x"} for i in range(32_000)}, lambda d: d["user5x"].update(a=-1))
+    mapped = last_changed({f"user{i}x": {"a": i} for i in range(2_000)}, lambda d: d["user5x"].update(a=-1))
+    big_map = last_changed({f"user{i}x": {"a": i, "b": "x"} for i in range(32_000)}, lambda d: d["user5x"].update(a=-1))
+
+    def shelves(n: int) -> dict[str, Any]:
+        return {f"g{g}": {f"user{i}x": {"a": i} for i in range(g * 100, g * 100 + 100)} for g in range(n)}
+
+    within = last_changed(shelves(20), lambda d: d["g0"]["user5x"].update(a=-1))
+    past = last_changed(shelves(30), lambda d: d["g0"]["user5x"].update(a=-1))
     for name, (live, shadow) in (
         ("compare, time series, last point differs", series),
         ("compare, 32,000 ids, last differs", ids),
         ("compare, 32,000 members keyed by id", by_id),
-        ("compare, 2,000 members named, 4,001 keys", within),
-        ("compare, 32,000 members named, 96,001 keys", past),
+        ("compare, a map of 2,000 members named, 3 keys", mapped),
+        ("compare, a map of 32,000 members named, 4 keys", big_map),
+        ("compare, 2,000 named in objects of 100, 4,021 keys", within),
+        ("compare, 3,000 named in objects of 100, 6,031 keys (text)", past),
     ):
         label = f"{len(live.body) >> 10} KiB"
         cases.append((name, label, comparing(live, shadow)))

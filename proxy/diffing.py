@@ -135,7 +135,9 @@ MAX_SAMPLE_REQUEST: Final = 1000
 # A JSON pair whose walk would count more field keys than this compares as text (or bytes),
 # as a body that does not parse: each distinct key is a Python string made and hashed, ~1-2 us
 # apiece, and an upstream's 1.2 MB of 32,000 objects under names of their own made 96,000 of
-# them, ~0.2 s of the event loop per comparison. Both walks stop as they pass it.
+# them, ~0.2 s of the event loop per comparison (such a map folds its names now, WIDE_OBJECT;
+# many names in objects no wider than that still count a key each). Both walks stop as they
+# pass it.
 MAX_JSON_FIELD_KEYS: Final = 4096
 # Field keys counted per comparison: all that a JSON walk finds (MAX_JSON_FIELD_KEYS, past
 # which a pair is compared as text). With 500, a body of more keys had its deeper ones counted

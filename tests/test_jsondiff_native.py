@@ -110,6 +110,7 @@ def test_the_c_walk_is_built() -> None:
     # make test installs gcc (scripts/install-test-deps.sh): a missing module is a build failure
     # here, not a machine without a compiler.
     assert diffing._native is not None, "proxy._jsondiff did not build: see the pip install output"
+    assert diffing._native.WIDE_OBJECT == WIDE_OBJECT  # the C walk's width of a map is the Python one's
 
 
 @pytest.mark.parametrize(("live", "shadow"), JSON_PAIRS)
