@@ -88,8 +88,11 @@ typedef struct {
 } Key;
 
 typedef struct {
-    PyObject *exact; /* ".name", '["a b"]' */
+    PyObject *exact; /* ".name", '["a b"]'; NULL until a path needs it (node_exact) */
     int key;
+    int parent;       /* the Key the name is under */
+    const char *name; /* the name (its Slot's copy), for node_exact */
+    size_t len;
 } Node;
 
 typedef struct {
@@ -155,12 +158,12 @@ static int key_of(PyObject *ck) {
     return g_n_keys++;
 }
 
-static int node_new(PyObject *exact, int key) { /* steals exact */
+static int node_new(PyObject *exact, int key, int parent, const char *name, size_t len) { /* steals exact */
     if (g_n_nodes == g_cap_nodes && grow((void **)&g_nodes, &g_cap_nodes, sizeof(Node)) < 0) {
-        Py_DECREF(exact);
+        Py_XDECREF(exact);
         return -1;
     }
-    g_nodes[g_n_nodes] = (Node){exact, key};
+    g_nodes[g_n_nodes] = (Node){exact, key, parent, name, len};
     return g_n_nodes++;
 }
 
@@ -169,7 +172,7 @@ static size_t g_name_bytes; /* names copied into g_slots, twice: their exact pat
 static int nodes_reset(void) {
     g_name_bytes = 0;
     for (int i = 0; i < g_n_nodes; i++)
-        Py_DECREF(g_nodes[i].exact);
+        Py_XDECREF(g_nodes[i].exact);
     for (int i = 0; i < g_n_keys; i++)
         Py_DECREF(g_keys[i].ck);
     g_n_nodes = g_n_keys = 0;
@@ -228,7 +231,7 @@ struct TNode { /* proxy.diffing._Node */
     Py_ssize_t nkeys;
     TIdx *idx;
     Py_ssize_t nidx;
-    TNode *any_key, *any_index, *id_key;
+    TNode *any_key, *any_index; /* "{id}" compiles to any_key, as "*" does */
     int terminal;
 };
 
@@ -522,13 +525,11 @@ static int suffixed(int parent, int star) {
 static inline int id_of(int parent) { return suffixed(parent, 0); }
 static inline int star_of(int parent) { return suffixed(parent, 1); }
 
-/* What _child(key, name) returns, made here for a name of printable ASCII without '"' or
- * '\\' (what most names are): its exact path segment, ".name" for an identifier (ASCII's
- * rule is str.isidentifier()'s), else '["name"]' (what _ENCODE makes of such a name); and
- * the child's Key, that of key + ".{id}" for an id (is_id) or a member of a wide object
- * (`wide`: _wide_child), else key + the segment. 0 with *exact NULL: a name for Python's
- * _child. */
-static int plain_child(int parent, const char *s, size_t n, int wide, PyObject **exact, int *key) {
+/* The exact path segment _child makes of a name of printable ASCII without '"' or '\\'
+ * (what most names are): ".name" for an identifier (ASCII's rule is str.isidentifier()'s),
+ * else '["name"]' (what _ENCODE makes of such a name). 0 with *exact NULL: a name for
+ * Python's _child. */
+static int plain_exact(const char *s, size_t n, PyObject **exact) {
     *exact = NULL;
     if (!n)
         return 0;
@@ -552,17 +553,28 @@ static int plain_child(int parent, const char *s, size_t n, int wide, PyObject *
         memcpy(d + 2, s, n);
         memcpy(d + 2 + n, "\"]", 2);
     }
-    if (wide || is_id(s, n)) {
+    *exact = ex;
+    return 0;
+}
+
+/* What _child(key, name) returns, made here for a plain name (plain_exact): its exact path
+ * segment, and the child's Key, that of key + ".{id}" for an id (is_id), else key + the
+ * segment. 0 with *exact NULL: a name for Python's _child. */
+static int plain_child(int parent, const char *s, size_t n, PyObject **exact, int *key) {
+    if (plain_exact(s, n, exact) < 0)
+        return -1;
+    if (!*exact)
+        return 0;
+    if (is_id(s, n)) {
         *key = id_of(parent);
     } else {
-        PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, ex);
+        PyObject *ck = PyUnicode_Concat(g_keys[parent].ck, *exact);
         *key = ck ? key_of(ck) : -1;
     }
     if (*key < 0) {
-        Py_DECREF(ex);
+        Py_CLEAR(*exact);
         return -1;
     }
-    *exact = ex;
     return 0;
 }
 
@@ -585,7 +597,9 @@ static int call_for_pair(PyObject *fn, PyObject *x, PyObject *y, const char *wha
 }
 
 /* _child(key, name), or _wide_child for a member of a wide object (`wide`): the Node of
- * member `name` under Key `parent` (a name has one Node of each kind under a Key) */
+ * member `name` under Key `parent` (a name has one Node of each kind under a Key). A wide
+ * object's member takes the parent's ".{id}" whatever its name; its exact segment is made
+ * only if a path needs it (node_exact): a map of a million names reports a few. */
 static int child_of(Ctx *c, int parent, V *name, int wide) {
     const char *s = unsafe_yyjson_get_str(name);
     size_t n = unsafe_yyjson_get_len(name);
@@ -597,11 +611,14 @@ static int child_of(Ctx *c, int parent, V *name, int wide) {
         if (sl->h == h && sl->parent == tag && sl->len == n && bytes_eq(sl->name, s, n))
             return sl->node;
     }
-    PyObject *exact;
+    PyObject *exact = NULL;
     int key;
-    if (plain_child(parent, s, n, wide, &exact, &key) < 0)
+    if (wide) {
+        if ((key = id_of(parent)) < 0)
+            return -1;
+    } else if (plain_child(parent, s, n, &exact, &key) < 0) {
         return -1;
-    if (!exact) {
+    } else if (!exact) {
         PyObject *pname = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
         if (!pname)
             return -1;
@@ -610,25 +627,19 @@ static int child_of(Ctx *c, int parent, V *name, int wide) {
         Py_DECREF(pname);
         if (rc < 0)
             return -1;
-        if (wide) { /* the exact segment is _child's; the key, the parent's ".{id}" */
-            Py_DECREF(ck);
-            if ((key = id_of(parent)) < 0) {
-                Py_DECREF(exact);
-                return -1;
-            }
-        } else if ((key = key_of(ck)) < 0) {
+        if ((key = key_of(ck)) < 0) {
             Py_DECREF(exact);
             return -1;
         }
     }
     char *copy = malloc(n ? n : 1);
     if (!copy) {
-        Py_DECREF(exact);
+        Py_XDECREF(exact);
         PyErr_NoMemory();
         return -1;
     }
     memcpy(copy, s, n);
-    int id = node_new(exact, key);
+    int id = node_new(exact, key, parent, copy, n);
     if (id < 0) {
         free(copy);
         return -1;
@@ -740,13 +751,37 @@ static PyObject *to_py(const Ctx *c, V *v) {
     Py_RETURN_NONE;
 }
 
+/* A Node's exact path segment (borrowed), made on first need for a wide object's member:
+ * plain_exact's, or _child's (whose key is not this Node's) */
+static PyObject *node_exact(const Ctx *c, int id) {
+    if (g_nodes[id].exact)
+        return g_nodes[id].exact;
+    PyObject *ex;
+    if (plain_exact(g_nodes[id].name, g_nodes[id].len, &ex) < 0)
+        return NULL;
+    if (!ex) {
+        PyObject *pname = PyUnicode_DecodeUTF8(g_nodes[id].name, (Py_ssize_t)g_nodes[id].len, "strict");
+        if (!pname)
+            return NULL;
+        PyObject *ck;
+        int rc = call_for_pair(c->child_fn, g_keys[g_nodes[id].parent].ck, pname, "child()", &ex, &ck);
+        Py_DECREF(pname);
+        if (rc < 0)
+            return NULL;
+        Py_DECREF(ck);
+    }
+    g_nodes[id].exact = ex; /* by index: no walk runs during the call (g_busy), g_nodes stays */
+    return ex;
+}
+
 static PyObject *path_str(const Ctx *c) {
     PyObject *parts = PyList_New(0);
     if (!parts || PyList_Append(parts, S_ROOT) < 0)
         goto fail;
     for (int i = 0; i < c->plen; i++) {
         if (c->path[i].node >= 0) {
-            if (PyList_Append(parts, g_nodes[c->path[i].node].exact) < 0)
+            PyObject *ex = node_exact(c, c->path[i].node);
+            if (!ex || PyList_Append(parts, ex) < 0)
                 goto fail;
         } else {
             PyObject *seg = PyUnicode_FromFormat("[%zd]", c->path[i].index);
@@ -1639,7 +1674,6 @@ static void trie_free(TNode *t) {
     free(t->idx);
     trie_free(t->any_key);
     trie_free(t->any_index);
-    trie_free(t->id_key);
     free(t);
 }
 
@@ -1717,8 +1751,7 @@ static TNode *trie_from(PyObject *node) {
         if (!(ti->child = trie_from(v)))
             goto fail;
     }
-    if (trie_opt(node, "any_key", &t->any_key) < 0 || trie_opt(node, "any_index", &t->any_index) < 0 ||
-        trie_opt(node, "id_key", &t->id_key) < 0)
+    if (trie_opt(node, "any_key", &t->any_key) < 0 || trie_opt(node, "any_index", &t->any_index) < 0)
         goto fail;
     Py_DECREF(keys);
     Py_DECREF(idx);
@@ -1791,24 +1824,17 @@ static int strip(V *v, TNode **states, int ns, V *base, uint8_t *mask, int *any_
     TNode *nxt[MAX_STATES];
     if (t == YYJSON_TYPE_OBJ) {
         size_t n = unsafe_yyjson_get_len(v);
-        int wide = n > WIDE_OBJECT; /* _strip_states: as the walk reads it, before any removal */
         V *k = unsafe_yyjson_get_first(v);
         for (size_t i = 0; i < n; i++, k = unsafe_yyjson_get_next(k + 1)) { /* _step_key */
             const char *s = unsafe_yyjson_get_str(k);
             size_t len = unsafe_yyjson_get_len(k);
-            int nn = 0, hit = 0, id = wide ? 1 : -1;
+            int nn = 0, hit = 0;
             for (int j = 0; j < ns && !hit; j++) {
-                TNode *cand[3] = {NULL, states[j]->any_key, NULL};
+                TNode *cand[2] = {NULL, states[j]->any_key};
                 for (Py_ssize_t q = 0; q < states[j]->nkeys; q++)
                     if (states[j]->keys[q].len == len && memcmp(states[j]->keys[q].name, s, len) == 0)
                         cand[0] = states[j]->keys[q].child;
-                if (states[j]->id_key) {
-                    if (id < 0)
-                        id = is_id(s, len);
-                    if (id)
-                        cand[2] = states[j]->id_key;
-                }
-                if ((hit = step(cand, 3, nxt, &nn)) < 0)
+                if ((hit = step(cand, 2, nxt, &nn)) < 0)
                     return 1;
             }
             if (hit) {

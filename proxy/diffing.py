@@ -60,7 +60,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -171,8 +171,8 @@ _ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
 # names made 30 MB of field keys in one comparison, and GBs in the report and the database).
 MAX_KEY_NAME: Final = 64
 # An object of more members than this is read as a map: all its member names fold to ``.{id}``
-# as ids do, in the walk (both sides' keys, when either side is this wide), in ignore_fields
-# and in redact_fields (a pattern's ``{id}`` matches every member of such an object). A map
+# as ids do (both sides' keys, when either side is this wide after ignore_fields; a pattern's
+# ``{id}`` matches any name, see _Node). A map
 # of 1,400 products keyed by slug made 4,200 field keys, one per member and field: a pair
 # past MAX_JSON_FIELD_KEYS was compared as text, where a timestamp's line made every real
 # change noise (QA, eighth round). Records wider than this are rare (GitHub's repository
@@ -332,16 +332,20 @@ class EndpointCap:
 
 
 class _Node:
-    """A trie of compiled patterns; ``terminal``: the path so far is ignored / redacted."""
+    """A trie of compiled patterns; ``terminal``: the path so far is ignored / redacted.
+    ``{id}`` compiles to ``any_key``, as ``*`` does: a report's ``.{id}`` stands for any name
+    (an id, or any member of an object wider than WIDE_OBJECT), and a pattern that matched
+    names by the width of their object would not match the same names in both answers when
+    one answer's object is wider than WIDE_OBJECT and the other's is not (the walk folds
+    both, and reported the members the pattern stripped from one side only)."""
 
-    __slots__ = ("any_index", "any_key", "id_key", "indexes", "keys", "terminal")
+    __slots__ = ("any_index", "any_key", "indexes", "keys", "terminal")
 
     def __init__(self) -> None:
         self.keys: dict[str, _Node] = {}
         self.indexes: dict[int, _Node] = {}
         self.any_key: _Node | None = None
         self.any_index: _Node | None = None
-        self.id_key: _Node | None = None
         self.terminal = False
 
 
@@ -358,11 +362,8 @@ def _compile_paths(patterns: tuple[str, ...]) -> _Node | None:
         for seg in parse_field_path(pattern):
             if seg is ANY_INDEX:
                 node.any_index = node = node.any_index or _Node()
-            elif seg is ANY_KEY:
+            elif seg is ANY_KEY or seg is ID:
                 node.any_key = node = node.any_key or _Node()
-            elif seg is ID:
-                node.id_key = node.id_key or _Node()
-                node = node.id_key
             elif isinstance(seg, int):
                 node = node.indexes.setdefault(seg, _Node())
             else:
@@ -372,16 +373,10 @@ def _compile_paths(patterns: tuple[str, ...]) -> _Node | None:
     return root
 
 
-def _step_key(states: _States, key: str, wide: bool = False) -> tuple[_States, bool]:
-    """The states below a member named ``key`` (``wide``: of an object of more than
-    WIDE_OBJECT members, whose names all match ``{id}``); or (), True where one is terminal."""
+def _step_key(states: _States, key: str) -> tuple[_States, bool]:
     nxt: list[_Node] = []
     for node in states:
-        for child in (
-            node.keys.get(key),
-            node.any_key,
-            node.id_key if node.id_key and (wide or is_id(key)) else None,
-        ):
+        for child in (node.keys.get(key), node.any_key):
             if child is not None:
                 if child.terminal:
                     return (), True
@@ -583,7 +578,22 @@ def _new_child(key: str, name: str, fields: set[str], wide: bool = False) -> tup
     return _wide_child(key, name) if wide else _child(key, name)
 
 
+# Names held by _CHILDREN and _WIDE_CHILDREN together, past which both are cleared: bounded
+# per parent key and per memo alone, 4,096 parents of 4,096 names could hold 16.7 million
+# (a shadow answering 500 wide maps of 1,000 names of its own grew them by 500,000 a call,
+# 1.4 GB in eight calls; review, sixteenth session).
+_CHILDREN_TOTAL_MAX: Final = 1 << 16
+_children_total = 0
+
+
 def _remember(memo: dict[str, dict[str, tuple[str, str]]], key: str) -> dict[str, tuple[str, str]]:
+    """The memo's names under ``key``, for one more name to be added."""
+    global _children_total  # noqa: PLW0603  # the memos' one counter
+    _children_total += 1
+    if _children_total > _CHILDREN_TOTAL_MAX:
+        _CHILDREN.clear()
+        _WIDE_CHILDREN.clear()
+        _children_total = 1
     kids = memo.get(key)
     if kids is None:
         if len(memo) >= _CHILDREN_MAX:
@@ -645,7 +655,7 @@ def _strip(value: Any, states: _States) -> Any:
 def _strip_node(value: Any, node: _Node) -> None:
     """``_strip`` for one trie node: the common case, without building state tuples."""
     if type(value) is dict:
-        if node.any_key is not None or node.id_key is not None:
+        if node.any_key is not None:
             _strip_states(value, (node,))
             return
         for k, child in node.keys.items():
@@ -667,7 +677,6 @@ def _strip_node(value: Any, node: _Node) -> None:
             and not elem.indexes
             and elem.any_index is None
             and elem.any_key is None
-            and elem.id_key is None
             and all(c.terminal for c in elem.keys.values())
         ):
             # "$.items[*].updated_at": drop the named members of every element, nothing deeper.
@@ -686,13 +695,12 @@ def _strip_node(value: Any, node: _Node) -> None:
 
 def _strip_states(value: Any, states: _States) -> None:
     if type(value) is dict:
-        wide = len(value) > WIDE_OBJECT  # as the walk reads it; before any member is deleted
-        if any(n.any_key is not None or n.id_key is not None for n in states):
+        if any(n.any_key is not None for n in states):
             names: Iterable[str] = list(value)
         else:
             names = list(dict.fromkeys(k for n in states for k in n.keys if k in value))
         for k in names:
-            nxt, hit = _step_key(states, k, wide)
+            nxt, hit = _step_key(states, k)
             if hit:
                 del value[k]
             elif nxt:
@@ -1947,9 +1955,8 @@ def _redact_states(value: Any, states: _States) -> Any:
         if any(e.terminal for e in elems):  # "$.users[*]" and an object: the one element
             return REDACTED
         look = _unique((*states, *elems)) if elems else states
-        wide = len(value) > WIDE_OBJECT
         for k in list(value):
-            nxt, hit = _step_key(look, k, wide)
+            nxt, hit = _step_key(look, k)
             if hit:
                 value[k] = REDACTED
             elif nxt:
@@ -1969,7 +1976,7 @@ def _redact_states(value: Any, states: _States) -> Any:
 
 def _names(node: _Node) -> bool:
     """Whether a pattern state steps into an object's members."""
-    return bool(node.keys) or node.any_key is not None or node.id_key is not None
+    return bool(node.keys) or node.any_key is not None
 
 
 def _elements(states: _States) -> _States:
@@ -1982,12 +1989,11 @@ def _unique(states: Iterable[_Node]) -> _States:
     return tuple(dict.fromkeys(states))
 
 
-def _shape_step(states: _States, seg: object, wide: bool = False) -> tuple[_States, int]:
+def _shape_step(states: _States, seg: object) -> tuple[_States, int]:
     """One segment of an exact path or a field key through the patterns, read across a
     change of shape as ``_redact_states`` reads a body. The states below, and 0; or () and
     1 when the segment names a redacted value, 2 when the object it steps into is redacted
-    whole (read as an element that a pattern redacts). ``wide``: the segment is a name that
-    its field key folds to ``.{id}`` (a member of a wide object, which ``{id}`` matches)."""
+    whole (read as an element that a pattern redacts)."""
     if seg is ANY_INDEX or isinstance(seg, int):
         nxt, hit = _step_any(states, True) if seg is ANY_INDEX else _step_index(states, cast(int, seg))
         if hit:
@@ -1997,26 +2003,13 @@ def _shape_step(states: _States, seg: object, wide: bool = False) -> tuple[_Stat
     if any(e.terminal for e in elems):
         return (), 2
     look = _unique((*states, *elems)) if elems else states
-    nxt, hit = _step_any(look, False) if seg is ID else _step_key(look, cast(str, seg), wide)
+    nxt, hit = _step_any(look, False) if seg is ID else _step_key(look, cast(str, seg))
     return nxt, int(hit)
 
 
-def _folded_names(segments: Sequence[object], key: str) -> tuple[bool, ...]:
-    """Per segment of an exact path, whether it is a name that the path's field key ``key``
-    folds to ``.{id}``: how a pattern's ``{id}`` knows a member of a wide object (WIDE_OBJECT)
-    from its exact path alone."""
-    try:
-        folded = parse_field_path(key) if key.startswith("$") else ()
-    except ValueError:
-        folded = ()
-    if len(folded) != len(segments):
-        return (False,) * len(segments)
-    return tuple(k is ID and type(s) is str for s, k in zip(segments, folded, strict=True))
-
-
-def _path_touches(path: str, root: _Node, key: str = "") -> bool:
-    """Whether an exact JSON path (whose field key is ``key``) lies under a pattern or a
-    pattern reaches inside it, read across a change of shape (``_shape_step``)."""
+def _path_touches(path: str, root: _Node) -> bool:
+    """Whether an exact JSON path lies under a pattern or a pattern reaches inside it, read
+    across a change of shape (``_shape_step``)."""
     try:
         segments = parse_field_path(path)
     except ValueError:
@@ -2024,10 +2017,10 @@ def _path_touches(path: str, root: _Node, key: str = "") -> bool:
     states: _States = (root,)
     if root.terminal:
         return True
-    for seg, wide in zip(segments, _folded_names(segments, key), strict=True):
+    for seg in segments:
         if seg is ANY_KEY:  # pragma: no cover - exact paths hold no wildcards
             return True
-        states, hit = _shape_step(states, seg, wide)
+        states, hit = _shape_step(states, seg)
         if hit:
             return True
         if not states:
@@ -2037,13 +2030,11 @@ def _path_touches(path: str, root: _Node, key: str = "") -> bool:
 
 def _step_any(states: _States, index: bool) -> tuple[_States, bool]:
     """``_step_index`` / ``_step_key`` for a field key's ``[*]`` / ``.{id}``: every pattern
-    step that one of the values it stands for can take."""
+    step that one of the values it stands for can take (``.{id}`` stands for any name: the
+    members of an object wider than WIDE_OBJECT fold whatever their names)."""
     nxt: list[_Node] = []
     for node in states:
-        if index:
-            children = [*node.indexes.values(), node.any_index]
-        else:
-            children = [*(c for k, c in node.keys.items() if is_id(k)), node.any_key, node.id_key]
+        children = [*node.indexes.values(), node.any_index] if index else [*node.keys.values(), node.any_key]
         for child in children:
             if child is not None:
                 if child.terminal:
@@ -2052,10 +2043,10 @@ def _step_any(states: _States, index: bool) -> tuple[_States, bool]:
     return tuple(nxt), False
 
 
-def _redacted_prefix(path: str, root: _Node, key: str = "") -> str:
-    """``path`` (an exact path or a field key; an exact path's field key in ``key``) cut to the
-    value a pattern covers, when it lies inside one: the names below a redacted value are part
-    of it (a map keyed by session token)."""
+def _redacted_prefix(path: str, root: _Node) -> str:
+    """``path`` (an exact path or a field key) cut to the value a pattern covers, when it lies
+    inside one: the names below a redacted value are part of it (a map keyed by session
+    token)."""
     if root.terminal:
         return "$"
     try:
@@ -2064,11 +2055,10 @@ def _redacted_prefix(path: str, root: _Node, key: str = "") -> str:
         return path
     states: _States = (root,)
     before = 1  # where the value the next segment steps into ends: "$" first
-    folded = _folded_names([seg for seg, _ in spans], key)
-    for (seg, end), wide in zip(spans, folded, strict=True):
+    for seg, end in spans:
         if seg is ANY_KEY:  # pragma: no cover - ".*" is no segment of a field key or exact path
             return path
-        states, hit = _shape_step(states, seg, wide)
+        states, hit = _shape_step(states, seg)
         if hit:
             return path[: end if hit == 1 else before]
         if not states:
@@ -2113,7 +2103,7 @@ def redact_comparison(c: Comparison, redact_fields: tuple[str, ...]) -> Comparis
         if key == d.field_key:
             diffs.append(d)
         else:
-            path = _redacted_prefix(d.path, root, d.field_key)
+            path = _redacted_prefix(d.path, root)
             diffs.append(FieldDiff(path, "changed", REDACTED, REDACTED, "" if key == path else key))
     fields = frozenset(map(fold, c.fields))
     return Comparison(fields, frozenset(map(fold, c.differing)), tuple(diffs), c.body, frozenset(map(fold, c.shape)))
@@ -2218,7 +2208,7 @@ def _redact_diff_value(d: FieldDiff, root: _Node | None, redact_headers: frozens
     if root is None:
         return False
     if d.path.startswith("$"):
-        return _path_touches(d.path, root, d.field_key)
+        return _path_touches(d.path, root)
     return json_typed and d.path.startswith("body")
 
 

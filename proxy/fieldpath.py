@@ -1,11 +1,11 @@
 """Field paths: the grammar of ``ignore_fields`` and ``redact_fields`` patterns. Pure.
 
 ``$.a["b.c"][0].items[*].{id}``: ``.name`` and ``["name"]`` (a JSON string, for any other
-key) are object keys, ``[N]`` an index, ``[*]`` any index, ``.*`` any key, ``.{id}`` any
-id-like key, or any member of an object wider than ``diffing.WIDE_OBJECT`` (how the
-report's field keys fold them). Any field key of the report is a
-valid pattern. Used by the config check (every pattern is parsed when the config is read)
-and by the diff (proxy/diffing.py compiles them).
+key) are object keys, ``[N]`` an index, ``[*]`` any index, ``.*`` any key, ``.{id}`` any key
+too (the report's field keys fold id-like keys, and every name of an object wider than
+``diffing.WIDE_OBJECT``, to it; until 2026-12-05 it matched id-like keys only). Any field
+key of the report is a valid pattern. Used by the config check (every pattern is parsed
+when the config is read) and by the diff (proxy/diffing.py compiles them).
 """
 
 from __future__ import annotations
