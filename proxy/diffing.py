@@ -22,10 +22,10 @@ time are inputs). The pieces, in the order the shell uses them:
 Field keys and paths. ``FieldDiff.path`` is exact (``$.items[3].price``); the field key
 used for counting folds every array index to ``[*]`` and id-like object keys to
 ``.{id}`` (``$.items[*].price``), and so do all the member names of an object of more than
-``WIDE_OBJECT`` members (a map keyed by slugs, SKUs, user names: ``$.prices.{id}``), so counts
-stay bounded. Keys are ``status``,
-``header.<name>``, ``body`` (text and binary bodies) and JSON paths (``$...``). Any key
-from the report is also a valid ``ignore_fields`` / redact pattern.
+``WIDE_OBJECT`` members (a map keyed by slugs, SKUs, user names: ``$.prices.{id}``), so
+counts stay bounded. Keys are ``status``, ``header.<name>``, ``body`` (text and binary
+bodies) and JSON paths (``$...``). Any key from the report is also a valid
+``ignore_fields`` / redact pattern (whose ``{id}`` matches any name).
 
 Two implementations of the JSON walk. When ``proxy._jsondiff`` is built (native/jsondiff.c,
 setup.py), both bodies are parsed by yyjson and walked in C, with Python objects made only
@@ -172,11 +172,11 @@ _ID_RE: Final = re.compile(rf"[0-9]+|{_UUID}|[0-9A-Fa-f]{{16,}}")
 MAX_KEY_NAME: Final = 64
 # An object of more members than this is read as a map: all its member names fold to ``.{id}``
 # as ids do (both sides' keys, when either side is this wide after ignore_fields; a pattern's
-# ``{id}`` matches any name, see _Node). A map
-# of 1,400 products keyed by slug made 4,200 field keys, one per member and field: a pair
-# past MAX_JSON_FIELD_KEYS was compared as text, where a timestamp's line made every real
-# change noise (QA, eighth round). Records wider than this are rare (GitHub's repository
-# object, one of the widest in common use, has ~90 members).
+# ``{id}`` matches any name, see _Node). A map of 1,400 products keyed by slug made 4,200
+# field keys, one per member and field: a pair past MAX_JSON_FIELD_KEYS was compared as text,
+# where a timestamp's line made every real change noise (QA, eighth round). Records wider
+# than this are rare (GitHub's repository object, one of the widest in common use, has ~90
+# members).
 WIDE_OBJECT: Final = 128
 
 
