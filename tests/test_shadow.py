@@ -701,6 +701,47 @@ async def test_a_field_the_shadow_drops_or_retypes_is_real_though_its_value_is_n
     assert (fields["$.nonce"]["shape_differing"], fields["$.nonce"]["noise_shape_differing"]) == (0, 0)
 
 
+async def test_a_map_of_many_members_is_compared_by_field_through_the_proxy(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """QA (eighth round): 1,400 products keyed by SKU, a timestamp in each: past 4,096 field
+    keys (4,203 here) the pair was compared as text, one field ``body``, and v2's new price was noise
+    (every answer's timestamp lines differ between two live answers too). An object of more
+    than WIDE_OBJECT members is read as a map now: its names fold to ``.{id}``, the price is
+    real, the timestamps noise; ``ignore_fields`` written as the report writes the key
+    removes them."""
+    import time
+
+    def app(price: int) -> Any:
+        def factory(up: Upstream) -> web.Application:
+            async def handler(request: web.Request) -> web.Response:
+                stamp = f"{time.time_ns()}"
+                products = {f"sku-{i:04d}-blue": {"price": i, "ts": stamp, "name": "Blue"} for i in range(1400)}
+                products["sku-0007-blue"]["price"] = price
+                return web.json_response({"products": products})
+
+            return any_path(handler)
+
+        return factory
+
+    live = await start_upstream("live", app(7))
+    shadow = await start_upstream("shadow", app(-7))
+    for ignore, expected in (
+        ((), {"$.products.{id}.price": "real", "$.products.{id}.ts": "noise"}),
+        (("$.products.{id}.ts",), {"$.products.{id}.price": "real"}),
+    ):
+        px = await start_proxy(
+            [shadowed(live, shadow, noise={"percent": 100}, diff={"ignore_fields": list(ignore)})], access_log="off"
+        )
+        await drive(px.url, ["/catalog"], 6)
+        await wait_outcome(px, "compared", 6)
+        endpoint = (await get_report(px))["routes"][0]["endpoints"]["GET /catalog"]
+        assert {k: f["classification"] for k, f in endpoint["fields"].items()} == expected
+        price = endpoint["fields"]["$.products.{id}.price"]
+        assert (price["compared"], price["differing"], price["noise_differing"]) == (6, 6, 0)
+        assert price["samples"][0]["path"] == '$.products["sku-0007-blue"].price'
+
+
 async def test_clearing_the_report_keeps_the_endpoints_admitted(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
