@@ -37,6 +37,13 @@ def field_path_spans(text: str) -> tuple[tuple[object, int], ...]:
     while pos < len(text):
         if m := _NAME_RE.match(text, pos):
             name = m.group(1)
+            if ("{" in name or "}" in name) and name != "{id}":
+                # "$.products.{sku}.price", as endpoint templates write names, was a member
+                # named "{sku}": a redaction that matched nothing (QA, sixteenth session)
+                raise ValueError(
+                    f"bad field path {text!r} at position {pos}: only .{{id}} stands for any name"
+                    f" (or .*); a member named {name!r} is written [{json.dumps(name)}]"
+                )
             out.append((ANY_KEY if name == "*" else ID if name == "{id}" else name, m.end()))
         elif m := _INDEX_RE.match(text, pos):
             out.append((ANY_INDEX if m.group(1) == "*" else int(m.group(1)), m.end()))

@@ -1183,6 +1183,7 @@ ERRORS = [
             ("empty-key", "ignore_fields", "$.a..b"),
             ("negative-index", "redact_fields", "$.x[-1]"),
             ("unterminated-quote", "redact_fields", '$[\\"a]'),
+            ("brace-name", "redact_fields", "$.users.{user}.email"),
             ("open-bracket", "ignore_fields", "$.x[*"),
         )
     ),

@@ -470,11 +470,24 @@ def test_report_keys_are_valid_ignore_patterns() -> None:
         pytest.param("$.a[", id="open-bracket"),
         pytest.param("$.a[x]", id="non-numeric-index"),
         pytest.param("$..a", id="empty-name"),
+        pytest.param("$.a.{sku}.b", id="brace-name-not-id"),
+        pytest.param("$.a.{ID}", id="brace-name-upper"),
+        pytest.param("$.a.{id}x", id="brace-name-suffix"),
+        pytest.param("$.a.{}", id="brace-empty"),
     ],
 )
 def test_bad_field_path(bad: str) -> None:
     with pytest.raises(ValueError, match=r"must start with|bad field path"):
         parse_field_path(bad)
+
+
+def test_a_name_in_braces_other_than_id_is_refused_with_its_quoted_form() -> None:
+    """QA (sixteenth session): ``$.users.{user}.email``, written as endpoint templates name a
+    segment, was read as a member named "{user}": ``check`` said ok, and the redaction
+    matched nothing. Only ``.{id}`` is a wildcard; a member named so is written quoted."""
+    with pytest.raises(ValueError, match=r"only \.\{id\} stands for any name .*\[\"\{user\}\"\]"):
+        parse_field_path("$.users.{user}.email")
+    assert parse_field_path('$.users["{user}"].email') == ("users", "{user}", "email")
 
 
 # ---- truncated, text, binary and encoded bodies ------------------------------------------------
